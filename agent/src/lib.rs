@@ -1,0 +1,2 @@
+//! Hallmark's on-device agent library: the device's credential lives in its TPM.
+#![warn(missing_docs)]

@@ -1,0 +1,90 @@
+//! Command-line interface of `hallmark-server` (clap). Flags and `HALLMARK_*` variables share
+//! names with the config file's keys.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ConfigLayer;
+
+/// Hallmark's OAuth 2.0 authorization server.
+#[derive(Debug, Parser)]
+#[command(name = "hallmark-server", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Create a data directory: database, signing key, TLS CA and certificate, admin client.
+    /// Prints one JSON object with the admin client's secret (shown only this once).
+    Init(InitArgs),
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+/// `init` arguments.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Data directory to create (must not exist or be empty).
+    #[arg(long, env = "HALLMARK_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Issuer URL (https; http only for a loopback host).
+    #[arg(long, env = "HALLMARK_ISSUER", default_value = crate::datadir::DEFAULT_ISSUER)]
+    pub issuer: String,
+    /// Host names and IP addresses for the server certificate.
+    #[arg(long, env = "HALLMARK_HOSTS", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub hosts: Vec<String>,
+}
+
+/// `serve` arguments; each overrides the config files.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory made by `init`.
+    #[arg(long, env = "HALLMARK_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Extra TOML config file, layered over the data directory's hallmark.toml.
+    #[arg(long, env = "HALLMARK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address, IP:PORT.
+    #[arg(long, env = "HALLMARK_LISTEN")]
+    pub listen: Option<String>,
+    /// PEM certificate chain (default: the one init made).
+    #[arg(long, env = "HALLMARK_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (default: the one init made).
+    #[arg(long, env = "HALLMARK_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP; accepted only on a loopback listen address.
+    #[arg(long, env = "HALLMARK_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Access token lifetime in seconds (default 300).
+    #[arg(long, env = "HALLMARK_ACCESS_TOKEN_TTL")]
+    pub access_token_ttl: Option<u64>,
+    /// Tolerated clock skew in seconds (default 30).
+    #[arg(long, env = "HALLMARK_CLOCK_SKEW")]
+    pub clock_skew: Option<u64>,
+    /// Largest request body in bytes (default 65536).
+    #[arg(long, env = "HALLMARK_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The top configuration layer these flags and variables make.
+    pub fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            issuer: None,
+            listen: self.listen.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            insecure_http: self.insecure_http.then_some(true),
+            access_token_ttl: self.access_token_ttl,
+            clock_skew: self.clock_skew,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}

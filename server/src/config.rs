@@ -1,0 +1,231 @@
+//! Configuration of `serve`: defaults → the data directory's `hallmark.toml` → `--config FILE` →
+//! `HALLMARK_*` environment → flags (clap merges the last two). Raw layers become one validated
+//! [`ServeSettings`] here, at the edge.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::datadir::{CONFIG_FILE, TLS_DIR};
+use crate::oauth::Settings;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default access token lifetime: 5 minutes.
+pub const DEFAULT_ACCESS_TOKEN_TTL: u64 = 300;
+/// Default tolerated clock skew: 30 seconds.
+pub const DEFAULT_CLOCK_SKEW: u64 = 30;
+/// Default largest request body: 64 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// One layer of settings, as written in a TOML file. Every field is optional; later layers win.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Issuer identifier (RFC 8414). Set by `init`.
+    pub issuer: Option<String>,
+    /// Address to listen on. Default `127.0.0.1:8443`.
+    pub listen: Option<String>,
+    /// PEM certificate chain. Default: the one `init` made, `DIR/tls/server.pem`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key. Default `DIR/tls/server-key.pem`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP; only on a loopback address. Default false.
+    pub insecure_http: Option<bool>,
+    /// Access token lifetime in seconds, 1 to 86400. Default 300.
+    pub access_token_ttl: Option<u64>,
+    /// Tolerated clock skew in seconds, at most 300. Default 30.
+    pub clock_skew: Option<u64>,
+    /// Largest request body in bytes, 1 KiB to 1 MiB. Default 65536.
+    pub max_body_bytes: Option<usize>,
+}
+
+impl ConfigLayer {
+    /// Read a TOML layer.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.message().to_owned(),
+        })
+    }
+
+    /// `self` with every field `top` sets replaced.
+    pub fn under(self, top: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            issuer: top.issuer.or(self.issuer),
+            listen: top.listen.or(self.listen),
+            tls_cert: top.tls_cert.or(self.tls_cert),
+            tls_key: top.tls_key.or(self.tls_key),
+            insecure_http: top.insecure_http.or(self.insecure_http),
+            access_token_ttl: top.access_token_ttl.or(self.access_token_ttl),
+            clock_skew: top.clock_skew.or(self.clock_skew),
+            max_body_bytes: top.max_body_bytes.or(self.max_body_bytes),
+        }
+    }
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A config file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A config file is not valid TOML for these settings.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How `serve` listens.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Transport {
+    /// HTTPS with these PEM files.
+    Tls {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Plain HTTP, loopback only.
+    InsecureHttp,
+}
+
+/// Validated settings for `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS or plain loopback HTTP.
+    pub transport: Transport,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// What the protocol logic needs.
+    pub oauth: Settings,
+}
+
+impl ServeSettings {
+    /// Resolve the layers: the data directory's file under `config_file` under `overrides`
+    /// (environment and flags).
+    pub fn resolve(data_dir: &Path, config_file: Option<&Path>, overrides: ConfigLayer) -> Result<Self, ConfigError> {
+        let base_path = data_dir.join(CONFIG_FILE);
+        if !base_path.exists() {
+            return Err(ConfigError::Invalid(format!(
+                "{} is not a Hallmark data directory (no {CONFIG_FILE}); run `hallmark-server init` first",
+                data_dir.display()
+            )));
+        }
+        let mut layer = ConfigLayer::load(&base_path)?;
+        if let Some(path) = config_file {
+            layer = layer.under(ConfigLayer::load(path)?);
+        }
+        let layer = layer.under(overrides);
+        Self::from_layer(data_dir, layer)
+    }
+
+    fn from_layer(data_dir: &Path, layer: ConfigLayer) -> Result<Self, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let issuer = layer
+            .issuer
+            .ok_or_else(|| invalid("no issuer configured".into()))?;
+        let issuer = crate::datadir::validate_issuer(&issuer).map_err(invalid)?;
+        let listen_text = layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| invalid(format!("listen address {listen_text} is not IP:PORT")))?;
+        let transport = if layer.insecure_http.unwrap_or(false) {
+            if !listen.ip().is_loopback() {
+                return Err(invalid(format!(
+                    "--insecure-http is accepted only with a loopback listen address, not {listen}"
+                )));
+            }
+            Transport::InsecureHttp
+        } else {
+            match (layer.tls_cert, layer.tls_key) {
+                (Some(cert), Some(key)) => Transport::Tls { cert, key },
+                (None, None) => Transport::Tls {
+                    cert: data_dir.join(TLS_DIR).join("server.pem"),
+                    key: data_dir.join(TLS_DIR).join("server-key.pem"),
+                },
+                _ => return Err(invalid("--tls-cert and --tls-key go together".into())),
+            }
+        };
+        let ttl = layer.access_token_ttl.unwrap_or(DEFAULT_ACCESS_TOKEN_TTL);
+        if !(1..=86_400).contains(&ttl) {
+            return Err(invalid(format!("access token lifetime {ttl} s is outside 1..=86400")));
+        }
+        let skew = layer.clock_skew.unwrap_or(DEFAULT_CLOCK_SKEW);
+        if skew > 300 {
+            return Err(invalid(format!("clock skew {skew} s is more than 300")));
+        }
+        let max_body_bytes = layer.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if !(1024..=1024 * 1024).contains(&max_body_bytes) {
+            return Err(invalid(format!("max body {max_body_bytes} bytes is outside 1 KiB..1 MiB")));
+        }
+        let mut oauth = Settings::for_issuer(&issuer);
+        oauth.access_token_ttl = ttl;
+        oauth.clock_skew = skew;
+        Ok(ServeSettings {
+            data_dir: data_dir.to_owned(),
+            listen,
+            transport,
+            max_body_bytes,
+            oauth,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(toml: &str) -> ConfigLayer {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let l = layer("issuer = \"https://a.example\"\nclock_skew = 10").under(layer("clock_skew = 20"));
+        let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+        assert_eq!(s.oauth.clock_skew, 20);
+        assert_eq!(s.oauth.token_endpoint, "https://a.example/oauth2/token");
+        assert!(matches!(s.transport, Transport::Tls { .. }));
+    }
+
+    #[test]
+    fn insecure_http_only_on_loopback() {
+        let ok = layer("issuer = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\ninsecure_http = true");
+        assert!(ServeSettings::from_layer(Path::new("/d"), ok).is_ok());
+        let bad = layer("issuer = \"https://a.example\"\nlisten = \"0.0.0.0:1\"\ninsecure_http = true");
+        assert!(ServeSettings::from_layer(Path::new("/d"), bad).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<ConfigLayer>("issuer = \"x\"\nsurprise = 1").is_err());
+        for bad in ["clock_skew = 301", "access_token_ttl = 0", "max_body_bytes = 10", "listen = \"nowhere\"", "tls_cert = \"/c\""] {
+            let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));
+            assert!(ServeSettings::from_layer(Path::new("/d"), l).is_err(), "{bad}");
+        }
+    }
+}

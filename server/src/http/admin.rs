@@ -1,0 +1,58 @@
+//! The admin API (JSON, bearer tokens with scopes): client registration for now.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use super::error::{json_bytes, OAuthResponse};
+use crate::oauth::registration::ClientMetadata;
+use crate::oauth::OAuthError;
+
+pub(super) fn router() -> Router<super::State> {
+    Router::new().route("/admin/clients", post(create_client))
+}
+
+/// Parse a JSON body into `T`, with RFC-style errors.
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<T, OAuthError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            OAuthError::PayloadTooLarge
+        } else {
+            OAuthError::InvalidRequest("could not read the request body".into())
+        }
+    })?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(OAuthError::InvalidRequest("Content-Type must be application/json".into()));
+    }
+    serde_json::from_slice(&body).map_err(|e| OAuthError::InvalidRequest(format!("body is not the expected JSON: {e}").into()))
+}
+
+async fn create_client(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let now = crate::unix_now();
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = match state.oauth.authorize_bearer(authorization, "clients:admin", now) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let meta: ClientMetadata = match json_body(&headers, body) {
+        Ok(m) => m,
+        Err(OAuthError::InvalidRequest(d)) => return OAuthResponse(OAuthError::InvalidClientMetadata(d)).into_response(),
+        Err(e) => return OAuthResponse(e).into_response(),
+    };
+    match state.oauth.register_client(meta, now).await {
+        Ok(info) => {
+            tracing::info!(actor = %caller.client_id, client = %info.client_id, "client registered");
+            json_bytes(StatusCode::CREATED, serde_json::to_vec(&info).unwrap_or_default())
+        }
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}

@@ -1,0 +1,70 @@
+//! Discovery and liveness: RFC 8414 metadata, the JWKS, `/healthz`, `/readyz`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use super::error::json_bytes;
+use crate::oauth::{grant, Settings};
+
+pub(super) fn router() -> Router<super::State> {
+    Router::new()
+        .route("/.well-known/oauth-authorization-server", get(metadata_handler))
+        .route("/jwks.json", get(jwks))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+}
+
+/// RFC 8414 §2 metadata for these settings.
+pub(super) fn metadata(s: &Settings) -> Vec<u8> {
+    let issuer = &s.issuer;
+    let auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
+    let algs = ["ES256", "EdDSA"];
+    let body = serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": s.token_endpoint,
+        "jwks_uri": format!("{issuer}/jwks.json"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "grant_types_supported": [grant::CLIENT_CREDENTIALS],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": algs,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": algs,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+async fn metadata_handler(State(state): State<super::State>) -> impl IntoResponse {
+    let mut resp = json_bytes(StatusCode::OK, state.metadata_json.clone());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    resp
+}
+
+async fn jwks(State(state): State<super::State>) -> impl IntoResponse {
+    let ring = state.oauth.keys.current();
+    let mut resp = json_bytes(StatusCode::OK, ring.jwks_json.clone());
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+    // Validators may cache for a minute; rotation publishes keys well ahead of that.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    resp
+}
+
+/// Ready when storage answers.
+async fn ready(State(state): State<super::State>) -> impl IntoResponse {
+    match state.oauth.clients.client("readiness-probe") {
+        Ok(_) => (StatusCode::OK, "ready\n"),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+        }
+    }
+}

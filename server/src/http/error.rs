@@ -1,0 +1,92 @@
+//! Errors to responses: RFC 6749 §5.2 JSON for OAuth errors (401 with `WWW-Authenticate: Basic`
+//! for `invalid_client`), RFC 6750 §3 for bearer failures, a bare 500 for our own faults.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Response, StatusCode};
+use axum::response::IntoResponse;
+
+use crate::oauth::registration::BearerError;
+use crate::oauth::OAuthError;
+
+/// An OAuth error on its way out.
+#[derive(Debug)]
+pub struct OAuthResponse(pub OAuthError);
+
+impl From<OAuthError> for OAuthResponse {
+    fn from(e: OAuthError) -> Self {
+        OAuthResponse(e)
+    }
+}
+
+impl IntoResponse for OAuthResponse {
+    fn into_response(self) -> axum::response::Response {
+        let e = self.0;
+        match &e {
+            OAuthError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            OAuthError::InvalidClient { reason } => tracing::info!(%reason, "client authentication failed"),
+            other => tracing::debug!(error = %other, "request refused"),
+        }
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut resp = json_response(status, &e.body());
+        if matches!(e, OAuthError::InvalidClient { .. }) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"hallmark\""));
+        }
+        resp
+    }
+}
+
+impl IntoResponse for BearerError {
+    fn into_response(self) -> axum::response::Response {
+        let (status, code, challenge) = match &self {
+            BearerError::Missing => (StatusCode::UNAUTHORIZED, None, "Bearer realm=\"hallmark\"".to_owned()),
+            BearerError::InvalidToken(why) => {
+                tracing::info!(%why, "bearer token refused");
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Some("invalid_token"),
+                    "Bearer realm=\"hallmark\", error=\"invalid_token\"".to_owned(),
+                )
+            }
+            BearerError::InsufficientScope(scope) => (
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                format!("Bearer realm=\"hallmark\", error=\"insufficient_scope\", scope=\"{scope}\""),
+            ),
+            BearerError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                return json_response(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": "server_error"}));
+            }
+        };
+        let body = match code {
+            Some(c) => serde_json::json!({"error": c, "error_description": self.to_string()}),
+            None => serde_json::json!({"error": "invalid_request", "error_description": "a bearer token is required"}),
+        };
+        let mut resp = json_response(status, &body);
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+/// A JSON response that no cache may keep (RFC 6749 §5.1).
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> axum::response::Response {
+    json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// Pre-serialised JSON, `Cache-Control: no-store`.
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> axum::response::Response {
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Unknown routes.
+pub async fn not_found() -> axum::response::Response {
+    json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}))
+}

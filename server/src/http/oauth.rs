@@ -1,0 +1,79 @@
+//! The OAuth endpoints: token (RFC 6749 §3.2), introspection (RFC 7662), revocation (RFC 7009).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use super::error::{json_bytes, OAuthResponse};
+use crate::oauth::client_auth::Presented;
+use crate::oauth::form::Form;
+use crate::oauth::OAuthError;
+
+pub(super) fn router() -> Router<super::State> {
+    Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+}
+
+/// Read the form and the client's credentials from a request.
+pub(super) fn read_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(Presented, Form), OAuthError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            OAuthError::PayloadTooLarge
+        } else {
+            OAuthError::InvalidRequest("could not read the request body".into())
+        }
+    })?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let mut form = Form::parse(content_type, &body)?;
+    let authorization = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| OAuthError::InvalidRequest("Authorization header is not ASCII".into()))?,
+        ),
+    };
+    let presented = Presented::from_request(authorization, &mut form)?;
+    Ok((presented, form))
+}
+
+async fn token(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let (presented, form) = read_request(&headers, body)?;
+        state.oauth.token(presented, form, crate::unix_now()).await
+    }
+    .await;
+    match result {
+        Ok(tokens) => json_bytes(StatusCode::OK, serde_json::to_vec(&tokens).unwrap_or_default()),
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}
+
+async fn introspect(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let (presented, form) = read_request(&headers, body)?;
+        state.oauth.introspect(presented, form, crate::unix_now()).await
+    }
+    .await;
+    match result {
+        Ok(answer) => json_bytes(StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default()),
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}
+
+async fn revoke(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let (presented, form) = read_request(&headers, body)?;
+        state.oauth.revoke(presented, form, crate::unix_now()).await
+    }
+    .await;
+    match result {
+        Ok(()) => json_bytes(StatusCode::OK, b"{}".to_vec()),
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}

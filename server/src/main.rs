@@ -1,0 +1,61 @@
+//! `hallmark-server`: parse the command line, run the command, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hallmark_server::cli::{Cli, Command};
+use hallmark_server::config::ServeSettings;
+use hallmark_server::datadir::{self, InitOptions};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hallmark-server: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(args) => {
+            let out = datadir::init(&InitOptions {
+                data_dir: args.data_dir,
+                issuer: args.issuer,
+                hosts: args.hosts,
+            })?;
+            let ca_cert = std::fs::canonicalize(&out.ca_cert).unwrap_or(out.ca_cert);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "issuer": out.issuer,
+                    "ca_cert": ca_cert,
+                    "admin_client_id": out.admin_client_id,
+                    "admin_client_secret": out.admin_client_secret.expose(),
+                })
+            );
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let settings = ServeSettings::resolve(&args.data_dir, args.config.as_deref(), args.layer())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(hallmark_server::serve::serve(settings))?;
+            Ok(())
+        }
+        _ => anyhow::bail!("command not available in this build"),
+    }
+}
+
+/// The error and its causes on one line, for an operator's terminal.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}

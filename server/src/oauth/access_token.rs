@@ -1,0 +1,150 @@
+//! JWT access tokens (RFC 9068): minting with the active Ed25519 key, and the validation used by
+//! introspection and by the admin API's bearer check.
+
+use serde::{Deserialize, Serialize};
+
+use super::jws::{JwsError, Unverified};
+use super::AuthServer;
+use crate::secret::random_id;
+use crate::store::KeyAlg;
+
+/// Claims of an access token (RFC 9068 §2.2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject: the client itself for client_credentials, the approving user after a device grant.
+    pub sub: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry.
+    pub exp: u64,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Unique id, the handle for revocation.
+    pub jti: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Granted scopes, space-delimited.
+    pub scope: String,
+}
+
+impl AccessClaims {
+    /// Whether the token grants `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| s == scope)
+    }
+}
+
+/// Why a presented access token is not active. Logged; the client of introspection only learns
+/// `active: false` (RFC 7662 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenRejection {
+    /// Signature, structure or algorithm.
+    #[error(transparent)]
+    Jws(#[from] JwsError),
+    /// `typ` is not `at+jwt` (RFC 9068 §4).
+    #[error("typ is not at+jwt")]
+    Type,
+    /// No published key has this `kid`.
+    #[error("unknown kid")]
+    UnknownKey,
+    /// The claims are not an access token's.
+    #[error("claims are not an access token's")]
+    Claims,
+    /// Another issuer.
+    #[error("wrong issuer")]
+    Issuer,
+    /// Another audience.
+    #[error("wrong audience")]
+    Audience,
+    /// Past `exp` (beyond the allowed skew).
+    #[error("expired")]
+    Expired,
+    /// Before `nbf` or issued in the future (beyond the allowed skew).
+    #[error("not yet valid")]
+    NotYetValid,
+    /// Revoked through RFC 7009.
+    #[error("revoked")]
+    Revoked,
+    /// Its client was disabled or deleted.
+    #[error("client disabled or deleted")]
+    ClientGone,
+    /// Storage could not answer.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl AuthServer {
+    /// Mint an access token for `client_id` acting for `sub`, with `scope`.
+    pub fn mint_access_token(&self, sub: &str, client_id: &str, scope: &str, now: u64) -> (String, AccessClaims) {
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: sub.to_owned(),
+            aud: self.settings.audience.clone(),
+            exp: now + self.settings.access_token_ttl,
+            iat: now,
+            nbf: now,
+            jti: random_id(16),
+            client_id: client_id.to_owned(),
+            scope: scope.to_owned(),
+        };
+        // A struct of strings and integers always serialises.
+        let payload = serde_json::to_vec(&claims).unwrap_or_default();
+        (self.keys.current().active.sign_compact(&payload), claims)
+    }
+
+    /// Validate one of our access tokens: every check of RFC 9068 §4 plus revocation and the
+    /// client's standing. Time checks allow `clock_skew` and no more.
+    pub fn validate_access_token(&self, token: &str, now: u64) -> Result<AccessClaims, TokenRejection> {
+        let jws = Unverified::parse(token)?;
+        let typ_ok = jws
+            .header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
+        if !typ_ok {
+            return Err(TokenRejection::Type);
+        }
+        let ring = self.keys.current();
+        let key = jws
+            .header
+            .kid
+            .as_deref()
+            .and_then(|kid| ring.verifier(kid))
+            .ok_or(TokenRejection::UnknownKey)?;
+        let payload = jws.verify(KeyAlg::EdDSA, key.as_bytes())?;
+        let claims: AccessClaims = serde_json::from_slice(payload).map_err(|_| TokenRejection::Claims)?;
+        let s = &self.settings;
+        if claims.iss != s.issuer {
+            return Err(TokenRejection::Issuer);
+        }
+        if claims.aud != s.audience {
+            return Err(TokenRejection::Audience);
+        }
+        if now >= claims.exp.saturating_add(s.clock_skew) {
+            return Err(TokenRejection::Expired);
+        }
+        if claims.nbf > now + s.clock_skew || claims.iat > now + s.clock_skew {
+            return Err(TokenRejection::NotYetValid);
+        }
+        if self
+            .tokens
+            .is_access_token_revoked(&claims.jti)
+            .map_err(|e| TokenRejection::Storage(e.to_string()))?
+        {
+            return Err(TokenRejection::Revoked);
+        }
+        let client = self
+            .clients
+            .client(&claims.client_id)
+            .map_err(|e| TokenRejection::Storage(e.to_string()))?;
+        if client.is_none_or(|c| c.disabled) {
+            return Err(TokenRejection::ClientGone);
+        }
+        Ok(claims)
+    }
+}

@@ -1,0 +1,364 @@
+//! Client authentication at the token, introspection and revocation endpoints:
+//! `client_secret_basic` and `client_secret_post` (RFC 6749 §2.3.1), `private_key_jwt`
+//! (RFC 7523 §2.2 and §3), and public clients identified by `client_id` alone.
+
+use std::sync::Arc;
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::form::Form;
+use super::jws::Unverified;
+use super::{AuthServer, OAuthError};
+use crate::store::{AuthMethod, Client};
+
+/// RFC 7523 §2.2 `client_assertion_type`.
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// What the request presented to identify its client. Secrets are zeroed on drop and never
+/// printed.
+#[non_exhaustive]
+pub enum Presented {
+    /// `Authorization: Basic`.
+    Basic {
+        /// client_id.
+        client_id: String,
+        /// The secret.
+        secret: Zeroizing<String>,
+    },
+    /// `client_id` and `client_secret` in the body.
+    Post {
+        /// client_id.
+        client_id: String,
+        /// The secret.
+        secret: Zeroizing<String>,
+    },
+    /// A signed JWT assertion.
+    Assertion {
+        /// `client_id` from the body, if sent.
+        client_id: Option<String>,
+        /// The compact JWS.
+        assertion: String,
+    },
+    /// `client_id` alone: a public client.
+    Public {
+        /// client_id.
+        client_id: String,
+    },
+    /// Nothing at all.
+    Nothing,
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Presented::Basic { client_id, .. } => write!(f, "Basic({client_id})"),
+            Presented::Post { client_id, .. } => write!(f, "Post({client_id})"),
+            Presented::Assertion { client_id, .. } => write!(f, "Assertion({client_id:?})"),
+            Presented::Public { client_id } => write!(f, "Public({client_id})"),
+            Presented::Nothing => f.write_str("Nothing"),
+        }
+    }
+}
+
+impl Presented {
+    /// Read the client's credentials from the `Authorization` header and the form, removing
+    /// them from the form. More than one method at once is `invalid_request` (RFC 6749 §2.3).
+    pub fn from_request(authorization: Option<&str>, form: &mut Form) -> Result<Self, OAuthError> {
+        let body_id = form.take("client_id");
+        let body_secret = form.take("client_secret").map(Zeroizing::new);
+        let assertion_type = form.take("client_assertion_type");
+        let assertion = form.take("client_assertion");
+        let methods = usize::from(authorization.is_some())
+            + usize::from(body_secret.is_some())
+            + usize::from(assertion.is_some() || assertion_type.is_some());
+        if methods > 1 {
+            return Err(OAuthError::InvalidRequest(
+                "more than one client authentication method".into(),
+            ));
+        }
+        if let Some(header) = authorization {
+            let (client_id, secret) = parse_basic(header)?;
+            if body_id.as_deref().is_some_and(|id| id != client_id) {
+                return Err(OAuthError::InvalidRequest(
+                    "client_id in the body differs from the Authorization header".into(),
+                ));
+            }
+            return Ok(Presented::Basic { client_id, secret });
+        }
+        if let Some(secret) = body_secret {
+            let client_id = body_id.ok_or_else(|| {
+                OAuthError::InvalidRequest("client_secret without client_id".into())
+            })?;
+            return Ok(Presented::Post { client_id, secret });
+        }
+        if assertion.is_some() || assertion_type.is_some() {
+            if assertion_type.as_deref() != Some(JWT_BEARER_ASSERTION) {
+                return Err(OAuthError::InvalidRequest(
+                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+            }
+            let assertion = assertion
+                .ok_or_else(|| OAuthError::InvalidRequest("missing parameter: client_assertion".into()))?;
+            return Ok(Presented::Assertion {
+                client_id: body_id,
+                assertion,
+            });
+        }
+        Ok(match body_id {
+            Some(client_id) => Presented::Public { client_id },
+            None => Presented::Nothing,
+        })
+    }
+}
+
+/// Decode `Authorization: Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1).
+fn parse_basic(header: &str) -> Result<(String, Zeroizing<String>), OAuthError> {
+    let bad = || OAuthError::invalid_client("malformed Basic authorization header");
+    let (scheme, value) = header.trim().split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::invalid_client("Authorization scheme is not Basic"));
+    }
+    let decoded = Zeroizing::new(STANDARD.decode(value.trim()).map_err(|_| bad())?);
+    let text = std::str::from_utf8(&decoded).map_err(|_| bad())?;
+    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .map_err(|_| bad())?
+        .into_owned();
+    let secret = Zeroizing::new(
+        percent_encoding::percent_decode_str(secret)
+            .decode_utf8()
+            .map_err(|_| bad())?
+            .into_owned(),
+    );
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((id, secret))
+}
+
+/// The claims of a client assertion we check (RFC 7523 §3).
+#[derive(Deserialize)]
+struct AssertionClaims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<Audience>,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+    jti: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, wanted: &str) -> bool {
+        match self {
+            Audience::One(a) => a == wanted,
+            Audience::Many(all) => all.iter().any(|a| a == wanted),
+        }
+    }
+}
+
+/// Longest `jti` we store.
+const MAX_JTI_LEN: usize = 256;
+
+impl AuthServer {
+    /// Authenticate the client. `allow_public` admits a public client identified by
+    /// `client_id` alone (device authorization); otherwise such a request is `invalid_client`.
+    pub async fn authenticate(&self, presented: Presented, allow_public: bool, now: u64) -> Result<Arc<Client>, OAuthError> {
+        match presented {
+            Presented::Basic { client_id, secret } | Presented::Post { client_id, secret } => {
+                let client = self.active_client(&client_id)?;
+                match &client.secret_hash {
+                    Some(hash) if hash.matches(&secret) => Ok(client),
+                    Some(_) => Err(OAuthError::invalid_client(format!("wrong secret for client {client_id}"))),
+                    None => Err(OAuthError::invalid_client(format!("client {client_id} has no secret"))),
+                }
+            }
+            Presented::Assertion { client_id, assertion } => {
+                self.authenticate_assertion(client_id.as_deref(), &assertion, now).await
+            }
+            Presented::Public { client_id } => {
+                let client = self.active_client(&client_id)?;
+                if allow_public && client.auth_method == AuthMethod::None {
+                    Ok(client)
+                } else {
+                    Err(OAuthError::invalid_client(format!("client {client_id} sent no credentials")))
+                }
+            }
+            Presented::Nothing => Err(OAuthError::invalid_client("no client authentication")),
+        }
+    }
+
+    fn active_client(&self, client_id: &str) -> Result<Arc<Client>, OAuthError> {
+        match self.clients.client(client_id).map_err(OAuthError::internal)? {
+            Some(c) if !c.disabled => Ok(c),
+            Some(_) => Err(OAuthError::invalid_client(format!("client {client_id} is disabled"))),
+            None => Err(OAuthError::invalid_client(format!("unknown client {client_id}"))),
+        }
+    }
+
+    /// RFC 7523 §3: the assertion's signature by one of the client's keys (algorithm fixed by
+    /// the key), `iss` = `sub` = client_id, `aud` naming us, `exp` present and near, `nbf`/`iat`
+    /// not in the future, `jti` used once.
+    async fn authenticate_assertion(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<Arc<Client>, OAuthError> {
+        let client = self.verify_assertion(body_id, assertion, now)?;
+        // The jti must be on disk before we act on the assertion, or a crash could let a replay in.
+        self.commit.commit().await.map_err(OAuthError::internal)?;
+        Ok(client)
+    }
+
+    /// Every check of [`AuthServer::authenticate_assertion`] but the durable commit of the jti.
+    fn verify_assertion(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<Arc<Client>, OAuthError> {
+        let jws = Unverified::parse(assertion)
+            .map_err(|e| OAuthError::invalid_client(format!("client assertion: {e}")))?;
+        let untrusted: AssertionClaims = serde_json::from_slice(jws.untrusted_payload())
+            .map_err(|_| OAuthError::invalid_client("client assertion claims are not a JSON object"))?;
+        let client_id = untrusted
+            .sub
+            .clone()
+            .ok_or_else(|| OAuthError::invalid_client("client assertion has no sub"))?;
+        let client_id = client_id.as_str();
+        if body_id.is_some_and(|id| id != client_id) {
+            return Err(OAuthError::invalid_client("client_id differs from the assertion's sub"));
+        }
+        let client = self.active_client(client_id)?;
+        let kid = jws.header.kid.as_deref();
+        let mut candidates = client
+            .keys
+            .iter()
+            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(OAuthError::invalid_client(format!("client {client_id} has no key matching the assertion")));
+        }
+        let mut last_err = None;
+        let mut verified = false;
+        for key in candidates {
+            match jws.verify(key.alg, &key.public) {
+                Ok(_) => {
+                    verified = true;
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if !verified {
+            let why = last_err.map(|e| e.to_string()).unwrap_or_default();
+            return Err(OAuthError::invalid_client(format!("client assertion for {client_id}: {why}")));
+        }
+        // The payload is now trusted.
+        let claims = untrusted;
+        let s = &self.settings;
+        if claims.iss.as_deref() != Some(client_id) {
+            return Err(OAuthError::invalid_client("client assertion iss is not the client_id"));
+        }
+        if !claims
+            .aud
+            .as_ref()
+            .is_some_and(|a| a.contains(&s.token_endpoint) || a.contains(&s.issuer))
+        {
+            return Err(OAuthError::invalid_client("client assertion aud does not name this server"));
+        }
+        let skew = s.clock_skew as f64;
+        let now_f = now as f64;
+        let exp = claims
+            .exp
+            .ok_or_else(|| OAuthError::invalid_client("client assertion has no exp"))?;
+        if !exp.is_finite() || exp + skew <= now_f {
+            return Err(OAuthError::invalid_client("client assertion expired"));
+        }
+        if exp > now_f + s.max_assertion_lifetime as f64 + skew {
+            return Err(OAuthError::invalid_client("client assertion exp is too far ahead"));
+        }
+        for (name, value) in [("nbf", claims.nbf), ("iat", claims.iat)] {
+            if value.is_some_and(|v| !v.is_finite() || v > now_f + skew) {
+                return Err(OAuthError::invalid_client(format!("client assertion {name} is in the future")));
+            }
+        }
+        let jti = claims
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
+            .ok_or_else(|| OAuthError::invalid_client("client assertion has no usable jti"))?;
+        // Keep the jti until the assertion could no longer be accepted anyway.
+        let keep_until = exp as u64 + s.clock_skew + 1;
+        let first_use = self
+            .tokens
+            .record_assertion_jti(client_id, &jti, keep_until)
+            .map_err(OAuthError::internal)?;
+        if !first_use {
+            return Err(OAuthError::invalid_client(format!("client assertion jti replayed by {client_id}")));
+        }
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(body: &str) -> Form {
+        Form::parse(Some("application/x-www-form-urlencoded"), body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn basic_header_is_url_decoded() {
+        // RFC 6749 §2.3.1 form-encodes both parts before base64.
+        let header = format!("Basic {}", STANDARD.encode("a%20b:s%3At%25"));
+        let mut f = form("grant_type=x");
+        match Presented::from_request(Some(&header), &mut f).unwrap() {
+            Presented::Basic { client_id, secret } => {
+                assert_eq!(client_id, "a b");
+                assert_eq!(secret.as_str(), "s:t%");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_methods_at_once_are_refused() {
+        let header = format!("Basic {}", STANDARD.encode("a:b"));
+        let mut f = form("client_id=a&client_secret=b");
+        assert!(matches!(
+            Presented::from_request(Some(&header), &mut f),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_basic_is_invalid_client() {
+        for h in ["Basic", "Basic !!!", "Bearer abc", &format!("Basic {}", STANDARD.encode("nocolon"))] {
+            let mut f = form("a=1");
+            assert!(
+                matches!(Presented::from_request(Some(h), &mut f), Err(OAuthError::InvalidClient { .. })),
+                "{h}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_assertion_type_is_invalid_request() {
+        let mut f = form("client_assertion_type=urn:x&client_assertion=a.b.c");
+        assert!(matches!(
+            Presented::from_request(None, &mut f),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let p = Presented::Post {
+            client_id: "c".into(),
+            secret: Zeroizing::new("topsecret".into()),
+        };
+        assert!(!format!("{p:?}").contains("topsecret"));
+    }
+}

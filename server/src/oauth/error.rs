@@ -1,0 +1,124 @@
+//! The OAuth error enum: its wire form is the RFC 6749 §5.2 code (plus the RFC 8628, 7009 and 7591
+//! codes). HTTP adapters map it to status, body and `WWW-Authenticate`.
+
+use std::borrow::Cow;
+
+/// An OAuth error response. Descriptions are for the client's developer: they never carry a
+/// secret, and for authentication failures they do not say which check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OAuthError {
+    /// RFC 6749 §5.2 `invalid_request`.
+    #[error("invalid_request: {0}")]
+    InvalidRequest(Cow<'static, str>),
+    /// RFC 6749 §5.2 `invalid_client`. `reason` is logged for the operator, not sent.
+    #[error("invalid_client: {reason}")]
+    InvalidClient {
+        /// Which check failed, for the log.
+        reason: Cow<'static, str>,
+    },
+    /// RFC 6749 §5.2 `invalid_grant`.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(Cow<'static, str>),
+    /// RFC 6749 §5.2 `unauthorized_client`.
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(Cow<'static, str>),
+    /// RFC 6749 §5.2 `unsupported_grant_type`.
+    #[error("unsupported_grant_type: {0}")]
+    UnsupportedGrantType(Cow<'static, str>),
+    /// RFC 6749 §5.2 `invalid_scope`.
+    #[error("invalid_scope: {0}")]
+    InvalidScope(Cow<'static, str>),
+    /// RFC 7591 §3.2.2 `invalid_client_metadata`.
+    #[error("invalid_client_metadata: {0}")]
+    InvalidClientMetadata(Cow<'static, str>),
+    /// RFC 7009 §2.2.1 `unsupported_token_type`.
+    #[error("unsupported_token_type")]
+    UnsupportedTokenType,
+    /// The body was larger than the server accepts.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// Something on our side failed; the client sees a bare `server_error`.
+    #[error("server_error: {0}")]
+    Internal(String),
+}
+
+impl OAuthError {
+    /// The error code on the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) | OAuthError::PayloadTooLarge => "invalid_request",
+            OAuthError::InvalidClient { .. } => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
+            OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::InvalidClientMetadata(_) => "invalid_client_metadata",
+            OAuthError::UnsupportedTokenType => "unsupported_token_type",
+            OAuthError::Internal(_) => "server_error",
+        }
+    }
+
+    /// The HTTP status (RFC 6749 §5.2: 400, or 401 for client authentication).
+    pub fn status(&self) -> u16 {
+        match self {
+            OAuthError::InvalidClient { .. } => 401,
+            OAuthError::PayloadTooLarge => 413,
+            OAuthError::Internal(_) => 500,
+            _ => 400,
+        }
+    }
+
+    /// `error_description`, if any is safe to send.
+    pub fn description(&self) -> Option<&str> {
+        match self {
+            OAuthError::InvalidRequest(d)
+            | OAuthError::InvalidGrant(d)
+            | OAuthError::UnauthorizedClient(d)
+            | OAuthError::UnsupportedGrantType(d)
+            | OAuthError::InvalidScope(d)
+            | OAuthError::InvalidClientMetadata(d) => Some(d),
+            OAuthError::InvalidClient { .. } => Some("client authentication failed"),
+            OAuthError::PayloadTooLarge => Some("request body too large"),
+            OAuthError::UnsupportedTokenType | OAuthError::Internal(_) => None,
+        }
+    }
+
+    /// The JSON body (RFC 6749 §5.2).
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({ "error": self.code() });
+        if let Some(d) = self.description() {
+            body["error_description"] = d.into();
+        }
+        body
+    }
+
+    pub(crate) fn invalid_client(reason: impl Into<Cow<'static, str>>) -> Self {
+        OAuthError::InvalidClient {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        OAuthError::Internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_client_never_says_why() {
+        let e = OAuthError::invalid_client("wrong secret for client x");
+        assert_eq!(e.status(), 401);
+        assert!(!e.body().to_string().contains("wrong secret"));
+    }
+
+    #[test]
+    fn internal_errors_hide_detail() {
+        let e = OAuthError::internal("sled exploded at /var/lib");
+        assert_eq!(e.status(), 500);
+        assert_eq!(e.body(), serde_json::json!({"error": "server_error"}));
+    }
+}

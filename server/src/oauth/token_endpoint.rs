@@ -1,0 +1,118 @@
+//! The token endpoint (RFC 6749 §3.2), introspection (RFC 7662) and revocation (RFC 7009).
+
+use serde::Serialize;
+
+use super::client_auth::Presented;
+use super::form::Form;
+use super::{grant, scope, AuthServer, OAuthError};
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    /// The access token.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Lifetime in seconds.
+    pub expires_in: u64,
+    /// Granted scope (RFC 6749 §5.1: sent when it may differ from the request; we always send it).
+    pub scope: String,
+}
+
+/// An introspection response (RFC 7662 §2.2).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Introspection {
+    /// Whether the token is active.
+    pub active: bool,
+    /// The claims, when active.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<super::access_token::AccessClaims>,
+    /// `Bearer`, when active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+}
+
+impl AuthServer {
+    /// Handle a token request whose credentials and form were read by the HTTP adapter.
+    pub async fn token(&self, presented: Presented, form: Form, now: u64) -> Result<TokenResponse, OAuthError> {
+        let grant_type = form.require("grant_type")?;
+        match grant_type {
+            grant::CLIENT_CREDENTIALS => self.client_credentials(presented, &form, now).await,
+            grant::DEVICE_CODE | grant::REFRESH_TOKEN | grant::TOKEN_EXCHANGE => Err(
+                OAuthError::UnsupportedGrantType(format!("{grant_type} is not supported yet").into()),
+            ),
+            _ => Err(OAuthError::UnsupportedGrantType("unknown grant_type".into())),
+        }
+    }
+
+    /// RFC 6749 §4.4: a confidential client gets a token for itself.
+    async fn client_credentials(&self, presented: Presented, form: &Form, now: u64) -> Result<TokenResponse, OAuthError> {
+        let client = self.authenticate(presented, false, now).await?;
+        if !client.allows_grant(grant::CLIENT_CREDENTIALS) {
+            return Err(OAuthError::UnauthorizedClient(
+                "client is not registered for client_credentials".into(),
+            ));
+        }
+        let granted = scope::grant(form.get("scope"), &client.scopes)?.join(" ");
+        let (access_token, _claims) = self.mint_access_token(&client.client_id, &client.client_id, &granted, now);
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: self.settings.access_token_ttl,
+            scope: granted,
+        })
+    }
+
+    /// RFC 7662: any authenticated confidential client may ask whether a token is active.
+    pub async fn introspect(&self, presented: Presented, form: Form, now: u64) -> Result<Introspection, OAuthError> {
+        let caller = self.authenticate(presented, false, now).await?;
+        let token = form.require("token")?;
+        Ok(match self.validate_access_token(token, now) {
+            Ok(claims) => {
+                if claims.client_id != caller.client_id {
+                    tracing::info!(caller = %caller.client_id, owner = %claims.client_id, "introspection of another client's token");
+                }
+                Introspection {
+                    active: true,
+                    claims: Some(claims),
+                    token_type: Some("Bearer"),
+                }
+            }
+            Err(super::access_token::TokenRejection::Storage(e)) => return Err(OAuthError::Internal(e)),
+            Err(why) => {
+                tracing::debug!(caller = %caller.client_id, %why, "introspected token inactive");
+                Introspection {
+                    active: false,
+                    claims: None,
+                    token_type: None,
+                }
+            }
+        })
+    }
+
+    /// RFC 7009: revoke one of the caller's own access tokens. Invalid or unknown tokens are
+    /// answered with success (§2.2); another client's token is refused (§2.1).
+    pub async fn revoke(&self, presented: Presented, form: Form, now: u64) -> Result<(), OAuthError> {
+        let caller = self.authenticate(presented, false, now).await?;
+        let token = form.require("token")?;
+        match form.get("token_type_hint") {
+            None | Some("access_token") | Some("refresh_token") => {}
+            Some(_) => return Err(OAuthError::UnsupportedTokenType),
+        }
+        let claims = match self.validate_access_token(token, now) {
+            Ok(c) => c,
+            Err(super::access_token::TokenRejection::Storage(e)) => return Err(OAuthError::Internal(e)),
+            Err(_) => return Ok(()),
+        };
+        if claims.client_id != caller.client_id {
+            return Err(OAuthError::UnauthorizedClient(
+                "the token was not issued to this client".into(),
+            ));
+        }
+        self.tokens
+            .revoke_access_token(&claims.jti, claims.exp.saturating_add(self.settings.clock_skew) + 1)
+            .map_err(OAuthError::internal)?;
+        self.commit.commit().await.map_err(OAuthError::internal)?;
+        Ok(())
+    }
+}

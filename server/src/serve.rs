@@ -1,0 +1,132 @@
+//! Running the server: open the data directory, build the state, listen (HTTPS, or plain HTTP on
+//! loopback when asked), shut down gracefully on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ServeSettings, Transport};
+use crate::datadir::DB_DIR;
+use crate::keys::{KeyError, KeyFile, KeyRing, Keys};
+use crate::oauth::AuthServer;
+use crate::store::{Durability, GroupCommit, SledStore, StoreError, TokenStore};
+use crate::tls::TlsError;
+
+/// How often expired revocation and replay records are dropped.
+const PURGE_INTERVAL: Duration = Duration::from_secs(300);
+/// How long in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Storage could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listen address could not be bound or the server failed.
+    #[error("cannot serve on {addr}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything a running server holds, built from settings; tests use this to run in-process.
+#[derive(Debug)]
+pub struct Built {
+    /// The protocol core.
+    pub oauth: AuthServer,
+    store: Arc<SledStore>,
+}
+
+/// Open storage and keys, and start the group committer (needs a tokio runtime).
+pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
+    let store = Arc::new(SledStore::open(&settings.data_dir.join(DB_DIR))?);
+    let ring = KeyRing::build(&KeyFile::load(&settings.data_dir)?, crate::unix_now())?;
+    let oauth = AuthServer {
+        settings: Arc::new(settings.oauth.clone()),
+        clients: store.clone(),
+        tokens: store.clone(),
+        keys: Arc::new(Keys::new(ring)),
+        commit: GroupCommit::start(store.clone()),
+    };
+    Ok(Built { oauth, store })
+}
+
+/// Serve until SIGTERM or SIGINT.
+pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
+    let built = build(&settings)?;
+    let app = crate::http::router(built.oauth.clone(), settings.max_body_bytes)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let purge_store = built.store.clone();
+    let purge = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let store = purge_store.clone();
+            let now = crate::unix_now();
+            match tokio::task::spawn_blocking(move || store.purge_expired(now)).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired records dropped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "purge failed"),
+                _ => {}
+            }
+        }
+    });
+    let addr = settings.listen;
+    let listen_err = |source| ServeError::Listen { addr, source };
+    match &settings.transport {
+        Transport::Tls { cert, key } => {
+            let config = crate::tls::server_config(cert, key)?;
+            let handle = axum_server::Handle::new();
+            let shutdown = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+            });
+            tracing::info!(%addr, issuer = %settings.oauth.issuer, "serving HTTPS");
+            axum_server::bind_rustls(addr, axum_server::tls_rustls::RustlsConfig::from_config(config))
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(listen_err)?;
+        }
+        Transport::InsecureHttp => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen_err)?;
+            tracing::warn!(%addr, issuer = %settings.oauth.issuer, "serving plain HTTP on loopback (--insecure-http)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(listen_err)?;
+        }
+    }
+    purge.abort();
+    built.store.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

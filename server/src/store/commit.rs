@@ -1,0 +1,63 @@
+//! Group commit: one writer task flushes once for every request queued while the previous flush
+//! ran, then answers them all. Throughput grows with load instead of collapsing under fsync.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Durability;
+
+/// A flush that failed; every waiter of that batch gets it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage flush failed: {0}")]
+pub struct CommitError(String);
+
+type Waiter = oneshot::Sender<Result<(), CommitError>>;
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GroupCommit {
+    queue: mpsc::UnboundedSender<Waiter>,
+}
+
+impl GroupCommit {
+    /// Start the writer task on the current tokio runtime.
+    pub fn start(store: Arc<dyn Durability>) -> Self {
+        let (queue, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let store = store.clone();
+                // Every write acknowledged by a waiter in `batch` happened before it queued, so
+                // before this flush starts.
+                let result = match tokio::task::spawn_blocking(move || store.flush()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(CommitError(e.to_string())),
+                    Err(e) => Err(CommitError(format!("flush task failed: {e}"))),
+                };
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "group commit failed");
+                }
+                for waiter in batch.drain(..) {
+                    // A waiter that gave up (client disconnected) is no concern of ours.
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        GroupCommit { queue }
+    }
+
+    /// Wait until every write this task made before the call is durable.
+    pub async fn commit(&self) -> Result<(), CommitError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(tx)
+            .map_err(|_| CommitError("writer task stopped".into()))?;
+        rx.await
+            .map_err(|_| CommitError("writer task stopped".into()))?
+    }
+}

@@ -1,0 +1,198 @@
+//! Storage: narrow traits, one per concern, so that another backend can follow sled. Server state
+//! holds `Arc<dyn …>` of each; nothing above this module names sled.
+
+mod commit;
+mod sled;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::SecretHash;
+
+pub use self::commit::{CommitError, GroupCommit};
+pub use self::sled::SledStore;
+
+/// A storage operation that failed. The message names the operation, never a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened (missing, locked by another process, corrupt).
+    #[error("cannot open the database at {path}")]
+    Open {
+        /// Where the database was looked for.
+        path: String,
+        /// What the storage engine said.
+        source: ::sled::Error,
+    },
+    /// A read failed.
+    #[error("storage read failed ({what})")]
+    Read {
+        /// What was being read.
+        what: &'static str,
+        /// What the storage engine said.
+        source: ::sled::Error,
+    },
+    /// A write failed.
+    #[error("storage write failed ({what})")]
+    Write {
+        /// What was being written.
+        what: &'static str,
+        /// What the storage engine said.
+        source: ::sled::Error,
+    },
+    /// Flushing to disk failed.
+    #[error("storage flush failed")]
+    Flush {
+        /// What the storage engine said.
+        source: ::sled::Error,
+    },
+    /// A stored record could not be decoded.
+    #[error("stored {what} record is corrupt")]
+    Decode {
+        /// Which kind of record.
+        what: &'static str,
+        /// What the decoder said.
+        source: serde_json::Error,
+    },
+}
+
+/// Registered OAuth clients.
+pub trait ClientStore: Send + Sync {
+    /// The client with this id, if registered.
+    fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError>;
+    /// Create or replace a client record. Durable only after a [`GroupCommit::commit`].
+    fn put_client(&self, client: &Client) -> Result<(), StoreError>;
+    /// Create a client only if its id is unused; false if it was taken.
+    fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError>;
+}
+
+/// State about issued tokens and one-time values.
+pub trait TokenStore: Send + Sync {
+    /// Mark an access token (by `jti`) revoked until `exp`, after which it is dead anyway.
+    fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError>;
+    /// Whether this access token was revoked.
+    fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    /// Record a client assertion's `jti` (RFC 7523 §3 item 7) until `exp`. False if the same
+    /// client already used it: a replay.
+    fn record_assertion_jti(&self, client_id: &str, jti: &str, exp: u64)
+        -> Result<bool, StoreError>;
+    /// Drop revocation and replay records whose tokens expired before `now`.
+    fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+/// The one thing the group committer needs from a backend: make every write so far durable.
+pub trait Durability: Send + Sync {
+    /// Flush all writes made before this call to stable storage.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// How a client proves who it is at the token endpoint (RFC 7591 §2
+/// `token_endpoint_auth_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// HTTP Basic with client_id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// client_id and client_secret in the form body (RFC 6749 §2.3.1).
+    ClientSecretPost,
+    /// A JWT assertion signed by the client's key (RFC 7523 §2.2).
+    PrivateKeyJwt,
+    /// A public client: no authentication (RFC 8628 device clients).
+    None,
+}
+
+impl AuthMethod {
+    /// The RFC 7591 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// Signature algorithm of a client key; fixed by the key, never taken from a token header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KeyAlg {
+    /// ECDSA P-256 with SHA-256 (RFC 7518 §3.4).
+    ES256,
+    /// Ed25519 (RFC 8037).
+    EdDSA,
+}
+
+impl KeyAlg {
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlg::ES256 => "ES256",
+            KeyAlg::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// A client's public key, parsed once at registration so that no request parses a JWK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientKey {
+    /// `kid` from the registered JWK, if it had one.
+    pub kid: Option<String>,
+    /// The only algorithm this key verifies.
+    pub alg: KeyAlg,
+    /// Raw public key: SEC1 uncompressed point (65 bytes) for P-256, 32 bytes for Ed25519.
+    #[serde(with = "b64")]
+    pub public: Vec<u8>,
+    /// The JWK as registered (public members only).
+    pub jwk: serde_json::Value,
+}
+
+/// A registered client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Client {
+    /// The identifier (RFC 6749 §2.2).
+    pub client_id: String,
+    /// Human-readable name (RFC 7591 `client_name`).
+    #[serde(default)]
+    pub client_name: Option<String>,
+    /// Registered authentication method.
+    pub auth_method: AuthMethod,
+    /// Hash of the client secret, for the secret methods.
+    #[serde(default)]
+    pub secret_hash: Option<SecretHash>,
+    /// Keys for `private_key_jwt`.
+    #[serde(default)]
+    pub keys: Vec<ClientKey>,
+    /// Grant types the client may use.
+    pub grant_types: Vec<String>,
+    /// Scopes the client may be granted; also its default when a request names none.
+    pub scopes: Vec<String>,
+    /// When it was registered.
+    pub created_at: u64,
+    /// A disabled client authenticates nowhere and its tokens introspect as inactive.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl Client {
+    /// Whether the client registered this grant type.
+    pub fn allows_grant(&self, grant_type: &str) -> bool {
+        self.grant_types.iter().any(|g| g == grant_type)
+    }
+}
+
+mod b64 {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        URL_SAFE_NO_PAD.decode(text).map_err(D::Error::custom)
+    }
+}

@@ -1,0 +1,253 @@
+//! The embedded backend: one sled database in the data directory, one tree per concern.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use super::{Client, ClientStore, Durability, StoreError, TokenStore};
+
+/// sled-backed implementation of every store trait.
+pub struct SledStore {
+    db: sled::Db,
+    clients: sled::Tree,
+    revoked: sled::Tree,
+    assertion_jtis: sled::Tree,
+    /// Decoded clients, so the hot path neither reads nor parses a record per request.
+    client_cache: RwLock<HashMap<String, Arc<Client>>>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Open (or create) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        Ok(SledStore {
+            clients: tree("clients")?,
+            revoked: tree("revoked_access_tokens")?,
+            assertion_jtis: tree("assertion_jtis")?,
+            db,
+            client_cache: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn decode_client(bytes: &[u8]) -> Result<Client, StoreError> {
+        serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+            what: "client",
+            source,
+        })
+    }
+
+    fn encode_client(client: &Client) -> Vec<u8> {
+        // Serialising a struct of strings, vectors and numbers cannot fail.
+        serde_json::to_vec(client).unwrap_or_default()
+    }
+
+    fn forget_cached(&self, client_id: &str) {
+        if let Ok(mut cache) = self.client_cache.write() {
+            cache.remove(client_id);
+        }
+    }
+}
+
+impl ClientStore for SledStore {
+    fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
+        if let Some(hit) = self
+            .client_cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(client_id).cloned())
+        {
+            return Ok(Some(hit));
+        }
+        let Some(bytes) = self
+            .clients
+            .get(client_id)
+            .map_err(|source| StoreError::Read {
+                what: "client",
+                source,
+            })?
+        else {
+            return Ok(None);
+        };
+        let client = Arc::new(Self::decode_client(&bytes)?);
+        if let Ok(mut cache) = self.client_cache.write() {
+            cache.insert(client_id.to_owned(), client.clone());
+        }
+        Ok(Some(client))
+    }
+
+    fn put_client(&self, client: &Client) -> Result<(), StoreError> {
+        self.clients
+            .insert(client.client_id.as_bytes(), Self::encode_client(client))
+            .map_err(|source| StoreError::Write {
+                what: "client",
+                source,
+            })?;
+        self.forget_cached(&client.client_id);
+        Ok(())
+    }
+
+    fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError> {
+        let swapped = self
+            .clients
+            .compare_and_swap(
+                client.client_id.as_bytes(),
+                None::<&[u8]>,
+                Some(Self::encode_client(client)),
+            )
+            .map_err(|source| StoreError::Write {
+                what: "client",
+                source,
+            })?;
+        self.forget_cached(&client.client_id);
+        Ok(swapped.is_ok())
+    }
+}
+
+impl TokenStore for SledStore {
+    fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
+        self.revoked
+            .insert(jti.as_bytes(), &exp.to_be_bytes())
+            .map_err(|source| StoreError::Write {
+                what: "revocation",
+                source,
+            })?;
+        Ok(())
+    }
+
+    fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        self.revoked
+            .contains_key(jti.as_bytes())
+            .map_err(|source| StoreError::Read {
+                what: "revocation",
+                source,
+            })
+    }
+
+    fn record_assertion_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        exp: u64,
+    ) -> Result<bool, StoreError> {
+        // client_id cannot contain NUL (it is printable), so the key is unambiguous.
+        let mut key = Vec::with_capacity(client_id.len() + jti.len() + 1);
+        key.extend_from_slice(client_id.as_bytes());
+        key.push(0);
+        key.extend_from_slice(jti.as_bytes());
+        let swapped = self
+            .assertion_jtis
+            .compare_and_swap(key, None::<&[u8]>, Some(&exp.to_be_bytes()[..]))
+            .map_err(|source| StoreError::Write {
+                what: "assertion jti",
+                source,
+            })?;
+        Ok(swapped.is_ok())
+    }
+
+    fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        for tree in [&self.revoked, &self.assertion_jtis] {
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(|source| StoreError::Read {
+                    what: "expiry scan",
+                    source,
+                })?;
+                let exp = <[u8; 8]>::try_from(value.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if exp < now {
+                    tree.remove(key).map_err(|source| StoreError::Write {
+                        what: "expiry purge",
+                        source,
+                    })?;
+                    purged += 1;
+                }
+            }
+        }
+        Ok(purged)
+    }
+}
+
+impl Durability for SledStore {
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StoreError::Flush { source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::AuthMethod;
+
+    fn client(id: &str) -> Client {
+        Client {
+            client_id: id.into(),
+            client_name: None,
+            auth_method: AuthMethod::ClientSecretBasic,
+            secret_hash: None,
+            keys: vec![],
+            grant_types: vec!["client_credentials".into()],
+            scopes: vec!["a".into()],
+            created_at: 1,
+            disabled: false,
+        }
+    }
+
+    #[test]
+    fn clients_survive_reopen_and_cache_sees_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(store.insert_new_client(&client("c1")).unwrap());
+            assert!(!store.insert_new_client(&client("c1")).unwrap());
+            assert!(!store.client("c1").unwrap().unwrap().disabled);
+            let mut c = client("c1");
+            c.disabled = true;
+            store.put_client(&c).unwrap();
+            assert!(store.client("c1").unwrap().unwrap().disabled);
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.client("c1").unwrap().unwrap().disabled);
+        assert!(store.client("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn assertion_jti_is_accepted_once_per_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.record_assertion_jti("c1", "j", 100).unwrap());
+        assert!(!store.record_assertion_jti("c1", "j", 100).unwrap());
+        assert!(store.record_assertion_jti("c2", "j", 100).unwrap());
+    }
+
+    #[test]
+    fn purge_drops_only_expired_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.revoke_access_token("old", 10).unwrap();
+        store.revoke_access_token("new", 1000).unwrap();
+        store.record_assertion_jti("c", "old", 10).unwrap();
+        assert_eq!(store.purge_expired(500).unwrap(), 2);
+        assert!(!store.is_access_token_revoked("old").unwrap());
+        assert!(store.is_access_token_revoked("new").unwrap());
+    }
+}
