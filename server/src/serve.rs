@@ -55,6 +55,7 @@ pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         settings: Arc::new(settings.oauth.clone()),
         clients: store.clone(),
         tokens: store.clone(),
+        audit: store.clone(),
         keys: Arc::new(Keys::new(ring)),
         commit: GroupCommit::start(store.clone()),
     };

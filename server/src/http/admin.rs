@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
+use super::ctx::Ctx;
 use super::error::{json_bytes, OAuthResponse};
 use crate::oauth::registration::ClientMetadata;
 use crate::oauth::OAuthError;
@@ -36,10 +37,9 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, bod
     serde_json::from_slice(&body).map_err(|e| OAuthError::InvalidRequest(format!("body is not the expected JSON: {e}").into()))
 }
 
-async fn create_client(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let now = crate::unix_now();
+async fn create_client(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = match state.oauth.authorize_bearer(authorization, "clients:admin", now) {
+    let caller = match state.oauth.authorize_bearer(authorization, "clients:admin", ctx.now) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -48,7 +48,7 @@ async fn create_client(State(state): State<super::State>, headers: HeaderMap, bo
         Err(OAuthError::InvalidRequest(d)) => return OAuthResponse(OAuthError::InvalidClientMetadata(d)).into_response(),
         Err(e) => return OAuthResponse(e).into_response(),
     };
-    match state.oauth.register_client(meta, now).await {
+    match state.oauth.register_client(meta, &caller.client_id, &ctx).await {
         Ok(info) => {
             tracing::info!(actor = %caller.client_id, client = %info.client_id, "client registered");
             json_bytes(StatusCode::CREATED, serde_json::to_vec(&info).unwrap_or_default())

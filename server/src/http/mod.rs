@@ -2,6 +2,7 @@
 //! [`crate::oauth`].
 
 mod admin;
+mod ctx;
 mod discovery;
 mod error;
 mod oauth;

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
+use super::ctx::Ctx;
 use super::error::{json_bytes, OAuthResponse};
 use crate::oauth::client_auth::Presented;
 use crate::oauth::form::Form;
@@ -42,10 +43,10 @@ pub(super) fn read_request(headers: &HeaderMap, body: Result<Bytes, BytesRejecti
     Ok((presented, form))
 }
 
-async fn token(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn token(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
-        state.oauth.token(presented, form, crate::unix_now()).await
+        state.oauth.token(presented, form, &ctx).await
     }
     .await;
     match result {
@@ -54,10 +55,10 @@ async fn token(State(state): State<super::State>, headers: HeaderMap, body: Resu
     }
 }
 
-async fn introspect(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn introspect(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
-        state.oauth.introspect(presented, form, crate::unix_now()).await
+        state.oauth.introspect(presented, form, &ctx).await
     }
     .await;
     match result {
@@ -66,10 +67,10 @@ async fn introspect(State(state): State<super::State>, headers: HeaderMap, body:
     }
 }
 
-async fn revoke(State(state): State<super::State>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn revoke(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
-        state.oauth.revoke(presented, form, crate::unix_now()).await
+        state.oauth.revoke(presented, form, &ctx).await
     }
     .await;
     match result {

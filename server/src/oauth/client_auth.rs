@@ -10,7 +10,8 @@ use zeroize::Zeroizing;
 
 use super::form::Form;
 use super::jws::Unverified;
-use super::{AuthServer, OAuthError};
+use super::{AuthServer, OAuthError, RequestCtx};
+use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::{AuthMethod, Client};
 
 /// RFC 7523 §2.2 `client_assertion_type`.
@@ -63,6 +64,17 @@ impl std::fmt::Debug for Presented {
 }
 
 impl Presented {
+    /// The client_id the request claims, before any check.
+    pub fn claimed_client_id(&self) -> Option<&str> {
+        match self {
+            Presented::Basic { client_id, .. } | Presented::Post { client_id, .. } | Presented::Public { client_id } => {
+                Some(client_id)
+            }
+            Presented::Assertion { client_id, .. } => client_id.as_deref(),
+            Presented::Nothing => None,
+        }
+    }
+
     /// Read the client's credentials from the `Authorization` header and the form, removing
     /// them from the form. More than one method at once is `invalid_request` (RFC 6749 §2.3).
     pub fn from_request(authorization: Option<&str>, form: &mut Form) -> Result<Self, OAuthError> {
@@ -173,7 +185,21 @@ const MAX_JTI_LEN: usize = 256;
 impl AuthServer {
     /// Authenticate the client. `allow_public` admits a public client identified by
     /// `client_id` alone (device authorization); otherwise such a request is `invalid_client`.
-    pub async fn authenticate(&self, presented: Presented, allow_public: bool, now: u64) -> Result<Arc<Client>, OAuthError> {
+    /// Failures are audited (`client.auth_failed`) before they are returned.
+    pub async fn authenticate(&self, presented: Presented, allow_public: bool, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
+        let claimed = presented.claimed_client_id().map(str::to_owned);
+        let result = self.check_credentials(presented, allow_public, ctx.now).await;
+        if let Err(OAuthError::InvalidClient { reason }) = &result {
+            let mut event = AuditEvent::new("client.auth_failed", Outcome::Failure).reason(reason.to_string());
+            if let Some(id) = claimed {
+                event = event.client(id);
+            }
+            self.record(ctx, event).await?;
+        }
+        result
+    }
+
+    async fn check_credentials(&self, presented: Presented, allow_public: bool, now: u64) -> Result<Arc<Client>, OAuthError> {
         match presented {
             Presented::Basic { client_id, secret } | Presented::Post { client_id, secret } => {
                 let client = self.active_client(&client_id)?;

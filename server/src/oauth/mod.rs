@@ -13,7 +13,8 @@ pub mod token_endpoint;
 use std::sync::Arc;
 
 use crate::keys::Keys;
-use crate::store::{ClientStore, GroupCommit, TokenStore};
+use crate::store::audit::AuditEvent;
+use crate::store::{AuditLog, ClientStore, GroupCommit, TokenStore};
 
 pub use self::error::OAuthError;
 
@@ -72,8 +73,52 @@ pub struct AuthServer {
     pub tokens: Arc<dyn TokenStore>,
     /// Signing keys.
     pub keys: Arc<Keys>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditLog>,
     /// Makes writes durable before responses report them.
     pub commit: GroupCommit,
+}
+
+/// Who is asking, when, from where: what an audit entry and a rate limit need from a request.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    /// Unix seconds at arrival.
+    pub now: u64,
+    /// Request id (the caller's `X-Request-Id` if well-formed, else random).
+    pub request_id: String,
+    /// Peer address, when known.
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl RequestCtx {
+    /// A context at `now` with a fresh request id and no address (offline tools, tests).
+    pub fn at(now: u64) -> Self {
+        RequestCtx {
+            now,
+            request_id: crate::secret::random_id(9),
+            source: None,
+        }
+    }
+}
+
+impl AuthServer {
+    /// Append `event` to the audit log, stamped with the request, and wait until it is durable.
+    pub async fn record(&self, ctx: &RequestCtx, event: AuditEvent) -> Result<(), OAuthError> {
+        self.append_audit(ctx, event)?;
+        self.commit.commit().await.map_err(OAuthError::internal)
+    }
+
+    /// Append without waiting; the caller commits before it answers.
+    pub fn append_audit(&self, ctx: &RequestCtx, mut event: AuditEvent) -> Result<(), OAuthError> {
+        event.request_id = Some(ctx.request_id.clone());
+        event.source = ctx.source.map(|ip| ip.to_string());
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(ctx.now * 1000);
+        self.audit.append(event, time_ms).map_err(OAuthError::internal)?;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AuthServer {

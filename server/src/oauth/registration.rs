@@ -6,7 +6,8 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde::{Deserialize, Serialize};
 
 use super::access_token::{AccessClaims, TokenRejection};
-use super::{grant, scope, AuthServer, OAuthError};
+use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
+use crate::store::audit::{AuditEvent, Outcome};
 use crate::secret::{random_id, Secret};
 use crate::store::{AuthMethod, Client, ClientKey, KeyAlg};
 
@@ -111,13 +112,18 @@ impl AuthServer {
     }
 
     /// Register a client from RFC 7591 metadata; durable before it returns.
-    pub async fn register_client(&self, meta: ClientMetadata, now: u64) -> Result<ClientInformation, OAuthError> {
-        let (client, secret) = client_from_metadata(meta, now)?;
+    pub async fn register_client(&self, meta: ClientMetadata, actor: &str, ctx: &RequestCtx) -> Result<ClientInformation, OAuthError> {
+        let (client, secret) = client_from_metadata(meta, ctx.now)?;
         if !self.clients.insert_new_client(&client).map_err(OAuthError::internal)? {
             // 128 random bits collided: retrying would hide a broken RNG.
             return Err(OAuthError::Internal("client_id collision".into()));
         }
-        self.commit.commit().await.map_err(OAuthError::internal)?;
+        let event = AuditEvent::new("client.registered", Outcome::Success)
+            .actor(actor)
+            .subject(&client.client_id)
+            .client(&client.client_id)
+            .reason(format!("auth={} scope={}", client.auth_method.as_str(), client.scopes.join(" ")));
+        self.record(ctx, event).await?;
         Ok(information(&client, secret))
     }
 }

@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use super::client_auth::Presented;
 use super::form::Form;
-use super::{grant, scope, AuthServer, OAuthError};
+use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
+use crate::store::audit::{AuditEvent, Outcome};
 
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Serialize)]
@@ -34,10 +35,10 @@ pub struct Introspection {
 
 impl AuthServer {
     /// Handle a token request whose credentials and form were read by the HTTP adapter.
-    pub async fn token(&self, presented: Presented, form: Form, now: u64) -> Result<TokenResponse, OAuthError> {
+    pub async fn token(&self, presented: Presented, form: Form, ctx: &RequestCtx) -> Result<TokenResponse, OAuthError> {
         let grant_type = form.require("grant_type")?;
         match grant_type {
-            grant::CLIENT_CREDENTIALS => self.client_credentials(presented, &form, now).await,
+            grant::CLIENT_CREDENTIALS => self.client_credentials(presented, &form, ctx).await,
             grant::DEVICE_CODE | grant::REFRESH_TOKEN | grant::TOKEN_EXCHANGE => Err(
                 OAuthError::UnsupportedGrantType(format!("{grant_type} is not supported yet").into()),
             ),
@@ -46,15 +47,16 @@ impl AuthServer {
     }
 
     /// RFC 6749 §4.4: a confidential client gets a token for itself.
-    async fn client_credentials(&self, presented: Presented, form: &Form, now: u64) -> Result<TokenResponse, OAuthError> {
-        let client = self.authenticate(presented, false, now).await?;
+    async fn client_credentials(&self, presented: Presented, form: &Form, ctx: &RequestCtx) -> Result<TokenResponse, OAuthError> {
+        let client = self.authenticate(presented, false, ctx).await?;
         if !client.allows_grant(grant::CLIENT_CREDENTIALS) {
             return Err(OAuthError::UnauthorizedClient(
                 "client is not registered for client_credentials".into(),
             ));
         }
         let granted = scope::grant(form.get("scope"), &client.scopes)?.join(" ");
-        let (access_token, _claims) = self.mint_access_token(&client.client_id, &client.client_id, &granted, now);
+        let (access_token, claims) = self.mint_access_token(&client.client_id, &client.client_id, &granted, ctx.now);
+        self.record(ctx, issued_event(grant::CLIENT_CREDENTIALS, &claims)).await?;
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
@@ -64,13 +66,18 @@ impl AuthServer {
     }
 
     /// RFC 7662: any authenticated confidential client may ask whether a token is active.
-    pub async fn introspect(&self, presented: Presented, form: Form, now: u64) -> Result<Introspection, OAuthError> {
-        let caller = self.authenticate(presented, false, now).await?;
+    pub async fn introspect(&self, presented: Presented, form: Form, ctx: &RequestCtx) -> Result<Introspection, OAuthError> {
+        let caller = self.authenticate(presented, false, ctx).await?;
         let token = form.require("token")?;
-        Ok(match self.validate_access_token(token, now) {
+        Ok(match self.validate_access_token(token, ctx.now) {
             Ok(claims) => {
                 if claims.client_id != caller.client_id {
-                    tracing::info!(caller = %caller.client_id, owner = %claims.client_id, "introspection of another client's token");
+                    let event = AuditEvent::new("token.introspected", Outcome::Success)
+                        .actor(&caller.client_id)
+                        .subject(&claims.sub)
+                        .client(&claims.client_id)
+                        .reason(format!("jti={}", claims.jti));
+                    self.record(ctx, event).await?;
                 }
                 Introspection {
                     active: true,
@@ -92,19 +99,26 @@ impl AuthServer {
 
     /// RFC 7009: revoke one of the caller's own access tokens. Invalid or unknown tokens are
     /// answered with success (§2.2); another client's token is refused (§2.1).
-    pub async fn revoke(&self, presented: Presented, form: Form, now: u64) -> Result<(), OAuthError> {
-        let caller = self.authenticate(presented, false, now).await?;
+    pub async fn revoke(&self, presented: Presented, form: Form, ctx: &RequestCtx) -> Result<(), OAuthError> {
+        let caller = self.authenticate(presented, false, ctx).await?;
         let token = form.require("token")?;
         match form.get("token_type_hint") {
             None | Some("access_token") | Some("refresh_token") => {}
             Some(_) => return Err(OAuthError::UnsupportedTokenType),
         }
-        let claims = match self.validate_access_token(token, now) {
+        let claims = match self.validate_access_token(token, ctx.now) {
             Ok(c) => c,
             Err(super::access_token::TokenRejection::Storage(e)) => return Err(OAuthError::Internal(e)),
             Err(_) => return Ok(()),
         };
+        let event = AuditEvent::new("token.revoked", Outcome::Success)
+            .actor(&caller.client_id)
+            .subject(&claims.sub)
+            .client(&claims.client_id)
+            .reason(format!("jti={}", claims.jti));
         if claims.client_id != caller.client_id {
+            let event = AuditEvent { outcome: Outcome::Failure, ..event }.reason("token belongs to another client");
+            self.record(ctx, event).await?;
             return Err(OAuthError::UnauthorizedClient(
                 "the token was not issued to this client".into(),
             ));
@@ -112,7 +126,15 @@ impl AuthServer {
         self.tokens
             .revoke_access_token(&claims.jti, claims.exp.saturating_add(self.settings.clock_skew) + 1)
             .map_err(OAuthError::internal)?;
-        self.commit.commit().await.map_err(OAuthError::internal)?;
-        Ok(())
+        self.record(ctx, event).await
     }
+}
+
+/// The audit entry for an issued access token: who, for whom, which grant, scope and `jti`.
+pub fn issued_event(grant_type: &str, claims: &super::access_token::AccessClaims) -> AuditEvent {
+    AuditEvent::new("token.issued", Outcome::Success)
+        .actor(&claims.client_id)
+        .subject(&claims.sub)
+        .client(&claims.client_id)
+        .reason(format!("grant={grant_type} scope={} jti={}", claims.scope, claims.jti))
 }

@@ -1,6 +1,7 @@
 //! Storage: narrow traits, one per concern, so that another backend can follow sled. Server state
 //! holds `Arc<dyn …>` of each; nothing above this module names sled.
 
+pub mod audit;
 mod commit;
 mod sled;
 
@@ -9,6 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretHash;
+
+use self::audit::{AuditEntry, AuditEvent, ChainBreak};
 
 pub use self::commit::{CommitError, GroupCommit};
 pub use self::sled::SledStore;
@@ -79,6 +82,17 @@ pub trait TokenStore: Send + Sync {
         -> Result<bool, StoreError>;
     /// Drop revocation and replay records whose tokens expired before `now`.
     fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+/// The append-only, hash-chained audit log.
+pub trait AuditLog: Send + Sync {
+    /// Append an event at `time_ms`; durable after the next [`GroupCommit::commit`]. Returns the
+    /// entry's sequence number.
+    fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError>;
+    /// Up to `limit` entries with sequence numbers above `after`, oldest first.
+    fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Check the whole chain: the number of entries, or the first broken one.
+    fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError>;
 }
 
 /// The one thing the group committer needs from a backend: make every write so far durable.

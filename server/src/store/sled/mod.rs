@@ -1,10 +1,13 @@
 //! The embedded backend: one sled database in the data directory, one tree per concern.
 
+mod audit;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{Client, ClientStore, Durability, StoreError, TokenStore};
+
 
 /// sled-backed implementation of every store trait.
 pub struct SledStore {
@@ -12,6 +15,7 @@ pub struct SledStore {
     clients: sled::Tree,
     revoked: sled::Tree,
     assertion_jtis: sled::Tree,
+    audit: audit::SledAudit,
     /// Decoded clients, so the hot path neither reads nor parses a record per request.
     client_cache: RwLock<HashMap<String, Arc<Client>>>,
 }
@@ -39,6 +43,7 @@ impl SledStore {
             clients: tree("clients")?,
             revoked: tree("revoked_access_tokens")?,
             assertion_jtis: tree("assertion_jtis")?,
+            audit: audit::SledAudit::open(tree("audit")?)?,
             db,
             client_cache: RwLock::new(HashMap::new()),
         })
