@@ -1,1 +1,73 @@
-fn main() {}
+//! Cost of the TPM operations the agent performs, against a swtpm started by the bench.
+//!
+//! Run: `cargo bench -p hallmark-agent --bench tpm`.
+
+// A bench has nothing to recover from: the first failure should abort it loudly.
+#![allow(clippy::expect_used)]
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use hallmark_agent::tpm::{KeySlot, Tpm};
+use hallmark_hwsim::Swtpm;
+
+fn tpm_ops(c: &mut Criterion) {
+    let sim = Swtpm::temp_manufactured().expect("swtpm starts");
+    let mut tpm = Tpm::open(&sim.tcti()).expect("TPM opens");
+    let secret = [0x42u8; 32];
+    let jwt_signing_input = vec![b'a'; 400];
+
+    let mut group = c.benchmark_group("tpm");
+    group.sample_size(30);
+    group.measurement_time(Duration::from_secs(4));
+
+    group.bench_function("open", |b| {
+        b.iter(|| Tpm::open(&sim.tcti()).expect("open"));
+    });
+
+    group.bench_function("seal_factory_secret+erase", |b| {
+        b.iter(|| {
+            tpm.seal_factory_secret(&secret).expect("seal");
+            tpm.erase_factory_secret().expect("erase");
+        });
+    });
+
+    tpm.seal_factory_secret(&secret).expect("seal");
+    group.bench_function("unseal_factory_secret", |b| {
+        b.iter(|| tpm.unseal_factory_secret().expect("unseal"));
+    });
+
+    group.bench_function("seal_blob_2KiB", |b| {
+        let data = vec![7u8; 2048];
+        b.iter(|| tpm.seal_blob(&data).expect("seal blob"));
+    });
+
+    let blob = tpm.seal_blob(&[7u8; 2048]).expect("seal blob");
+    group.bench_function("unseal_blob_2KiB", |b| {
+        b.iter(|| tpm.unseal_blob(&blob).expect("unseal blob"));
+    });
+
+    group.bench_function("create_device_key+erase", |b| {
+        b.iter(|| {
+            tpm.create_device_key(KeySlot::B).expect("create");
+            tpm.erase_device_key(KeySlot::B).expect("erase");
+        });
+    });
+
+    tpm.create_device_key(KeySlot::A).expect("create");
+    group.bench_function("sign_es256_400B", |b| {
+        b.iter(|| {
+            tpm.sign_es256(KeySlot::A, &jwt_signing_input)
+                .expect("sign")
+        });
+    });
+
+    group.bench_function("endorsement_key", |b| {
+        b.iter(|| tpm.endorsement_key().expect("ek"));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tpm_ops);
+criterion_main!(benches);

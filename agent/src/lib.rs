@@ -1,2 +1,4 @@
 //! Hallmark's on-device agent library: the device's credential lives in its TPM.
 #![warn(missing_docs)]
+
+pub mod tpm;

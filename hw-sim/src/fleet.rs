@@ -174,10 +174,12 @@ fn bring_up(dir: &Path, serial: &str, ca: &LocalCa) -> Result<FleetDevice, Fleet
         serial: serial.to_owned(),
         source,
     };
-    fs::create_dir_all(&device_dir).map_err(|source| fail(SwtpmError::PrepareDir {
-        dir: device_dir.clone(),
-        source,
-    }))?;
+    fs::create_dir_all(&device_dir).map_err(|source| {
+        fail(SwtpmError::PrepareDir {
+            dir: device_dir.clone(),
+            source,
+        })
+    })?;
     manufacture::run_swtpm_setup(&swtpm::state_dir(&device_dir), ca)
         .map_err(|source| fail(SwtpmError::Manufacture { source }))?;
     let tpm = Swtpm::start_detachable(&device_dir).map_err(fail)?;
@@ -268,7 +270,7 @@ fn serves(pid: u32, device_dir: &Path) -> bool {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     let state_arg = format!("dir={}", swtpm::state_dir(device_dir).display());
-    args.first().is_some_and(|a| a.ends_with("swtpm")) && args.iter().any(|a| *a == state_arg)
+    args.first().is_some_and(|a| a.ends_with("swtpm")) && args.contains(&state_arg)
 }
 
 fn stop(device_dir: &Path, pid: u32) -> Result<(), FleetError> {
@@ -300,7 +302,9 @@ fn signal(pid: u32, name: &str) -> io::Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("kill -{name} {pid} failed ({status})")))
+        Err(io::Error::other(format!(
+            "kill -{name} {pid} failed ({status})"
+        )))
     }
 }
 

@@ -42,7 +42,7 @@ pub struct Swtpm {
     child: Option<Child>,
     /// Present when the simulation directory is a temporary one owned by this value; declared
     /// last so the process is killed (in `Drop`) before the directory is removed.
-    _temp: Option<TempDir>,
+    owned_dir: Option<TempDir>,
 }
 
 /// What went wrong starting or manufacturing a simulated TPM.
@@ -120,7 +120,7 @@ impl Swtpm {
             dir,
             port,
             child: Some(child),
-            _temp: None,
+            owned_dir: None,
         })
     }
 
@@ -143,7 +143,7 @@ impl Swtpm {
     pub fn temp() -> Result<Swtpm, SwtpmError> {
         let temp = temp_dir()?;
         let mut tpm = Self::start(temp.path())?;
-        tpm._temp = Some(temp);
+        tpm.owned_dir = Some(temp);
         Ok(tpm)
     }
 
@@ -158,7 +158,7 @@ impl Swtpm {
         prepare_dir(temp.path())?;
         manufacture::copy_template(&state_dir(temp.path()))?;
         let mut tpm = Self::start(temp.path())?;
-        tpm._temp = Some(temp);
+        tpm.owned_dir = Some(temp);
         Ok(tpm)
     }
 
@@ -170,7 +170,7 @@ impl Swtpm {
         let temp = temp_dir()?;
         let ca = manufacture::cached_ca()?;
         let mut tpm = Self::manufacture_with(temp.path(), &ca)?;
-        tpm._temp = Some(temp);
+        tpm.owned_dir = Some(temp);
         Ok(tpm)
     }
 
@@ -225,10 +225,7 @@ impl Swtpm {
                     self.child = Some(child);
                     return Ok(());
                 }
-                Err(err) if Instant::now() < deadline => {
-                    drop(err);
-                    thread::sleep(Duration::from_millis(50));
-                }
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
                 Err(err) => return Err(err),
             }
         }
@@ -251,7 +248,7 @@ impl Swtpm {
             dir,
             port,
             child: Some(child),
-            _temp: None,
+            owned_dir: None,
         })
     }
 }

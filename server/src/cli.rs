@@ -25,6 +25,41 @@ pub enum Command {
     Init(InitArgs),
     /// Run the server.
     Serve(ServeArgs),
+    /// The audit log (offline: stop the server first).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Signing keys (offline: stop the server first).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum AuditCommand {
+    /// Check the hash chain: prints `audit chain intact: N entries` and exits 0, or names the
+    /// first broken entry and exits 1.
+    Verify {
+        /// Data directory.
+        #[arg(long, env = "HALLMARK_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum KeysCommand {
+    /// Add a new signing key, published at once and signing after `--activate-in` seconds; drop
+    /// keys no live token can carry. Prints the new kid.
+    Rotate {
+        /// Data directory.
+        #[arg(long, env = "HALLMARK_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Seconds until the new key signs: at least the validators' JWKS cache period.
+        #[arg(long, default_value_t = crate::config::DEFAULT_KEY_PUBLISH_AHEAD)]
+        activate_in: u64,
+    },
 }
 
 /// `init` arguments.
@@ -71,6 +106,12 @@ pub struct ServeArgs {
     /// Largest request body in bytes (default 65536).
     #[arg(long, env = "HALLMARK_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Seconds between automatic signing-key rotations; 0 turns them off (default 30 days).
+    #[arg(long, env = "HALLMARK_KEY_ROTATION_PERIOD")]
+    pub key_rotation_period: Option<u64>,
+    /// Seconds a new signing key is published before it signs (default 600).
+    #[arg(long, env = "HALLMARK_KEY_PUBLISH_AHEAD")]
+    pub key_publish_ahead: Option<u64>,
 }
 
 impl ServeArgs {
@@ -85,6 +126,8 @@ impl ServeArgs {
             access_token_ttl: self.access_token_ttl,
             clock_skew: self.clock_skew,
             max_body_bytes: self.max_body_bytes,
+            key_rotation_period: self.key_rotation_period,
+            key_publish_ahead: self.key_publish_ahead,
         }
     }
 }

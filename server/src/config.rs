@@ -18,6 +18,10 @@ pub const DEFAULT_ACCESS_TOKEN_TTL: u64 = 300;
 pub const DEFAULT_CLOCK_SKEW: u64 = 30;
 /// Default largest request body: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default automatic signing-key rotation period: 30 days.
+pub const DEFAULT_KEY_ROTATION_PERIOD: u64 = 30 * 24 * 3600;
+/// Default time a new key is published before it signs: 10 minutes, a validator's JWKS cache.
+pub const DEFAULT_KEY_PUBLISH_AHEAD: u64 = 600;
 
 /// One layer of settings, as written in a TOML file. Every field is optional; later layers win.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -39,6 +43,10 @@ pub struct ConfigLayer {
     pub clock_skew: Option<u64>,
     /// Largest request body in bytes, 1 KiB to 1 MiB. Default 65536.
     pub max_body_bytes: Option<usize>,
+    /// Seconds between automatic signing-key rotations; 0 = never. Default 2592000 (30 days).
+    pub key_rotation_period: Option<u64>,
+    /// Seconds a new signing key is published before it signs. Default 600.
+    pub key_publish_ahead: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -65,6 +73,8 @@ impl ConfigLayer {
             access_token_ttl: top.access_token_ttl.or(self.access_token_ttl),
             clock_skew: top.clock_skew.or(self.clock_skew),
             max_body_bytes: top.max_body_bytes.or(self.max_body_bytes),
+            key_rotation_period: top.key_rotation_period.or(self.key_rotation_period),
+            key_publish_ahead: top.key_publish_ahead.or(self.key_publish_ahead),
         }
     }
 }
@@ -120,6 +130,10 @@ pub struct ServeSettings {
     pub transport: Transport,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Automatic signing-key rotation period, seconds; 0 = never.
+    pub key_rotation_period: u64,
+    /// How long a new key is published before it signs, seconds.
+    pub key_publish_ahead: u64,
     /// What the protocol logic needs.
     pub oauth: Settings,
 }
@@ -182,6 +196,13 @@ impl ServeSettings {
         if !(1024..=1024 * 1024).contains(&max_body_bytes) {
             return Err(invalid(format!("max body {max_body_bytes} bytes is outside 1 KiB..1 MiB")));
         }
+        let key_rotation_period = layer.key_rotation_period.unwrap_or(DEFAULT_KEY_ROTATION_PERIOD);
+        let key_publish_ahead = layer.key_publish_ahead.unwrap_or(DEFAULT_KEY_PUBLISH_AHEAD);
+        if key_rotation_period != 0 && key_rotation_period <= key_publish_ahead {
+            return Err(invalid(format!(
+                "key rotation period {key_rotation_period} s must be longer than the publish-ahead time {key_publish_ahead} s"
+            )));
+        }
         let mut oauth = Settings::for_issuer(&issuer);
         oauth.access_token_ttl = ttl;
         oauth.clock_skew = skew;
@@ -190,6 +211,8 @@ impl ServeSettings {
             listen,
             transport,
             max_body_bytes,
+            key_rotation_period,
+            key_publish_ahead,
             oauth,
         })
     }

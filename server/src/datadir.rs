@@ -185,6 +185,22 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     })
 }
 
+/// `audit verify`: check the audit chain of a stopped server's data directory.
+pub fn verify_audit(data_dir: &Path) -> Result<Result<u64, crate::store::audit::ChainBreak>, StoreError> {
+    use crate::store::AuditLog as _;
+    SledStore::open(&data_dir.join(DB_DIR))?.verify()
+}
+
+/// `keys rotate`: add a key signing in `activate_in` seconds, prune dead ones; the new kid.
+pub fn rotate_keys(data_dir: &Path, activate_in: u64) -> Result<String, KeyError> {
+    let mut file = KeyFile::load(data_dir)?;
+    // Keep retired keys for the longest lifetime serve accepts plus the largest skew.
+    let keep = 86_400 + 300;
+    let kid = file.rotate(crate::unix_now(), activate_in, keep);
+    file.save(data_dir)?;
+    Ok(kid)
+}
+
 /// Write a secret file: temp file with mode 0600, fsync, rename, fsync the directory.
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic(path, bytes, 0o600)

@@ -122,6 +122,37 @@ impl KeyFile {
     }
 }
 
+impl KeyFile {
+    /// Rotate: add a key that is published now and signs from `now + publish_ahead` (one
+    /// validator cache period, so no validator meets a `kid` it has not fetched), and drop keys
+    /// that no token still alive can carry: a key retires when the next one activates, and is
+    /// kept `keep_after_retire` seconds (the longest access token lifetime plus skew) after that.
+    pub fn rotate(&mut self, now: u64, publish_ahead: u64, keep_after_retire: u64) -> String {
+        let kid = self.add_new(now, now + publish_ahead);
+        self.prune(now, keep_after_retire);
+        kid
+    }
+
+    /// Drop keys retired more than `keep_after_retire` seconds ago.
+    pub fn prune(&mut self, now: u64, keep_after_retire: u64) {
+        self.keys.sort_by_key(|k| k.active_from);
+        // Key i retired when key i+1 activated; if that was long enough ago (and key i+1 is
+        // active), nothing key i signed is alive.
+        let activations: Vec<u64> = self.keys.iter().map(|k| k.active_from).collect();
+        let mut index = 0;
+        self.keys.retain(|_| {
+            let next = activations.get(index + 1).copied();
+            index += 1;
+            !next.is_some_and(|retired| retired <= now && retired + keep_after_retire < now)
+        });
+    }
+
+    /// When the newest key was made.
+    pub fn newest_created_at(&self) -> Option<u64> {
+        self.keys.iter().map(|k| k.created_at).max()
+    }
+}
+
 trait ClassifyName {
     fn classify_name(&self) -> &'static str;
 }
@@ -304,6 +335,22 @@ mod tests {
         let jwks: serde_json::Value = serde_json::from_slice(&ring.jwks_json).unwrap();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 3);
         assert!(!String::from_utf8_lossy(&ring.jwks_json).contains(&file.keys[0].seed));
+    }
+
+    #[test]
+    fn rotation_publishes_ahead_and_prunes_only_dead_keys() {
+        let mut file = KeyFile::default();
+        let first = file.add_new(0, 0);
+        let second = file.rotate(1000, 600, 330);
+        // Published at once, signing only after the cache period.
+        assert_eq!(KeyRing::build(&file, 1000).unwrap().active.kid, first);
+        assert!(KeyRing::build(&file, 1000).unwrap().verifier(&second).is_some());
+        assert_eq!(KeyRing::build(&file, 1600).unwrap().active.kid, second);
+        // The first key stays while tokens it signed may live (until 1600 + 330).
+        file.prune(1900, 330);
+        assert_eq!(file.keys.len(), 2);
+        let third = file.rotate(2000, 0, 330);
+        assert_eq!(file.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(), vec![second, third]);
     }
 
     #[test]

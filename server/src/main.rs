@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hallmark_server::cli::{Cli, Command};
+use hallmark_server::cli::{AuditCommand, Cli, Command, KeysCommand};
 use hallmark_server::config::ServeSettings;
 use hallmark_server::datadir::{self, InitOptions};
 
@@ -49,6 +49,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = ServeSettings::resolve(&args.data_dir, args.config.as_deref(), args.layer())?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(hallmark_server::serve::serve(settings))?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { data_dir }) => match datadir::verify_audit(&data_dir)? {
+            Ok(n) => {
+                println!("audit chain intact: {n} entries");
+                Ok(())
+            }
+            Err(broken) => {
+                println!("{broken}");
+                std::process::exit(1);
+            }
+        },
+        Command::Keys(KeysCommand::Rotate { data_dir, activate_in }) => {
+            let kid = datadir::rotate_keys(&data_dir, activate_in)?;
+            println!("{}", serde_json::json!({"kid": kid, "signs_in_seconds": activate_in}));
             Ok(())
         }
         _ => anyhow::bail!("command not available in this build"),

@@ -7,12 +7,15 @@ use std::time::Duration;
 use crate::config::{ServeSettings, Transport};
 use crate::datadir::DB_DIR;
 use crate::keys::{KeyError, KeyFile, KeyRing, Keys};
-use crate::oauth::AuthServer;
+use crate::oauth::{AuthServer, RequestCtx};
+use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::{Durability, GroupCommit, SledStore, StoreError, TokenStore};
 use crate::tls::TlsError;
 
 /// How often expired revocation and replay records are dropped.
 const PURGE_INTERVAL: Duration = Duration::from_secs(300);
+/// How often the key file is re-read and the rotation schedule checked.
+const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -56,8 +59,13 @@ pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         clients: store.clone(),
         tokens: store.clone(),
         audit: store.clone(),
+        devices: store.clone(),
         keys: Arc::new(Keys::new(ring)),
         commit: GroupCommit::start(store.clone()),
+        device_grants: store.clone(),
+        refresh_tokens: store.clone(),
+        users: store.clone(),
+        sessions: store.clone(),
     };
     Ok(Built { oauth, store })
 }
@@ -74,13 +82,15 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             tick.tick().await;
             let store = purge_store.clone();
             let now = crate::unix_now();
-            match tokio::task::spawn_blocking(move || store.purge_expired(now)).await {
+            let purge = move || Ok::<_, StoreError>(store.purge_expired(now)? + crate::oauth::device_flow::purge_expired(&*store, now)?);
+            match tokio::task::spawn_blocking(purge).await {
                 Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired records dropped"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "purge failed"),
                 _ => {}
             }
         }
     });
+    let key_task = spawn_key_maintenance(&settings, built.oauth.clone());
     let addr = settings.listen;
     let listen_err = |source| ServeError::Listen { addr, source };
     match &settings.transport {
@@ -109,9 +119,62 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         }
     }
     purge.abort();
+    key_task.abort();
     built.store.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keep the key ring current: rotate on schedule, pick up keys rotated offline, and switch the
+/// signer when a published-ahead key's time comes.
+fn spawn_key_maintenance(settings: &ServeSettings, oauth: AuthServer) -> tokio::task::JoinHandle<()> {
+    let dir = settings.data_dir.clone();
+    let period = settings.key_rotation_period;
+    let ahead = settings.key_publish_ahead;
+    // A retired key stays published while any token it signed may be presented.
+    let keep = settings.oauth.access_token_ttl + settings.oauth.clock_skew;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            let dir = dir.clone();
+            let now = crate::unix_now();
+            let step = tokio::task::spawn_blocking(move || -> Result<(KeyRing, Option<String>), KeyError> {
+                let mut file = KeyFile::load(&dir)?;
+                let due = period > 0 && file.newest_created_at().is_none_or(|t| t + period <= now);
+                let rotated = if due {
+                    let kid = file.rotate(now, ahead, keep);
+                    file.save(&dir)?;
+                    Some(kid)
+                } else {
+                    None
+                };
+                Ok((KeyRing::build(&file, now)?, rotated))
+            })
+            .await;
+            match step {
+                Ok(Ok((ring, rotated))) => {
+                    if let Some(kid) = rotated {
+                        tracing::info!(%kid, "signing key rotated on schedule");
+                        let event = AuditEvent::new("keys.rotated", Outcome::Success)
+                            .actor("scheduler")
+                            .subject(kid)
+                            .reason(format!("signs in {ahead} s"));
+                        if let Err(e) = oauth.record(&RequestCtx::at(now), event).await {
+                            tracing::error!(error = %e, "could not audit key rotation");
+                        }
+                    }
+                    let current = oauth.keys.current();
+                    if current.active.kid != ring.active.kid || current.jwks_json != ring.jwks_json {
+                        tracing::info!(kid = %ring.active.kid, "signing key ring updated");
+                        oauth.keys.replace(ring);
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "signing key maintenance failed"),
+                Err(e) => tracing::error!(error = %e, "signing key task failed"),
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -297,3 +297,39 @@ pub(crate) fn is_bad_auth(err: &tss_esapi::Error) -> bool {
         tss_esapi::Error::WrapperError(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tss(rc: u32) -> tss_esapi::Error {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc))
+    }
+
+    fn other(source: tss_esapi::Error) -> TpmError {
+        TpmError::Sign {
+            slot: KeySlot::A,
+            source,
+        }
+    }
+
+    #[test]
+    fn diagnoses_what_an_operator_can_act_on() {
+        // TPM_RC_LOCKOUT (Part 2 §6.6.3: RC_WARN + 0x021).
+        let lockout = diagnose("t", "sign", tss(0x921), other);
+        assert!(matches!(lockout, TpmError::Lockout { operation: "sign" }));
+        assert!(lockout.to_string().contains("lockout"));
+        // TPM_RC_OBJECT_MEMORY (RC_WARN + 0x002).
+        let memory = diagnose("t", "sign", tss(0x902), other);
+        assert!(matches!(memory, TpmError::OutOfMemory { .. }));
+        // TSS2_TCTI_RC_IO_ERROR: the connection, not the TPM.
+        let io = diagnose("swtpm:port=1", "sign", tss(0x000a_000a), other);
+        assert!(matches!(io, TpmError::Unreachable { ref tcti, .. } if tcti == "swtpm:port=1"));
+        // TPM_RC_HANDLE for handle 1 (RC_FMT1 + 0x00B + TPM_RC_1).
+        assert!(is_missing_handle(&tss(0x18b)));
+        // An ESAPI-layer error with the same low bits is not the TPM's.
+        assert!(!is_missing_handle(&tss(0x0007_018b)));
+        let signing = diagnose("t", "sign", tss(0x1df), other);
+        assert!(matches!(signing, TpmError::Sign { .. }));
+    }
+}

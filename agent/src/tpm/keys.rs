@@ -95,11 +95,12 @@ impl DeviceKey {
         let mut point = Vec::with_capacity(65);
         point.push(0x04);
         for coordinate in [&self.jwk.x, &self.jwk.y] {
-            let bytes = URL_SAFE_NO_PAD
-                .decode(coordinate)
-                .map_err(|_| TpmError::UnexpectedResponse {
-                    what: "a JWK coordinate is not base64url".to_owned(),
-                })?;
+            let bytes =
+                URL_SAFE_NO_PAD
+                    .decode(coordinate)
+                    .map_err(|_| TpmError::UnexpectedResponse {
+                        what: "a JWK coordinate is not base64url".to_owned(),
+                    })?;
             point.extend_from_slice(&bytes);
         }
         Ok(point)
@@ -178,10 +179,12 @@ impl Tpm {
                 let created = ctx.create(srk, template, None, None, None, None)?;
                 ctx.load(srk, created.out_private, created.out_public)
             })
-            .map_err(self.fail("create a device key", |source| TpmError::CreateKey {
-                slot,
-                source,
-            }))?;
+            .map_err(
+                self.fail("create a device key", |source| TpmError::CreateKey {
+                    slot,
+                    source,
+                }),
+            )?;
         self.persist(created, slot.handle())?;
         self.device_key(slot)?
             .ok_or_else(|| TpmError::UnexpectedResponse {
@@ -247,7 +250,8 @@ impl Tpm {
                     what: "digest",
                     source,
                 };
-                let digest = Digest::try_from(Sha256::digest(message).to_vec()).map_err(structure)?;
+                let digest =
+                    Digest::try_from(Sha256::digest(message).to_vec()).map_err(structure)?;
                 let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
                     tag: TPM2_ST_HASHCHECK,
                     hierarchy: TPM2_RH_NULL,
@@ -301,15 +305,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thumbprint_matches_rfc7638_construction() {
-        // RFC 7638 §3.1's example is RSA; this checks the EC member order and encoding
-        // against a hand-computed SHA-256 of the canonical JSON.
-        let x = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
-        let y = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
-        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let expected = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()));
-        assert_eq!(thumbprint(x, y), expected);
-        assert_eq!(thumbprint(x, y).len(), 43);
+    fn thumbprint_is_sha256_of_the_ordered_required_members() {
+        // RFC 7638 §3.2/§3.3: members crv, kty, x, y in that order, no whitespace.
+        let kid = thumbprint("AAAA", "BBBB");
+        let expected = URL_SAFE_NO_PAD.encode(Sha256::digest(
+            br#"{"crv":"P-256","kty":"EC","x":"AAAA","y":"BBBB"}"#,
+        ));
+        assert_eq!(kid, expected);
+        assert_eq!(kid.len(), 43);
     }
 
     #[test]

@@ -28,11 +28,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use tss_esapi::attributes::SessionAttributesBuilder;
-use tss_esapi::constants::tss::{TPM2_LOADED_SESSION_FIRST, TPM2_TRANSIENT_FIRST};
-use tss_esapi::constants::{CapabilityType, SessionType};
-use tss_esapi::handles::{
-    KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle,
+use tss_esapi::constants::tss::{
+    TPM2_LOADED_SESSION_FIRST, TPM2_PERSISTENT_FIRST, TPM2_TRANSIENT_FIRST,
 };
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
@@ -54,8 +54,10 @@ pub const FACTORY_SECRET_HANDLE: u32 = 0x8100_0010;
 
 /// One of the two persistent slots for the device signing key; rotation writes the new key to
 /// the slot the current key is not in, so a power cut never leaves the device without a key.
+///
+/// Deliberately exhaustive (unlike the module's other public enums): the rotation state
+/// machine matches on both slots, and a third slot would be a design change, not an addition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum KeySlot {
     /// Persistent handle 0x81000011.
     A,
@@ -154,11 +156,11 @@ impl Tpm {
     }
 
     /// Builds the error for a failed TSS call, diagnosing lockout, lost connection and the like.
-    fn fail(
-        &self,
+    fn fail<'a>(
+        &'a self,
         operation: &'static str,
-        op: impl FnOnce(tss_esapi::Error) -> TpmError,
-    ) -> impl FnOnce(tss_esapi::Error) -> TpmError + '_ {
+        op: impl FnOnce(tss_esapi::Error) -> TpmError + 'a,
+    ) -> impl FnOnce(tss_esapi::Error) -> TpmError + 'a {
         move |source| {
             if is_bad_auth(&source) && operation_needs_owner(operation) {
                 return TpmError::OwnerAuthorization { operation, source };
@@ -174,10 +176,14 @@ impl Tpm {
         for first in [TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST] {
             let listed = self
                 .ctx
-                .execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, first, 64))
-                .map_err(self.fail("list loaded objects", |source| TpmError::FlushStale {
-                    source,
-                }))?;
+                .execute_without_session(|ctx| {
+                    ctx.get_capability(CapabilityType::Handles, first, 64)
+                })
+                .map_err(
+                    self.fail("list loaded objects", |source| TpmError::FlushStale {
+                        source,
+                    }),
+                )?;
             let CapabilityData::Handles(handles) = listed.0 else {
                 continue;
             };
@@ -225,25 +231,41 @@ impl Tpm {
 
     /// The TPM's persistent handles (TPM2_GetCapability, TPM_CAP_HANDLES).
     fn persistent_handles(&mut self) -> Result<Vec<u32>, TpmError> {
+        self.handles(TPM2_PERSISTENT_FIRST)
+    }
+
+    /// The handles of one type, from `first` on (TPM 2.0 Part 3 §30.2, TPM_CAP_HANDLES).
+    fn handles(&mut self, first: u32) -> Result<Vec<u32>, TpmError> {
         let listed = self
             .ctx
-            .execute_without_session(|ctx| {
-                ctx.get_capability(CapabilityType::Handles, SRK_HANDLE & 0xff00_0000, 255)
-            })
-            .map_err(self.fail("list persistent handles", |source| {
-                TpmError::ListHandles { source }
-            }))?;
+            .execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, first, 255))
+            .map_err(
+                self.fail("list persistent handles", |source| TpmError::ListHandles {
+                    source,
+                }),
+            )?;
         let CapabilityData::Handles(handles) = listed.0 else {
             return Err(TpmError::UnexpectedResponse {
                 what: "TPM_CAP_HANDLES returned another capability".to_owned(),
             });
         };
-        Ok(handles.into_inner().into_iter().map(u32::from).collect())
+        let same_type = |h: &u32| h >> 24 == first >> 24;
+        Ok(handles
+            .into_inner()
+            .into_iter()
+            .map(u32::from)
+            .filter(same_type)
+            .collect())
     }
 
     /// Opens the object at persistent `handle` and reads its public area, or `None` if the
     /// handle is empty. The caller closes the returned object with [`Tpm::close`].
     fn open_persistent(&mut self, handle: u32) -> Result<Option<(ObjectHandle, Public)>, TpmError> {
+        // Listing first costs one round trip but keeps the TSS from logging an ERROR line for
+        // every absent object (an unprovisioned device is normal, not an error).
+        if !self.persistent_handles()?.contains(&handle) {
+            return Ok(None);
+        }
         let tpm_handle = persistent_tpm_handle(handle)?;
         let opened = self.ctx.execute_without_session(|ctx| {
             ctx.tr_from_tpm_public(TpmHandle::Persistent(tpm_handle))
@@ -305,10 +327,19 @@ impl Tpm {
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.evict_control(Provision::Owner, object, persistent)
             })
-            .map_err(self.fail("erase a persistent object", |source| TpmError::Erase {
-                handle,
-                source,
-            }))?;
+            .map_err(
+                self.fail("erase a persistent object", |source| TpmError::Erase {
+                    handle,
+                    source,
+                }),
+            )?;
+        // ESAPI keeps its record of an evicted persistent object (Esys_EvictControl frees
+        // only the new handle) while tss-esapi 7.7 merely marks it closed. Left alone, the
+        // stale record makes the next Esys_TR_FromTPMPublic of the same handle fail with a
+        // name mismatch once another object is persisted there, so free it here; the
+        // wrapper's bookkeeping error that follows is expected.
+        let mut object = object;
+        let _ = self.ctx.tr_close(&mut object);
         Ok(())
     }
 

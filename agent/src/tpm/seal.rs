@@ -50,7 +50,11 @@ impl SealedBlob {
     /// big-endian u32 length and bytes, with the 12-byte nonce before the ciphertext.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            BLOB_MAGIC.len() + 12 + NONCE_LEN + self.public.len() + self.private.len()
+            BLOB_MAGIC.len()
+                + 12
+                + NONCE_LEN
+                + self.public.len()
+                + self.private.len()
                 + self.ciphertext.len(),
         );
         out.extend_from_slice(BLOB_MAGIC);
@@ -71,9 +75,11 @@ impl SealedBlob {
             })?;
         let (public, rest) = take(rest)?;
         let (private, rest) = take(rest)?;
-        let (nonce, rest) = rest.split_at_checked(NONCE_LEN).ok_or(TpmError::BlobFormat {
-            reason: "truncated nonce",
-        })?;
+        let (nonce, rest) = rest
+            .split_at_checked(NONCE_LEN)
+            .ok_or(TpmError::BlobFormat {
+                reason: "truncated nonce",
+            })?;
         let (ciphertext, rest) = take(rest)?;
         if !rest.is_empty() {
             return Err(TpmError::BlobFormat {

@@ -85,7 +85,10 @@ mod tests {
             "tcp:localhost",
         ] {
             let err = parse(bad).unwrap_err();
-            assert!(matches!(err, TpmError::UnsupportedTcti { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, TpmError::UnsupportedTcti { .. }),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -6,8 +6,8 @@ use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::structures::{
     Digest, EccParameter, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme,
-    KeyedHashScheme, Public, PublicBuilder, PublicEccParametersBuilder,
-    PublicKeyedHashParameters, SymmetricDefinitionObject,
+    KeyedHashScheme, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
+    SymmetricDefinitionObject,
 };
 
 use super::TpmError;

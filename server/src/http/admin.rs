@@ -2,10 +2,10 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 
 use super::ctx::Ctx;
@@ -14,7 +14,9 @@ use crate::oauth::registration::ClientMetadata;
 use crate::oauth::OAuthError;
 
 pub(super) fn router() -> Router<super::State> {
-    Router::new().route("/admin/clients", post(create_client))
+    Router::new()
+        .route("/admin/clients", post(create_client))
+        .route("/admin/audit", get(audit_entries))
 }
 
 /// Parse a JSON body into `T`, with RFC-style errors.
@@ -54,5 +56,41 @@ async fn create_client(State(state): State<super::State>, Ctx(ctx): Ctx, headers
             json_bytes(StatusCode::CREATED, serde_json::to_vec(&info).unwrap_or_default())
         }
         Err(e) => OAuthResponse(e).into_response(),
+    }
+}
+
+/// Largest page of `GET /admin/audit`.
+const MAX_AUDIT_PAGE: usize = 1000;
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/audit?after=N&limit=M` (scope `audit:read`): entries after sequence number N.
+async fn audit_entries(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(e) = state.oauth.authorize_bearer(authorization, "audit:read", ctx.now) {
+        return e.into_response();
+    }
+    let Ok(Query(q)) = query else {
+        return OAuthResponse(OAuthError::InvalidRequest("after and limit are non-negative integers".into())).into_response();
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
+    match state.oauth.audit.entries(q.after.unwrap_or(0), limit) {
+        Ok(entries) => {
+            let next_after = entries.last().map(|e| e.body.seq);
+            json_bytes(
+                StatusCode::OK,
+                serde_json::to_vec(&serde_json::json!({"entries": entries, "next_after": next_after})).unwrap_or_default(),
+            )
+        }
+        Err(e) => OAuthResponse(OAuthError::internal(e)).into_response(),
     }
 }

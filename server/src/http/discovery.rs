@@ -28,6 +28,8 @@ pub(super) fn metadata(s: &Settings) -> Vec<u8> {
         "jwks_uri": format!("{issuer}/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        // Hallmark's first-boot rotation endpoint (DESIGN: Life of a device, step 2).
+        "device_credentials_endpoint": format!("{issuer}/oauth2/device-credentials"),
         "grant_types_supported": [grant::CLIENT_CREDENTIALS],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod ctx;
+mod devices;
 mod discovery;
 mod error;
 mod oauth;
@@ -34,6 +35,7 @@ pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
         .merge(discovery::router())
         .merge(oauth::router())
         .merge(admin::router())
+        .merge(devices::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -23,6 +23,13 @@ pub(super) fn router() -> Router<super::State> {
 
 /// Read the form and the client's credentials from a request.
 pub(super) fn read_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(Presented, Form), OAuthError> {
+    let (authorization, mut form) = read_request_form(headers, body)?;
+    let presented = Presented::from_request(authorization, &mut form)?;
+    Ok((presented, form))
+}
+
+/// Read the form and the raw `Authorization` header.
+pub(super) fn read_request_form(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(Option<&str>, Form), OAuthError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             OAuthError::PayloadTooLarge
@@ -31,7 +38,7 @@ pub(super) fn read_request(headers: &HeaderMap, body: Result<Bytes, BytesRejecti
         }
     })?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let mut form = Form::parse(content_type, &body)?;
+    let form = Form::parse(content_type, &body)?;
     let authorization = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(
@@ -39,8 +46,7 @@ pub(super) fn read_request(headers: &HeaderMap, body: Result<Bytes, BytesRejecti
                 .map_err(|_| OAuthError::InvalidRequest("Authorization header is not ASCII".into()))?,
         ),
     };
-    let presented = Presented::from_request(authorization, &mut form)?;
-    Ok((presented, form))
+    Ok((authorization, form))
 }
 
 async fn token(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {

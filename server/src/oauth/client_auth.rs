@@ -188,7 +188,7 @@ impl AuthServer {
     /// Failures are audited (`client.auth_failed`) before they are returned.
     pub async fn authenticate(&self, presented: Presented, allow_public: bool, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
         let claimed = presented.claimed_client_id().map(str::to_owned);
-        let result = self.check_credentials(presented, allow_public, ctx.now).await;
+        let result = self.check_credentials(presented, allow_public, ctx).await;
         if let Err(OAuthError::InvalidClient { reason }) = &result {
             let mut event = AuditEvent::new("client.auth_failed", Outcome::Failure).reason(reason.to_string());
             if let Some(id) = claimed {
@@ -199,7 +199,7 @@ impl AuthServer {
         result
     }
 
-    async fn check_credentials(&self, presented: Presented, allow_public: bool, now: u64) -> Result<Arc<Client>, OAuthError> {
+    async fn check_credentials(&self, presented: Presented, allow_public: bool, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
         match presented {
             Presented::Basic { client_id, secret } | Presented::Post { client_id, secret } => {
                 let client = self.active_client(&client_id)?;
@@ -210,7 +210,7 @@ impl AuthServer {
                 }
             }
             Presented::Assertion { client_id, assertion } => {
-                self.authenticate_assertion(client_id.as_deref(), &assertion, now).await
+                self.authenticate_assertion(client_id.as_deref(), &assertion, ctx).await
             }
             Presented::Public { client_id } => {
                 let client = self.active_client(&client_id)?;
@@ -235,15 +235,19 @@ impl AuthServer {
     /// RFC 7523 §3: the assertion's signature by one of the client's keys (algorithm fixed by
     /// the key), `iss` = `sub` = client_id, `aud` naming us, `exp` present and near, `nbf`/`iat`
     /// not in the future, `jti` used once.
-    async fn authenticate_assertion(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<Arc<Client>, OAuthError> {
-        let client = self.verify_assertion(body_id, assertion, now)?;
+    async fn authenticate_assertion(&self, body_id: Option<&str>, assertion: &str, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
+        let (mut client, by_pending_key) = self.verify_assertion(body_id, assertion, ctx.now)?;
+        if by_pending_key {
+            client = self.promote_pending_key(&client, ctx)?;
+        }
         // The jti must be on disk before we act on the assertion, or a crash could let a replay in.
         self.commit.commit().await.map_err(OAuthError::internal)?;
         Ok(client)
     }
 
     /// Every check of [`AuthServer::authenticate_assertion`] but the durable commit of the jti.
-    fn verify_assertion(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<Arc<Client>, OAuthError> {
+    /// Returns the client and whether its *pending* key signed (which promotes that key).
+    fn verify_assertion(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<(Arc<Client>, bool), OAuthError> {
         let jws = Unverified::parse(assertion)
             .map_err(|e| OAuthError::invalid_client(format!("client assertion: {e}")))?;
         let untrusted: AssertionClaims = serde_json::from_slice(jws.untrusted_payload())
@@ -258,29 +262,32 @@ impl AuthServer {
         }
         let client = self.active_client(client_id)?;
         let kid = jws.header.kid.as_deref();
-        let mut candidates = client
+        // Registered keys first, then a pending rotation key (DESIGN: first boot).
+        let candidates: Vec<(&crate::store::ClientKey, bool)> = client
             .keys
             .iter()
-            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
-            .peekable();
-        if candidates.peek().is_none() {
+            .map(|k| (k, false))
+            .chain(client.pending_key.iter().map(|k| (k, true)))
+            .filter(|(k, _)| kid.is_none() || k.kid.as_deref() == kid)
+            .collect();
+        if candidates.is_empty() {
             return Err(OAuthError::invalid_client(format!("client {client_id} has no key matching the assertion")));
         }
         let mut last_err = None;
-        let mut verified = false;
-        for key in candidates {
+        let mut verified = None;
+        for (key, pending) in candidates {
             match jws.verify(key.alg, &key.public) {
                 Ok(_) => {
-                    verified = true;
+                    verified = Some(pending);
                     break;
                 }
                 Err(e) => last_err = Some(e),
             }
         }
-        if !verified {
+        let Some(by_pending_key) = verified else {
             let why = last_err.map(|e| e.to_string()).unwrap_or_default();
             return Err(OAuthError::invalid_client(format!("client assertion for {client_id}: {why}")));
-        }
+        };
         // The payload is now trusted.
         let claims = untrusted;
         let s = &self.settings;
@@ -323,7 +330,7 @@ impl AuthServer {
         if !first_use {
             return Err(OAuthError::invalid_client(format!("client assertion jti replayed by {client_id}")));
         }
-        Ok(client)
+        Ok((client, by_pending_key))
     }
 }
 

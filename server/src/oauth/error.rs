@@ -1,5 +1,5 @@
-//! The OAuth error enum: its wire form is the RFC 6749 §5.2 code (plus the RFC 8628, 7009 and 7591
-//! codes). HTTP adapters map it to status, body and `WWW-Authenticate`.
+//! The OAuth error enum: its wire form is the RFC 6749 §5.2 code (plus the RFC 8628 §3.5, 7009 and
+//! 7591 codes). HTTP adapters map it to status, body and `WWW-Authenticate`.
 
 use std::borrow::Cow;
 
@@ -35,6 +35,18 @@ pub enum OAuthError {
     /// RFC 7009 §2.2.1 `unsupported_token_type`.
     #[error("unsupported_token_type")]
     UnsupportedTokenType,
+    /// RFC 8628 §3.5 `authorization_pending`: the user has not answered yet; poll again.
+    #[error("authorization_pending")]
+    AuthorizationPending,
+    /// RFC 8628 §3.5 `slow_down`: polling faster than the interval; it grew by 5 seconds.
+    #[error("slow_down")]
+    SlowDown,
+    /// RFC 8628 §3.5 `access_denied`: the user denied the request.
+    #[error("access_denied")]
+    AccessDenied,
+    /// RFC 8628 §3.5 `expired_token`: the device code expired; start again.
+    #[error("expired_token")]
+    ExpiredToken,
     /// The body was larger than the server accepts.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -55,6 +67,10 @@ impl OAuthError {
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::InvalidClientMetadata(_) => "invalid_client_metadata",
             OAuthError::UnsupportedTokenType => "unsupported_token_type",
+            OAuthError::AuthorizationPending => "authorization_pending",
+            OAuthError::SlowDown => "slow_down",
+            OAuthError::AccessDenied => "access_denied",
+            OAuthError::ExpiredToken => "expired_token",
             OAuthError::Internal(_) => "server_error",
         }
     }
@@ -80,6 +96,10 @@ impl OAuthError {
             | OAuthError::InvalidClientMetadata(d) => Some(d),
             OAuthError::InvalidClient { .. } => Some("client authentication failed"),
             OAuthError::PayloadTooLarge => Some("request body too large"),
+            OAuthError::AuthorizationPending => Some("the user has not yet approved or denied the request"),
+            OAuthError::SlowDown => Some("polling too fast; the interval grew by 5 seconds"),
+            OAuthError::AccessDenied => Some("the user denied the request"),
+            OAuthError::ExpiredToken => Some("the device code expired; start a new device authorization"),
             OAuthError::UnsupportedTokenType | OAuthError::Internal(_) => None,
         }
     }

@@ -22,6 +22,11 @@ impl Form {
         }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|_| OAuthError::InvalidRequest("body is not a valid form".into()))?;
+        Self::from_pairs(pairs)
+    }
+
+    /// A form from name/value pairs, with the same rules as [`Form::parse`].
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, OAuthError> {
         let mut map = HashMap::with_capacity(pairs.len());
         for (k, v) in pairs {
             if v.is_empty() {

@@ -3,9 +3,12 @@
 
 pub mod access_token;
 pub mod client_auth;
+pub mod device_flow;
+pub mod devices;
 mod error;
 pub mod form;
 pub mod jws;
+pub mod refresh;
 pub mod registration;
 pub mod scope;
 pub mod token_endpoint;
@@ -14,7 +17,7 @@ use std::sync::Arc;
 
 use crate::keys::Keys;
 use crate::store::audit::AuditEvent;
-use crate::store::{AuditLog, ClientStore, GroupCommit, TokenStore};
+use crate::store::{AuditLog, ClientStore, DeviceStore, GroupCommit, TokenStore};
 
 pub use self::error::OAuthError;
 
@@ -45,6 +48,8 @@ pub struct Settings {
     pub clock_skew: u64,
     /// The furthest ahead a client assertion's `exp` may be, seconds.
     pub max_assertion_lifetime: u64,
+    /// The device authorization grant, refresh tokens and the verification page.
+    pub device: device_flow::DeviceSettings,
 }
 
 impl Settings {
@@ -53,6 +58,7 @@ impl Settings {
         let issuer = issuer.trim_end_matches('/').to_owned();
         Settings {
             token_endpoint: format!("{issuer}/oauth2/token"),
+            device: device_flow::DeviceSettings::for_issuer(&issuer),
             audience: issuer.clone(),
             issuer,
             access_token_ttl: 300,
@@ -75,8 +81,18 @@ pub struct AuthServer {
     pub keys: Arc<Keys>,
     /// The audit log.
     pub audit: Arc<dyn AuditLog>,
+    /// The device registry.
+    pub devices: Arc<dyn DeviceStore>,
     /// Makes writes durable before responses report them.
     pub commit: GroupCommit,
+    /// Pending device authorization requests (RFC 8628).
+    pub device_grants: Arc<dyn crate::store::DeviceGrantStore>,
+    /// Refresh tokens and their families.
+    pub refresh_tokens: Arc<dyn crate::store::RefreshTokenStore>,
+    /// People who approve devices.
+    pub users: Arc<dyn crate::store::UserStore>,
+    /// Verification-page sessions.
+    pub sessions: Arc<dyn crate::store::SessionStore>,
 }
 
 /// Who is asking, when, from where: what an audit entry and a rate limit need from a request.

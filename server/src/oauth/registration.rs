@@ -179,6 +179,7 @@ pub fn client_from_metadata(meta: ClientMetadata, now: u64) -> Result<(Client, O
         scopes,
         created_at: now,
         disabled: false,
+        pending_key: None,
     };
     Ok((client, secret))
 }

@@ -3,6 +3,8 @@
 
 pub mod audit;
 mod commit;
+pub mod grants;
+pub mod users;
 mod sled;
 
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use crate::secret::SecretHash;
 use self::audit::{AuditEntry, AuditEvent, ChainBreak};
 
 pub use self::commit::{CommitError, GroupCommit};
+pub use self::grants::{DeviceGrantStore, RefreshTokenStore};
+pub use self::users::{SessionStore, UserStore};
 pub use self::sled::SledStore;
 
 /// A storage operation that failed. The message names the operation, never a secret.
@@ -68,6 +72,14 @@ pub trait ClientStore: Send + Sync {
     fn put_client(&self, client: &Client) -> Result<(), StoreError>;
     /// Create a client only if its id is unused; false if it was taken.
     fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError>;
+    /// Change a client atomically: `change` edits a copy of the current record and returns
+    /// whether to write it; it may run more than once under contention. Returns the record as
+    /// written (or as found, if `change` declined), `None` if there is no such client.
+    fn update_client(
+        &self,
+        client_id: &str,
+        change: &mut dyn FnMut(&mut Client) -> bool,
+    ) -> Result<Option<Client>, StoreError>;
 }
 
 /// State about issued tokens and one-time values.
@@ -93,6 +105,36 @@ pub trait AuditLog: Send + Sync {
     fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Check the whole chain: the number of entries, or the first broken one.
     fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError>;
+}
+
+/// A device registered by a factory station. Its credential lives on its [`Client`] record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The device's client_id.
+    pub client_id: String,
+    /// Manufacturer serial number, unique.
+    pub serial: String,
+    /// Model name.
+    pub model: String,
+    /// Hex SHA-256 of the TPM endorsement key's SubjectPublicKeyInfo DER.
+    pub ek_fingerprint: String,
+    /// The station client that registered it.
+    pub registered_by: String,
+    /// When.
+    pub registered_at: u64,
+}
+
+/// The device registry.
+pub trait DeviceStore: Send + Sync {
+    /// A device by client_id.
+    fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError>;
+    /// A device by serial.
+    fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError>;
+    /// Store a device and its client at once, claiming the serial. `Err(existing)` when the
+    /// serial is already registered; nothing is written then.
+    fn register_device(&self, device: &Device, client: &Client) -> Result<Result<(), Device>, StoreError>;
+    /// Remove a device, its serial and its client at once. False if there was none.
+    fn delete_device(&self, client_id: &str) -> Result<bool, StoreError>;
 }
 
 /// The one thing the group committer needs from a backend: make every write so far durable.
@@ -188,6 +230,10 @@ pub struct Client {
     /// A disabled client authenticates nowhere and its tokens introspect as inactive.
     #[serde(default)]
     pub disabled: bool,
+    /// A device key registered for rotation but not yet proven (DESIGN: first boot). The first
+    /// `private_key_jwt` authentication with it makes it the only credential.
+    #[serde(default)]
+    pub pending_key: Option<ClientKey>,
 }
 
 impl Client {

@@ -1,6 +1,10 @@
 //! The embedded backend: one sled database in the data directory, one tree per concern.
 
 mod audit;
+mod device_grants;
+mod refresh;
+mod users;
+mod devices;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +20,12 @@ pub struct SledStore {
     revoked: sled::Tree,
     assertion_jtis: sled::Tree,
     audit: audit::SledAudit,
+    devices: sled::Tree,
+    device_serials: sled::Tree,
+    device_grants: sled::Tree,
+    refresh_tokens: sled::Tree,
+    users: sled::Tree,
+    web_sessions: sled::Tree,
     /// Decoded clients, so the hot path neither reads nor parses a record per request.
     client_cache: RwLock<HashMap<String, Arc<Client>>>,
 }
@@ -44,6 +54,12 @@ impl SledStore {
             revoked: tree("revoked_access_tokens")?,
             assertion_jtis: tree("assertion_jtis")?,
             audit: audit::SledAudit::open(tree("audit")?)?,
+            devices: tree("devices")?,
+            device_serials: tree("device_serials")?,
+            device_grants: tree("device_grants")?,
+            refresh_tokens: tree("refresh_tokens")?,
+            users: tree("users")?,
+            web_sessions: tree("web_sessions")?,
             db,
             client_cache: RwLock::new(HashMap::new()),
         })
@@ -104,6 +120,36 @@ impl ClientStore for SledStore {
             })?;
         self.forget_cached(&client.client_id);
         Ok(())
+    }
+
+    fn update_client(
+        &self,
+        client_id: &str,
+        change: &mut dyn FnMut(&mut Client) -> bool,
+    ) -> Result<Option<Client>, StoreError> {
+        let write_err = |source| StoreError::Write { what: "client", source };
+        loop {
+            let Some(current) = self
+                .clients
+                .get(client_id)
+                .map_err(|source| StoreError::Read { what: "client", source })?
+            else {
+                return Ok(None);
+            };
+            let mut client = Self::decode_client(&current)?;
+            if !change(&mut client) {
+                return Ok(Some(client));
+            }
+            let swapped = self
+                .clients
+                .compare_and_swap(client_id.as_bytes(), Some(&current), Some(Self::encode_client(&client)))
+                .map_err(write_err)?;
+            if swapped.is_ok() {
+                self.forget_cached(client_id);
+                return Ok(Some(client));
+            }
+            // Someone else changed it in between: start again from their version.
+        }
     }
 
     fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError> {
@@ -213,6 +259,7 @@ mod tests {
             scopes: vec!["a".into()],
             created_at: 1,
             disabled: false,
+            pending_key: None,
         }
     }
 

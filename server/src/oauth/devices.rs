@@ -1,0 +1,320 @@
+//! The device registry and first-boot credential rotation (DESIGN "Life of a device"): a station
+//! registers a device and receives its one-time factory secret; the device later registers a
+//! TPM-resident key as *pending*, and its first `private_key_jwt` authentication with that key
+//! makes it the device's only credential.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::client_auth::Presented;
+use super::registration::parse_jwk;
+use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
+use crate::secret::{random_id, Secret};
+use crate::store::audit::{AuditEvent, Outcome};
+use crate::store::{AuthMethod, Client, Device, KeyAlg};
+
+/// Scopes a device gets when its registration names none.
+pub const DEFAULT_DEVICE_SCOPES: [&str; 1] = ["device"];
+
+/// `POST /admin/devices` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRegistration {
+    /// Manufacturer serial: 1–64 of `A-Z a-z 0-9 . _ -`.
+    pub serial: String,
+    /// Model name: 1–64 printable characters.
+    pub model: String,
+    /// Lowercase hex SHA-256 of the EK's SubjectPublicKeyInfo DER.
+    pub ek_fingerprint: String,
+    /// Scopes the device may be granted; default `["device"]`.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// What registration did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Registered {
+    /// A new device, with the secret to seal into its TPM (shown this once).
+    Created {
+        /// The device's client_id.
+        client_id: String,
+        /// The factory secret.
+        factory_secret: Secret,
+    },
+    /// The serial was already registered; nothing changed.
+    Exists(Device),
+}
+
+/// A device as the admin API shows it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DeviceView {
+    /// client_id.
+    pub client_id: String,
+    /// Serial.
+    pub serial: String,
+    /// Model.
+    pub model: String,
+    /// EK fingerprint.
+    pub ek_fingerprint: String,
+    /// The station that registered it.
+    pub registered_by: String,
+    /// When.
+    pub registered_at: u64,
+    /// `active` or `disabled`.
+    pub status: &'static str,
+    /// `factory` (only the factory secret), `rotating` (a pending key too) or `key`.
+    pub credential: &'static str,
+    /// kid of the device's key, once rotated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_kid: Option<String>,
+    /// kid of the pending key, during rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_kid: Option<String>,
+    /// Scopes it may be granted.
+    pub scopes: Vec<String>,
+}
+
+fn valid_serial(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_model(s: &str) -> bool {
+    (1..=64).contains(&s.chars().count()) && !s.chars().any(char::is_control)
+}
+
+fn valid_fingerprint(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl AuthServer {
+    /// Register a device for `station`; durable and audited before it returns.
+    pub async fn register_device(&self, req: DeviceRegistration, station: &str, ctx: &RequestCtx) -> Result<Registered, OAuthError> {
+        let bad = |m: &'static str| OAuthError::InvalidRequest(m.into());
+        if !valid_serial(&req.serial) {
+            return Err(bad("serial must be 1-64 characters of A-Z a-z 0-9 . _ -"));
+        }
+        if !valid_model(&req.model) {
+            return Err(bad("model must be 1-64 printable characters"));
+        }
+        let ek_fingerprint = req.ek_fingerprint.to_ascii_lowercase();
+        if !valid_fingerprint(&ek_fingerprint) {
+            return Err(bad("ek_fingerprint must be 64 hex digits (SHA-256)"));
+        }
+        let scopes = match req.scopes {
+            None => DEFAULT_DEVICE_SCOPES.iter().map(|s| s.to_string()).collect(),
+            Some(list) => scope::parse(&list.join(" ")).map_err(|_| bad("malformed scopes"))?,
+        };
+        let client_id = random_id(16);
+        let secret = Secret::generate();
+        let client = Client {
+            client_id: client_id.clone(),
+            client_name: Some(format!("{} {}", req.model, req.serial)),
+            auth_method: AuthMethod::ClientSecretBasic,
+            secret_hash: Some(secret.hash()),
+            keys: Vec::new(),
+            grant_types: vec![grant::CLIENT_CREDENTIALS.into(), grant::DEVICE_CODE.into(), grant::REFRESH_TOKEN.into()],
+            scopes,
+            created_at: ctx.now,
+            disabled: false,
+            pending_key: None,
+        };
+        let device = Device {
+            client_id: client_id.clone(),
+            serial: req.serial,
+            model: req.model,
+            ek_fingerprint,
+            registered_by: station.to_owned(),
+            registered_at: ctx.now,
+        };
+        let event = AuditEvent::new("device.registered", Outcome::Success)
+            .actor(station)
+            .subject(&device.serial)
+            .client(&client_id)
+            .reason(format!("model={} ek={}", device.model, device.ek_fingerprint));
+        match self.devices.register_device(&device, &client).map_err(OAuthError::internal)? {
+            Ok(()) => {
+                self.record(ctx, event).await?;
+                Ok(Registered::Created { client_id, factory_secret: secret })
+            }
+            Err(existing) => {
+                let event = AuditEvent { outcome: Outcome::Failure, ..event }
+                    .client(&existing.client_id)
+                    .reason("serial already registered");
+                self.record(ctx, event).await?;
+                Ok(Registered::Exists(existing))
+            }
+        }
+    }
+
+    /// A device by client_id, as shown to operators.
+    pub fn device_view(&self, client_id: &str) -> Result<Option<DeviceView>, OAuthError> {
+        match self.devices.device(client_id).map_err(OAuthError::internal)? {
+            Some(d) => self.view(d),
+            None => Ok(None),
+        }
+    }
+
+    /// A device by serial, as shown to operators.
+    pub fn device_view_by_serial(&self, serial: &str) -> Result<Option<DeviceView>, OAuthError> {
+        match self.devices.device_by_serial(serial).map_err(OAuthError::internal)? {
+            Some(d) => self.view(d),
+            None => Ok(None),
+        }
+    }
+
+    fn view(&self, d: Device) -> Result<Option<DeviceView>, OAuthError> {
+        let Some(client) = self.clients.client(&d.client_id).map_err(OAuthError::internal)? else {
+            return Ok(None);
+        };
+        let credential = match (&client.secret_hash, &client.pending_key) {
+            (_, Some(_)) => "rotating",
+            (Some(_), None) => "factory",
+            (None, None) => "key",
+        };
+        Ok(Some(DeviceView {
+            client_id: d.client_id,
+            serial: d.serial,
+            model: d.model,
+            ek_fingerprint: d.ek_fingerprint,
+            registered_by: d.registered_by,
+            registered_at: d.registered_at,
+            status: if client.disabled { "disabled" } else { "active" },
+            credential,
+            key_kid: client.keys.first().and_then(|k| k.kid.clone()),
+            pending_kid: client.pending_key.as_ref().and_then(|k| k.kid.clone()),
+            scopes: client.scopes.clone(),
+        }))
+    }
+
+    /// Disable a device: it authenticates nowhere and its tokens introspect as inactive.
+    pub async fn disable_device(&self, client_id: &str, actor: &str, ctx: &RequestCtx) -> Result<bool, OAuthError> {
+        if self.devices.device(client_id).map_err(OAuthError::internal)?.is_none() {
+            return Ok(false);
+        }
+        let updated = self
+            .clients
+            .update_client(client_id, &mut |c| !std::mem::replace(&mut c.disabled, true))
+            .map_err(OAuthError::internal)?;
+        if updated.is_none() {
+            return Ok(false);
+        }
+        let event = AuditEvent::new("device.disabled", Outcome::Success).actor(actor).subject(client_id).client(client_id);
+        self.record(ctx, event).await?;
+        Ok(true)
+    }
+
+    /// Delete a device and its client.
+    pub async fn delete_device(&self, client_id: &str, actor: &str, ctx: &RequestCtx) -> Result<bool, OAuthError> {
+        if !self.devices.delete_device(client_id).map_err(OAuthError::internal)? {
+            return Ok(false);
+        }
+        let event = AuditEvent::new("device.deleted", Outcome::Success).actor(actor).subject(client_id).client(client_id);
+        self.record(ctx, event).await?;
+        Ok(true)
+    }
+
+    /// `POST /oauth2/device-credentials`: a device, authenticated by its current credential,
+    /// registers the public JWK of a new TPM-resident key as pending. Idempotent for the same
+    /// key; a different key replaces the earlier pending one.
+    pub async fn register_pending_key(&self, presented: Presented, jwk: &serde_json::Value, ctx: &RequestCtx) -> Result<String, OAuthError> {
+        let client = self.authenticate(presented, false, ctx).await?;
+        if self.devices.device(&client.client_id).map_err(OAuthError::internal)?.is_none() {
+            return Err(OAuthError::UnauthorizedClient("only registered devices rotate credentials".into()));
+        }
+        let mut key = parse_jwk(jwk).map_err(|e| OAuthError::InvalidRequest(e.description().unwrap_or("bad jwk").to_owned().into()))?;
+        if key.alg != KeyAlg::ES256 {
+            return Err(OAuthError::InvalidRequest("device keys are ES256 (EC P-256)".into()));
+        }
+        let kid = key.kid.clone().unwrap_or_else(|| ec_thumbprint(&key.public));
+        key.kid = Some(kid.clone());
+        key.jwk["kid"] = kid.clone().into();
+        if client.keys.iter().any(|k| k.public == key.public) {
+            return Err(OAuthError::InvalidRequest("this key is already the device's credential".into()));
+        }
+        let mut replaced = None;
+        let written = self
+            .clients
+            .update_client(&client.client_id, &mut |c| {
+                if c.pending_key.as_ref().is_some_and(|p| p.public == key.public) {
+                    return false;
+                }
+                replaced = c.pending_key.as_ref().and_then(|p| p.kid.clone());
+                c.pending_key = Some(key.clone());
+                true
+            })
+            .map_err(OAuthError::internal)?;
+        if written.is_none() {
+            return Err(OAuthError::invalid_client("device deleted"));
+        }
+        let reason = match replaced {
+            Some(old) => format!("pending kid={kid} (replaces {old})"),
+            None => format!("pending kid={kid}"),
+        };
+        let event = AuditEvent::new("device.rotation_requested", Outcome::Success)
+            .actor(&client.client_id)
+            .subject(&client.client_id)
+            .client(&client.client_id)
+            .reason(reason);
+        self.record(ctx, event).await?;
+        Ok(kid)
+    }
+
+    /// The pending key just authenticated: make it the only credential, erasing the factory
+    /// secret and any older key. Durable when the caller's next commit returns.
+    pub(crate) fn promote_pending_key(&self, client: &Client, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
+        let Some(pending) = client.pending_key.clone() else {
+            return Err(OAuthError::Internal("promotion without a pending key".into()));
+        };
+        let updated = self
+            .clients
+            .update_client(&client.client_id, &mut |c| {
+                if c.pending_key.as_ref().map(|p| &p.public) != Some(&pending.public) {
+                    return false;
+                }
+                c.keys = vec![pending.clone()];
+                c.pending_key = None;
+                c.secret_hash = None;
+                c.auth_method = AuthMethod::PrivateKeyJwt;
+                true
+            })
+            .map_err(OAuthError::internal)?
+            .ok_or_else(|| OAuthError::invalid_client("device deleted during rotation"))?;
+        let kid = pending.kid.unwrap_or_default();
+        self.append_audit(
+            ctx,
+            AuditEvent::new("device.credential_promoted", Outcome::Success)
+                .actor(&client.client_id)
+                .subject(&client.client_id)
+                .client(&client.client_id)
+                .reason(format!("kid={kid}; factory secret and older keys erased")),
+        )?;
+        Ok(Arc::new(updated))
+    }
+}
+
+/// RFC 7638 thumbprint of a P-256 key given as a SEC1 uncompressed point.
+fn ec_thumbprint(point: &[u8]) -> String {
+    use sha2::Digest as _;
+    let (x, y) = point.get(1..33).zip(point.get(33..65)).unwrap_or((&[], &[]));
+    let canonical = format!(
+        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+        super::jws::b64(x),
+        super::jws::b64(y)
+    );
+    super::jws::b64(&sha2::Sha256::digest(canonical.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_rules() {
+        assert!(valid_serial("HM-SIM-0001"));
+        assert!(!valid_serial("a b") && !valid_serial("") && !valid_serial(&"a".repeat(65)));
+        assert!(valid_model("Gateway 3000 (rev B)") && !valid_model("bad\nmodel"));
+        assert!(valid_fingerprint(&"ab".repeat(32)) && !valid_fingerprint("abc"));
+    }
+}

@@ -1,0 +1,163 @@
+//! Records and storage traits of the device authorization grant (RFC 8628) and of refresh tokens
+//! (RFC 6749 §6, rotated as RFC 9700 §4.14.2 says). Device codes and refresh tokens are stored only
+//! as the SHA-256 of their 256 random bits, so a copy of the database redeems nothing.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::StoreError;
+
+/// SHA-256 of a device code or refresh token: the key it is stored under.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Hash a presented token.
+    pub fn of(token: &str) -> Self {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Even the hash is an index into live credentials; it has no business in a log.
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+/// Where a device authorization request stands (RFC 8628 §3.3–§3.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GrantState {
+    /// Waiting for a person to approve or deny it.
+    Pending,
+    /// Approved by `user`; the next poll gets tokens.
+    Approved {
+        /// The approving user, the tokens' `sub`.
+        user: String,
+        /// When.
+        at: u64,
+    },
+    /// Denied by `user`; polls get `access_denied`.
+    Denied {
+        /// The denying user.
+        user: String,
+        /// When.
+        at: u64,
+    },
+    /// Tokens were issued; the device code is spent.
+    Redeemed {
+        /// The approving user.
+        user: String,
+        /// When the tokens were issued.
+        at: u64,
+    },
+}
+
+/// One device authorization request, stored under the hash of its device code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGrant {
+    /// The user code, normalised (8 letters, no dash). Short-lived, shown to the person.
+    pub user_code: String,
+    /// The requesting client (the device).
+    pub client_id: String,
+    /// Scope to grant on approval.
+    pub scope: Vec<String>,
+    /// When it was requested.
+    pub created_at: u64,
+    /// When the device code stops working (RFC 8628 §3.2 `expires_in`).
+    pub expires_at: u64,
+    /// Current polling interval in seconds; grows by 5 on every `slow_down` (§3.5).
+    pub interval: u64,
+    /// When the device last polled, for `slow_down`.
+    #[serde(default)]
+    pub last_poll: Option<u64>,
+    /// Where it stands.
+    pub state: GrantState,
+}
+
+/// Pending device authorization requests.
+pub trait DeviceGrantStore: Send + Sync {
+    /// Store a new request under its device code's hash, claiming its user code. False, with
+    /// nothing written, when that user code is already in use (the caller draws another).
+    fn insert_device_grant(&self, device_code: &TokenHash, grant: &DeviceGrant) -> Result<bool, StoreError>;
+    /// The request holding this (normalised) user code, with its device code's hash.
+    fn device_grant_by_user_code(&self, user_code: &str) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError>;
+    /// Change a request atomically: `change` sees the current record and returns its replacement,
+    /// or `None` to leave it; it may run more than once under contention. Returns the record as
+    /// stored afterwards, or `None` if there is no such request.
+    fn update_device_grant(
+        &self,
+        device_code: &TokenHash,
+        change: &mut dyn FnMut(&DeviceGrant) -> Option<DeviceGrant>,
+    ) -> Result<Option<DeviceGrant>, StoreError>;
+    /// Drop requests that expired before `now`, with their user codes.
+    fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+/// One refresh token, stored under its hash. Every token descends from one device grant; the
+/// tokens of one grant form a *family* that is revoked together (RFC 9700 §4.14.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    /// The family: one per original grant.
+    pub family: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The user it acts for.
+    pub sub: String,
+    /// Scope it may ask for (space-delimited); a refresh may only narrow it.
+    pub scope: String,
+    /// When it was issued.
+    pub issued_at: u64,
+    /// When it stops working.
+    pub expires_at: u64,
+    /// When it was exchanged for its successor; a spent token presented again is a replay.
+    #[serde(default)]
+    pub spent_at: Option<u64>,
+}
+
+/// A family's shared state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshFamily {
+    /// Latest expiry of any of its tokens; after it the whole family can be forgotten.
+    pub expires_at: u64,
+    /// Set when the family was revoked; no token of it works afterwards.
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
+}
+
+/// What presenting a refresh token for rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rotation {
+    /// It was live: it is now spent and its successor stored.
+    Rotated,
+    /// It had been spent already: a replay. Its family is now revoked.
+    Replayed,
+    /// Its family was revoked earlier.
+    FamilyRevoked,
+    /// No such token.
+    Unknown,
+}
+
+/// Refresh tokens and their families.
+pub trait RefreshTokenStore: Send + Sync {
+    /// A token and whether its family is revoked.
+    fn refresh_token(&self, token: &TokenHash) -> Result<Option<(RefreshToken, bool)>, StoreError>;
+    /// Store a token, creating its family if it is the first.
+    fn insert_refresh_token(&self, token: &TokenHash, record: &RefreshToken) -> Result<(), StoreError>;
+    /// Atomically spend `presented` and store `next` as its successor, or, if `presented` was
+    /// spent already, revoke its family (RFC 9700 §4.14.2).
+    fn rotate_refresh_token(
+        &self,
+        presented: &TokenHash,
+        next: &TokenHash,
+        next_record: &RefreshToken,
+        now: u64,
+    ) -> Result<Rotation, StoreError>;
+    /// Revoke a whole family. False if there is no such family.
+    fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError>;
+    /// Drop tokens and families that expired before `now`.
+    fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError>;
+}

@@ -1,0 +1,179 @@
+//! Device authorization requests in sled: one tree, `d‖hash(device_code)` → the request as JSON
+//! and `u‖user_code` → the device code's hash, written together in one transaction.
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::SledStore;
+use crate::store::grants::{DeviceGrant, DeviceGrantStore, TokenHash};
+use crate::store::StoreError;
+
+const GRANT: u8 = b'd';
+const USER_CODE: u8 = b'u';
+
+fn grant_key(hash: &TokenHash) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33);
+    key.push(GRANT);
+    key.extend_from_slice(&hash.0);
+    key
+}
+
+fn user_code_key(code: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + code.len());
+    key.push(USER_CODE);
+    key.extend_from_slice(code.as_bytes());
+    key
+}
+
+fn decode(bytes: &[u8]) -> Result<DeviceGrant, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what: "device grant", source })
+}
+
+fn encode(grant: &DeviceGrant) -> Vec<u8> {
+    // A struct of strings, numbers and enums always serialises.
+    serde_json::to_vec(grant).unwrap_or_default()
+}
+
+fn read_err(source: sled::Error) -> StoreError {
+    StoreError::Read { what: "device grant", source }
+}
+
+fn write_err(source: sled::Error) -> StoreError {
+    StoreError::Write { what: "device grant", source }
+}
+
+impl DeviceGrantStore for SledStore {
+    fn insert_device_grant(&self, device_code: &TokenHash, grant: &DeviceGrant) -> Result<bool, StoreError> {
+        let ukey = user_code_key(&grant.user_code);
+        let dkey = grant_key(device_code);
+        let value = encode(grant);
+        let result = self.device_grants.transaction(|tx| {
+            if tx.get(&ukey)?.is_some() {
+                return Ok(false);
+            }
+            tx.insert(ukey.as_slice(), &device_code.0[..])?;
+            tx.insert(dkey.as_slice(), value.as_slice())?;
+            Ok::<_, ConflictableTransactionError<()>>(true)
+        });
+        match result {
+            Ok(inserted) => Ok(inserted),
+            Err(TransactionError::Storage(source)) => Err(write_err(source)),
+            // The closure never aborts.
+            Err(TransactionError::Abort(())) => Ok(false),
+        }
+    }
+
+    fn device_grant_by_user_code(&self, user_code: &str) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError> {
+        let Some(hash) = self.device_grants.get(user_code_key(user_code)).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let Ok(hash) = <[u8; 32]>::try_from(hash.as_ref()) else {
+            return Ok(None);
+        };
+        let hash = TokenHash(hash);
+        match self.device_grants.get(grant_key(&hash)).map_err(read_err)? {
+            Some(bytes) => Ok(Some((hash, decode(&bytes)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn update_device_grant(
+        &self,
+        device_code: &TokenHash,
+        change: &mut dyn FnMut(&DeviceGrant) -> Option<DeviceGrant>,
+    ) -> Result<Option<DeviceGrant>, StoreError> {
+        let key = grant_key(device_code);
+        loop {
+            let Some(current) = self.device_grants.get(&key).map_err(read_err)? else {
+                return Ok(None);
+            };
+            let grant = decode(&current)?;
+            let Some(next) = change(&grant) else {
+                return Ok(Some(grant));
+            };
+            let swapped = self
+                .device_grants
+                .compare_and_swap(&key, Some(&current), Some(encode(&next)))
+                .map_err(write_err)?;
+            if swapped.is_ok() {
+                return Ok(Some(next));
+            }
+            // A concurrent poll or decision changed it in between: start again from its version.
+        }
+    }
+
+    fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        for entry in self.device_grants.scan_prefix([GRANT]) {
+            let (key, value) = entry.map_err(read_err)?;
+            let Ok(grant) = decode(&value) else { continue };
+            if grant.expires_at < now {
+                let mut batch = sled::Batch::default();
+                batch.remove(key);
+                batch.remove(user_code_key(&grant.user_code));
+                self.device_grants.apply_batch(batch).map_err(write_err)?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::grants::GrantState;
+
+    fn grant(code: &str, expires_at: u64) -> DeviceGrant {
+        DeviceGrant {
+            user_code: code.into(),
+            client_id: "c".into(),
+            scope: vec!["a".into()],
+            created_at: 0,
+            expires_at,
+            interval: 5,
+            last_poll: None,
+            state: GrantState::Pending,
+        }
+    }
+
+    #[test]
+    fn user_codes_are_unique_and_index_their_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (h1, h2) = (TokenHash::of("one"), TokenHash::of("two"));
+        assert!(store.insert_device_grant(&h1, &grant("BCDFGHJK", 100)).unwrap());
+        assert!(!store.insert_device_grant(&h2, &grant("BCDFGHJK", 100)).unwrap());
+        let (hash, found) = store.device_grant_by_user_code("BCDFGHJK").unwrap().unwrap();
+        assert_eq!((hash, found.expires_at), (h1, 100));
+        assert!(store.device_grant_by_user_code("ZZZZZZZZ").unwrap().is_none());
+    }
+
+    #[test]
+    fn update_applies_or_declines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let h = TokenHash::of("one");
+        store.insert_device_grant(&h, &grant("BCDFGHJK", 100)).unwrap();
+        let after = store
+            .update_device_grant(&h, &mut |g| Some(DeviceGrant { interval: g.interval + 5, ..g.clone() }))
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.interval, 10);
+        let same = store.update_device_grant(&h, &mut |_| None).unwrap().unwrap();
+        assert_eq!(same.interval, 10);
+        assert!(store.update_device_grant(&TokenHash::of("x"), &mut |_| None).unwrap().is_none());
+    }
+
+    #[test]
+    fn purge_drops_expired_grants_and_their_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.insert_device_grant(&TokenHash::of("old"), &grant("BBBBBBBB", 10)).unwrap();
+        store.insert_device_grant(&TokenHash::of("new"), &grant("CCCCCCCC", 1000)).unwrap();
+        assert_eq!(store.purge_device_grants(500).unwrap(), 1);
+        assert!(store.device_grant_by_user_code("BBBBBBBB").unwrap().is_none());
+        assert!(store.device_grant_by_user_code("CCCCCCCC").unwrap().is_some());
+        // The code is free again.
+        assert!(store.insert_device_grant(&TokenHash::of("again"), &grant("BBBBBBBB", 1000)).unwrap());
+    }
+}

@@ -1,0 +1,83 @@
+//! The device registry in sled: devices by client_id, a serial index, and the device's client
+//! record, changed together in one transaction so a serial never maps to half a device.
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::SledStore;
+use crate::store::{Client, Device, DeviceStore, StoreError};
+
+fn decode(bytes: &[u8]) -> Result<Device, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what: "device", source })
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(inner) => inner,
+        TransactionError::Storage(source) => StoreError::Write { what: "device", source },
+    }
+}
+
+impl DeviceStore for SledStore {
+    fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError> {
+        self.devices
+            .get(client_id)
+            .map_err(|source| StoreError::Read { what: "device", source })?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError> {
+        let Some(id) = self
+            .device_serials
+            .get(serial)
+            .map_err(|source| StoreError::Read { what: "device serial", source })?
+        else {
+            return Ok(None);
+        };
+        self.device(&String::from_utf8_lossy(&id))
+    }
+
+    fn register_device(&self, device: &Device, client: &Client) -> Result<Result<(), Device>, StoreError> {
+        let device_bytes = serde_json::to_vec(device).unwrap_or_default();
+        let client_bytes = serde_json::to_vec(client).unwrap_or_default();
+        let outcome = (&self.device_serials, &self.devices, &self.clients)
+            .transaction(|(serials, devices, clients)| {
+                if let Some(existing_id) = serials.get(device.serial.as_bytes())? {
+                    let existing = devices
+                        .get(&existing_id)?
+                        .map(|b| decode(&b))
+                        .transpose()
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    // An index entry without its device would be corruption; report it as a
+                    // conflict with the same serial so that nothing is overwritten.
+                    return Ok(Some(existing.unwrap_or_else(|| device.clone())));
+                }
+                serials.insert(device.serial.as_bytes(), device.client_id.as_bytes())?;
+                devices.insert(device.client_id.as_bytes(), device_bytes.clone())?;
+                clients.insert(client.client_id.as_bytes(), client_bytes.clone())?;
+                Ok(None)
+            })
+            .map_err(tx_error)?;
+        self.forget_cached(&client.client_id);
+        Ok(match outcome {
+            None => Ok(()),
+            Some(existing) => Err(existing),
+        })
+    }
+
+    fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
+        let removed = (&self.device_serials, &self.devices, &self.clients)
+            .transaction(|(serials, devices, clients)| {
+                let Some(bytes) = devices.remove(client_id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let device = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                serials.remove(device.serial.as_bytes())?;
+                clients.remove(client_id.as_bytes())?;
+                Ok(true)
+            })
+            .map_err(tx_error)?;
+        self.forget_cached(client_id);
+        Ok(removed)
+    }
+}

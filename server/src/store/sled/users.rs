@@ -1,0 +1,123 @@
+//! Users and verification-page sessions in sled: `users` keyed by lowercase name,
+//! `web_sessions` keyed by the SHA-256 of the session cookie.
+
+use super::SledStore;
+use crate::store::grants::TokenHash;
+use crate::store::users::{SessionStore, User, UserStore, WebSession};
+use crate::store::StoreError;
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Structs of strings, numbers and options always serialise.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl UserStore for SledStore {
+    fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let Some(bytes) = self
+            .users
+            .get(username.as_bytes())
+            .map_err(|source| StoreError::Read { what: "user", source })?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Decode { what: "user", source })
+    }
+
+    fn insert_new_user(&self, user: &User) -> Result<bool, StoreError> {
+        let swapped = self
+            .users
+            .compare_and_swap(user.username.as_bytes(), None::<&[u8]>, Some(to_json(user)))
+            .map_err(|source| StoreError::Write { what: "user", source })?;
+        Ok(swapped.is_ok())
+    }
+}
+
+impl SessionStore for SledStore {
+    fn web_session(&self, id: &TokenHash) -> Result<Option<WebSession>, StoreError> {
+        let Some(bytes) = self
+            .web_sessions
+            .get(id.0)
+            .map_err(|source| StoreError::Read { what: "session", source })?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Decode { what: "session", source })
+    }
+
+    fn put_web_session(&self, id: &TokenHash, session: &WebSession) -> Result<(), StoreError> {
+        self.web_sessions
+            .insert(id.0, to_json(session))
+            .map(|_| ())
+            .map_err(|source| StoreError::Write { what: "session", source })
+    }
+
+    fn delete_web_session(&self, id: &TokenHash) -> Result<(), StoreError> {
+        self.web_sessions
+            .remove(id.0)
+            .map(|_| ())
+            .map_err(|source| StoreError::Write { what: "session", source })
+    }
+
+    fn purge_web_sessions(&self, now: u64) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        for entry in self.web_sessions.iter() {
+            let (key, value) = entry.map_err(|source| StoreError::Read { what: "session", source })?;
+            let expired = serde_json::from_slice::<WebSession>(&value).map_or(true, |s| s.expires_at < now);
+            if expired {
+                self.web_sessions
+                    .remove(key)
+                    .map_err(|source| StoreError::Write { what: "session", source })?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::users::FailureWindow;
+
+    #[test]
+    fn users_are_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let ann = User {
+            username: "ann".into(),
+            password_hash: "h".into(),
+            created_at: 1,
+            disabled: false,
+        };
+        assert!(store.insert_new_user(&ann).unwrap());
+        assert!(!store.insert_new_user(&ann).unwrap());
+        assert_eq!(store.user("ann").unwrap(), Some(ann));
+        assert_eq!(store.user("bob").unwrap(), None);
+    }
+
+    #[test]
+    fn sessions_round_trip_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let s = |expires_at| WebSession {
+            csrf: "c".into(),
+            user: Some("ann".into()),
+            created_at: 0,
+            expires_at,
+            failed_codes: FailureWindow::default(),
+            failed_sign_ins: FailureWindow::default(),
+        };
+        let (old, new) = (TokenHash::of("old"), TokenHash::of("new"));
+        store.put_web_session(&old, &s(10)).unwrap();
+        store.put_web_session(&new, &s(1000)).unwrap();
+        assert_eq!(store.web_session(&new).unwrap(), Some(s(1000)));
+        assert_eq!(store.purge_web_sessions(500).unwrap(), 1);
+        assert!(store.web_session(&old).unwrap().is_none());
+        store.delete_web_session(&new).unwrap();
+        assert!(store.web_session(&new).unwrap().is_none());
+    }
+}
