@@ -1,0 +1,226 @@
+//! The agent's configuration file (TOML, default `/etc/hallmark/agent.toml`). The provisioner
+//! writes it on the factory line with this same type; the agent reads it at every start.
+//!
+//! Relative paths (`ca_cert`, `state_dir`, `socket`) are resolved against the directory of the
+//! config file, so a provisioned device directory can be moved as a whole.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hallmark/agent.toml";
+
+/// How the agent gets its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Flow {
+    /// RFC 6749 §4.4 with `private_key_jwt` (RFC 7523) assertions signed by the TPM. Default.
+    #[default]
+    ClientCredentials,
+    /// RFC 8628: a person approves the device in a browser; refresh tokens kept sealed.
+    DeviceCode,
+}
+
+/// TPM persistent handles the provisioner used; the agent refuses to start if they differ from
+/// the ones it was built with, rather than touching objects it does not own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handles {
+    /// Storage root key.
+    pub srk: u32,
+    /// Sealed factory secret.
+    pub factory_secret: u32,
+    /// Device key slot A.
+    pub key_a: u32,
+    /// Device key slot B.
+    pub key_b: u32,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            srk: 0x8100_0001,
+            factory_secret: 0x8100_0010,
+            key_a: 0x8100_0011,
+            key_b: 0x8100_0012,
+        }
+    }
+}
+
+/// The agent's configuration as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Issuer URL of the authorization server; endpoints come from its RFC 8414 metadata at
+    /// `{issuer}/.well-known/oauth-authorization-server`.
+    pub issuer: String,
+    /// PEM file of the CA that signed the server's certificate; the only CA the agent trusts.
+    pub ca_cert: PathBuf,
+    /// The device's client_id.
+    pub client_id: String,
+    /// TCTI of the TPM: `device:/dev/tpmrm0` on hardware, `swtpm:path=…` in simulation.
+    pub tcti: String,
+    /// Scopes to request; empty means the client's registered default.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Which grant gets tokens. Default `client_credentials`.
+    #[serde(default)]
+    pub flow: Flow,
+    /// Directory for the agent's state (rotation state, sealed refresh token). Default `state`
+    /// beside the config file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Unix socket on which `run` serves tokens (mode 0600). Default `agent.sock` in `state_dir`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// TPM handles the provisioner used.
+    #[serde(default)]
+    pub handles: Handles,
+    /// The device's serial, for status output (optional).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+/// Why a config file cannot be used. One line each, for the operator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid agent config.
+    #[error("agent config {path} is invalid: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl AgentConfig {
+    /// Read and check a config file; relative paths are made absolute against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut config: AgentConfig =
+            toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
+        config.validate().map_err(invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.ca_cert = base.join(&config.ca_cert);
+        config.state_dir = base.join(&config.state_dir);
+        config.socket = Some(match config.socket.take() {
+            Some(s) => base.join(s),
+            None => config.state_dir.join("agent.sock"),
+        });
+        Ok(config)
+    }
+
+    /// The TOML text of this config, as the provisioner writes it.
+    pub fn to_toml(&self) -> String {
+        // Every field is a string, number, list or table: serialisation cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The socket path (after [`AgentConfig::load`], always set).
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("agent.sock"))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.issuer.starts_with("https://")
+            || self.issuer.starts_with("http://127.0.0.1")
+            || self.issuer.starts_with("http://localhost"))
+        {
+            return Err(format!("issuer {} must be an https URL", self.issuer));
+        }
+        if self.client_id.is_empty() {
+            return Err("client_id is empty".into());
+        }
+        if self.tcti.is_empty() {
+            return Err("tcti is empty".into());
+        }
+        if self.handles != Handles::default() {
+            return Err(format!(
+                "TPM handles {:?} differ from the ones this agent uses ({:?})",
+                self.handles,
+                Handles::default()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AgentConfig {
+        AgentConfig {
+            issuer: "https://localhost:8443".into(),
+            ca_cert: "ca.pem".into(),
+            client_id: "abc".into(),
+            tcti: "swtpm:path=/tmp/x/sock".into(),
+            scopes: vec!["device".into()],
+            flow: Flow::ClientCredentials,
+            state_dir: "state".into(),
+            socket: None,
+            handles: Handles::default(),
+            serial: Some("HM-1".into()),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, sample().to_toml()).unwrap();
+        let loaded = AgentConfig::load(&path).unwrap();
+        assert_eq!(loaded.ca_cert, dir.path().join("ca.pem"));
+        assert_eq!(
+            loaded.socket_path(),
+            dir.path().join("state").join("agent.sock")
+        );
+        assert_eq!(loaded.client_id, "abc");
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        for bad in [
+            format!("{}\nsurprise = 1\n", sample().to_toml()),
+            sample()
+                .to_toml()
+                .replace("https://localhost:8443", "http://evil.example"),
+            sample()
+                .to_toml()
+                .replace("client_id = \"abc\"", "client_id = \"\""),
+            "not toml at all [".to_string(),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = AgentConfig::load(&path).unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert!(AgentConfig::load(&dir.path().join("missing.toml")).is_err());
+    }
+}
