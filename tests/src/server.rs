@@ -27,7 +27,6 @@ pub struct TestServer {
     child: Option<Child>,
     pub http: ureq::Agent,
     extra_args: Vec<String>,
-    envs: Vec<(String, String)>,
 }
 
 /// A free loopback port (the OS picks; tiny race until the server binds it).
@@ -69,11 +68,6 @@ impl TestServer {
 
     /// Init and serve over TLS with extra `serve` flags.
     pub fn start_with(extra: &[&str]) -> Self {
-        Self::start_with_env(extra, &[])
-    }
-
-    /// Init and serve over TLS with extra `serve` flags and environment variables.
-    pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let port = free_port();
@@ -92,7 +86,6 @@ impl TestServer {
             child: None,
             http,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         server.spawn();
         server
@@ -108,7 +101,6 @@ impl TestServer {
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -217,253 +209,6 @@ impl TestServer {
         assert_eq!(status, 201, "{body}");
         body
     }
-}
-
-impl TestServer {
-    /// Whether the server process is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// GET; (status, headers, body text).
-    pub fn get_full(&self, path: &str) -> (u16, ureq::http::HeaderMap, String) {
-        let mut r = self.http.get(&self.url(path)).call().unwrap();
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        (status, headers, r.body_mut().read_to_string().unwrap())
-    }
-
-    /// POST `body` with any headers (values as raw bytes, so they may be non-ASCII); (status,
-    /// headers, body text).
-    pub fn post_bytes(&self, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> (u16, ureq::http::HeaderMap, String) {
-        let mut req = self.http.post(&self.url(path));
-        for (name, value) in headers {
-            req = req.header(*name, ureq::http::HeaderValue::from_bytes(value).unwrap());
-        }
-        let mut r = req.send(body).unwrap();
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        (status, headers, r.body_mut().read_to_string().unwrap())
-    }
-
-    /// client_credentials with `client_secret_basic`; (status, headers, body).
-    pub fn token_basic(&self, id: &str, secret: &str, scope: Option<&str>) -> (u16, ureq::http::HeaderMap, Value) {
-        let mut form = vec![("grant_type", "client_credentials")];
-        if let Some(s) = scope {
-            form.push(("scope", s));
-        }
-        self.post_form_full("/oauth2/token", Some((id, secret)), &form)
-    }
-
-    /// client_credentials with a `private_key_jwt` assertion and extra form fields.
-    pub fn token_assertion(&self, assertion: &str, extra: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, Value) {
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", JWT_BEARER),
-            ("client_assertion", assertion),
-        ];
-        form.extend_from_slice(extra);
-        self.post_form_full("/oauth2/token", None, &form)
-    }
-
-    /// Register a secret client with `scope` and auth `method`; (client_id, client_secret).
-    pub fn register_secret_client(&self, scope: &str, method: &str) -> (String, String) {
-        let info = self.register(serde_json::json!({
-            "client_name": "test client",
-            "scope": scope,
-            "token_endpoint_auth_method": method,
-        }));
-        (
-            info["client_id"].as_str().unwrap().to_owned(),
-            info["client_secret"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    /// Register a `private_key_jwt` client holding `keys` (with their kids); its client_id.
-    pub fn register_jwt_client(&self, scope: &str, keys: &[(&ClientKey, Option<&str>)]) -> String {
-        let jwks: Vec<Value> = keys.iter().map(|(k, kid)| k.public_jwk(*kid)).collect();
-        let info = self.register(serde_json::json!({
-            "client_name": "device",
-            "scope": scope,
-            "token_endpoint_auth_method": "private_key_jwt",
-            "jwks": {"keys": jwks},
-        }));
-        assert!(info.get("client_secret").is_none(), "a key client gets no secret: {info}");
-        info["client_id"].as_str().unwrap().to_owned()
-    }
-
-    /// Claims of a good client assertion for `client_id`, audience the token endpoint.
-    pub fn assertion_claims(&self, client_id: &str) -> Value {
-        let now = now();
-        serde_json::json!({
-            "iss": client_id,
-            "sub": client_id,
-            "aud": self.url("/oauth2/token"),
-            "iat": now,
-            "exp": now + 60,
-            "jti": random_jti(),
-        })
-    }
-
-    /// The published JWK Set.
-    pub fn jwks(&self) -> Value {
-        let (status, jwks) = self.get("/jwks.json");
-        assert_eq!(status, 200);
-        jwks
-    }
-
-    /// Stop the server (SIGTERM, graceful) if it runs, and read its whole audit log in-process.
-    pub fn audit_entries(&mut self) -> Vec<hallmark_server::store::audit::AuditEntry> {
-        use hallmark_server::store::AuditLog as _;
-        if self.child.is_some() {
-            assert!(self.terminate().success(), "{}", self.log());
-        }
-        let store = hallmark_server::store::SledStore::open(&self.data_dir.join("db")).unwrap();
-        assert!(store.verify().unwrap().is_ok(), "audit chain intact");
-        store.entries(0, usize::MAX).unwrap()
-    }
-}
-
-/// RFC 7523 §2.2 `client_assertion_type`.
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// base64url without padding.
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Decode base64url without padding.
-pub fn unb64(text: &str) -> Vec<u8> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap()
-}
-
-/// A fresh random `jti`.
-pub fn random_jti() -> String {
-    let mut bytes = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
-    b64(&bytes)
-}
-
-/// The decoded JSON header and payload of a compact JWS (no verification).
-pub fn jwt_parts(token: &str) -> (Value, Value) {
-    let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(parts.len(), 3, "compact JWS: {token}");
-    (
-        serde_json::from_slice(&unb64(parts[0])).unwrap(),
-        serde_json::from_slice(&unb64(parts[1])).unwrap(),
-    )
-}
-
-/// A client's signing key, made in the test with libraries other than the server's verifier path.
-pub enum ClientKey {
-    /// ECDSA P-256 (ring), JWS ES256.
-    Es256 {
-        pair: ring::signature::EcdsaKeyPair,
-        pkcs8: Vec<u8>,
-    },
-    /// Ed25519 (ed25519-dalek), JWS EdDSA.
-    Ed25519(ed25519_dalek::SigningKey),
-}
-
-impl ClientKey {
-    pub fn es256() -> Self {
-        let rng = ring::rand::SystemRandom::new();
-        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
-        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
-        ClientKey::Es256 {
-            pair,
-            pkcs8: pkcs8.as_ref().to_vec(),
-        }
-    }
-
-    pub fn ed25519() -> Self {
-        let mut seed = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).unwrap();
-        ClientKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
-    }
-
-    /// The JOSE algorithm of this key.
-    pub fn alg(&self) -> &'static str {
-        match self {
-            ClientKey::Es256 { .. } => "ES256",
-            ClientKey::Ed25519(_) => "EdDSA",
-        }
-    }
-
-    /// Raw public key bytes: the 65-byte uncompressed point, or the 32-byte Ed25519 key.
-    pub fn public_bytes(&self) -> Vec<u8> {
-        match self {
-            ClientKey::Es256 { pair, .. } => ring::signature::KeyPair::public_key(pair).as_ref().to_vec(),
-            ClientKey::Ed25519(k) => k.verifying_key().to_bytes().to_vec(),
-        }
-    }
-
-    /// The public JWK (RFC 7518 §6.2.1, RFC 8037 §2).
-    pub fn public_jwk(&self, kid: Option<&str>) -> Value {
-        let public = self.public_bytes();
-        let mut jwk = match self {
-            ClientKey::Es256 { .. } => {
-                assert_eq!((public.len(), public[0]), (65, 0x04));
-                serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&public[1..33]), "y": b64(&public[33..])})
-            }
-            ClientKey::Ed25519(_) => serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&public)}),
-        };
-        if let Some(kid) = kid {
-            jwk["kid"] = kid.into();
-        }
-        jwk
-    }
-
-    /// Sign `input` the way JWS wants: r||s for ES256 (RFC 7518 §3.4), the plain signature for EdDSA.
-    pub fn sign(&self, input: &[u8]) -> Vec<u8> {
-        match self {
-            ClientKey::Es256 { pair, .. } => pair.sign(&ring::rand::SystemRandom::new(), input).unwrap().as_ref().to_vec(),
-            ClientKey::Ed25519(k) => ed25519_dalek::Signer::sign(k, input).to_bytes().to_vec(),
-        }
-    }
-
-    /// An ES256 signature in ASN.1 DER instead of JWS's fixed r||s form.
-    pub fn sign_der(&self, input: &[u8]) -> Vec<u8> {
-        let ClientKey::Es256 { pkcs8, .. } = self else { panic!("ES256 only") };
-        let rng = ring::rand::SystemRandom::new();
-        let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
-        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8, &rng).unwrap();
-        pair.sign(&rng, input).unwrap().as_ref().to_vec()
-    }
-
-    /// A compact JWS with exactly this header and these claims, signed by this key.
-    pub fn jwt(&self, header: &Value, claims: &Value) -> String {
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-        let sig = self.sign(input.as_bytes());
-        format!("{input}.{}", b64(&sig))
-    }
-
-    /// A compact JWS with the key's own `alg` and this `kid`.
-    pub fn assertion(&self, kid: Option<&str>, claims: &Value) -> String {
-        let mut header = serde_json::json!({"alg": self.alg(), "typ": "JWT"});
-        if let Some(kid) = kid {
-            header["kid"] = kid.into();
-        }
-        self.jwt(&header, claims)
-    }
-}
-
-/// Run the binary with `args` and `envs`; its output. HALLMARK_* variables of the test process
-/// are removed so that only what the test says reaches the binary.
-pub fn run_cli(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(server_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HALLMARK_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().unwrap()
 }
 
 impl Drop for TestServer {
