@@ -393,14 +393,30 @@ fn listening(port: u16) -> bool {
 }
 
 /// A port `p` such that `p` and `p + 1` were both free a moment ago.
+///
+/// Ports are drawn at random from below the kernel's ephemeral range: outgoing connections
+/// (every TCTI connection included) take their local ports from that range and leave them in
+/// TIME_WAIT for a minute, so after a few thousand connections — a benchmark's worth — pairs
+/// inside it are often blocked, while ports below it are only ever taken by listeners.
 fn free_port_pair() -> io::Result<u16> {
+    let (ephemeral_low, _) = ephemeral_range();
+    if ephemeral_low > PORT_FLOOR + 2 {
+        let span = u64::from(ephemeral_low - PORT_FLOOR - 1);
+        for _ in 0..256 {
+            // `random_u64() % span` < span <= u16::MAX, so the conversion cannot fail.
+            let offset = u16::try_from(random_u64() % span).unwrap_or(0);
+            let port = PORT_FLOOR + offset;
+            if pair_is_free(port) {
+                return Ok(port);
+            }
+        }
+    }
+    // Fallback: let the kernel pick inside the ephemeral range.
     for _ in 0..64 {
         let data = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = data.local_addr()?.port();
-        let Some(ctrl) = port.checked_add(1) else {
-            continue;
-        };
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, ctrl)).is_ok() {
+        drop(data);
+        if port.checked_add(1).is_some() && pair_is_free(port) {
             return Ok(port);
         }
     }
@@ -408,6 +424,36 @@ fn free_port_pair() -> io::Result<u16> {
         io::ErrorKind::AddrInUse,
         "no free pair of consecutive loopback ports",
     ))
+}
+
+/// Lowest port handed to swtpm: clear of the well-known and most registered service ports.
+const PORT_FLOOR: u16 = 10_000;
+
+fn pair_is_free(port: u16) -> bool {
+    let Some(ctrl) = port.checked_add(1) else {
+        return false;
+    };
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        && TcpListener::bind((Ipv4Addr::LOCALHOST, ctrl)).is_ok()
+}
+
+/// The kernel's ephemeral port range (Linux default 32768–60999).
+fn ephemeral_range() -> (u16, u16) {
+    let parsed = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        });
+    parsed.unwrap_or((32768, 60999))
+}
+
+/// A random number without a dependency: std seeds every `RandomState` from the OS.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 fn read_stderr(path: &Path) -> String {
@@ -453,6 +499,17 @@ mod tests {
         let err = spawn_once(temp.path(), free_port_pair().unwrap(), false).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("stderr"), "{text}");
+    }
+
+    #[test]
+    fn unique_manufacture_gives_a_manufactured_tpm_of_its_own() {
+        let tpm = Swtpm::temp_manufactured_unique().unwrap();
+        assert!(manufacture::is_manufactured(&state_dir(tpm.dir())));
+        assert!(listening(tpm.port()));
+        assert!(manufacture::cached_ca()
+            .unwrap()
+            .issuer_certificate_pem()
+            .exists());
     }
 
     #[test]

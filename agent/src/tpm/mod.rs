@@ -106,6 +106,10 @@ pub struct Inventory {
 }
 
 /// An open connection to the device's TPM, with the storage root key in place.
+///
+/// Hold it only as long as needed: swtpm serves one connection at a time (a second client
+/// blocks until the first disconnects), and so does /dev/tpm0; only the kernel resource
+/// manager (/dev/tpmrm0) multiplexes clients.
 pub struct Tpm {
     ctx: Context,
     tcti: String,

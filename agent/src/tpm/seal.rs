@@ -9,7 +9,8 @@
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
-use tss_esapi::handles::ObjectHandle;
+use tss_esapi::handles::{KeyHandle, ObjectHandle};
+use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{Private, Public, SensitiveData};
 use tss_esapi::traits::{Marshall, UnMarshall};
 use zeroize::Zeroizing;
@@ -131,9 +132,8 @@ impl Tpm {
             return Err(TpmError::FactorySecretPresent);
         }
         let (public, private) = self.create_sealed(secret)?;
-        let srk = self.srk;
         let loaded = self
-            .with_salted_session(|ctx| ctx.load(srk, private, public))?
+            .load_sealed(public, private)
             .map_err(self.fail("load a sealed object", |source| TpmError::Seal { source }))?;
         self.persist(loaded, FACTORY_SECRET_HANDLE)
     }
@@ -196,9 +196,8 @@ impl Tpm {
         let public = Public::unmarshall(&blob.public).map_err(structure("sealed blob public"))?;
         let private =
             Private::try_from(blob.private.clone()).map_err(structure("sealed blob private"))?;
-        let srk = self.srk;
         let loaded = self
-            .with_salted_session(|ctx| ctx.load(srk, private, public))?
+            .load_sealed(public, private)
             // A blob from another TPM (or another SRK) fails its integrity check here.
             .map_err(self.fail("load a sealed blob", |_| TpmError::BlobDecrypt))?;
         let object = ObjectHandle::from(loaded);
@@ -238,6 +237,18 @@ impl Tpm {
             })?
             .map_err(self.fail("seal data", |source| TpmError::Seal { source }))?;
         Ok((created.out_public, created.out_private))
+    }
+
+    /// Loads a sealed object under the SRK (TPM2_Load, Part 3 §12.2). The private area is
+    /// already encrypted and integrity-protected with the SRK's seed (Part 1 §23.3), so it
+    /// needs no parameter encryption: a password session with the SRK's empty auth suffices
+    /// and saves the salted session's ECDH.
+    fn load_sealed(&mut self, public: Public, private: Private) -> tss_esapi::Result<KeyHandle> {
+        let srk = self.srk;
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.load(srk, private, public)
+            })
     }
 
     /// TPM2_Unseal (Part 3 §12.7) in a salted session, so the secret returns encrypted.
