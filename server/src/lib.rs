@@ -2,16 +2,19 @@
 //! tests drive.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod datadir;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod oauth;
 pub mod secret;
 pub mod serve;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 /// Seconds since the Unix epoch, the unit of every JWT time claim (RFC 7519 §2 NumericDate).
 pub fn unix_now() -> u64 {

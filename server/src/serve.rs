@@ -54,6 +54,7 @@ pub struct Built {
 pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
     let store = Arc::new(SledStore::open(&settings.data_dir.join(DB_DIR))?);
     let ring = KeyRing::build(&KeyFile::load(&settings.data_dir)?, crate::unix_now())?;
+    let metrics = crate::metrics::Metrics::default();
     let oauth = AuthServer {
         settings: Arc::new(settings.oauth.clone()),
         clients: store.clone(),
@@ -61,7 +62,8 @@ pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         audit: store.clone(),
         devices: store.clone(),
         keys: Arc::new(Keys::new(ring)),
-        commit: GroupCommit::start(store.clone()),
+        commit: GroupCommit::start(store.clone(), metrics.clone()),
+        metrics,
         device_grants: store.clone(),
         refresh_tokens: store.clone(),
         users: store.clone(),
@@ -82,7 +84,7 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             tick.tick().await;
             let store = purge_store.clone();
             let now = crate::unix_now();
-            let purge = move || Ok::<_, StoreError>(store.purge_expired(now)? + crate::oauth::device_flow::purge_expired(&*store, now)?);
+            let purge = move || Ok::<_, StoreError>(store.purge_expired(now)? + crate::store::grants::purge_expired(&*store, now)?);
             match tokio::task::spawn_blocking(purge).await {
                 Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired records dropped"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "purge failed"),

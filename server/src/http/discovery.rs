@@ -15,6 +15,7 @@ pub(super) fn router() -> Router<super::State> {
         .route("/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 /// RFC 8414 §2 metadata for these settings.
@@ -30,9 +31,13 @@ pub(super) fn metadata(s: &Settings) -> Vec<u8> {
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
         // Hallmark's first-boot rotation endpoint (DESIGN: Life of a device, step 2).
         "device_credentials_endpoint": format!("{issuer}/oauth2/device-credentials"),
-        "grant_types_supported": [grant::CLIENT_CREDENTIALS],
+        // RFC 8628 §4.
+        "device_authorization_endpoint": s.device.device_authorization_endpoint,
+        "grant_types_supported": [grant::CLIENT_CREDENTIALS, grant::DEVICE_CODE, grant::REFRESH_TOKEN],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": auth_methods,
+        // Public device clients ("none") at the token endpoint for the device_code and
+        // refresh_token grants only (RFC 8628 §3.4).
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_signing_alg_values_supported": algs,
@@ -58,6 +63,14 @@ async fn jwks(State(state): State<super::State>) -> impl IntoResponse {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
     resp
+}
+
+/// Prometheus scrape endpoint (OpenMetrics text).
+async fn metrics(State(state): State<super::State>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        crate::metrics::render(&state.registry),
+    )
 }
 
 /// Ready when storage answers.

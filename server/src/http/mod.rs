@@ -2,11 +2,13 @@
 //! [`crate::oauth`].
 
 mod admin;
-mod ctx;
+pub(crate) mod ctx;
+mod device_flow;
 mod devices;
 mod discovery;
 mod error;
 mod oauth;
+mod users;
 
 use std::sync::Arc;
 
@@ -16,12 +18,19 @@ use axum::Router;
 use crate::oauth::AuthServer;
 
 /// What every handler can reach.
-#[derive(Debug)]
 pub struct AppState {
     /// The protocol core.
     pub oauth: AuthServer,
     /// RFC 8414 metadata, serialised once.
     pub metadata_json: Vec<u8>,
+    /// What `/metrics` renders.
+    pub registry: prometheus_client::registry::Registry,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("oauth", &self.oauth).finish_non_exhaustive()
+    }
 }
 
 /// Shared state handle.
@@ -30,13 +39,43 @@ pub type State = Arc<AppState>;
 /// The whole HTTP API.
 pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
     let metadata_json = discovery::metadata(&oauth.settings);
-    let state = Arc::new(AppState { oauth, metadata_json });
+    let registry = oauth.metrics.registry();
+    let web = crate::web::router(oauth.clone());
+    let state = Arc::new(AppState { oauth, metadata_json, registry });
     Router::new()
         .merge(discovery::router())
         .merge(oauth::router())
         .merge(admin::router())
         .merge(devices::router())
+        .merge(device_flow::router())
+        .merge(users::router())
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+        .merge(web)
+}
+
+/// Count every response by route pattern and status.
+async fn count_requests(
+    axum::extract::State(state): axum::extract::State<State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let endpoint = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    state
+        .oauth
+        .metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            endpoint,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }

@@ -85,6 +85,8 @@ pub struct AuthServer {
     pub devices: Arc<dyn DeviceStore>,
     /// Makes writes durable before responses report them.
     pub commit: GroupCommit,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Pending device authorization requests (RFC 8628).
     pub device_grants: Arc<dyn crate::store::DeviceGrantStore>,
     /// Refresh tokens and their families.
@@ -126,6 +128,7 @@ impl AuthServer {
 
     /// Append without waiting; the caller commits before it answers.
     pub fn append_audit(&self, ctx: &RequestCtx, mut event: AuditEvent) -> Result<(), OAuthError> {
+        self.metrics.observe_event(&event);
         event.request_id = Some(ctx.request_id.clone());
         event.source = ctx.source.map(|ip| ip.to_string());
         let time_ms = std::time::SystemTime::now()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Durability;
+use crate::metrics::Metrics;
 
 /// A flush that failed; every waiter of that batch gets it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -18,12 +19,14 @@ type Waiter = oneshot::Sender<Result<(), CommitError>>;
 #[derive(Clone, Debug)]
 pub struct GroupCommit {
     queue: mpsc::UnboundedSender<Waiter>,
+    metrics: Metrics,
 }
 
 impl GroupCommit {
     /// Start the writer task on the current tokio runtime.
-    pub fn start(store: Arc<dyn Durability>) -> Self {
+    pub fn start(store: Arc<dyn Durability>, metrics: Metrics) -> Self {
         let (queue, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let m = metrics.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -32,6 +35,7 @@ impl GroupCommit {
                     batch.push(more);
                 }
                 let store = store.clone();
+                let started = std::time::Instant::now();
                 // Every write acknowledged by a waiter in `batch` happened before it queued, so
                 // before this flush starts.
                 let result = match tokio::task::spawn_blocking(move || store.flush()).await {
@@ -42,18 +46,22 @@ impl GroupCommit {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "group commit failed");
                 }
+                m.flush_seconds.observe(started.elapsed().as_secs_f64());
+                m.flush_batch.observe(batch.len() as f64);
+                m.commit_queue_depth.dec_by(batch.len() as i64);
                 for waiter in batch.drain(..) {
                     // A waiter that gave up (client disconnected) is no concern of ours.
                     let _ = waiter.send(result.clone());
                 }
             }
         });
-        GroupCommit { queue }
+        GroupCommit { queue, metrics }
     }
 
     /// Wait until every write this task made before the call is durable.
     pub async fn commit(&self) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
+        self.metrics.commit_queue_depth.inc();
         self.queue
             .send(tx)
             .map_err(|_| CommitError("writer task stopped".into()))?;
