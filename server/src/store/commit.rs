@@ -15,6 +15,9 @@ pub struct CommitError(String);
 
 type Waiter = oneshot::Sender<Result<(), CommitError>>;
 
+/// How many times the writer yields to let more requests join a batch before it flushes.
+const MAX_GATHER_ROUNDS: usize = 8;
+
 /// Handle to the writer task. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct GroupCommit {
@@ -31,8 +34,18 @@ impl GroupCommit {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
                 batch.push(first);
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
+                // Gather: let every request task that is ready run up to its own commit before
+                // flushing, so one flush serves all of them. Under light load nothing else is
+                // ready and this costs one yield; under load the batch grows with the load.
+                for _ in 0..MAX_GATHER_ROUNDS {
+                    let before = batch.len();
+                    tokio::task::yield_now().await;
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    if batch.len() == before {
+                        break;
+                    }
                 }
                 let store = store.clone();
                 let started = std::time::Instant::now();

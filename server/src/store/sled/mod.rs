@@ -46,6 +46,9 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            // The group committer flushes before every response that needs it; sled's own
+            // periodic flusher would only add a competing thread.
+            .flush_every_ms(None)
             .open()
             .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
