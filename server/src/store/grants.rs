@@ -161,3 +161,11 @@ pub trait RefreshTokenStore: Send + Sync {
     /// Drop tokens and families that expired before `now`.
     fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError>;
 }
+
+/// Drop every expired device grant, refresh token and verification-page session; how many.
+pub fn purge_expired<S>(store: &S, now: u64) -> Result<usize, StoreError>
+where
+    S: DeviceGrantStore + RefreshTokenStore + super::SessionStore + ?Sized,
+{
+    Ok(store.purge_device_grants(now)? + store.purge_refresh_tokens(now)? + store.purge_web_sessions(now)?)
+}

@@ -239,6 +239,7 @@ impl TokenStore for SledStore {
 
 impl Durability for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
+        self.audit.write_pending()?;
         self.db
             .flush()
             .map(|_| ())
