@@ -1,5 +1,231 @@
 //! Hallmark's on-device agent library: the device's credential lives in its TPM.
+//!
+//! [`Agent`] is what firmware embeds: it rotates the factory credential to a TPM-resident key on
+//! first boot ([`Agent::enroll`]), gets access tokens with the client credentials grant and
+//! `private_key_jwt` assertions the TPM signs ([`Agent::token`]), runs the device authorization
+//! grant with the refresh token sealed by the TPM ([`Agent::login`]), and keeps a token fresh
+//! for local software on a Unix socket ([`Agent::run`]).
 #![warn(missing_docs)]
 
 pub mod config;
+mod daemon;
+mod error;
+pub mod http;
+pub mod oauth;
+mod rotation;
+pub mod socket;
+pub mod store;
+mod tokens;
 pub mod tpm;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use config::{AgentConfig, Flow};
+pub use error::AgentError;
+pub use oauth::device::DeviceAuthorization;
+pub use rotation::{RotationState, RotationStep};
+
+use http::Http;
+use oauth::Metadata;
+use store::StateDir;
+use tpm::{KeySlot, Tpm};
+
+/// Something the agent did that its embedder may want to log (never carries a secret).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A rotation step completed (the test-only fault hook stops the process here).
+    Rotation(RotationStep),
+    /// The server has no `device_credentials_endpoint`: the factory credential stays in use.
+    RotationUnsupported,
+    /// A new access token was obtained.
+    TokenRenewed {
+        /// When it expires (Unix seconds).
+        expires_at: u64,
+    },
+    /// A refresh token was rotated and sealed again.
+    RefreshTokenRotated,
+    /// An operation failed in a way that may pass; the agent tries again after `after`.
+    Retrying {
+        /// What failed (one line).
+        error: String,
+        /// The wait before the next attempt.
+        after: Duration,
+    },
+    /// `run` serves tokens on this socket.
+    Serving {
+        /// The socket path.
+        socket: String,
+    },
+}
+
+/// The credential the device authenticates with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Credential {
+    /// The factory secret sealed in the TPM (`client_secret_basic`).
+    Factory,
+    /// A TPM-resident P-256 key (`private_key_jwt`).
+    Key {
+        /// Its slot.
+        slot: KeySlot,
+        /// Its kid (RFC 7638 thumbprint).
+        kid: String,
+    },
+}
+
+/// An access token and when it expires.
+#[derive(Clone)]
+pub struct AccessToken {
+    /// The token.
+    pub token: String,
+    /// When it expires (Unix seconds).
+    pub expires_at: u64,
+    /// When it was obtained (Unix seconds).
+    pub issued_at: u64,
+    /// The granted scope, if the server said.
+    pub scope: Option<String>,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// What `status` reports: nothing here needs the network.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// The device's client_id.
+    pub client_id: String,
+    /// The device's serial, if configured.
+    pub serial: Option<String>,
+    /// The issuer.
+    pub server: String,
+    /// `factory`, `rotating` or `key`.
+    pub credential: &'static str,
+    /// The slot of the device key in use or being rotated to.
+    pub slot: Option<KeySlot>,
+    /// The persisted rotation state.
+    pub rotation: RotationState,
+    /// The active (or pending) public JWK, for registering the device elsewhere.
+    pub jwk: Option<serde_json::Value>,
+    /// Whether a sealed refresh token is stored (device flow).
+    pub refresh_token_stored: bool,
+}
+
+/// Hook called with every [`Event`].
+type Observer = Box<dyn FnMut(&Event) + Send>;
+
+/// The device agent. Opens the TPM for each operation and closes it right after, so other
+/// local processes (the CLI, the provisioner) can use the same TPM between operations.
+pub struct Agent {
+    config: AgentConfig,
+    http: Http,
+    state: StateDir,
+    metadata: Option<Metadata>,
+    credential: Option<Credential>,
+    cached: Option<AccessToken>,
+    observer: Option<Observer>,
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("client_id", &self.config.client_id)
+            .field("issuer", &self.config.issuer)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent for `config` (as [`AgentConfig::load`] returns it). Reads the pinned CA; does
+    /// not touch the TPM or the network yet.
+    pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
+        let http = Http::new(&config.ca_cert).map_err(|source| AgentError::Http { source })?;
+        let state = StateDir::new(&config.state_dir);
+        Ok(Agent {
+            config,
+            http,
+            state,
+            metadata: None,
+            credential: None,
+            cached: None,
+            observer: None,
+        })
+    }
+
+    /// Calls `observer` with every [`Event`] (for logging, progress, or a test's fault hook).
+    pub fn observe(&mut self, observer: impl FnMut(&Event) + Send + 'static) {
+        self.observer = Some(Box::new(observer));
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Finishes or starts first-boot rotation, retrying transient failures (server or TPM
+    /// unreachable) with backoff for up to `patience`. Returns the credential now in use.
+    pub fn enroll(&mut self, patience: Duration) -> Result<Credential, AgentError> {
+        daemon::retry(self, patience, |agent| agent.rotate())
+    }
+
+    /// A fresh access token for `scope` (default: the configured scopes): client credentials
+    /// with the device's credential, or the sealed refresh token with the device flow.
+    /// Enrolls first if needed. No retries: see [`Agent::run`] for a resilient loop.
+    pub fn token(&mut self, scope: Option<&str>) -> Result<AccessToken, AgentError> {
+        self.fresh_token(scope)
+    }
+
+    /// Runs the device authorization grant: `show` displays the user code and URIs, then the
+    /// agent polls until approval, stores the refresh token sealed by the TPM, and returns
+    /// the first access token.
+    pub fn login(
+        &mut self,
+        show: impl FnOnce(&DeviceAuthorization),
+    ) -> Result<AccessToken, AgentError> {
+        self.device_login(show, &mut std::thread::sleep)
+    }
+
+    /// The device's state from the TPM and the state directory (no network).
+    pub fn status(&mut self) -> Result<Status, AgentError> {
+        self.local_status()
+    }
+
+    /// Opens the TPM (each operation opens it anew; see the type's docs).
+    fn tpm(&self) -> Result<Tpm, AgentError> {
+        Tpm::open(&self.config.tcti).map_err(|source| AgentError::Tpm { source })
+    }
+
+    /// The server's metadata, fetched once.
+    fn metadata(&mut self) -> Result<Metadata, AgentError> {
+        if let Some(m) = &self.metadata {
+            return Ok(m.clone());
+        }
+        let m = oauth::discover(&self.http, &self.config.issuer)
+            .map_err(|source| AgentError::Discover { source })?;
+        self.metadata = Some(m.clone());
+        Ok(m)
+    }
+
+    fn emit(&mut self, event: Event) {
+        if let Some(observer) = self.observer.as_mut() {
+            observer(&event);
+        }
+    }
+
+    fn scope_default(&self) -> Option<String> {
+        (!self.config.scopes.is_empty()).then(|| self.config.scopes.join(" "))
+    }
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use hallmark_hwsim::{fleet, Swtpm};
+use hallmark_hwsim::{demo, fleet, Swtpm};
 
 /// Simulated hardware for Hallmark: software TPMs on loopback.
 #[derive(Debug, Parser)]
@@ -24,6 +24,16 @@ enum Top {
     /// Many manufactured TPMs running in the background.
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// The whole story with 3 devices: server, station, provisioning, first boot, tokens and
+    /// the device flow; cleans up after itself.
+    Demo {
+        /// Approve the device flow through the verification page with an HTTP client.
+        #[arg(long)]
+        non_interactive: bool,
+        /// Keep the demo's directory.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +104,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("manifest: {}", dir.join("manifest.csv").display());
             Ok(())
         }
+        Top::Demo {
+            non_interactive,
+            keep,
+        } => Ok(demo::run(demo::Options {
+            non_interactive,
+            keep,
+        })?),
         Top::Fleet(FleetCommand::Down { dir }) => {
             let stopped = fleet::down(&dir)
                 .with_context(|| format!("stopping the fleet in {}", dir.display()))?;

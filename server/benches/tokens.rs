@@ -1,1 +1,219 @@
-fn main() {}
+//! The token endpoint's hot path, piece by piece, in-process: minting an access token (Ed25519
+//! signing), validating one (what introspection and the admin API do), and verifying a client
+//! assertion for an ES256 and an EdDSA client key (ring verification, claim checks, the jti
+//! recorded once). Run with `cargo bench -p hallmark-server --bench tokens`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hallmark_server::config::{ConfigLayer, ServeSettings};
+use hallmark_server::datadir::{self, InitOptions};
+use hallmark_server::oauth::registration::{client_from_metadata, ClientMetadata};
+use hallmark_server::oauth::AuthServer;
+use hallmark_server::secret::Secret;
+use ring::rand::SecureRandom as _;
+use serde_json::json;
+
+/// A server core over a fresh data directory, as `serve` builds it.
+struct Bench {
+    oauth: AuthServer,
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn server() -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    datadir::init(&InitOptions {
+        data_dir: data_dir.clone(),
+        issuer: "https://localhost:8443".into(),
+        hosts: vec!["localhost".into()],
+    })
+    .unwrap();
+    let settings = ServeSettings::resolve(&data_dir, None, ConfigLayer::default()).unwrap();
+    // The group committer is a tokio task; the synchronous paths measured here never wait on it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let built = runtime
+        .block_on(async { hallmark_server::serve::build(&settings) })
+        .unwrap();
+    Bench {
+        oauth: built.oauth,
+        _runtime: runtime,
+        _dir: dir,
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A client key that signs assertions the way a device does.
+enum Key {
+    Es256(ring::signature::EcdsaKeyPair),
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
+impl Key {
+    fn alg(&self) -> &'static str {
+        match self {
+            Key::Es256(_) => "ES256",
+            Key::Ed25519(_) => "EdDSA",
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        match self {
+            Key::Es256(pair) => {
+                let p = ring::signature::KeyPair::public_key(pair).as_ref();
+                json!({"kty": "EC", "crv": "P-256", "kid": "k", "x": b64(&p[1..33]), "y": b64(&p[33..])})
+            }
+            Key::Ed25519(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64(k.verifying_key().as_bytes())})
+            }
+        }
+    }
+
+    fn assertion(&self, client_id: &str, audience: &str, now: u64, n: u64) -> String {
+        let header = json!({"alg": self.alg(), "typ": "JWT", "kid": "k"});
+        let claims = json!({
+            "iss": client_id, "sub": client_id, "aud": audience,
+            "iat": now, "exp": now + 120, "jti": format!("bench-{n}"),
+        });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = match self {
+            Key::Es256(pair) => pair
+                .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec(),
+            Key::Ed25519(k) => ed25519_dalek::Signer::sign(k, input.as_bytes())
+                .to_bytes()
+                .to_vec(),
+        };
+        format!("{input}.{}", b64(&sig))
+    }
+}
+
+fn es256() -> Key {
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    Key::Es256(ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap())
+}
+
+fn ed25519() -> Key {
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut seed).unwrap();
+    Key::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// Register a `private_key_jwt` client holding `key`; its client_id.
+fn register(oauth: &AuthServer, key: &Key) -> String {
+    let meta = ClientMetadata {
+        scope: Some("telemetry".into()),
+        token_endpoint_auth_method: Some("private_key_jwt".into()),
+        jwks: Some(json!({"keys": [key.jwk()]})),
+        ..ClientMetadata::default()
+    };
+    let (client, _) = client_from_metadata(meta, hallmark_server::unix_now()).unwrap();
+    assert!(oauth.clients.insert_new_client(&client).unwrap());
+    client.client_id
+}
+
+fn mint(c: &mut Criterion) {
+    let b = server();
+    let now = hallmark_server::unix_now();
+    let mut group = c.benchmark_group("access_token");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("mint", |bench| {
+        bench.iter(|| {
+            black_box(b.oauth.mint_access_token(
+                "device-1",
+                "device-1",
+                "telemetry sensors:read",
+                black_box(now),
+            ))
+        })
+    });
+    let (token, _) = b
+        .oauth
+        .mint_access_token("device-1", "device-1", "telemetry", now);
+    // The token's client must exist for validation to succeed.
+    let (mut client, _) = client_from_metadata(
+        ClientMetadata {
+            scope: Some("telemetry".into()),
+            ..ClientMetadata::default()
+        },
+        now,
+    )
+    .unwrap();
+    client.client_id = "device-1".into();
+    assert!(b.oauth.clients.insert_new_client(&client).unwrap());
+    assert!(b.oauth.validate_access_token(&token, now).is_ok());
+    group.bench_function("validate", |bench| {
+        bench.iter(|| {
+            black_box(
+                b.oauth
+                    .validate_access_token(black_box(&token), now)
+                    .unwrap(),
+            )
+        })
+    });
+    group.finish();
+}
+
+fn assertions(c: &mut Criterion) {
+    let b = server();
+    let audience = b.oauth.settings.token_endpoint.clone();
+    let mut group = c.benchmark_group("client_assertion");
+    group.throughput(Throughput::Elements(1));
+    for key in [es256(), ed25519()] {
+        let id = register(&b.oauth, &key);
+        let now = hallmark_server::unix_now();
+        let mut n = 0u64;
+        let first = key.assertion(&id, &audience, now, u64::MAX);
+        assert!(b
+            .oauth
+            .verify_assertion_uncommitted(None, &first, now)
+            .is_ok());
+        // Each jti is accepted once, so every iteration gets a fresh assertion, made untimed.
+        group.bench_function(format!("verify_{}", key.alg()), |bench| {
+            bench.iter_batched(
+                || {
+                    n += 1;
+                    key.assertion(&id, &audience, now, n)
+                },
+                |assertion| {
+                    b.oauth
+                        .verify_assertion_uncommitted(None, &assertion, now)
+                        .unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn secrets(c: &mut Criterion) {
+    // For scale: what client_secret_basic costs once the client is found (SHA-256, constant-time).
+    let secret = Secret::generate();
+    let hash = secret.hash();
+    let presented = secret.expose().to_owned();
+    c.bench_function("client_secret/verify", |bench| {
+        bench.iter(|| black_box(hash.matches(black_box(&presented))))
+    });
+}
+
+criterion_group!(benches, mint, assertions, secrets);
+criterion_main!(benches);

@@ -31,6 +31,23 @@ pub enum Command {
     /// Signing keys (offline: stop the server first).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// People who approve devices on the verification page (offline: stop the server first).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum UserCommand {
+    /// Create a user; the password is read from the first line of standard input (Argon2id).
+    Add {
+        /// User name: 1-64 of a-z 0-9 . _ @ - (stored lowercase).
+        name: String,
+        /// Data directory.
+        #[arg(long, env = "HALLMARK_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 /// `audit` subcommands.
@@ -112,6 +129,9 @@ pub struct ServeArgs {
     /// Seconds a new signing key is published before it signs (default 600).
     #[arg(long, env = "HALLMARK_KEY_PUBLISH_AHEAD")]
     pub key_publish_ahead: Option<u64>,
+    /// Device flow, refresh token and verification-page settings.
+    #[command(flatten)]
+    pub device_flow: Box<DeviceFlowArgs>,
 }
 
 impl ServeArgs {
@@ -128,6 +148,44 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             key_rotation_period: self.key_rotation_period,
             key_publish_ahead: self.key_publish_ahead,
+            device_code_expires_in: self.device_flow.device_code_expires_in,
+            device_poll_interval: self.device_flow.device_poll_interval,
+            refresh_token_ttl: self.device_flow.refresh_token_ttl,
+            code_failures_per_session: self.device_flow.code_failures_per_session,
+            code_failures_per_source: self.device_flow.code_failures_per_source,
+            sign_in_failures_per_session: self.device_flow.sign_in_failures_per_session,
+            sign_in_failures_per_source: self.device_flow.sign_in_failures_per_source,
+            lockout_window: self.device_flow.lockout_window,
         }
     }
+}
+
+/// `serve` flags of the device authorization grant (RFC 8628), refresh tokens and the
+/// verification page.
+#[derive(Debug, Args)]
+pub struct DeviceFlowArgs {
+    /// Device code lifetime in seconds (default 600).
+    #[arg(long, env = "HALLMARK_DEVICE_CODE_EXPIRES_IN")]
+    pub device_code_expires_in: Option<u64>,
+    /// Polling interval handed to devices, seconds (default 5).
+    #[arg(long, env = "HALLMARK_DEVICE_POLL_INTERVAL")]
+    pub device_poll_interval: Option<u64>,
+    /// Refresh token lifetime in seconds (default 30 days).
+    #[arg(long, env = "HALLMARK_REFRESH_TOKEN_TTL")]
+    pub refresh_token_ttl: Option<u64>,
+    /// Wrong user codes per verification-page session per lockout window (default 5).
+    #[arg(long, env = "HALLMARK_CODE_FAILURES_PER_SESSION")]
+    pub code_failures_per_session: Option<u32>,
+    /// Wrong user codes per source address per lockout window (default 20).
+    #[arg(long, env = "HALLMARK_CODE_FAILURES_PER_SOURCE")]
+    pub code_failures_per_source: Option<u32>,
+    /// Failed sign-ins per verification-page session per lockout window (default 5).
+    #[arg(long, env = "HALLMARK_SIGN_IN_FAILURES_PER_SESSION")]
+    pub sign_in_failures_per_session: Option<u32>,
+    /// Failed sign-ins per source address per lockout window (default 20).
+    #[arg(long, env = "HALLMARK_SIGN_IN_FAILURES_PER_SOURCE")]
+    pub sign_in_failures_per_source: Option<u32>,
+    /// Lockout window in seconds (default 900).
+    #[arg(long, env = "HALLMARK_LOCKOUT_WINDOW")]
+    pub lockout_window: Option<u64>,
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::datadir::{CONFIG_FILE, TLS_DIR};
+use crate::oauth::device_flow::DeviceSettings;
 use crate::oauth::Settings;
 
 /// Default listen address.
@@ -47,6 +48,24 @@ pub struct ConfigLayer {
     pub key_rotation_period: Option<u64>,
     /// Seconds a new signing key is published before it signs. Default 600.
     pub key_publish_ahead: Option<u64>,
+    /// Lifetime of a device code and its user code (RFC 8628 `expires_in`), 60 to 3600 s.
+    /// Default 600.
+    pub device_code_expires_in: Option<u64>,
+    /// Polling interval handed to devices (RFC 8628 `interval`), 1 to 60 s. Default 5.
+    pub device_poll_interval: Option<u64>,
+    /// Lifetime of each refresh token in seconds, 60 to 31536000. Default 2592000 (30 days).
+    pub refresh_token_ttl: Option<u64>,
+    /// Wrong user codes one verification-page session may enter per lockout window. Default 5.
+    pub code_failures_per_session: Option<u32>,
+    /// Wrong user codes one source address may enter per lockout window. Default 20.
+    pub code_failures_per_source: Option<u32>,
+    /// Failed sign-ins one verification-page session may make per lockout window. Default 5.
+    pub sign_in_failures_per_session: Option<u32>,
+    /// Failed sign-ins one source address may make per lockout window. Default 20.
+    pub sign_in_failures_per_source: Option<u32>,
+    /// The window the failure limits count in, and so the longest lockout, 1 to 86400 s.
+    /// Default 900.
+    pub lockout_window: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -75,6 +94,14 @@ impl ConfigLayer {
             max_body_bytes: top.max_body_bytes.or(self.max_body_bytes),
             key_rotation_period: top.key_rotation_period.or(self.key_rotation_period),
             key_publish_ahead: top.key_publish_ahead.or(self.key_publish_ahead),
+            device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
+            device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),
+            refresh_token_ttl: top.refresh_token_ttl.or(self.refresh_token_ttl),
+            code_failures_per_session: top.code_failures_per_session.or(self.code_failures_per_session),
+            code_failures_per_source: top.code_failures_per_source.or(self.code_failures_per_source),
+            sign_in_failures_per_session: top.sign_in_failures_per_session.or(self.sign_in_failures_per_session),
+            sign_in_failures_per_source: top.sign_in_failures_per_source.or(self.sign_in_failures_per_source),
+            lockout_window: top.lockout_window.or(self.lockout_window),
         }
     }
 }
@@ -159,6 +186,7 @@ impl ServeSettings {
 
     fn from_layer(data_dir: &Path, layer: ConfigLayer) -> Result<Self, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(m);
+        let device_flow = DeviceFlowLayer::of(&layer);
         let issuer = layer
             .issuer
             .ok_or_else(|| invalid("no issuer configured".into()))?;
@@ -206,6 +234,7 @@ impl ServeSettings {
         let mut oauth = Settings::for_issuer(&issuer);
         oauth.access_token_ttl = ttl;
         oauth.clock_skew = skew;
+        device_flow.apply(&mut oauth.device)?;
         Ok(ServeSettings {
             data_dir: data_dir.to_owned(),
             listen,
@@ -215,6 +244,66 @@ impl ServeSettings {
             key_publish_ahead,
             oauth,
         })
+    }
+}
+
+/// The device-flow keys of a layer, validated onto [`DeviceSettings`].
+struct DeviceFlowLayer {
+    expires_in: Option<u64>,
+    interval: Option<u64>,
+    refresh_token_ttl: Option<u64>,
+    limits: [Option<u32>; 4],
+    lockout_window: Option<u64>,
+}
+
+impl DeviceFlowLayer {
+    fn of(layer: &ConfigLayer) -> Self {
+        DeviceFlowLayer {
+            expires_in: layer.device_code_expires_in,
+            interval: layer.device_poll_interval,
+            refresh_token_ttl: layer.refresh_token_ttl,
+            limits: [
+                layer.code_failures_per_session,
+                layer.code_failures_per_source,
+                layer.sign_in_failures_per_session,
+                layer.sign_in_failures_per_source,
+            ],
+            lockout_window: layer.lockout_window,
+        }
+    }
+
+    fn apply(self, d: &mut DeviceSettings) -> Result<(), ConfigError> {
+        let in_range = |name: &str, value: Option<u64>, range: std::ops::RangeInclusive<u64>, slot: &mut u64| {
+            if let Some(v) = value {
+                if !range.contains(&v) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{name} {v} is outside {}..={}",
+                        range.start(),
+                        range.end()
+                    )));
+                }
+                *slot = v;
+            }
+            Ok(())
+        };
+        in_range("device_code_expires_in", self.expires_in, 60..=3600, &mut d.expires_in)?;
+        in_range("device_poll_interval", self.interval, 1..=60, &mut d.interval)?;
+        in_range("refresh_token_ttl", self.refresh_token_ttl, 60..=31_536_000, &mut d.refresh_token_ttl)?;
+        in_range("lockout_window", self.lockout_window, 1..=86_400, &mut d.lockout_window)?;
+        let slots = [
+            ("code_failures_per_session", &mut d.code_failures_per_session),
+            ("code_failures_per_source", &mut d.code_failures_per_source),
+            ("sign_in_failures_per_session", &mut d.sign_in_failures_per_session),
+            ("sign_in_failures_per_source", &mut d.sign_in_failures_per_source),
+        ];
+        for ((name, slot), value) in slots.into_iter().zip(self.limits) {
+            match value {
+                Some(0) => return Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -247,6 +336,20 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<ConfigLayer>("issuer = \"x\"\nsurprise = 1").is_err());
         for bad in ["clock_skew = 301", "access_token_ttl = 0", "max_body_bytes = 10", "listen = \"nowhere\"", "tls_cert = \"/c\""] {
+            let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));
+            assert!(ServeSettings::from_layer(Path::new("/d"), l).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_flow_settings_have_defaults_and_ranges() {
+        let s = ServeSettings::from_layer(Path::new("/d"), layer("issuer = \"https://a.example\"")).unwrap();
+        assert_eq!((s.oauth.device.expires_in, s.oauth.device.interval), (600, 5));
+        assert_eq!(s.oauth.device.verification_uri, "https://a.example/device");
+        let l = layer("issuer = \"https://a.example\"\ndevice_poll_interval = 1\ncode_failures_per_session = 2");
+        let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+        assert_eq!((s.oauth.device.interval, s.oauth.device.code_failures_per_session), (1, 2));
+        for bad in ["device_poll_interval = 0", "device_code_expires_in = 5", "code_failures_per_source = 0", "lockout_window = 0"] {
             let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));
             assert!(ServeSettings::from_layer(Path::new("/d"), l).is_err(), "{bad}");
         }

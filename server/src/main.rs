@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hallmark_server::cli::{AuditCommand, Cli, Command, KeysCommand};
+use hallmark_server::cli::{AuditCommand, Cli, Command, KeysCommand, UserCommand};
 use hallmark_server::config::ServeSettings;
 use hallmark_server::datadir::{self, InitOptions};
 
@@ -64,6 +64,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Rotate { data_dir, activate_in }) => {
             let kid = datadir::rotate_keys(&data_dir, activate_in)?;
             println!("{}", serde_json::json!({"kid": kid, "signs_in_seconds": activate_in}));
+            Ok(())
+        }
+        Command::User(UserCommand::Add { name, data_dir }) => {
+            let user = hallmark_server::accounts::add_user_from(&data_dir, &name, std::io::stdin().lock())?;
+            println!("{}", serde_json::json!({"username": user}));
             Ok(())
         }
         _ => anyhow::bail!("command not available in this build"),

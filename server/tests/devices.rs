@@ -25,8 +25,12 @@ impl DeviceKey {
     fn new(kid: &str) -> Self {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-        DeviceKey { pair, kid: kid.into() }
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        DeviceKey {
+            pair,
+            kid: kid.into(),
+        }
     }
 
     fn jwk(&self) -> Value {
@@ -37,7 +41,10 @@ impl DeviceKey {
 
     /// An RFC 7523 client assertion for `client_id` at `server`'s token endpoint.
     fn assertion(&self, server: &TestServer, client_id: &str) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
         let claims = json!({"iss": client_id, "sub": client_id, "aud": server.url("/oauth2/token"),
             "exp": now + 60, "iat": now, "jti": URL_SAFE_NO_PAD.encode(rand_bytes())});
@@ -46,7 +53,10 @@ impl DeviceKey {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let sig = self.pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 
@@ -58,7 +68,10 @@ impl DeviceKey {
             None,
             &[
                 ("grant_type", "client_credentials"),
-                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
                 ("client_assertion", &assertion),
             ],
         )
@@ -86,17 +99,34 @@ fn hex_of(bytes: &[u8]) -> String {
 /// Register a device with the admin client acting as station; (status, body).
 fn register(server: &TestServer, token: &str, serial: &str, ek_fp: &str) -> (u16, Value) {
     let body = json!({"serial": serial, "model": "gw-1", "ek_fingerprint": ek_fp});
-    server.post_raw("/admin/devices", "application/json", Some(&bearer(token)), body.to_string().as_bytes())
+    server.post_raw(
+        "/admin/devices",
+        "application/json",
+        Some(&bearer(token)),
+        body.to_string().as_bytes(),
+    )
 }
 
 fn get(server: &TestServer, path: &str, token: &str) -> (u16, Value) {
-    let mut r = server.http.get(&server.url(path)).header("Authorization", &bearer(token)).call().unwrap();
+    let mut r = server
+        .http
+        .get(&server.url(path))
+        .header("Authorization", &bearer(token))
+        .call()
+        .unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+    )
 }
 
 fn secret_token(server: &TestServer, id: &str, secret: &str) -> (u16, Value) {
-    server.post_form("/oauth2/token", Some((id, secret)), &[("grant_type", "client_credentials")])
+    server.post_form(
+        "/oauth2/token",
+        Some((id, secret)),
+        &[("grant_type", "client_credentials")],
+    )
 }
 
 fn rotate(server: &TestServer, id: &str, secret: &str, key: &DeviceKey) -> (u16, Value) {
@@ -109,8 +139,11 @@ fn rotate(server: &TestServer, id: &str, secret: &str, key: &DeviceKey) -> (u16,
 }
 
 fn introspect(server: &TestServer, token: &str) -> Value {
-    let (status, body) =
-        server.post_form("/oauth2/introspect", Some((&server.admin_id, &server.admin_secret)), &[("token", token)]);
+    let (status, body) = server.post_form(
+        "/oauth2/introspect",
+        Some((&server.admin_id, &server.admin_secret)),
+        &[("token", token)],
+    );
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -126,7 +159,12 @@ fn admin_device_routes_check_their_scopes() {
     let body = json!({"serial": "S1", "model": "m", "ek_fingerprint": ek(1)}).to_string();
     let (s, _) = server.post_raw("/admin/devices", "application/json", None, body.as_bytes());
     assert_eq!(s, 401);
-    let (s, b) = server.post_raw("/admin/devices", "application/json", Some("Bearer not.a.token"), body.as_bytes());
+    let (s, b) = server.post_raw(
+        "/admin/devices",
+        "application/json",
+        Some("Bearer not.a.token"),
+        body.as_bytes(),
+    );
     assert_eq!((s, b["error"].as_str()), (401, Some("invalid_token")));
     let (s, b) = register(&server, &other, "S1", &ek(1));
     assert_eq!((s, b["error"].as_str()), (403, Some("insufficient_scope")));
@@ -134,8 +172,16 @@ fn admin_device_routes_check_their_scopes() {
     let (s, b) = register(&server, &provision, "S1", &ek(1));
     assert_eq!(s, 201, "{b}");
     let id = b["client_id"].as_str().unwrap().to_owned();
-    assert_eq!(get(&server, &format!("/admin/devices/{id}"), &provision).0, 403);
-    let (s, _) = server.post_raw(&format!("/admin/devices/{id}/disable"), "application/json", Some(&bearer(&provision)), b"");
+    assert_eq!(
+        get(&server, &format!("/admin/devices/{id}"), &provision).0,
+        403
+    );
+    let (s, _) = server.post_raw(
+        &format!("/admin/devices/{id}/disable"),
+        "application/json",
+        Some(&bearer(&provision)),
+        b"",
+    );
     assert_eq!(s, 403);
     let (s, view) = get(&server, &format!("/admin/devices/{id}"), &admin);
     assert_eq!(s, 200);
@@ -145,7 +191,11 @@ fn admin_device_routes_check_their_scopes() {
     // Bad input is a clear 400, not a device.
     for (serial, fp) in [("has space", ek(2)), ("S2", "xyz".to_string()), ("", ek(2))] {
         let (s, b) = register(&server, &provision, serial, &fp);
-        assert_eq!((s, b["error"].as_str()), (400, Some("invalid_request")), "{serial} {b}");
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{serial} {b}"
+        );
     }
     assert_eq!(get(&server, "/admin/devices/nope", &admin).0, 404);
 }
@@ -166,9 +216,15 @@ fn a_serial_is_registered_once_and_its_secret_shown_once() {
     let (s, view) = get(&server, "/admin/devices?serial=HM-1", &admin);
     assert_eq!((s, &view["client_id"]), (200, &first["client_id"]));
     // The factory secret works as a client secret, and never shows up in the log.
-    let (s, _) = secret_token(&server, first["client_id"].as_str().unwrap(), first["factory_secret"].as_str().unwrap());
+    let (s, _) = secret_token(
+        &server,
+        first["client_id"].as_str().unwrap(),
+        first["factory_secret"].as_str().unwrap(),
+    );
     assert_eq!(s, 200);
-    assert!(!server.log().contains(first["factory_secret"].as_str().unwrap()));
+    assert!(!server
+        .log()
+        .contains(first["factory_secret"].as_str().unwrap()));
 }
 
 #[test]
@@ -179,21 +235,44 @@ fn disabled_and_deleted_devices_lose_their_tokens() {
     for action in ["disable", "delete"] {
         let serial = format!("HM-{action}");
         let (_, dev) = register(&server, &provision, &serial, &ek(3));
-        let (id, secret) = (dev["client_id"].as_str().unwrap(), dev["factory_secret"].as_str().unwrap());
+        let (id, secret) = (
+            dev["client_id"].as_str().unwrap(),
+            dev["factory_secret"].as_str().unwrap(),
+        );
         let (s, tok) = secret_token(&server, id, secret);
         assert_eq!(s, 200);
         let live = tok["access_token"].as_str().unwrap();
         assert_eq!(introspect(&server, live)["active"], true);
         let status = if action == "disable" {
-            server.post_raw(&format!("/admin/devices/{id}/disable"), "application/json", Some(&bearer(&admin)), b"").0
+            server
+                .post_raw(
+                    &format!("/admin/devices/{id}/disable"),
+                    "application/json",
+                    Some(&bearer(&admin)),
+                    b"",
+                )
+                .0
         } else {
-            let r = server.http.delete(&server.url(&format!("/admin/devices/{id}"))).header("Authorization", &bearer(&admin)).call().unwrap();
+            let r = server
+                .http
+                .delete(&server.url(&format!("/admin/devices/{id}")))
+                .header("Authorization", &bearer(&admin))
+                .call()
+                .unwrap();
             r.status().as_u16()
         };
         assert!(status == 200 || status == 204, "{action}: {status}");
-        assert_eq!(introspect(&server, live), json!({"active": false}), "{action}");
+        assert_eq!(
+            introspect(&server, live),
+            json!({"active": false}),
+            "{action}"
+        );
         let (s, b) = secret_token(&server, id, secret);
-        assert_eq!((s, b["error"].as_str()), (401, Some("invalid_client")), "{action}");
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{action}"
+        );
         let (s, view) = get(&server, &format!("/admin/devices/{id}"), &admin);
         if action == "disable" {
             assert_eq!((s, view["status"].as_str()), (200, Some("disabled")));
@@ -209,37 +288,75 @@ fn rotation_keeps_the_old_credential_until_the_new_key_proves_itself() {
     let provision = server.admin_token("devices:provision");
     let admin = server.admin_token("devices:admin");
     let (_, dev) = register(&server, &provision, "HM-ROT", &ek(4));
-    let (id, secret) = (dev["client_id"].as_str().unwrap().to_owned(), dev["factory_secret"].as_str().unwrap().to_owned());
+    let (id, secret) = (
+        dev["client_id"].as_str().unwrap().to_owned(),
+        dev["factory_secret"].as_str().unwrap().to_owned(),
+    );
 
     // Crash point: a key registered but never used. The factory secret still works, the key is pending.
     let first = DeviceKey::new("k1");
     let (s, b) = rotate(&server, &id, &secret, &first);
-    assert_eq!((s, b["status"].as_str(), b["kid"].as_str()), (200, Some("pending"), Some("k1")), "{b}");
-    assert_eq!(rotate(&server, &id, &secret, &first).0, 200, "repeating is idempotent");
+    assert_eq!(
+        (s, b["status"].as_str(), b["kid"].as_str()),
+        (200, Some("pending"), Some("k1")),
+        "{b}"
+    );
+    assert_eq!(
+        rotate(&server, &id, &secret, &first).0,
+        200,
+        "repeating is idempotent"
+    );
     assert_eq!(secret_token(&server, &id, &secret).0, 200);
     let (_, view) = get(&server, &format!("/admin/devices/{id}"), &admin);
-    assert_eq!((view["credential"].as_str(), view["pending_kid"].as_str()), (Some("rotating"), Some("k1")));
+    assert_eq!(
+        (view["credential"].as_str(), view["pending_kid"].as_str()),
+        (Some("rotating"), Some("k1"))
+    );
 
     // Crash point: power lost, the device made another key. It replaces the pending one.
     let second = DeviceKey::new("k2");
     assert_eq!(rotate(&server, &id, &secret, &second).0, 200);
     let (s, b) = first.token(&server, &id);
-    assert_eq!((s, b["error"].as_str()), (401, Some("invalid_client")), "a replaced pending key is dead");
-    assert_eq!(secret_token(&server, &id, &secret).0, 200, "old credential valid before promotion");
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (401, Some("invalid_client")),
+        "a replaced pending key is dead"
+    );
+    assert_eq!(
+        secret_token(&server, &id, &secret).0,
+        200,
+        "old credential valid before promotion"
+    );
 
     // Proof with the pending key promotes it; the factory secret is erased.
     let (s, b) = second.token(&server, &id);
     assert_eq!(s, 200, "{b}");
     let (s, b) = secret_token(&server, &id, &secret);
-    assert_eq!((s, b["error"].as_str()), (401, Some("invalid_client")), "old credential invalid after promotion");
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (401, Some("invalid_client")),
+        "old credential invalid after promotion"
+    );
     assert_eq!(rotate(&server, &id, &secret, &DeviceKey::new("k3")).0, 401);
     let (_, view) = get(&server, &format!("/admin/devices/{id}"), &admin);
-    assert_eq!((view["credential"].as_str(), view["key_kid"].as_str()), (Some("key"), Some("k2")));
-    assert_eq!(second.token(&server, &id).0, 200, "the new key keeps working");
+    assert_eq!(
+        (view["credential"].as_str(), view["key_kid"].as_str()),
+        (Some("key"), Some("k2"))
+    );
+    assert_eq!(
+        second.token(&server, &id).0,
+        200,
+        "the new key keeps working"
+    );
 
     // Only devices rotate; a bad JWK is refused.
     let svc = server.register(json!({"scope": "a"}));
-    let (s, b) = rotate(&server, svc["client_id"].as_str().unwrap(), svc["client_secret"].as_str().unwrap(), &DeviceKey::new("x"));
+    let (s, b) = rotate(
+        &server,
+        svc["client_id"].as_str().unwrap(),
+        svc["client_secret"].as_str().unwrap(),
+        &DeviceKey::new("x"),
+    );
     assert_eq!((s, b["error"].as_str()), (400, Some("unauthorized_client")));
     let (s, _) = server.post_raw(
         "/oauth2/device-credentials",
@@ -254,7 +371,10 @@ fn rotation_keeps_the_old_credential_until_the_new_key_proves_itself() {
 fn the_rotation_endpoint_is_in_the_metadata() {
     let server = TestServer::start();
     let (_, meta) = server.get("/.well-known/oauth-authorization-server");
-    assert_eq!(meta["device_credentials_endpoint"], server.url("/oauth2/device-credentials").as_str());
+    assert_eq!(
+        meta["device_credentials_endpoint"],
+        server.url("/oauth2/device-credentials").as_str()
+    );
 }
 
 #[test]
@@ -271,24 +391,42 @@ fn audit_log_is_readable_with_its_scope_and_verify_catches_tampering() {
     let (s, page) = get(&server, "/admin/audit?after=0&limit=1000", &reader);
     assert_eq!(s, 200, "{page}");
     let entries = page["entries"].as_array().unwrap();
-    let events: Vec<&str> = entries.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = entries
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     for wanted in ["token.issued", "device.registered", "client.auth_failed"] {
         assert!(events.contains(&wanted), "{wanted} missing from {events:?}");
     }
-    assert!(entries.iter().all(|e| e["request_id"].is_string() && e["hash"].is_string()));
-    assert!(!page.to_string().contains(&secret), "a secret reached the audit log");
-    assert!(!page.to_string().contains(&server.admin_secret), "a secret reached the audit log");
+    assert!(entries
+        .iter()
+        .all(|e| e["request_id"].is_string() && e["hash"].is_string()));
+    assert!(
+        !page.to_string().contains(&secret),
+        "a secret reached the audit log"
+    );
+    assert!(
+        !page.to_string().contains(&server.admin_secret),
+        "a secret reached the audit log"
+    );
     let (_, tail) = get(&server, "/admin/audit?after=2&limit=1", &reader);
     assert_eq!(tail["entries"].as_array().unwrap().len(), 1);
     assert_eq!(tail["entries"][0]["seq"], 3);
 
     assert!(server.terminate().success());
     let verify = |dir: &std::path::Path| {
-        Command::new(common::BIN).args(["audit", "verify", "--data-dir"]).arg(dir).output().unwrap()
+        Command::new(common::BIN)
+            .args(["audit", "verify", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
     };
     let out = verify(&server.data_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.starts_with("audit chain intact:"), "{stdout}");
+    assert!(
+        out.status.success() && stdout.starts_with("audit chain intact:"),
+        "{stdout}"
+    );
 
     // Edit entry 2 through the storage layer, as an intruder with disk access would.
     {
@@ -296,7 +434,9 @@ fn audit_log_is_readable_with_its_scope_and_verify_catches_tampering() {
         let store = hallmark_server::store::SledStore::open(&server.data_dir.join("db")).unwrap();
         let mut e = store.entries(1, 1).unwrap().remove(0);
         e.body.event.actor = Some("someone-else".into());
-        store.overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap()).unwrap();
+        store
+            .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
+            .unwrap();
         hallmark_server::store::Durability::flush(&store).unwrap();
     }
     let out = verify(&server.data_dir);
@@ -310,7 +450,12 @@ fn signing_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_k
     let mut server = TestServer::start();
     let before = server.admin_token("audit:read");
     let kid_of = |t: &str| -> String {
-        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
+        let header: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(t.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
         header["kid"].as_str().unwrap().to_owned()
     };
     let old_kid = kid_of(&before);
@@ -320,8 +465,15 @@ fn signing_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_k
         .arg(&server.data_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let new_kid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["kid"].as_str().unwrap().to_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_kid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(new_kid, old_kid);
     server.spawn();
 
@@ -329,12 +481,26 @@ fn signing_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_k
     assert_eq!(kid_of(&after), new_kid);
     // The old token still verifies against the published JWKS, by an independent library.
     let (_, jwks) = server.get("/jwks.json");
-    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
-    assert!(kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()), "{kids:?}");
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        "{kids:?}"
+    );
     for token in [&before, &after] {
         let kid = kid_of(token);
-        let jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).unwrap();
-        let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+        let jwk = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid.as_str())
+            .unwrap();
+        let key =
+            jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
         validation.set_audience(&[server.issuer.as_str()]);
         validation.set_issuer(&[server.issuer.as_str()]);

@@ -17,15 +17,24 @@ fn metadata_has_the_rfc8414_fields_and_its_urls_work() {
     let server = TestServer::start();
     let (status, headers, text) = server.get_full("/.well-known/oauth-authorization-server");
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
     let meta: Value = serde_json::from_str(&text).unwrap();
     let issuer = server.issuer.as_str();
     // RFC 8414 §3.3: the issuer in the metadata is exactly the one the client was configured with.
     assert_eq!(meta["issuer"], issuer);
     assert_eq!(meta["token_endpoint"], format!("{issuer}/oauth2/token"));
     assert_eq!(meta["jwks_uri"], format!("{issuer}/jwks.json"));
-    assert_eq!(meta["introspection_endpoint"], format!("{issuer}/oauth2/introspect"));
-    assert_eq!(meta["revocation_endpoint"], format!("{issuer}/oauth2/revoke"));
+    assert_eq!(
+        meta["introspection_endpoint"],
+        format!("{issuer}/oauth2/introspect")
+    );
+    assert_eq!(
+        meta["revocation_endpoint"],
+        format!("{issuer}/oauth2/revoke")
+    );
     let strings = |field: &str| -> Vec<String> {
         meta[field]
             .as_array()
@@ -41,10 +50,20 @@ fn metadata_has_the_rfc8414_fields_and_its_urls_work() {
         "revocation_endpoint_auth_methods_supported",
     ] {
         let methods = strings(field);
-        for m in ["client_secret_basic", "client_secret_post", "private_key_jwt"] {
+        for m in [
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+        ] {
             assert!(methods.contains(&m.to_owned()), "{field} lacks {m}");
         }
-        assert!(!methods.contains(&"none".to_owned()), "{field} must not offer `none`");
+        if field != "token_endpoint_auth_methods_supported" {
+            // Public device clients may use the token endpoint (RFC 8628), never these two.
+            assert!(
+                !methods.contains(&"none".to_owned()),
+                "{field} must not offer `none`"
+            );
+        }
     }
     // RFC 8414 §2: "none" MUST NOT be used in *_auth_signing_alg_values_supported.
     let mut algs = strings("token_endpoint_auth_signing_alg_values_supported");
@@ -53,11 +72,23 @@ fn metadata_has_the_rfc8414_fields_and_its_urls_work() {
 
     // Each advertised endpoint exists: the JWKS answers, the POST endpoints answer with OAuth
     // errors rather than 404.
-    let jwks_path = meta["jwks_uri"].as_str().unwrap().strip_prefix(issuer).unwrap();
+    let jwks_path = meta["jwks_uri"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(issuer)
+        .unwrap();
     assert_eq!(server.get(jwks_path).0, 200);
-    for field in ["token_endpoint", "introspection_endpoint", "revocation_endpoint"] {
+    for field in [
+        "token_endpoint",
+        "introspection_endpoint",
+        "revocation_endpoint",
+    ] {
         let path = meta[field].as_str().unwrap().strip_prefix(issuer).unwrap();
-        let (status, body) = server.post_form(path, None, &[("token", "x"), ("grant_type", "client_credentials")]);
+        let (status, body) = server.post_form(
+            path,
+            None,
+            &[("token", "x"), ("grant_type", "client_credentials")],
+        );
         assert_eq!(status, 401, "{field}: {body}");
         assert_eq!(body["error"], "invalid_client", "{field}");
     }
@@ -84,7 +115,8 @@ fn jwks_publishes_public_ed25519_keys_only() {
     }
     // The private seed in the data directory never appears in what is published.
     let key_file: Value =
-        serde_json::from_slice(&std::fs::read(server.data_dir.join("signing-keys.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(server.data_dir.join("signing-keys.json")).unwrap())
+            .unwrap();
     for stored in key_file["keys"].as_array().unwrap() {
         assert!(!text.contains(stored["seed"].as_str().unwrap()));
     }
@@ -114,18 +146,25 @@ fn health_and_readiness_probes_answer_and_unknown_routes_are_json_404() {
 #[test]
 fn client_secret_basic_gets_an_rfc9068_access_token() {
     let server = TestServer::start();
-    let (id, secret) = server.register_secret_client("sensors:read sensors:write", "client_secret_basic");
+    let (id, secret) =
+        server.register_secret_client("sensors:read sensors:write", "client_secret_basic");
     let before = now();
     let (status, headers, body) = server.token_basic(&id, &secret, Some("sensors:read"));
     let after = now();
     assert_eq!(status, 200, "{body}");
     // RFC 6749 §5.1.
     assert_eq!(headers["cache-control"], "no-store");
-    assert!(headers["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 300, "default lifetime is 5 minutes");
     assert_eq!(body["scope"], "sensors:read");
-    assert!(body.get("refresh_token").is_none(), "RFC 6749 §4.4.3: no refresh token");
+    assert!(
+        body.get("refresh_token").is_none(),
+        "RFC 6749 §4.4.3: no refresh token"
+    );
 
     let token = body["access_token"].as_str().unwrap();
     let (header, claims) = jwt_parts(token);
@@ -133,7 +172,11 @@ fn client_secret_basic_gets_an_rfc9068_access_token() {
     assert_eq!(header["typ"], "at+jwt");
     let kid = header["kid"].as_str().unwrap();
     assert!(
-        server.jwks()["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid),
+        server.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid),
         "kid {kid} is published"
     );
     assert_eq!(claims["iss"], server.issuer.as_str());
@@ -164,7 +207,11 @@ fn client_secret_post_gets_a_token() {
     let (status, headers, body) = server.post_form_full(
         "/oauth2/token",
         None,
-        &[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &secret)],
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
@@ -176,9 +223,16 @@ fn client_secret_post_gets_a_token() {
     let (status, _, body) = server.post_form_full(
         "/oauth2/token",
         None,
-        &[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", "nope")],
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", "nope"),
+        ],
     );
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
 }
 
 #[test]
@@ -189,9 +243,22 @@ fn basic_credentials_are_form_urldecoded() {
     let encode_all = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
     let b64 = |s: String| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
     for header in [
-        format!("Basic {}", b64(format!("{}:{}", encode_all(&server.admin_id), encode_all(&server.admin_secret)))),
-        format!("Basic {}", b64(format!("{}:{}", server.admin_id, server.admin_secret))),
-        format!("basic {}", b64(format!("{}:{}", server.admin_id, server.admin_secret))),
+        format!(
+            "Basic {}",
+            b64(format!(
+                "{}:{}",
+                encode_all(&server.admin_id),
+                encode_all(&server.admin_secret)
+            ))
+        ),
+        format!(
+            "Basic {}",
+            b64(format!("{}:{}", server.admin_id, server.admin_secret))
+        ),
+        format!(
+            "basic {}",
+            b64(format!("{}:{}", server.admin_id, server.admin_secret))
+        ),
     ] {
         let (status, _, text) = server.post_bytes(
             "/oauth2/token",
@@ -210,11 +277,15 @@ fn basic_credentials_are_form_urldecoded() {
 #[test]
 fn access_token_ttl_flag_is_honoured() {
     let server = TestServer::start_with(&["--access-token-ttl", "42"]);
-    let (status, _, body) = server.token_basic(&server.admin_id, &server.admin_secret, Some("audit:read"));
+    let (status, _, body) =
+        server.token_basic(&server.admin_id, &server.admin_secret, Some("audit:read"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["expires_in"], 42);
     let (_, claims) = jwt_parts(body["access_token"].as_str().unwrap());
-    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 42);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        42
+    );
 }
 
 #[test]
@@ -231,7 +302,9 @@ fn an_independent_jwt_library_verifies_tokens_against_the_jwks() {
     let header = decode_header(token).unwrap();
     assert_eq!(header.alg, Algorithm::EdDSA);
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid in JWKS");
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid in JWKS");
 
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_issuer(&[&server.issuer]);
@@ -258,16 +331,33 @@ fn an_independent_jwt_library_verifies_tokens_against_the_jwks() {
     let parts: Vec<&str> = token.split('.').collect();
     let mut claims: Value = serde_json::from_slice(&common::unb64(parts[1])).unwrap();
     claims["scope"] = json!("a b admin");
-    let tampered = format!("{}.{}.{}", parts[0], common::b64(claims.to_string().as_bytes()), parts[2]);
-    assert!(decode::<Value>(&tampered, &from_jwk, &validation).is_err(), "tampered payload");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        common::b64(claims.to_string().as_bytes()),
+        parts[2]
+    );
+    assert!(
+        decode::<Value>(&tampered, &from_jwk, &validation).is_err(),
+        "tampered payload"
+    );
     let mut wrong_aud = validation.clone();
     wrong_aud.set_audience(&["https://other.example"]);
-    assert!(decode::<Value>(token, &from_jwk, &wrong_aud).is_err(), "wrong audience");
+    assert!(
+        decode::<Value>(token, &from_jwk, &wrong_aud).is_err(),
+        "wrong audience"
+    );
     let mut wrong_iss = validation.clone();
     wrong_iss.set_issuer(&["https://other.example"]);
-    assert!(decode::<Value>(token, &from_jwk, &wrong_iss).is_err(), "wrong issuer");
+    assert!(
+        decode::<Value>(token, &from_jwk, &wrong_iss).is_err(),
+        "wrong issuer"
+    );
     let other_key = DecodingKey::from_ed_der(&common::ClientKey::ed25519().public_bytes());
-    assert!(decode::<Value>(token, &other_key, &validation).is_err(), "another key");
+    assert!(
+        decode::<Value>(token, &other_key, &validation).is_err(),
+        "another key"
+    );
 }
 
 #[test]
@@ -275,21 +365,32 @@ fn tokens_from_a_short_ttl_expire_for_the_independent_verifier() {
     use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 
     let server = TestServer::start_with(&["--access-token-ttl", "1"]);
-    let (_, _, body) = server.token_basic(&server.admin_id, &server.admin_secret, Some("audit:read"));
+    let (_, _, body) =
+        server.token_basic(&server.admin_id, &server.admin_secret, Some("audit:read"));
     let token = body["access_token"].as_str().unwrap();
     let jwks: JwkSet = serde_json::from_value(server.jwks()).unwrap();
-    let key = DecodingKey::from_jwk(jwks.find(&decode_header(token).unwrap().kid.unwrap()).unwrap()).unwrap();
+    let key = DecodingKey::from_jwk(
+        jwks.find(&decode_header(token).unwrap().kid.unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_audience(&[&server.issuer]);
     validation.leeway = 0;
     let (_, claims) = jwt_parts(token);
-    assert_eq!(claims["exp"].as_u64().unwrap(), claims["iat"].as_u64().unwrap() + 1);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap(),
+        claims["iat"].as_u64().unwrap() + 1
+    );
     // jsonwebtoken treats exp < now as expired; wait until that is certain.
     while now() <= claims["exp"].as_u64().unwrap() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let err = decode::<Value>(token, &key, &validation).unwrap_err();
-    assert_eq!(*err.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature);
+    assert_eq!(
+        *err.kind(),
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -303,7 +404,10 @@ fn absent_scope_grants_the_registered_scopes() {
     let (status, _, body) = server.token_basic(&id, &secret, None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["scope"], "a b c");
-    assert_eq!(jwt_parts(body["access_token"].as_str().unwrap()).1["scope"], "a b c");
+    assert_eq!(
+        jwt_parts(body["access_token"].as_str().unwrap()).1["scope"],
+        "a b c"
+    );
 }
 
 #[test]
@@ -322,7 +426,11 @@ fn a_subset_of_scopes_is_granted_and_escalation_is_invalid_scope() {
     // Malformed scope strings (RFC 6749 §3.3) are refused, not trimmed into something valid.
     for malformed in ["a  b", " a", "a\"b", "a\\b"] {
         let (status, _, body) = server.token_basic(&id, &secret, Some(malformed));
-        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{malformed:?}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_scope")),
+            "{malformed:?}"
+        );
     }
 }
 
@@ -330,7 +438,12 @@ fn a_subset_of_scopes_is_granted_and_escalation_is_invalid_scope() {
 // Client authentication failures
 // ---------------------------------------------------------------------------------------------
 
-fn assert_invalid_client_basic(status: u16, headers: &ureq::http::HeaderMap, body: &Value, what: &str) {
+fn assert_invalid_client_basic(
+    status: u16,
+    headers: &ureq::http::HeaderMap,
+    body: &Value,
+    what: &str,
+) {
     assert_eq!(status, 401, "{what}: {body}");
     assert_eq!(body["error"], "invalid_client", "{what}");
     let challenge = headers
@@ -346,46 +459,80 @@ fn assert_invalid_client_basic(status: u16, headers: &ureq::http::HeaderMap, bod
 fn wrong_secret_and_unknown_client_are_invalid_client_with_a_basic_challenge() {
     let server = TestServer::start();
     let cases: Vec<(&str, String, String)> = vec![
-        ("wrong secret", server.admin_id.clone(), "not-the-secret".into()),
+        (
+            "wrong secret",
+            server.admin_id.clone(),
+            "not-the-secret".into(),
+        ),
         ("empty secret", server.admin_id.clone(), String::new()),
-        ("secret with one character changed", server.admin_id.clone(), {
-            let mut s = server.admin_secret.clone();
-            let last = s.pop().unwrap();
-            s.push(if last == 'A' { 'B' } else { 'A' });
-            s
-        }),
-        ("secret with a suffix", server.admin_id.clone(), format!("{}x", server.admin_secret)),
-        ("unknown client", "no-such-client".into(), server.admin_secret.clone()),
+        (
+            "secret with one character changed",
+            server.admin_id.clone(),
+            {
+                let mut s = server.admin_secret.clone();
+                let last = s.pop().unwrap();
+                s.push(if last == 'A' { 'B' } else { 'A' });
+                s
+            },
+        ),
+        (
+            "secret with a suffix",
+            server.admin_id.clone(),
+            format!("{}x", server.admin_secret),
+        ),
+        (
+            "unknown client",
+            "no-such-client".into(),
+            server.admin_secret.clone(),
+        ),
     ];
     for (what, id, secret) in &cases {
         let (status, headers, body) = server.token_basic(id, secret, None);
         assert_invalid_client_basic(status, &headers, &body, what);
         // The body does not say which check failed.
         let text = body.to_string();
-        assert!(!text.contains("wrong") && !text.contains("unknown"), "{what}: {text}");
+        assert!(
+            !text.contains("wrong") && !text.contains("unknown"),
+            "{what}: {text}"
+        );
     }
     // No credentials at all.
-    let (status, headers, body) = server.post_form_full("/oauth2/token", None, &[("grant_type", "client_credentials")]);
+    let (status, headers, body) = server.post_form_full(
+        "/oauth2/token",
+        None,
+        &[("grant_type", "client_credentials")],
+    );
     assert_invalid_client_basic(status, &headers, &body, "no credentials");
     // A client_id alone is a public client, which client_credentials refuses.
     let (status, headers, body) = server.post_form_full(
         "/oauth2/token",
         None,
-        &[("grant_type", "client_credentials"), ("client_id", &server.admin_id)],
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &server.admin_id),
+        ],
     );
     assert_invalid_client_basic(status, &headers, &body, "client_id alone");
     // Malformed Basic headers.
     for header in ["Basic", "Basic !!!", "Basic Og==", "Bearer abc"] {
         let (status, headers, text) = server.post_bytes(
             "/oauth2/token",
-            &[("Authorization", header.as_bytes()), ("Content-Type", b"application/x-www-form-urlencoded")],
+            &[
+                ("Authorization", header.as_bytes()),
+                ("Content-Type", b"application/x-www-form-urlencoded"),
+            ],
             b"grant_type=client_credentials",
         );
         let body: Value = serde_json::from_str(&text).unwrap();
         assert_invalid_client_basic(status, &headers, &body, header);
     }
     // The right secret still works afterwards: failures lock nothing out.
-    assert_eq!(server.token_basic(&server.admin_id, &server.admin_secret, None).0, 200);
+    assert_eq!(
+        server
+            .token_basic(&server.admin_id, &server.admin_secret, None)
+            .0,
+        200
+    );
 }
 
 #[test]
@@ -409,15 +556,27 @@ fn a_key_client_cannot_use_a_secret_and_a_secret_client_cannot_use_an_assertion(
 fn form_headers(basic: &str) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("Authorization", basic.as_bytes().to_vec()),
-        ("Content-Type", b"application/x-www-form-urlencoded".to_vec()),
+        (
+            "Content-Type",
+            b"application/x-www-form-urlencoded".to_vec(),
+        ),
     ]
 }
 
-fn post(server: &TestServer, headers: &[(&str, Vec<u8>)], body: &[u8]) -> (u16, ureq::http::HeaderMap, Value) {
+fn post(
+    server: &TestServer,
+    headers: &[(&str, Vec<u8>)],
+    body: &[u8],
+) -> (u16, ureq::http::HeaderMap, Value) {
     let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     let (status, h, text) = server.post_bytes("/oauth2/token", &headers, body);
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON error body for status {status}: {text:?}"));
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("JSON error body for status {status}: {text:?}"));
     (status, h, body)
+}
+
+fn basic_line(basic: &str) -> Vec<u8> {
+    format!("Authorization: {basic}").into_bytes()
 }
 
 fn assert_error(status: u16, body: &Value, want_status: u16, want: &str, what: &str) {
@@ -429,8 +588,18 @@ fn assert_error(status: u16, body: &Value, want_status: u16, want: &str, what: &
 fn unknown_and_missing_grant_types_are_refused() {
     let server = TestServer::start();
     let basic = common::basic_header(&server.admin_id, &server.admin_secret);
-    for grant in ["password", "authorization_code", "implicit", "urn:example:nope", "CLIENT_CREDENTIALS"] {
-        let (status, _, body) = post(&server, &form_headers(&basic), format!("grant_type={grant}").as_bytes());
+    for grant in [
+        "password",
+        "authorization_code",
+        "implicit",
+        "urn:example:nope",
+        "CLIENT_CREDENTIALS",
+    ] {
+        let (status, _, body) = post(
+            &server,
+            &form_headers(&basic),
+            format!("grant_type={grant}").as_bytes(),
+        );
         assert_error(status, &body, 400, "unsupported_grant_type", grant);
     }
     let (status, headers, body) = post(&server, &form_headers(&basic), b"scope=audit%3Aread");
@@ -449,7 +618,10 @@ fn a_body_that_is_not_a_form_is_invalid_request() {
     for (content_type, body) in [
         ("application/json", json_body.as_bytes()),
         ("text/plain", b"grant_type=client_credentials".as_slice()),
-        ("multipart/form-data; boundary=x", b"--x\r\n\r\n--x--".as_slice()),
+        (
+            "multipart/form-data; boundary=x",
+            b"--x\r\n\r\n--x--".as_slice(),
+        ),
     ] {
         let headers = vec![
             ("Authorization", basic.as_bytes().to_vec()),
@@ -459,14 +631,24 @@ fn a_body_that_is_not_a_form_is_invalid_request() {
         assert_error(status, &resp, 400, "invalid_request", content_type);
     }
     // No Content-Type at all.
-    let (status, _, resp) = post(&server, &[("Authorization", basic.as_bytes().to_vec())], b"grant_type=client_credentials");
+    let (status, _, resp) = post(
+        &server,
+        &[("Authorization", basic.as_bytes().to_vec())],
+        b"grant_type=client_credentials",
+    );
     assert_error(status, &resp, 400, "invalid_request", "no content type");
     // A charset parameter on the right type is fine.
     let headers = vec![
         ("Authorization", basic.as_bytes().to_vec()),
-        ("Content-Type", b"application/x-www-form-urlencoded; charset=UTF-8".to_vec()),
+        (
+            "Content-Type",
+            b"application/x-www-form-urlencoded; charset=UTF-8".to_vec(),
+        ),
     ];
-    assert_eq!(post(&server, &headers, b"grant_type=client_credentials").0, 200);
+    assert_eq!(
+        post(&server, &headers, b"grant_type=client_credentials").0,
+        200
+    );
 }
 
 #[test]
@@ -541,8 +723,18 @@ fn two_authentication_methods_at_once_are_invalid_request() {
         assert_error(status, &resp, 400, "invalid_request", what);
     }
     // A body client_id that contradicts the Basic header.
-    let (status, _, resp) = post(&server, &form_headers(&basic), b"grant_type=client_credentials&client_id=someone-else");
-    assert_error(status, &resp, 400, "invalid_request", "client_id differs from Basic");
+    let (status, _, resp) = post(
+        &server,
+        &form_headers(&basic),
+        b"grant_type=client_credentials&client_id=someone-else",
+    );
+    assert_error(
+        status,
+        &resp,
+        400,
+        "invalid_request",
+        "client_id differs from Basic",
+    );
 }
 
 #[test]
@@ -556,17 +748,26 @@ fn a_body_that_is_not_utf8_is_invalid_request() {
         b"grant_type=client_credentials\xc0\xaf".as_slice(),
     ] {
         let (status, _, resp) = post(&server, &form_headers(&basic), body);
-        assert_error(status, &resp, 400, "invalid_request", &String::from_utf8_lossy(body));
+        assert_error(
+            status,
+            &resp,
+            400,
+            "invalid_request",
+            &String::from_utf8_lossy(body),
+        );
     }
-    // A non-ASCII Authorization header is refused too, not mangled into some other client id.
-    let mut header = b"Basic ".to_vec();
-    header.extend_from_slice(b"\xff\xfe");
-    let headers = vec![
-        ("Authorization", header),
-        ("Content-Type", b"application/x-www-form-urlencoded".to_vec()),
-    ];
-    let (status, _, resp) = post(&server, &headers, b"grant_type=client_credentials");
-    assert_eq!(status, 400, "{resp}");
+    // A non-ASCII Authorization header is refused too, not mangled into some other client id
+    // (sent raw: HTTP clients refuse to send one).
+    let (status, text) = server.raw_form_post(
+        "/oauth2/token",
+        &[
+            b"Authorization: Basic \xff\xfe",
+            b"Content-Type: application/x-www-form-urlencoded",
+        ],
+        b"grant_type=client_credentials",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("invalid_request"), "{text}");
 }
 
 #[test]
@@ -587,40 +788,69 @@ fn garbage_never_causes_a_server_error() {
         b"grant_type=client_credentials&scope=".to_vec(),
         format!("grant_type=client_credentials&scope={long}").into_bytes(),
         format!("grant_type=client_credentials&client_id={long}&client_secret={long}").into_bytes(),
-        format!("grant_type=client_credentials&client_assertion_type={}&client_assertion={long}", common::JWT_BEARER)
-            .into_bytes(),
-        format!("grant_type=client_credentials&client_assertion_type={}&client_assertion=a.b.c", common::JWT_BEARER)
-            .into_bytes(),
-        format!("grant_type=client_credentials&client_assertion_type={}&client_assertion=e30.e30.", common::JWT_BEARER)
-            .into_bytes(),
-        format!("grant_type=client_credentials&client_assertion_type={}", common::JWT_BEARER).into_bytes(),
+        format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={long}",
+            common::JWT_BEARER
+        )
+        .into_bytes(),
+        format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion=a.b.c",
+            common::JWT_BEARER
+        )
+        .into_bytes(),
+        format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion=e30.e30.",
+            common::JWT_BEARER
+        )
+        .into_bytes(),
+        format!(
+            "grant_type=client_credentials&client_assertion_type={}",
+            common::JWT_BEARER
+        )
+        .into_bytes(),
         b"grant_type=client_credentials&client_assertion=x.y.z".to_vec(),
         b"token=abc&token_type_hint=nonsense".to_vec(),
         b"token=a.b.c".to_vec(),
         format!("token={long}").into_bytes(),
         b"{\"grant_type\": \"client_credentials\"}".to_vec(),
         (0u8..=255).collect(),
-        "grant_type=client_credentials&scope=\u{1F600}".as_bytes().to_vec(),
+        "grant_type=client_credentials&scope=\u{1F600}"
+            .as_bytes()
+            .to_vec(),
         vec![b'&'; 60_000],
     ];
     // Pairs, to reach the parser's edges with many parameters.
-    bodies.push((0..5000).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join("&").into_bytes());
+    bodies.push(
+        (0..5000)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join("&")
+            .into_bytes(),
+    );
     let authorizations: Vec<Option<Vec<u8>>> = vec![
         None,
         Some(basic.as_bytes().to_vec()),
         Some(b"Basic".to_vec()),
         Some(b"Basic =====".to_vec()),
-        Some(b"Basic \xff\xff".to_vec()),
         Some(format!("Basic {long}").into_bytes()),
         Some(b"Bearer x.y.z".to_vec()),
         Some(b"Digest a=b".to_vec()),
         Some(common::basic_header("\u{0}", "\u{0}").into_bytes()),
         Some(common::basic_header(&long, &long).into_bytes()),
     ];
-    let content_types: Vec<Option<Vec<u8>>> =
-        vec![Some(form.clone()), None, Some(b"application/json".to_vec()), Some(b"\xff".to_vec())];
+    let content_types: Vec<Option<Vec<u8>>> = vec![
+        Some(form.clone()),
+        None,
+        Some(b"application/json".to_vec()),
+        Some(b"\xff".to_vec()),
+    ];
     let mut checked = 0;
-    for path in ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke", "/admin/clients"] {
+    for path in [
+        "/oauth2/token",
+        "/oauth2/introspect",
+        "/oauth2/revoke",
+        "/admin/clients",
+    ] {
         for body in &bodies {
             for auth in &authorizations {
                 for ct in &content_types {
@@ -641,7 +871,8 @@ fn garbage_never_causes_a_server_error() {
                         status < 500,
                         "{path} answered {status} to body {:?} auth {:?} ct {:?}: {text}",
                         String::from_utf8_lossy(&body[..body.len().min(80)]),
-                        auth.as_ref().map(|a| String::from_utf8_lossy(&a[..a.len().min(40)]).into_owned()),
+                        auth.as_ref()
+                            .map(|a| String::from_utf8_lossy(&a[..a.len().min(40)]).into_owned()),
                         ct.as_ref().map(|c| String::from_utf8_lossy(c).into_owned()),
                     );
                     if status >= 400 {
@@ -655,9 +886,60 @@ fn garbage_never_causes_a_server_error() {
         }
     }
     assert!(checked > 500, "{checked}");
+    // What HTTP clients will not send: non-ASCII header values and broken framing.
+    let form_ct: &[u8] = b"Content-Type: application/x-www-form-urlencoded";
+    for path in [
+        "/oauth2/token",
+        "/oauth2/introspect",
+        "/oauth2/revoke",
+        "/admin/clients",
+    ] {
+        for (what, headers) in [
+            (
+                "latin-1 Basic",
+                vec![b"Authorization: Basic \xe9t\xe9".as_slice(), form_ct],
+            ),
+            (
+                "Bearer with a NUL-ish byte",
+                vec![b"Authorization: Bearer \x7f\x80".as_slice(), form_ct],
+            ),
+            (
+                "latin-1 content type",
+                vec![b"Content-Type: application/\xe9".as_slice()],
+            ),
+            (
+                "two Authorization headers",
+                vec![
+                    basic_line(&basic).as_slice(),
+                    basic_line(&basic).as_slice(),
+                    form_ct,
+                ],
+            ),
+            (
+                "two Content-Types",
+                vec![form_ct, b"Content-Type: application/json".as_slice()],
+            ),
+        ] {
+            let (status, text) =
+                server.raw_form_post(path, &headers, b"grant_type=client_credentials&token=x");
+            assert!((400..500).contains(&status), "{path} {what}: {text}");
+        }
+        for (what, request) in [
+            ("content-length too short", format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r\ngrant_type=x").into_bytes()),
+            ("bad chunked body", format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").into_bytes()),
+        ] {
+            let (status, text) = server.raw_https(&request);
+            assert!(status < 500, "{path} {what}: {text}");
+        }
+    }
     // Still alive and well.
     assert_eq!(server.get("/readyz").0, 200);
-    assert_eq!(server.token_basic(&server.admin_id, &server.admin_secret, None).0, 200);
+    assert_eq!(
+        server
+            .token_basic(&server.admin_id, &server.admin_secret, None)
+            .0,
+        200
+    );
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
@@ -675,23 +957,50 @@ fn secrets_never_reach_the_log_or_the_audit_trail() {
     assert_eq!(server.token_basic(&id, wrong, None).0, 401);
     assert_eq!(
         server
-            .post_form("/oauth2/token", None, &[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", wrong)])
+            .post_form(
+                "/oauth2/token",
+                None,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", &id),
+                    ("client_secret", wrong)
+                ]
+            )
             .0,
         401
     );
-    assert_eq!(server.token_basic(&server.admin_id, &server.admin_secret, Some("nope")).0, 400);
+    assert_eq!(
+        server
+            .token_basic(&server.admin_id, &server.admin_secret, Some("nope"))
+            .0,
+        400
+    );
     let basic = common::basic_header(&id, &secret);
     let b64_part = basic.trim_start_matches("Basic ").to_owned();
 
     let log = server.log();
-    assert!(log.contains("client authentication failed"), "failures are logged: {log}");
-    for needle in [secret.as_str(), server.admin_secret.as_str(), wrong, b64_part.as_str()] {
-        assert!(!log.contains(needle), "the log holds a secret ({needle}):\n{log}");
+    assert!(
+        log.contains("client authentication failed"),
+        "failures are logged: {log}"
+    );
+    for needle in [
+        secret.as_str(),
+        server.admin_secret.as_str(),
+        wrong,
+        b64_part.as_str(),
+    ] {
+        assert!(
+            !log.contains(needle),
+            "the log holds a secret ({needle}):\n{log}"
+        );
     }
     let admin_secret = server.admin_secret.clone();
     let entries = server.audit_entries();
     let text = serde_json::to_string(&entries).unwrap();
     for needle in [secret.as_str(), admin_secret.as_str(), wrong] {
-        assert!(!text.contains(needle), "the audit log holds a secret: {text}");
+        assert!(
+            !text.contains(needle),
+            "the audit log holds a secret: {text}"
+        );
     }
 }

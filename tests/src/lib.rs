@@ -3,7 +3,9 @@
 //! only that server's CA. Every fixture cleans up on drop, so tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod device;
 pub mod server;
+pub mod station;
 
 use std::path::PathBuf;
 use std::process::Command;

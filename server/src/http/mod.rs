@@ -49,11 +49,11 @@ pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
         .merge(devices::router())
         .merge(device_flow::router())
         .merge(users::router())
+        .merge(web)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-        .merge(web)
 }
 
 /// Count every response by route pattern and status.

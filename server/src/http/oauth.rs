@@ -39,6 +39,10 @@ pub(super) fn read_request_form(headers: &HeaderMap, body: Result<Bytes, BytesRe
     })?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let form = Form::parse(content_type, &body)?;
+    // Two Authorization headers are two credentials (RFC 6749 §2.3: one method per request).
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(OAuthError::InvalidRequest("more than one Authorization header".into()));
+    }
     let authorization = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(

@@ -179,6 +179,18 @@ impl Audience {
     }
 }
 
+/// The `sub` an assertion claims, unverified, for the audit record of a failed authentication.
+fn claimed_assertion_sub(assertion: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Sub {
+        sub: Option<String>,
+    }
+    let jws = Unverified::parse(assertion).ok()?;
+    let sub = serde_json::from_slice::<Sub>(jws.untrusted_payload()).ok()?.sub?;
+    // Real client ids are short; anything longer is not worth keeping forever.
+    (sub.len() <= MAX_JTI_LEN).then_some(sub)
+}
+
 /// Longest `jti` we store.
 const MAX_JTI_LEN: usize = 256;
 
@@ -188,9 +200,15 @@ impl AuthServer {
     /// Failures are audited (`client.auth_failed`) before they are returned.
     pub async fn authenticate(&self, presented: Presented, allow_public: bool, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
         let claimed = presented.claimed_client_id().map(str::to_owned);
+        // Without a body client_id, an assertion names its client only in its (unverified) sub.
+        let unnamed_assertion = match (&claimed, &presented) {
+            (None, Presented::Assertion { assertion, .. }) => Some(assertion.clone()),
+            _ => None,
+        };
         let result = self.check_credentials(presented, allow_public, ctx).await;
         if let Err(OAuthError::InvalidClient { reason }) = &result {
             let mut event = AuditEvent::new("client.auth_failed", Outcome::Failure).reason(reason.to_string());
+            let claimed = claimed.or_else(|| unnamed_assertion.as_deref().and_then(claimed_assertion_sub));
             if let Some(id) = claimed {
                 event = event.client(id);
             }
@@ -243,6 +261,14 @@ impl AuthServer {
         // The jti must be on disk before we act on the assertion, or a crash could let a replay in.
         self.commit.commit().await.map_err(OAuthError::internal)?;
         Ok(client)
+    }
+
+    /// The synchronous part of assertion authentication (every check, the jti recorded but not
+    /// flushed, no pending-key promotion), for the benchmarks. Not an API: requests go through
+    /// [`AuthServer::authenticate`].
+    #[doc(hidden)]
+    pub fn verify_assertion_uncommitted(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<Arc<Client>, OAuthError> {
+        self.verify_assertion(body_id, assertion, now).map(|(client, _)| client)
     }
 
     /// Every check of [`AuthServer::authenticate_assertion`] but the durable commit of the jti.

@@ -20,6 +20,14 @@ impl Form {
                 "Content-Type must be application/x-www-form-urlencoded".into(),
             ));
         }
+        // serde_urlencoded decodes invalid UTF-8 lossily (to U+FFFD), which would let two
+        // different bodies mean the same thing; refuse it instead.
+        let utf8 = body
+            .split(|b| *b == b'&' || *b == b'=')
+            .all(|part| percent_encoding::percent_decode(part).decode_utf8().is_ok());
+        if !utf8 {
+            return Err(OAuthError::InvalidRequest("body is not UTF-8".into()));
+        }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|_| OAuthError::InvalidRequest("body is not a valid form".into()))?;
         Self::from_pairs(pairs)

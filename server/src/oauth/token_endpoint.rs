@@ -18,6 +18,9 @@ pub struct TokenResponse {
     pub expires_in: u64,
     /// Granted scope (RFC 6749 §5.1: sent when it may differ from the request; we always send it).
     pub scope: String,
+    /// A refresh token (RFC 6749 §5.1), for grants that act for a person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 /// An introspection response (RFC 7662 §2.2).
@@ -39,7 +42,9 @@ impl AuthServer {
         let grant_type = form.require("grant_type")?;
         match grant_type {
             grant::CLIENT_CREDENTIALS => self.client_credentials(presented, &form, ctx).await,
-            grant::DEVICE_CODE | grant::REFRESH_TOKEN | grant::TOKEN_EXCHANGE => Err(
+            grant::DEVICE_CODE => self.device_code_grant(presented, &form, ctx).await,
+            grant::REFRESH_TOKEN => self.refresh_token_grant(presented, &form, ctx).await,
+            grant::TOKEN_EXCHANGE => Err(
                 OAuthError::UnsupportedGrantType(format!("{grant_type} is not supported yet").into()),
             ),
             _ => Err(OAuthError::UnsupportedGrantType("unknown grant_type".into())),
@@ -62,6 +67,7 @@ impl AuthServer {
             token_type: "Bearer",
             expires_in: self.settings.access_token_ttl,
             scope: granted,
+            refresh_token: None,
         })
     }
 
@@ -109,7 +115,14 @@ impl AuthServer {
         let claims = match self.validate_access_token(token, ctx.now) {
             Ok(c) => c,
             Err(super::access_token::TokenRejection::Storage(e)) => return Err(OAuthError::Internal(e)),
-            Err(_) => return Ok(()),
+            Err(_) => {
+                return match self.revoke_refresh_token(token, &caller.client_id, ctx).await? {
+                    Some(false) => Err(OAuthError::UnauthorizedClient(
+                        "the token was not issued to this client".into(),
+                    )),
+                    Some(true) | None => Ok(()),
+                };
+            }
         };
         let event = AuditEvent::new("token.revoked", Outcome::Success)
             .actor(&caller.client_id)

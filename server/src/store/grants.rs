@@ -81,9 +81,16 @@ pub struct DeviceGrant {
 pub trait DeviceGrantStore: Send + Sync {
     /// Store a new request under its device code's hash, claiming its user code. False, with
     /// nothing written, when that user code is already in use (the caller draws another).
-    fn insert_device_grant(&self, device_code: &TokenHash, grant: &DeviceGrant) -> Result<bool, StoreError>;
+    fn insert_device_grant(
+        &self,
+        device_code: &TokenHash,
+        grant: &DeviceGrant,
+    ) -> Result<bool, StoreError>;
     /// The request holding this (normalised) user code, with its device code's hash.
-    fn device_grant_by_user_code(&self, user_code: &str) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError>;
+    fn device_grant_by_user_code(
+        &self,
+        user_code: &str,
+    ) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError>;
     /// Change a request atomically: `change` sees the current record and returns its replacement,
     /// or `None` to leave it; it may run more than once under contention. Returns the record as
     /// stored afterwards, or `None` if there is no such request.
@@ -146,7 +153,11 @@ pub trait RefreshTokenStore: Send + Sync {
     /// A token and whether its family is revoked.
     fn refresh_token(&self, token: &TokenHash) -> Result<Option<(RefreshToken, bool)>, StoreError>;
     /// Store a token, creating its family if it is the first.
-    fn insert_refresh_token(&self, token: &TokenHash, record: &RefreshToken) -> Result<(), StoreError>;
+    fn insert_refresh_token(
+        &self,
+        token: &TokenHash,
+        record: &RefreshToken,
+    ) -> Result<(), StoreError>;
     /// Atomically spend `presented` and store `next` as its successor, or, if `presented` was
     /// spent already, revoke its family (RFC 9700 §4.14.2).
     fn rotate_refresh_token(
@@ -167,5 +178,7 @@ pub fn purge_expired<S>(store: &S, now: u64) -> Result<usize, StoreError>
 where
     S: DeviceGrantStore + RefreshTokenStore + super::SessionStore + ?Sized,
 {
-    Ok(store.purge_device_grants(now)? + store.purge_refresh_tokens(now)? + store.purge_web_sessions(now)?)
+    Ok(store.purge_device_grants(now)?
+        + store.purge_refresh_tokens(now)?
+        + store.purge_web_sessions(now)?)
 }

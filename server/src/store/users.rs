@@ -58,7 +58,10 @@ impl FailureWindow {
     /// Count one failure at `now`, starting a new window if the last one ended.
     pub fn record(&mut self, window: u64, now: u64) {
         if now >= self.since.saturating_add(window) {
-            *self = FailureWindow { count: 0, since: now };
+            *self = FailureWindow {
+                count: 0,
+                since: now,
+            };
         }
         self.count = self.count.saturating_add(1);
     }
@@ -120,7 +123,13 @@ mod tests {
         assert_eq!(w.locked_for(3, 60, 103), Some(57));
         assert_eq!(w.locked_for(3, 60, 160), None);
         w.record(60, 170);
-        assert_eq!(w, FailureWindow { count: 1, since: 170 });
+        assert_eq!(
+            w,
+            FailureWindow {
+                count: 1,
+                since: 170
+            }
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub struct TestServer {
 
 /// A free loopback port (the OS picks; tiny race until the server binds it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Run `hallmark-server init` into `data_dir` with this issuer; the parsed JSON it printed.
@@ -42,7 +46,11 @@ pub fn init(data_dir: &Path, issuer: &str) -> Value {
         .args(["--issuer", issuer])
         .output()
         .unwrap();
-    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("init prints one JSON object")
 }
 
@@ -91,7 +99,10 @@ impl TestServer {
             child: None,
             http,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn();
         server
@@ -118,8 +129,18 @@ impl TestServer {
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        // With --insecure-http the probe must be plain HTTP; the issuer stays what init wrote.
+        let (probe, url) = if self.extra_args.iter().any(|a| a == "--insecure-http") {
+            let plain = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .new_agent();
+            (plain, format!("http://127.0.0.1:{}/readyz", self.port))
+        } else {
+            (self.http.clone(), self.url("/readyz"))
+        };
         loop {
-            if let Ok(r) = self.http.get(&self.url("/readyz")).call() {
+            if let Ok(r) = probe.get(&url).call() {
                 if r.status() == 200 {
                     return;
                 }
@@ -127,9 +148,28 @@ impl TestServer {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("server exited at start ({status}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "server not ready after 20 s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                Instant::now() < deadline,
+                "server not ready after 20 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Replace the extra `serve` flags used by the next [`TestServer::spawn`].
+    pub fn set_extra_args(&mut self, extra: &[&str]) {
+        self.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Send `signal` (as `kill` spells it, e.g. `-INT`) and wait for the exit; the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        Command::new("kill")
+            .args([signal, &c.id().to_string()])
+            .status()
+            .unwrap();
+        c.wait().unwrap()
     }
 
     /// Stop the process (SIGKILL) and reap it.
@@ -142,9 +182,7 @@ impl TestServer {
 
     /// Stop with SIGTERM and wait for a graceful exit; the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
-        c.wait().unwrap()
+        self.signal_and_wait("-TERM")
     }
 
     /// The server's log so far.
@@ -160,17 +198,30 @@ impl TestServer {
     pub fn get(&self, path: &str) -> (u16, Value) {
         let mut r = self.http.get(&self.url(path)).call().unwrap();
         let status = r.status().as_u16();
-        (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+        )
     }
 
     /// POST a form, optionally with Basic credentials; (status, headers' WWW-Authenticate, body).
-    pub fn post_form(&self, path: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
+    pub fn post_form(
+        &self,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
         let (status, _, body) = self.post_form_full(path, basic, form);
         (status, body)
     }
 
     /// Like [`post_form`] but also returns the response headers.
-    pub fn post_form_full(&self, path: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, Value) {
+    pub fn post_form_full(
+        &self,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> (u16, ureq::http::HeaderMap, Value) {
         let mut req = self.http.post(&self.url(path));
         if let Some((id, secret)) = basic {
             req = req.header("Authorization", &basic_header(id, secret));
@@ -179,18 +230,34 @@ impl TestServer {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.body_mut().read_to_string().unwrap();
-        (status, headers, serde_json::from_str(&text).unwrap_or(Value::Null))
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
     }
 
     /// POST raw bytes with a content type and optional Authorization header.
-    pub fn post_raw(&self, path: &str, content_type: &str, authorization: Option<&str>, body: &[u8]) -> (u16, Value) {
-        let mut req = self.http.post(&self.url(path)).header("Content-Type", content_type);
+    pub fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(&self.url(path))
+            .header("Content-Type", content_type);
         if let Some(a) = authorization {
             req = req.header("Authorization", a);
         }
         let mut r = req.send(body).unwrap();
         let status = r.status().as_u16();
-        (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+        )
     }
 
     /// A client_credentials access token for the admin client with `scope`.
@@ -234,7 +301,12 @@ impl TestServer {
 
     /// POST `body` with any headers (values as raw bytes, so they may be non-ASCII); (status,
     /// headers, body text).
-    pub fn post_bytes(&self, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> (u16, ureq::http::HeaderMap, String) {
+    pub fn post_bytes(
+        &self,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> (u16, ureq::http::HeaderMap, String) {
         let mut req = self.http.post(&self.url(path));
         for (name, value) in headers {
             req = req.header(*name, ureq::http::HeaderValue::from_bytes(value).unwrap());
@@ -245,8 +317,69 @@ impl TestServer {
         (status, headers, r.body_mut().read_to_string().unwrap())
     }
 
+    /// Send `request` (a whole HTTP/1.1 request, as bytes, which may break any rule) over TLS
+    /// and read the answer until the server closes; (status, raw response text). Status 0 if
+    /// the server closed without answering.
+    pub fn raw_https(&self, request: &[u8]) -> (u16, String) {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&self.ca_cert).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(request).unwrap();
+        tls.flush().unwrap();
+        let mut response = Vec::new();
+        // A close without close_notify is how some servers end; what was read is what counts.
+        let _ = tls.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
+    /// A form POST over [`TestServer::raw_https`] with arbitrary header bytes.
+    pub fn raw_form_post(&self, path: &str, extra_headers: &[&[u8]], body: &[u8]) -> (u16, String) {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        )
+        .into_bytes();
+        for h in extra_headers {
+            req.extend_from_slice(h);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        self.raw_https(&req)
+    }
+
     /// client_credentials with `client_secret_basic`; (status, headers, body).
-    pub fn token_basic(&self, id: &str, secret: &str, scope: Option<&str>) -> (u16, ureq::http::HeaderMap, Value) {
+    pub fn token_basic(
+        &self,
+        id: &str,
+        secret: &str,
+        scope: Option<&str>,
+    ) -> (u16, ureq::http::HeaderMap, Value) {
         let mut form = vec![("grant_type", "client_credentials")];
         if let Some(s) = scope {
             form.push(("scope", s));
@@ -255,7 +388,11 @@ impl TestServer {
     }
 
     /// client_credentials with a `private_key_jwt` assertion and extra form fields.
-    pub fn token_assertion(&self, assertion: &str, extra: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, Value) {
+    pub fn token_assertion(
+        &self,
+        assertion: &str,
+        extra: &[(&str, &str)],
+    ) -> (u16, ureq::http::HeaderMap, Value) {
         let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_assertion_type", JWT_BEARER),
@@ -287,7 +424,10 @@ impl TestServer {
             "token_endpoint_auth_method": "private_key_jwt",
             "jwks": {"keys": jwks},
         }));
-        assert!(info.get("client_secret").is_none(), "a key client gets no secret: {info}");
+        assert!(
+            info.get("client_secret").is_none(),
+            "a key client gets no secret: {info}"
+        );
         info["client_id"].as_str().unwrap().to_owned()
     }
 
@@ -328,7 +468,10 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// base64url without padding.
@@ -338,7 +481,9 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// Decode base64url without padding.
 pub fn unb64(text: &str) -> Vec<u8> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
 }
 
 /// A fresh random `jti`.
@@ -398,7 +543,9 @@ impl ClientKey {
     /// Raw public key bytes: the 65-byte uncompressed point, or the 32-byte Ed25519 key.
     pub fn public_bytes(&self) -> Vec<u8> {
         match self {
-            ClientKey::Es256 { pair, .. } => ring::signature::KeyPair::public_key(pair).as_ref().to_vec(),
+            ClientKey::Es256 { pair, .. } => {
+                ring::signature::KeyPair::public_key(pair).as_ref().to_vec()
+            }
             ClientKey::Ed25519(k) => k.verifying_key().to_bytes().to_vec(),
         }
     }
@@ -411,7 +558,9 @@ impl ClientKey {
                 assert_eq!((public.len(), public[0]), (65, 0x04));
                 serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&public[1..33]), "y": b64(&public[33..])})
             }
-            ClientKey::Ed25519(_) => serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&public)}),
+            ClientKey::Ed25519(_) => {
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&public)})
+            }
         };
         if let Some(kid) = kid {
             jwk["kid"] = kid.into();
@@ -422,14 +571,20 @@ impl ClientKey {
     /// Sign `input` the way JWS wants: r||s for ES256 (RFC 7518 §3.4), the plain signature for EdDSA.
     pub fn sign(&self, input: &[u8]) -> Vec<u8> {
         match self {
-            ClientKey::Es256 { pair, .. } => pair.sign(&ring::rand::SystemRandom::new(), input).unwrap().as_ref().to_vec(),
+            ClientKey::Es256 { pair, .. } => pair
+                .sign(&ring::rand::SystemRandom::new(), input)
+                .unwrap()
+                .as_ref()
+                .to_vec(),
             ClientKey::Ed25519(k) => ed25519_dalek::Signer::sign(k, input).to_bytes().to_vec(),
         }
     }
 
     /// An ES256 signature in ASN.1 DER instead of JWS's fixed r||s form.
     pub fn sign_der(&self, input: &[u8]) -> Vec<u8> {
-        let ClientKey::Es256 { pkcs8, .. } = self else { panic!("ES256 only") };
+        let ClientKey::Es256 { pkcs8, .. } = self else {
+            panic!("ES256 only")
+        };
         let rng = ring::rand::SystemRandom::new();
         let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
         let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8, &rng).unwrap();
@@ -438,7 +593,11 @@ impl ClientKey {
 
     /// A compact JWS with exactly this header and these claims, signed by this key.
     pub fn jwt(&self, header: &Value, claims: &Value) -> String {
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let sig = self.sign(input.as_bytes());
         format!("{input}.{}", b64(&sig))
     }
@@ -462,7 +621,11 @@ pub fn run_cli(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> std::process
             cmd.env_remove(k);
         }
     }
-    cmd.args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().unwrap()
+    cmd.args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 impl Drop for TestServer {
@@ -483,7 +646,9 @@ pub fn basic_header(id: &str, secret: &str) -> String {
 fn form_urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

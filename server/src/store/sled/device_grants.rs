@@ -25,7 +25,10 @@ fn user_code_key(code: &str) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> Result<DeviceGrant, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what: "device grant", source })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        what: "device grant",
+        source,
+    })
 }
 
 fn encode(grant: &DeviceGrant) -> Vec<u8> {
@@ -34,15 +37,25 @@ fn encode(grant: &DeviceGrant) -> Vec<u8> {
 }
 
 fn read_err(source: sled::Error) -> StoreError {
-    StoreError::Read { what: "device grant", source }
+    StoreError::Read {
+        what: "device grant",
+        source,
+    }
 }
 
 fn write_err(source: sled::Error) -> StoreError {
-    StoreError::Write { what: "device grant", source }
+    StoreError::Write {
+        what: "device grant",
+        source,
+    }
 }
 
 impl DeviceGrantStore for SledStore {
-    fn insert_device_grant(&self, device_code: &TokenHash, grant: &DeviceGrant) -> Result<bool, StoreError> {
+    fn insert_device_grant(
+        &self,
+        device_code: &TokenHash,
+        grant: &DeviceGrant,
+    ) -> Result<bool, StoreError> {
         let ukey = user_code_key(&grant.user_code);
         let dkey = grant_key(device_code);
         let value = encode(grant);
@@ -62,8 +75,15 @@ impl DeviceGrantStore for SledStore {
         }
     }
 
-    fn device_grant_by_user_code(&self, user_code: &str) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError> {
-        let Some(hash) = self.device_grants.get(user_code_key(user_code)).map_err(read_err)? else {
+    fn device_grant_by_user_code(
+        &self,
+        user_code: &str,
+    ) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError> {
+        let Some(hash) = self
+            .device_grants
+            .get(user_code_key(user_code))
+            .map_err(read_err)?
+        else {
             return Ok(None);
         };
         let Ok(hash) = <[u8; 32]>::try_from(hash.as_ref()) else {
@@ -141,11 +161,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let (h1, h2) = (TokenHash::of("one"), TokenHash::of("two"));
-        assert!(store.insert_device_grant(&h1, &grant("BCDFGHJK", 100)).unwrap());
-        assert!(!store.insert_device_grant(&h2, &grant("BCDFGHJK", 100)).unwrap());
-        let (hash, found) = store.device_grant_by_user_code("BCDFGHJK").unwrap().unwrap();
+        assert!(store
+            .insert_device_grant(&h1, &grant("BCDFGHJK", 100))
+            .unwrap());
+        assert!(!store
+            .insert_device_grant(&h2, &grant("BCDFGHJK", 100))
+            .unwrap());
+        let (hash, found) = store
+            .device_grant_by_user_code("BCDFGHJK")
+            .unwrap()
+            .unwrap();
         assert_eq!((hash, found.expires_at), (h1, 100));
-        assert!(store.device_grant_by_user_code("ZZZZZZZZ").unwrap().is_none());
+        assert!(store
+            .device_grant_by_user_code("ZZZZZZZZ")
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -153,27 +183,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let h = TokenHash::of("one");
-        store.insert_device_grant(&h, &grant("BCDFGHJK", 100)).unwrap();
+        store
+            .insert_device_grant(&h, &grant("BCDFGHJK", 100))
+            .unwrap();
         let after = store
-            .update_device_grant(&h, &mut |g| Some(DeviceGrant { interval: g.interval + 5, ..g.clone() }))
+            .update_device_grant(&h, &mut |g| {
+                Some(DeviceGrant {
+                    interval: g.interval + 5,
+                    ..g.clone()
+                })
+            })
             .unwrap()
             .unwrap();
         assert_eq!(after.interval, 10);
-        let same = store.update_device_grant(&h, &mut |_| None).unwrap().unwrap();
+        let same = store
+            .update_device_grant(&h, &mut |_| None)
+            .unwrap()
+            .unwrap();
         assert_eq!(same.interval, 10);
-        assert!(store.update_device_grant(&TokenHash::of("x"), &mut |_| None).unwrap().is_none());
+        assert!(store
+            .update_device_grant(&TokenHash::of("x"), &mut |_| None)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn purge_drops_expired_grants_and_their_codes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        store.insert_device_grant(&TokenHash::of("old"), &grant("BBBBBBBB", 10)).unwrap();
-        store.insert_device_grant(&TokenHash::of("new"), &grant("CCCCCCCC", 1000)).unwrap();
+        store
+            .insert_device_grant(&TokenHash::of("old"), &grant("BBBBBBBB", 10))
+            .unwrap();
+        store
+            .insert_device_grant(&TokenHash::of("new"), &grant("CCCCCCCC", 1000))
+            .unwrap();
         assert_eq!(store.purge_device_grants(500).unwrap(), 1);
-        assert!(store.device_grant_by_user_code("BBBBBBBB").unwrap().is_none());
-        assert!(store.device_grant_by_user_code("CCCCCCCC").unwrap().is_some());
+        assert!(store
+            .device_grant_by_user_code("BBBBBBBB")
+            .unwrap()
+            .is_none());
+        assert!(store
+            .device_grant_by_user_code("CCCCCCCC")
+            .unwrap()
+            .is_some());
         // The code is free again.
-        assert!(store.insert_device_grant(&TokenHash::of("again"), &grant("BBBBBBBB", 1000)).unwrap());
+        assert!(store
+            .insert_device_grant(&TokenHash::of("again"), &grant("BBBBBBBB", 1000))
+            .unwrap());
     }
 }

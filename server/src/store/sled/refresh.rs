@@ -31,27 +31,42 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn read_err(source: sled::Error) -> StoreError {
-    StoreError::Read { what: "refresh token", source }
+    StoreError::Read {
+        what: "refresh token",
+        source,
+    }
 }
 
 fn write_err(source: sled::Error) -> StoreError {
-    StoreError::Write { what: "refresh token", source }
+    StoreError::Write {
+        what: "refresh token",
+        source,
+    }
 }
 
 /// Inside a transaction: decode or abort with the decoder's error.
-fn decoded<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConflictableTransactionError<serde_json::Error>> {
+fn decoded<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, ConflictableTransactionError<serde_json::Error>> {
     serde_json::from_slice(bytes).map_err(ConflictableTransactionError::Abort)
 }
 
 fn tx_result<T>(result: Result<T, TransactionError<serde_json::Error>>) -> Result<T, StoreError> {
     result.map_err(|e| match e {
         TransactionError::Storage(source) => write_err(source),
-        TransactionError::Abort(source) => StoreError::Decode { what: "refresh token", source },
+        TransactionError::Abort(source) => StoreError::Decode {
+            what: "refresh token",
+            source,
+        },
     })
 }
 
 /// Put `token` and widen its family's expiry to cover it (creating the family if new).
-fn put_token(tx: &TransactionalTree, hash: &TokenHash, token: &RefreshToken) -> Result<(), ConflictableTransactionError<serde_json::Error>> {
+fn put_token(
+    tx: &TransactionalTree,
+    hash: &TokenHash,
+    token: &RefreshToken,
+) -> Result<(), ConflictableTransactionError<serde_json::Error>> {
     let fkey = family_key(&token.family);
     let family = match tx.get(&fkey)? {
         Some(bytes) => {
@@ -71,24 +86,51 @@ fn put_token(tx: &TransactionalTree, hash: &TokenHash, token: &RefreshToken) -> 
 
 impl RefreshTokenStore for SledStore {
     fn refresh_token(&self, token: &TokenHash) -> Result<Option<(RefreshToken, bool)>, StoreError> {
-        let Some(bytes) = self.refresh_tokens.get(token_key(token)).map_err(read_err)? else {
+        let Some(bytes) = self
+            .refresh_tokens
+            .get(token_key(token))
+            .map_err(read_err)?
+        else {
             return Ok(None);
         };
-        let decode_err = |source| StoreError::Decode { what: "refresh token", source };
+        let decode_err = |source| StoreError::Decode {
+            what: "refresh token",
+            source,
+        };
         let record: RefreshToken = serde_json::from_slice(&bytes).map_err(decode_err)?;
-        let revoked = match self.refresh_tokens.get(family_key(&record.family)).map_err(read_err)? {
-            Some(f) => serde_json::from_slice::<RefreshFamily>(&f).map_err(decode_err)?.revoked_at.is_some(),
+        let revoked = match self
+            .refresh_tokens
+            .get(family_key(&record.family))
+            .map_err(read_err)?
+        {
+            Some(f) => serde_json::from_slice::<RefreshFamily>(&f)
+                .map_err(decode_err)?
+                .revoked_at
+                .is_some(),
             // A token without its family is an orphan: treat it as revoked.
             None => true,
         };
         Ok(Some((record, revoked)))
     }
 
-    fn insert_refresh_token(&self, token: &TokenHash, record: &RefreshToken) -> Result<(), StoreError> {
-        tx_result(self.refresh_tokens.transaction(|tx| put_token(tx, token, record)))
+    fn insert_refresh_token(
+        &self,
+        token: &TokenHash,
+        record: &RefreshToken,
+    ) -> Result<(), StoreError> {
+        tx_result(
+            self.refresh_tokens
+                .transaction(|tx| put_token(tx, token, record)),
+        )
     }
 
-    fn rotate_refresh_token(&self, presented: &TokenHash, next: &TokenHash, next_record: &RefreshToken, now: u64) -> Result<Rotation, StoreError> {
+    fn rotate_refresh_token(
+        &self,
+        presented: &TokenHash,
+        next: &TokenHash,
+        next_record: &RefreshToken,
+        now: u64,
+    ) -> Result<Rotation, StoreError> {
         let pkey = token_key(presented);
         tx_result(self.refresh_tokens.transaction(|tx| {
             let Some(bytes) = tx.get(&pkey)? else {
@@ -176,15 +218,35 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let (t1, t2, t3) = (TokenHash::of("1"), TokenHash::of("2"), TokenHash::of("3"));
         store.insert_refresh_token(&t1, &token("fam", 100)).unwrap();
-        assert_eq!(store.rotate_refresh_token(&t1, &t2, &token("fam", 200), 5).unwrap(), Rotation::Rotated);
+        assert_eq!(
+            store
+                .rotate_refresh_token(&t1, &t2, &token("fam", 200), 5)
+                .unwrap(),
+            Rotation::Rotated
+        );
         let (spent, revoked) = store.refresh_token(&t1).unwrap().unwrap();
         assert_eq!((spent.spent_at, revoked), (Some(5), false));
         // t1 again: a replay. The family, t2 included, is revoked.
-        assert_eq!(store.rotate_refresh_token(&t1, &t3, &token("fam", 300), 6).unwrap(), Rotation::Replayed);
+        assert_eq!(
+            store
+                .rotate_refresh_token(&t1, &t3, &token("fam", 300), 6)
+                .unwrap(),
+            Rotation::Replayed
+        );
         assert!(store.refresh_token(&t2).unwrap().unwrap().1);
-        assert_eq!(store.rotate_refresh_token(&t2, &t3, &token("fam", 300), 7).unwrap(), Rotation::FamilyRevoked);
+        assert_eq!(
+            store
+                .rotate_refresh_token(&t2, &t3, &token("fam", 300), 7)
+                .unwrap(),
+            Rotation::FamilyRevoked
+        );
         assert!(store.refresh_token(&t3).unwrap().is_none());
-        assert_eq!(store.rotate_refresh_token(&t3, &t1, &token("fam", 300), 7).unwrap(), Rotation::Unknown);
+        assert_eq!(
+            store
+                .rotate_refresh_token(&t3, &t1, &token("fam", 300), 7)
+                .unwrap(),
+            Rotation::Unknown
+        );
     }
 
     #[test]

@@ -13,23 +13,32 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 impl UserStore for SledStore {
     fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
-        let Some(bytes) = self
-            .users
-            .get(username.as_bytes())
-            .map_err(|source| StoreError::Read { what: "user", source })?
+        let Some(bytes) =
+            self.users
+                .get(username.as_bytes())
+                .map_err(|source| StoreError::Read {
+                    what: "user",
+                    source,
+                })?
         else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|source| StoreError::Decode { what: "user", source })
+            .map_err(|source| StoreError::Decode {
+                what: "user",
+                source,
+            })
     }
 
     fn insert_new_user(&self, user: &User) -> Result<bool, StoreError> {
         let swapped = self
             .users
             .compare_and_swap(user.username.as_bytes(), None::<&[u8]>, Some(to_json(user)))
-            .map_err(|source| StoreError::Write { what: "user", source })?;
+            .map_err(|source| StoreError::Write {
+                what: "user",
+                source,
+            })?;
         Ok(swapped.is_ok())
     }
 }
@@ -39,38 +48,57 @@ impl SessionStore for SledStore {
         let Some(bytes) = self
             .web_sessions
             .get(id.0)
-            .map_err(|source| StoreError::Read { what: "session", source })?
+            .map_err(|source| StoreError::Read {
+                what: "session",
+                source,
+            })?
         else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|source| StoreError::Decode { what: "session", source })
+            .map_err(|source| StoreError::Decode {
+                what: "session",
+                source,
+            })
     }
 
     fn put_web_session(&self, id: &TokenHash, session: &WebSession) -> Result<(), StoreError> {
         self.web_sessions
             .insert(id.0, to_json(session))
             .map(|_| ())
-            .map_err(|source| StoreError::Write { what: "session", source })
+            .map_err(|source| StoreError::Write {
+                what: "session",
+                source,
+            })
     }
 
     fn delete_web_session(&self, id: &TokenHash) -> Result<(), StoreError> {
         self.web_sessions
             .remove(id.0)
             .map(|_| ())
-            .map_err(|source| StoreError::Write { what: "session", source })
+            .map_err(|source| StoreError::Write {
+                what: "session",
+                source,
+            })
     }
 
     fn purge_web_sessions(&self, now: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
         for entry in self.web_sessions.iter() {
-            let (key, value) = entry.map_err(|source| StoreError::Read { what: "session", source })?;
-            let expired = serde_json::from_slice::<WebSession>(&value).map_or(true, |s| s.expires_at < now);
+            let (key, value) = entry.map_err(|source| StoreError::Read {
+                what: "session",
+                source,
+            })?;
+            let expired =
+                serde_json::from_slice::<WebSession>(&value).map_or(true, |s| s.expires_at < now);
             if expired {
                 self.web_sessions
                     .remove(key)
-                    .map_err(|source| StoreError::Write { what: "session", source })?;
+                    .map_err(|source| StoreError::Write {
+                        what: "session",
+                        source,
+                    })?;
                 purged += 1;
             }
         }

@@ -1,0 +1,159 @@
+//! The `hallmark-agent` command line: flags (clap) and one function per subcommand, each a thin
+//! layer over [`hallmark_agent::Agent`] that formats its answer for a terminal or for JSON.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hallmark_agent::config::DEFAULT_CONFIG_PATH;
+use hallmark_agent::socket::{self, Answer};
+use hallmark_agent::{Agent, DeviceAuthorization, Event};
+use qrcode::render::unicode::Dense1x2;
+use qrcode::QrCode;
+
+/// Hallmark device agent: TPM-held identity, OAuth 2.0 tokens for the device's software.
+#[derive(Debug, Parser)]
+#[command(name = "hallmark-agent", version)]
+pub struct Cli {
+    /// Agent config file.
+    #[arg(long, env = "HALLMARK_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH, global = true)]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Finish first-boot rotation, then keep a token fresh and serve it on the Unix socket.
+    Run,
+    /// Print a fresh access token (from the running agent's socket when no scope is given).
+    Token {
+        /// Scope to request instead of the configured ones.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Show client_id, credential state, server and token expiry.
+    Status {
+        /// As JSON, with the active public JWK.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate the factory credential to a TPM-resident key now.
+    Enroll {
+        /// Keep retrying while the server or TPM is unreachable for up to this many seconds.
+        #[arg(long, default_value_t = 120)]
+        retry_for: u64,
+    },
+    /// Log in with the device authorization grant (RFC 8628).
+    Login,
+}
+
+/// Runs `command`; `observer` sees every agent event (the fault hook lives there).
+pub fn execute(
+    cli: Cli,
+    observer: impl FnMut(&Event) + Send + 'static,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let config = hallmark_agent::AgentConfig::load(&cli.config)?;
+    let socket_path = config.socket_path();
+    let mut agent = Agent::new(config)?;
+    agent.observe(observer);
+    match cli.command {
+        Command::Run => agent.run(stop)?,
+        Command::Token { scope } => {
+            if scope.is_none() {
+                if let Ok(Answer::Token { access_token, .. }) = socket::fetch(&socket_path) {
+                    println!("{access_token}");
+                    return Ok(());
+                }
+            }
+            let token = agent.token(scope.as_deref())?;
+            println!("{}", token.token);
+        }
+        Command::Status { json } => status(&mut agent, json, &socket_path)?,
+        Command::Enroll { retry_for } => {
+            let credential = agent.enroll(Duration::from_secs(retry_for))?;
+            println!("{}", serde_json::to_string(&credential)?);
+        }
+        Command::Login => {
+            let token = agent.login(show_code)?;
+            println!(
+                "logged in; refresh token sealed by the TPM; access token expires at {}",
+                token.expires_at
+            );
+        }
+    }
+    Ok(())
+}
+
+fn status(agent: &mut Agent, json: bool, socket_path: &std::path::Path) -> anyhow::Result<()> {
+    let status = agent.status()?;
+    let expires_at = match socket::fetch(socket_path) {
+        Ok(Answer::Token { expires_at, .. }) => Some(expires_at),
+        _ => None,
+    };
+    if json {
+        let mut value = serde_json::to_value(&status)?;
+        value["token_expires_at"] = expires_at.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let credential = match (status.credential, status.slot) {
+        ("key", Some(slot)) => format!("key slot {slot}"),
+        ("rotating", Some(slot)) => format!("rotating (new key in slot {slot})"),
+        (other, _) => other.to_owned(),
+    };
+    let kid = status.jwk.as_ref().and_then(|j| j["kid"].as_str());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "client_id:  {}", status.client_id)?;
+    if let Some(serial) = &status.serial {
+        writeln!(out, "serial:     {serial}")?;
+    }
+    writeln!(out, "server:     {}", status.server)?;
+    writeln!(out, "credential: {credential}")?;
+    if let Some(kid) = kid {
+        writeln!(out, "kid:        {kid}")?;
+    }
+    let token = match expires_at {
+        Some(at) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("system clock before 1970")?
+                .as_secs();
+            format!("expires at {at} (in {} s)", at.saturating_sub(now))
+        }
+        None => "none cached (no agent running on the socket)".to_owned(),
+    };
+    writeln!(out, "token:      {token}")?;
+    Ok(())
+}
+
+/// Shows the user code, the verification URI and a QR code of the complete URI (RFC 8628 §3.3).
+fn show_code(auth: &DeviceAuthorization) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "verification_uri: {}", auth.verification_uri);
+    let _ = writeln!(out, "user_code: {}", auth.user_code);
+    if let Some(complete) = &auth.verification_uri_complete {
+        let _ = writeln!(out, "verification_uri_complete: {complete}");
+        if let Ok(qr) = QrCode::new(complete.as_bytes()) {
+            let image = qr
+                .render::<Dense1x2>()
+                .dark_color(Dense1x2::Light)
+                .light_color(Dense1x2::Dark)
+                .build();
+            let _ = writeln!(out, "{image}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Open the URI on a phone or computer, sign in and approve code {} (valid {} s).",
+        auth.user_code, auth.expires_in
+    );
+    let _ = out.flush();
+}

@@ -1,0 +1,74 @@
+//! `hallmark-agent`: parse flags, install the signal and event hooks, run the subcommand, map
+//! the outcome to an exit code (0 ok, 1 error with one line on stderr, 86 injected fault).
+
+mod cli;
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser as _;
+use hallmark_agent::{Event, RotationStep};
+
+/// Exit status of a process stopped by the test-only fault hook.
+const FAULT_EXIT: i32 = 86;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    // The TSS libraries log every failed connection attempt to stderr; the agent reports TPM
+    // errors itself, in one line. An operator debugging the TSS sets TSS2_LOG explicitly.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
+    // Test-only fault hook: `HALLMARK_AGENT_FAULT=after:<step>` exits the process abruptly
+    // right after that rotation step, as a power cut would (no destructors, no cleanup).
+    let fault = std::env::var("HALLMARK_AGENT_FAULT")
+        .ok()
+        .and_then(|v| v.strip_prefix("after:").and_then(RotationStep::from_name));
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("hallmark-agent: error: cannot install a signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let observer = move |event: &Event| {
+        if let Event::Rotation(step) = event {
+            if Some(*step) == fault {
+                eprintln!("hallmark-agent: fault injected after {}", step.name());
+                std::process::exit(FAULT_EXIT);
+            }
+        }
+        log(event);
+    };
+    match cli::execute(cli, observer, stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: every error message already names its cause.
+            let text = format!("{e}").replace('\n', " ");
+            eprintln!("hallmark-agent: error: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Operator-facing log lines on stderr; events never carry secrets.
+fn log(event: &Event) {
+    match event {
+        Event::Rotation(step) => eprintln!("hallmark-agent: rotation: {}", step.name()),
+        Event::RotationUnsupported => eprintln!(
+            "hallmark-agent: the server offers no device_credentials_endpoint; keeping the \
+             factory credential"
+        ),
+        Event::TokenRenewed { expires_at } => {
+            eprintln!("hallmark-agent: new access token, expires at {expires_at}")
+        }
+        Event::RefreshTokenRotated => eprintln!("hallmark-agent: refresh token rotated and sealed"),
+        Event::Retrying { error, after } => eprintln!(
+            "hallmark-agent: {error}; retrying in {:.1} s",
+            after.as_secs_f64()
+        ),
+        Event::Serving { socket } => eprintln!("hallmark-agent: serving tokens on {socket}"),
+        _ => {}
+    }
+}

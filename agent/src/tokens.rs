@@ -1,0 +1,281 @@
+//! Getting access tokens: client credentials (RFC 6749 §4.4) with the device's credential,
+//! the device authorization grant (RFC 8628) with its refresh token sealed by the TPM, refresh
+//! with rotation (RFC 6749 §6), and the local status report.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use crate::oauth::device::{self, DeviceFlowError, Poll, Schedule};
+use crate::oauth::{self, assertion, ClientAuth, ErrorCode, TokenResponse};
+use crate::rotation::tpm_err;
+use crate::store::REFRESH_FILE;
+use crate::tpm::{KeySlot, SealedBlob};
+use crate::{AccessToken, Agent, AgentError, Credential, DeviceAuthorization, Event, Flow, Status};
+
+/// Lifetime assumed when a token response has no `expires_in` (RFC 6749 §5.1 makes it
+/// RECOMMENDED only); short, so the agent renews early rather than serving a dead token.
+const DEFAULT_LIFETIME: u64 = 300;
+
+impl Agent {
+    /// The credential in use, running the rotation first if this process has not yet.
+    pub(crate) fn credential(&mut self) -> Result<Credential, AgentError> {
+        match &self.credential {
+            Some(c) => Ok(c.clone()),
+            None => self.rotate(),
+        }
+    }
+
+    /// A fresh token by the configured flow.
+    pub(crate) fn fresh_token(&mut self, scope: Option<&str>) -> Result<AccessToken, AgentError> {
+        let credential = self.credential()?;
+        // The rotation's proof just obtained one; no need for a second request.
+        if scope.is_none() {
+            if let Some(token) = self.cached.take() {
+                if token.expires_at > assertion::unix_now() + 30 {
+                    return Ok(token);
+                }
+            }
+        }
+        match self.config.flow {
+            Flow::DeviceCode => self.refresh(&credential, scope),
+            _ => self.request_client_credentials(&credential, scope),
+        }
+    }
+
+    /// The client authentication for a request to the server (`aud` = token endpoint).
+    pub(crate) fn client_auth(
+        &mut self,
+        credential: &Credential,
+    ) -> Result<ClientAuth, AgentError> {
+        let client_id = self.config.client_id.clone();
+        match credential {
+            Credential::Factory => Ok(ClientAuth::Secret {
+                client_id,
+                secret: self.factory_secret()?,
+            }),
+            Credential::Key { slot, kid } => {
+                let audience = self.metadata()?.token_endpoint;
+                let mut tpm = self.tpm()?;
+                let signed = assertion::build(&client_id, &audience, kid, |input| {
+                    tpm.sign_es256(*slot, input)
+                })
+                .map_err(tpm_err)?;
+                Ok(ClientAuth::Assertion {
+                    client_id,
+                    assertion: signed,
+                })
+            }
+        }
+    }
+
+    /// The client credentials grant (RFC 6749 §4.4.2).
+    pub(crate) fn request_client_credentials(
+        &mut self,
+        credential: &Credential,
+        scope: Option<&str>,
+    ) -> Result<AccessToken, AgentError> {
+        let scope = scope.map(str::to_owned).or_else(|| self.scope_default());
+        let endpoint = self.metadata()?.token_endpoint;
+        let auth = self.client_auth(credential)?;
+        let mut params = vec![("grant_type", "client_credentials")];
+        if let Some(s) = scope.as_deref() {
+            params.push(("scope", s));
+        }
+        let response = oauth::token_request(&self.http, &endpoint, &auth, &params)
+            .map_err(|source| self.token_error(credential, source))?;
+        Ok(self.accept(response))
+    }
+
+    /// Refresh with the sealed refresh token (RFC 6749 §6), sealing the rotated one.
+    fn refresh(
+        &mut self,
+        credential: &Credential,
+        scope: Option<&str>,
+    ) -> Result<AccessToken, AgentError> {
+        let Some(bytes) = self
+            .state
+            .read(REFRESH_FILE)
+            .map_err(|source| AgentError::State { source })?
+        else {
+            return Err(AgentError::NotLoggedIn);
+        };
+        let blob = SealedBlob::from_bytes(&bytes).map_err(tpm_err)?;
+        let mut tpm = self.tpm()?;
+        let refresh_token = tpm.unseal_blob(&blob).map_err(tpm_err)?;
+        drop(tpm);
+        let refresh_token = Zeroizing::new(String::from_utf8_lossy(&refresh_token).into_owned());
+        let endpoint = self.metadata()?.token_endpoint;
+        let auth = self.client_auth(credential)?;
+        let mut params = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.as_str()),
+        ];
+        if let Some(s) = scope {
+            params.push(("scope", s));
+        }
+        let response = match oauth::token_request(&self.http, &endpoint, &auth, &params) {
+            Ok(r) => r,
+            Err(source) if source.code() == Some(&ErrorCode::InvalidGrant) => {
+                return Err(AgentError::RefreshRefused { source })
+            }
+            Err(source) => return Err(self.token_error(credential, source)),
+        };
+        // Seal the rotated refresh token before handing out the access token: losing it
+        // would lock the device out until someone logs in again.
+        if let Some(new) = &response.refresh_token {
+            self.store_refresh_token(new)?;
+            self.emit(Event::RefreshTokenRotated);
+        }
+        Ok(self.accept(response))
+    }
+
+    /// The device authorization grant, end to end.
+    pub(crate) fn device_login(
+        &mut self,
+        show: impl FnOnce(&DeviceAuthorization),
+        sleep: &mut dyn FnMut(Duration),
+    ) -> Result<AccessToken, AgentError> {
+        let credential = self.credential()?;
+        let metadata = self.metadata()?;
+        let Some(endpoint) = metadata.device_authorization_endpoint.clone() else {
+            return Err(AgentError::NoDeviceFlow {
+                issuer: self.config.issuer.clone(),
+            });
+        };
+        let flow_err = |source| AgentError::DeviceFlow { source };
+        let auth = self.client_auth(&credential)?;
+        let scope = self.scope_default();
+        let authorization =
+            device::authorize(&self.http, &endpoint, &auth, scope.as_deref()).map_err(flow_err)?;
+        show(&authorization);
+        let mut schedule = Schedule::new(&authorization);
+        loop {
+            sleep(schedule.wait());
+            if schedule.expired() {
+                return Err(flow_err(DeviceFlowError::Expired));
+            }
+            let auth = self.client_auth(&credential)?;
+            let polled = device::poll_once(
+                &self.http,
+                &metadata.token_endpoint,
+                &auth,
+                &authorization.device_code,
+            );
+            match polled {
+                Ok(Poll::Token(response)) => {
+                    if let Some(rt) = &response.refresh_token {
+                        self.store_refresh_token(rt)?;
+                    }
+                    return Ok(self.accept(response));
+                }
+                Ok(Poll::Pending) => {}
+                Ok(Poll::SlowDown) => schedule.slow_down(),
+                Err(DeviceFlowError::Poll { source }) if source.is_transient() => {
+                    self.emit(Event::Retrying {
+                        error: source.to_string(),
+                        after: schedule.wait() * 2,
+                    });
+                    schedule.back_off();
+                }
+                Err(e) => return Err(flow_err(e)),
+            }
+        }
+    }
+
+    /// The device's state from the TPM and the state directory.
+    pub(crate) fn local_status(&mut self) -> Result<Status, AgentError> {
+        let mut tpm = self.tpm()?;
+        let inventory = tpm.inventory().map_err(tpm_err)?;
+        drop(tpm);
+        let rotation = self.rotation_state()?;
+        let present = |slot: KeySlot| match slot {
+            KeySlot::A => inventory.slot_a,
+            KeySlot::B => inventory.slot_b,
+        };
+        let slot = rotation.slot().filter(|s| present(*s)).or(
+            match (inventory.slot_a, inventory.slot_b) {
+                (true, _) => Some(KeySlot::A),
+                (false, true) => Some(KeySlot::B),
+                _ => None,
+            },
+        );
+        let credential = match (inventory.factory_secret, slot) {
+            (true, None) => "factory",
+            (true, Some(_)) => "rotating",
+            (false, Some(_)) => "key",
+            (false, None) => "none",
+        };
+        let jwk = match slot {
+            Some(s) => Some(self.device_key(s)?.jwk_json()),
+            None => None,
+        };
+        let refresh_token_stored = self
+            .state
+            .read(REFRESH_FILE)
+            .map_err(|source| AgentError::State { source })?
+            .is_some();
+        Ok(Status {
+            client_id: self.config.client_id.clone(),
+            serial: self.config.serial.clone(),
+            server: self.config.issuer.clone(),
+            credential,
+            slot,
+            rotation,
+            jwk,
+            refresh_token_stored,
+        })
+    }
+
+    /// The factory secret as the client_secret: the 32 sealed bytes, base64url without
+    /// padding (the provisioner's contract with the server).
+    pub(crate) fn factory_secret(&self) -> Result<Zeroizing<String>, AgentError> {
+        let mut tpm = self.tpm()?;
+        let raw = tpm
+            .unseal_factory_secret()
+            .map_err(tpm_err)?
+            .ok_or_else(|| AgentError::NotProvisioned {
+                what: "the factory secret vanished".into(),
+            })?;
+        Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_slice())))
+    }
+
+    fn store_refresh_token(&mut self, token: &str) -> Result<(), AgentError> {
+        let mut tpm = self.tpm()?;
+        let blob = tpm.seal_blob(token.as_bytes()).map_err(tpm_err)?;
+        drop(tpm);
+        self.state
+            .write(REFRESH_FILE, &blob.to_bytes())
+            .map_err(|source| AgentError::State { source })
+    }
+
+    /// A refused client authentication means the server does not know this device (or has
+    /// disabled it); anything else is a token error.
+    fn token_error(&self, credential: &Credential, source: oauth::OAuthError) -> AgentError {
+        if source.code() == Some(&ErrorCode::InvalidClient) && *credential == Credential::Factory {
+            return AgentError::UnknownClient {
+                client_id: self.config.client_id.clone(),
+                issuer: self.config.issuer.clone(),
+                source,
+            };
+        }
+        AgentError::Token { source }
+    }
+
+    fn accept(&mut self, response: TokenResponse) -> AccessToken {
+        let now = assertion::unix_now();
+        let lifetime = response.expires_in.unwrap_or(DEFAULT_LIFETIME);
+        let token = AccessToken {
+            token: response.access_token,
+            expires_at: now + lifetime,
+            issued_at: now,
+            scope: response.scope,
+        };
+        self.emit(Event::TokenRenewed {
+            expires_at: token.expires_at,
+        });
+        token
+    }
+}

@@ -1,0 +1,395 @@
+//! Provisioning one device, idempotently: what the server and the TPM already hold decides
+//! what is done.
+//!
+//! | server says (POST /admin/devices) | TPM holds a credential¹ | outcome                     |
+//! |-----------------------------------|-------------------------|-----------------------------|
+//! | 201 created                       | no                      | seal, write config: `provisioned` |
+//! | 201 created                       | yes                     | `tpm-occupied` (refused)    |
+//! | 409, same EK                      | yes                     | `already-provisioned`²      |
+//! | 409, same EK                      | no                      | `needs-reset`³              |
+//! | 409, other EK                     | either                  | `conflict` (refused)        |
+//!
+//! ¹ The factory secret, or a device key once the agent has rotated it away on first boot.
+//! ² The TPM is not touched; the config is rewritten only if missing or naming another server,
+//!   client, TPM or CA (see [`config_out::ensure`]).
+//! ³ The secret was lost between registration and sealing (a crash, a lost response). Only the
+//!   server could re-issue it and it never shows a secret twice, so the registration must go:
+//!   an operator deletes it (`DELETE /admin/devices/{client_id}`, scope `devices:admin`) and
+//!   reruns, or the station does it itself when run with `--reset-lost` and its client may
+//!   have `devices:admin` (`reprovisioned`). Deleting is not the default: another station
+//!   could be halfway through this very device.
+
+use std::error::Error as StdError;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use base64::Engine as _;
+use hallmark_agent::tpm::{Tpm, TpmError};
+use zeroize::Zeroizing;
+
+use crate::config_out::{self, ConfigOutError, DeviceConfig};
+use crate::report::{now_ms, DeviceReport, Outcome};
+use crate::station::{Registration, StationClient, StationError};
+
+/// Size of the factory secret in bytes (256 bits), as the server issues it.
+pub const FACTORY_SECRET_LEN: usize = 32;
+
+/// One device to provision (one row of a manifest).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    /// Serial number.
+    pub serial: String,
+    /// Model.
+    pub model: String,
+    /// TCTI of its TPM.
+    pub tcti: String,
+    /// Where its agent config goes.
+    pub config_out: PathBuf,
+}
+
+/// A factory station: a client of one server, the CA devices will pin, and its policy.
+#[derive(Debug, Clone)]
+pub struct Station {
+    client: StationClient,
+    ca_pem: Vec<u8>,
+    reset_lost: bool,
+}
+
+/// Why one device was not provisioned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The TPM could not be opened.
+    #[error("cannot open the TPM at {tcti}")]
+    OpenTpm {
+        /// Its TCTI.
+        tcti: String,
+        /// The TPM error.
+        source: TpmError,
+    },
+    /// The EK could not be read.
+    #[error("cannot read the endorsement key")]
+    ReadEk {
+        /// The TPM error.
+        source: TpmError,
+    },
+    /// The TPM's persistent handles could not be listed.
+    #[error("cannot list what the TPM holds")]
+    Inventory {
+        /// The TPM error.
+        source: TpmError,
+    },
+    /// Registration failed.
+    #[error("cannot register the device")]
+    Register {
+        /// The station's error.
+        source: StationError,
+    },
+    /// The serial belongs to another TPM.
+    #[error(
+        "serial is registered to another TPM (client_id {client_id}, EK {registered}); refused"
+    )]
+    Conflict {
+        /// The existing registration.
+        client_id: String,
+        /// Its EK fingerprint.
+        registered: String,
+    },
+    /// The server knows the device but its secret never reached the TPM.
+    #[error(
+        "the server knows this device (client_id {client_id}) but its TPM holds no credential: \
+         the factory secret was lost before sealing; delete the registration \
+         (DELETE /admin/devices/{client_id}, scope devices:admin) and rerun, or rerun with \
+         --reset-lost"
+    )]
+    NeedsReset {
+        /// The registration to delete.
+        client_id: String,
+    },
+    /// The TPM holds a credential from a registration the server does not know under this
+    /// serial.
+    #[error(
+        "the TPM already holds a Hallmark credential from another registration; the new \
+         registration {client_id} is unused: clear the TPM (tpm2_clear) or check the serial, \
+         delete {client_id}, and rerun"
+    )]
+    TpmOccupied {
+        /// The registration just made.
+        client_id: String,
+    },
+    /// `--reset-lost` could not delete the lost registration.
+    #[error("cannot delete the lost registration {client_id}")]
+    Reset {
+        /// The registration.
+        client_id: String,
+        /// The station's error.
+        source: StationError,
+    },
+    /// The server's factory secret is not 32 bytes of base64url.
+    #[error(
+        "the server's factory secret is not {FACTORY_SECRET_LEN} bytes of base64url; \
+         registration {client_id} needs a reset"
+    )]
+    DecodeSecret {
+        /// The registration.
+        client_id: String,
+    },
+    /// Sealing failed or did not read back.
+    #[error("cannot seal the factory secret; registration {client_id} needs a reset")]
+    Seal {
+        /// The registration.
+        client_id: String,
+        /// The TPM error.
+        source: TpmError,
+    },
+    /// The sealed secret did not unseal to what was sealed.
+    #[error(
+        "the sealed factory secret does not read back; registration {client_id} needs a reset"
+    )]
+    SealReadBack {
+        /// The registration.
+        client_id: String,
+    },
+    /// The agent config could not be written or checked.
+    #[error("cannot write the agent config")]
+    WriteConfig {
+        /// The error.
+        source: ConfigOutError,
+    },
+}
+
+impl DeviceError {
+    /// The report outcome of this error.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            DeviceError::Conflict { .. } => Outcome::Conflict,
+            DeviceError::NeedsReset { .. } => Outcome::NeedsReset,
+            DeviceError::TpmOccupied { .. } => Outcome::TpmOccupied,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+/// An error and its sources on one line, `outer: inner: innermost`.
+pub fn one_line(err: &dyn StdError) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line.replace('\n', " ")
+}
+
+impl Station {
+    /// A station using `client`, writing `ca_pem` beside every config; with `reset_lost`, it
+    /// deletes and redoes registrations whose secret was lost (needs `devices:admin`).
+    pub fn new(client: StationClient, ca_pem: Vec<u8>, reset_lost: bool) -> Self {
+        Station {
+            client,
+            ca_pem,
+            reset_lost,
+        }
+    }
+
+    /// The station's server client.
+    pub fn client(&self) -> &StationClient {
+        &self.client
+    }
+
+    /// Provisions one device; never panics, always reports.
+    pub fn provision(&self, spec: &DeviceSpec) -> DeviceReport {
+        let started = Instant::now();
+        let mut report = DeviceReport {
+            serial: spec.serial.clone(),
+            client_id: None,
+            ek_fingerprint: None,
+            outcome: Outcome::Failed,
+            config: None,
+            config_out: spec.config_out.clone(),
+            duration_ms: 0,
+            error: None,
+            finished_at_ms: 0,
+        };
+        match self.provision_steps(spec, &mut report) {
+            Ok(outcome) => report.outcome = outcome,
+            Err(err) => {
+                report.outcome = err.outcome();
+                report.error = Some(one_line(&err));
+            }
+        }
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        report.finished_at_ms = now_ms();
+        report
+    }
+
+    fn provision_steps(
+        &self,
+        spec: &DeviceSpec,
+        report: &mut DeviceReport,
+    ) -> Result<Outcome, DeviceError> {
+        // One connection for the whole device: swtpm serves one client at a time, and nobody
+        // else should touch this TPM while it is being provisioned.
+        let mut tpm = Tpm::open(&spec.tcti).map_err(|source| DeviceError::OpenTpm {
+            tcti: spec.tcti.clone(),
+            source,
+        })?;
+        let fingerprint = tpm
+            .endorsement_key()
+            .map_err(|source| DeviceError::ReadEk { source })?
+            .fingerprint();
+        report.ek_fingerprint = Some(fingerprint.clone());
+        let inventory = tpm
+            .inventory()
+            .map_err(|source| DeviceError::Inventory { source })?;
+        let holds_credential = inventory.factory_secret || inventory.slot_a || inventory.slot_b;
+
+        let registration = self.register(spec, &fingerprint)?;
+        let (client_id, secret) = match registration {
+            Registration::Created {
+                client_id,
+                factory_secret,
+            } => (client_id, factory_secret),
+            Registration::Exists {
+                client_id,
+                ek_fingerprint,
+            } => {
+                if !ek_fingerprint.eq_ignore_ascii_case(&fingerprint) {
+                    return Err(DeviceError::Conflict {
+                        client_id,
+                        registered: ek_fingerprint,
+                    });
+                }
+                report.client_id = Some(client_id.clone());
+                if holds_credential {
+                    drop(tpm);
+                    report.config = Some(self.write_config(spec, &client_id, false)?);
+                    return Ok(Outcome::AlreadyProvisioned);
+                }
+                if !self.reset_lost {
+                    return Err(DeviceError::NeedsReset { client_id });
+                }
+                self.client
+                    .delete_device(&client_id)
+                    .map_err(|source| DeviceError::Reset {
+                        client_id: client_id.clone(),
+                        source,
+                    })?;
+                match self.register(spec, &fingerprint)? {
+                    Registration::Created {
+                        client_id,
+                        factory_secret,
+                    } => {
+                        report.client_id = Some(client_id.clone());
+                        seal(&mut tpm, &client_id, &factory_secret)?;
+                        drop(tpm);
+                        report.config = Some(self.write_config(spec, &client_id, true)?);
+                        return Ok(Outcome::Reprovisioned);
+                    }
+                    // Someone registered it again between our delete and register.
+                    Registration::Exists { client_id, .. } => {
+                        return Err(DeviceError::NeedsReset { client_id })
+                    }
+                }
+            }
+        };
+        report.client_id = Some(client_id.clone());
+        if holds_credential {
+            return Err(DeviceError::TpmOccupied { client_id });
+        }
+        seal(&mut tpm, &client_id, &secret)?;
+        drop(tpm);
+        report.config = Some(self.write_config(spec, &client_id, true)?);
+        Ok(Outcome::Provisioned)
+    }
+
+    fn register(&self, spec: &DeviceSpec, fingerprint: &str) -> Result<Registration, DeviceError> {
+        self.client
+            .register_device(&spec.serial, &spec.model, fingerprint)
+            .map_err(|source| DeviceError::Register { source })
+    }
+
+    fn write_config(
+        &self,
+        spec: &DeviceSpec,
+        client_id: &str,
+        force: bool,
+    ) -> Result<crate::report::ConfigAction, DeviceError> {
+        let device = DeviceConfig {
+            issuer: self.client.server().to_owned(),
+            client_id: client_id.to_owned(),
+            tcti: spec.tcti.clone(),
+            serial: spec.serial.clone(),
+        };
+        config_out::ensure(&spec.config_out, &device, &self.ca_pem, force)
+            .map_err(|source| DeviceError::WriteConfig { source })
+    }
+}
+
+/// Seals the 32 raw bytes of the base64url factory secret (the agent re-encodes them when it
+/// authenticates) and reads them back.
+fn seal(tpm: &mut Tpm, client_id: &str, encoded: &str) -> Result<(), DeviceError> {
+    let decode_failed = || DeviceError::DecodeSecret {
+        client_id: client_id.to_owned(),
+    };
+    let raw = Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .map_err(|_| decode_failed())?,
+    );
+    if raw.len() != FACTORY_SECRET_LEN {
+        return Err(decode_failed());
+    }
+    let seal_failed = |source| DeviceError::Seal {
+        client_id: client_id.to_owned(),
+        source,
+    };
+    tpm.seal_factory_secret(&raw).map_err(seal_failed)?;
+    let unsealed = tpm.unseal_factory_secret().map_err(seal_failed)?;
+    if unsealed.as_deref().map(|v| v.as_slice()) != Some(raw.as_slice()) {
+        return Err(DeviceError::SealReadBack {
+            client_id: client_id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_joins_sources() {
+        let err = DeviceError::WriteConfig {
+            source: ConfigOutError::Write {
+                path: "/x".into(),
+                source: std::io::Error::other("disk\nfull"),
+            },
+        };
+        assert_eq!(
+            one_line(&err),
+            "cannot write the agent config: cannot write /x: disk full"
+        );
+    }
+
+    #[test]
+    fn outcomes_of_refusals() {
+        assert_eq!(
+            DeviceError::NeedsReset {
+                client_id: "c".into()
+            }
+            .outcome(),
+            Outcome::NeedsReset
+        );
+        assert_eq!(
+            DeviceError::Conflict {
+                client_id: "c".into(),
+                registered: "e".into()
+            }
+            .outcome(),
+            Outcome::Conflict
+        );
+    }
+}

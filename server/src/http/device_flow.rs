@@ -1,0 +1,41 @@
+//! The device authorization endpoint (RFC 8628 §3.1): a form in, the codes out as JSON.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use super::ctx::Ctx;
+use super::error::{json_bytes, OAuthResponse};
+use super::oauth::read_request;
+
+pub(super) fn router() -> Router<super::State> {
+    Router::new().route("/oauth2/device_authorization", post(device_authorization))
+}
+
+async fn device_authorization(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (presented, form) = read_request(&headers, body)?;
+        state
+            .oauth
+            .device_authorization(presented, form, &ctx)
+            .await
+    }
+    .await;
+    match result {
+        // §3.2: 200 with a JSON body, never cached (it holds the device code).
+        Ok(codes) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&codes).unwrap_or_default(),
+        ),
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}

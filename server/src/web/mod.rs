@@ -1,0 +1,100 @@
+//! The verification page at `/device` (RFC 8628 §3.3): a person signs in, enters or confirms the
+//! user code, sees which device asks for what, and approves or denies. Server-rendered HTML
+//! without JavaScript; every response carries a strict CSP and the framing and referrer headers.
+
+mod handlers;
+pub mod limits;
+pub mod pages;
+pub mod session;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+
+use crate::oauth::AuthServer;
+
+/// Largest form the page accepts; its forms are a few hundred bytes.
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+/// Content-Security-Policy of every page: our stylesheet, our forms, nothing else — no script at
+/// all, no framing (also `X-Frame-Options: DENY` for older browsers).
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+/// What the page's handlers share.
+#[derive(Debug)]
+pub struct WebState {
+    /// The protocol core.
+    pub oauth: AuthServer,
+    /// Failure counters per source address.
+    pub sources: limits::SourceLimits,
+}
+
+/// The page's routes, with their own state, ready to merge into the API router (whatever its
+/// state type).
+pub fn router<S: Clone + Send + Sync + 'static>(oauth: AuthServer) -> Router<S> {
+    let state = Arc::new(WebState {
+        oauth,
+        sources: limits::SourceLimits::default(),
+    });
+    Router::new()
+        .route("/device", get(handlers::show).post(handlers::enter_code))
+        .route("/device/sign-in", post(handlers::sign_in))
+        .route("/device/decision", post(handlers::decide))
+        .route("/device/sign-out", post(handlers::sign_out))
+        .route("/device/style.css", get(stylesheet))
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn stylesheet() -> Response {
+    let mut resp = pages::STYLESHEET.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    resp
+}
+
+/// Headers every response of the page carries.
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // The URL can hold a live user code; no other site may learn it through Referer.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    // Browsers ignore HSTS over plain HTTP, so this is harmless in --insecure-http mode.
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    // Pages hold CSRF tokens and account names: no cache may keep them.
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
