@@ -486,7 +486,8 @@ fn tokens_signed_with_the_real_key_still_need_valid_claims() {
 
 #[test]
 fn an_expired_token_is_inactive() {
-    let server = TestServer::start_with(&["--access-token-ttl", "1", "--clock-skew", "0"]);
+    // 3 s: long enough to be seen active first on a loaded machine, short enough to wait out.
+    let server = TestServer::start_with(&["--access-token-ttl", "3", "--clock-skew", "0"]);
     let token = server.admin_token("audit:read");
     let exp = jwt_parts(&token).1["exp"].as_u64().unwrap();
     assert_eq!(

@@ -553,7 +553,10 @@ fn a_key_client_cannot_use_a_secret_and_a_secret_client_cannot_use_an_assertion(
 // Malformed requests
 // ---------------------------------------------------------------------------------------------
 
-fn form_headers(basic: &str) -> Vec<(&'static str, Vec<u8>)> {
+/// Request headers as name and raw value.
+type Headers = Vec<(&'static str, Vec<u8>)>;
+
+fn form_headers(basic: &str) -> Headers {
     vec![
         ("Authorization", basic.as_bytes().to_vec()),
         (
@@ -702,7 +705,7 @@ fn two_authentication_methods_at_once_are_invalid_request() {
         "grant_type=client_credentials&client_id={}&client_secret={}",
         server.admin_id, server.admin_secret
     );
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, String)> = vec![
+    let cases: Vec<(&str, Headers, String)> = vec![
         ("basic + client_secret", form_headers(&basic), post_secret.clone()),
         (
             "basic + assertion",

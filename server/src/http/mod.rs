@@ -17,6 +17,9 @@ use axum::Router;
 
 use crate::oauth::AuthServer;
 
+/// Longest time a request body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every handler can reach.
 pub struct AppState {
     /// The protocol core.
@@ -53,6 +56,8 @@ pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // A client that announces a body and then stalls must not hold a connection forever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .with_state(state)
 }
 

@@ -122,6 +122,12 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// Stored entries in order: (sequence number, stored bytes).
+pub type StoredEntries = Vec<(u64, Vec<u8>)>;
+
+/// The head record: (last sequence number, its hash).
+pub type Head = (u64, String);
+
 /// `prev_hash` of entry 1.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -183,7 +189,7 @@ where
 mod tests {
     use super::*;
 
-    fn chain(n: u64) -> (Vec<(u64, Vec<u8>)>, (u64, String)) {
+    fn chain(n: u64) -> (StoredEntries, Head) {
         let mut prev = GENESIS_HASH.to_owned();
         let mut out = Vec::new();
         for seq in 1..=n {

@@ -7,7 +7,9 @@
 use std::sync::Mutex;
 
 use super::SledStore;
-use crate::store::audit::{verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainedEvent, GENESIS_HASH};
+use crate::store::audit::{
+    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainedEvent, Head, StoredEntries, GENESIS_HASH,
+};
 use crate::store::{AuditLog, StoreError};
 
 /// Key of the head record; segment keys are 8 bytes, so it cannot collide with one.
@@ -71,7 +73,7 @@ impl SledAudit {
     }
 
     /// Every stored entry as (seq, bytes), in order, and the stored head.
-    fn stored(&self) -> Result<(Vec<(u64, Vec<u8>)>, Option<(u64, String)>), StoreError> {
+    fn stored(&self) -> Result<(StoredEntries, Option<Head>), StoreError> {
         let mut entries = Vec::new();
         let mut head = None;
         for item in self.tree.iter() {
