@@ -149,7 +149,7 @@ fn user_add_reads_the_password_from_stdin_and_refuses_duplicates() {
     let data_dir = dir.path().join("data");
     common::init(&data_dir, "https://localhost:8443");
     let add = |name: &str, stdin: &[u8]| {
-        let mut child = Command::new(common::BIN)
+        let mut child = Command::new(common::server_bin())
             .args(["user", "add", name, "--data-dir"])
             .arg(&data_dir)
             .stdin(Stdio::piped())

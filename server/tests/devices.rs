@@ -415,7 +415,7 @@ fn audit_log_is_readable_with_its_scope_and_verify_catches_tampering() {
 
     assert!(server.terminate().success());
     let verify = |dir: &std::path::Path| {
-        Command::new(common::BIN)
+        Command::new(common::server_bin())
             .args(["audit", "verify", "--data-dir"])
             .arg(dir)
             .output()
@@ -460,7 +460,7 @@ fn signing_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_k
     };
     let old_kid = kid_of(&before);
     assert!(server.terminate().success());
-    let out = Command::new(common::BIN)
+    let out = Command::new(common::server_bin())
         .args(["keys", "rotate", "--activate-in", "0", "--data-dir"])
         .arg(&server.data_dir)
         .output()

@@ -122,7 +122,10 @@ fn wait_output(child: std::process::Child, limit: Duration) -> std::process::Out
     let started = Instant::now();
     let mut child = child;
     while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < limit, "agent still running after {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "agent still running after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     child.wait_with_output().unwrap()
@@ -146,7 +149,10 @@ fn server_down_mid_rotation_the_agent_backs_off_until_it_returns() {
     let out = wait_output(child, Duration::from_secs(90));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("retrying in"), "no backoff logged: {stderr}");
+    assert!(
+        stderr.contains("retrying in"),
+        "no backoff logged: {stderr}"
+    );
     assert_rotated(&server, &device);
 }
 

@@ -52,7 +52,10 @@ fn missing_tpm_wrong_ca_and_unknown_client_are_one_line_each() {
     let real_id = device.client_id.clone();
     device.edit_config(|c| c.client_id = "no-such-device".into());
     let line = one_error_line(&device.run_agent(&["token"]));
-    assert!(line.contains("refuses the credentials of client no-such-device"), "{line}");
+    assert!(
+        line.contains("refuses the credentials of client no-such-device"),
+        "{line}"
+    );
     device.edit_config(|c| c.client_id = real_id);
 
     // Wrong CA: the config pins another server's CA.

@@ -37,7 +37,10 @@ fn first_boot_rotates_to_a_tpm_key_and_the_factory_secret_stops_working() {
     let device = Device::provision(&server);
     let status = device.status_json();
     assert_eq!(status["credential"], "factory", "{status}");
-    assert_eq!(device_view(&server, &device.client_id)["credential"], "factory");
+    assert_eq!(
+        device_view(&server, &device.client_id)["credential"],
+        "factory"
+    );
 
     let enrolled: Value = serde_json::from_str(&device.agent_ok(&["enroll"])).unwrap();
     assert_eq!(enrolled["kind"], "key", "{enrolled}");
@@ -97,7 +100,11 @@ fn token_on_a_factory_device_rotates_first() {
     let server = TestServer::start();
     let device = Device::provision(&server);
     let out = device.run_agent(&["token"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let inventory = device.inventory();
     assert!(!inventory.factory_secret && inventory.slot_a);
     let token = String::from_utf8(out.stdout).unwrap();

@@ -46,7 +46,10 @@ fn run_serves_fresh_tokens_on_the_socket_across_a_server_restart() {
 
     let first = wait_for_token(&device, Duration::from_secs(30), |_| true);
     assert!(active(&server, &first));
-    let mode = std::fs::metadata(device.socket_path()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(device.socket_path())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The rotation ran at start.
     assert!(!device.inventory().factory_secret);
@@ -81,7 +84,11 @@ fn run_serves_fresh_tokens_on_the_socket_across_a_server_restart() {
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    assert!(status.success(), "run exited with {status}: {}", device.run_log());
+    assert!(
+        status.success(),
+        "run exited with {status}: {}",
+        device.run_log()
+    );
     assert!(!device.socket_path().exists());
 }
 

@@ -160,6 +160,6 @@ fn wait_for_lines(report: &Path, n: usize, child: &mut std::process::Child) {
     while report_lines(report).len() < n {
         assert!(child.try_wait().unwrap().is_none(), "batch ended before it could be killed");
         assert!(Instant::now() < deadline, "batch too slow");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -1,5 +1,7 @@
-//! Test fixture: a real `hallmark-server` process on a free loopback port over TLS, with its own
-//! temporary data directory, killed on drop; and a small HTTPS client that trusts only its CA.
+//! Test fixture, shared by the server's integration tests and the end-to-end crate (which
+//! includes this file as `hallmark_e2e::server`): a real `hallmark-server` process on a free
+//! loopback port over TLS, with its own temporary data directory, killed on drop; and a small
+//! HTTPS client that trusts only its CA.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
@@ -11,8 +13,36 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_hallmark-server");
+/// The server binary: Cargo's own build of it in the server's tests, the workspace build in the
+/// end-to-end crate (which has no `CARGO_BIN_EXE_hallmark-server`).
+pub fn server_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_hallmark-server") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_bin("hallmark-server"),
+    }
+}
+
+/// Path of one of the workspace's binaries (`hallmark-server`, `hallmark-agent`,
+/// `hallmark-provision`, `hallmark-hwsim`) in this test's target directory. `cargo test` builds
+/// only the libraries other packages' tests need, so the first call in a test process runs
+/// `cargo build --workspace --bins` (a no-op when everything is fresh).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--workspace", "--bins"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+    // target/debug/deps/<test> → target/debug/<name>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
 
 /// A running server.
 pub struct TestServer {
@@ -40,7 +70,7 @@ pub fn free_port() -> u16 {
 
 /// Run `hallmark-server init` into `data_dir` with this issuer; the parsed JSON it printed.
 pub fn init(data_dir: &Path, issuer: &str) -> Value {
-    let out = Command::new(BIN)
+    let out = Command::new(server_bin())
         .args(["init", "--data-dir"])
         .arg(data_dir)
         .args(["--issuer", issuer])
@@ -112,7 +142,7 @@ impl TestServer {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(server_bin())
             .args(["serve", "--data-dir"])
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
@@ -615,7 +645,7 @@ impl ClientKey {
 /// Run the binary with `args` and `envs`; its output. HALLMARK_* variables of the test process
 /// are removed so that only what the test says reaches the binary.
 pub fn run_cli(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(server_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("HALLMARK_") {
             cmd.env_remove(k);

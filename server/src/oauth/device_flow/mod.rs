@@ -1,6 +1,6 @@
 //! The device authorization grant (RFC 8628): the device authorization endpoint (§3.1–3.2) and
 //! the device code grant at the token endpoint with its polling rules (§3.4–3.5). The person's
-//! side (§3.3) is in [`verification`]; user codes in [`user_code`].
+//! side (§3.3) is in `verification.rs`; user codes in `user_code.rs`.
 
 mod user_code;
 mod verification;

@@ -1,7 +1,5 @@
 //! Device authorization requests in sled: one tree, `d‖hash(device_code)` → the request as JSON
-//! and `u‖user_code` → the device code's hash, written together in one transaction.
-
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+//! and `u‖user_code` → the device code's hash.
 
 use super::SledStore;
 use crate::store::grants::{DeviceGrant, DeviceGrantStore, TokenHash};
@@ -56,23 +54,27 @@ impl DeviceGrantStore for SledStore {
         device_code: &TokenHash,
         grant: &DeviceGrant,
     ) -> Result<bool, StoreError> {
-        let ukey = user_code_key(&grant.user_code);
+        // Two plain writes instead of a transaction: this is the device endpoint's hot path, and
+        // sled transactions cost several times more. The grant goes first under its own random
+        // key; the user code is then claimed with a compare-and-swap. A crash in between leaves
+        // an unreachable grant that the expiry purge removes.
         let dkey = grant_key(device_code);
-        let value = encode(grant);
-        let result = self.device_grants.transaction(|tx| {
-            if tx.get(&ukey)?.is_some() {
-                return Ok(false);
-            }
-            tx.insert(ukey.as_slice(), &device_code.0[..])?;
-            tx.insert(dkey.as_slice(), value.as_slice())?;
-            Ok::<_, ConflictableTransactionError<()>>(true)
-        });
-        match result {
-            Ok(inserted) => Ok(inserted),
-            Err(TransactionError::Storage(source)) => Err(write_err(source)),
-            // The closure never aborts.
-            Err(TransactionError::Abort(())) => Ok(false),
+        self.device_grants
+            .insert(dkey.as_slice(), encode(grant))
+            .map_err(write_err)?;
+        let claimed = self
+            .device_grants
+            .compare_and_swap(
+                user_code_key(&grant.user_code),
+                None::<&[u8]>,
+                Some(&device_code.0[..]),
+            )
+            .map_err(write_err)?;
+        if claimed.is_err() {
+            self.device_grants.remove(dkey).map_err(write_err)?;
+            return Ok(false);
         }
+        Ok(true)
     }
 
     fn device_grant_by_user_code(
@@ -127,10 +129,14 @@ impl DeviceGrantStore for SledStore {
             let (key, value) = entry.map_err(read_err)?;
             let Ok(grant) = decode(&value) else { continue };
             if grant.expires_at < now {
-                let mut batch = sled::Batch::default();
-                batch.remove(key);
-                batch.remove(user_code_key(&grant.user_code));
-                self.device_grants.apply_batch(batch).map_err(write_err)?;
+                self.device_grants.remove(&key).map_err(write_err)?;
+                // Free the user code only if it is still this grant's (a grant orphaned by a
+                // crash never claimed it, and another may hold it now).
+                let hash = &key[1..];
+                let _ = self
+                    .device_grants
+                    .compare_and_swap(user_code_key(&grant.user_code), Some(hash), None::<&[u8]>)
+                    .map_err(write_err)?;
                 purged += 1;
             }
         }

@@ -1,0 +1,149 @@
+//! The device authorization grant end to end: `hallmark-agent login` shows a code, a scripted
+//! browser approves it on the server's verification page, the refresh token is stored sealed
+//! by the TPM, `token` uses and rotates it, reuse of a spent one revokes the family, and a
+//! denied request ends login with a clear message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use hallmark_agent::Flow;
+use hallmark_e2e::device::{Device, DeviceOptions};
+use hallmark_e2e::server::TestServer;
+use hallmark_e2e::verification::{create_user, Browser};
+
+const REFRESH_FILE: &str = "refresh_token.sealed";
+
+/// Starts `login`; returns the process and the user code it printed.
+fn start_login(device: &Device) -> (Child, String) {
+    let mut child = device
+        .agent(&["login"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut code = None;
+    let mut saw_qr = false;
+    let mut saw_complete = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(c) = line.strip_prefix("user_code: ") {
+            code = Some(c.to_owned());
+        }
+        saw_complete |= line.starts_with("verification_uri_complete: https://");
+        saw_qr |= line.contains('█') || line.contains('▀') || line.contains('▄');
+        if line.starts_with("Open the URI") {
+            break;
+        }
+    }
+    assert!(
+        saw_complete && saw_qr,
+        "no QR code of verification_uri_complete"
+    );
+    // Keep draining stdout so the agent never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, code.expect("login printed no user code"))
+}
+
+fn wait(child: Child, limit: Duration) -> std::process::Output {
+    let started = Instant::now();
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < limit,
+            "login still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn introspect(server: &TestServer, token: &str) -> serde_json::Value {
+    server
+        .post_form(
+            "/oauth2/introspect",
+            Some((&server.admin_id, &server.admin_secret)),
+            &[("token", token)],
+        )
+        .1
+}
+
+#[test]
+fn login_approved_on_the_page_then_refresh_rotates_and_reuse_revokes() {
+    let server = TestServer::start_with(&["--device-poll-interval", "1"]);
+    create_user(&server, "alice", "correct horse battery staple");
+    let device = Device::provision_with(
+        &server,
+        DeviceOptions {
+            flow: Flow::DeviceCode,
+            ..DeviceOptions::default()
+        },
+    );
+    // Before login, the device flow has no token to give.
+    let out = device.run_agent(&["token"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
+
+    let (child, code) = start_login(&device);
+    let page = Browser::new(&server).decide("alice", "correct horse battery staple", &code, true);
+    assert!(page.html.contains("Device approved"), "{}", page.html);
+    let out = wait(child, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The refresh token is stored only sealed by the TPM.
+    let sealed = device.state_dir().join(REFRESH_FILE);
+    let first_blob = std::fs::read(&sealed).unwrap();
+    assert!(first_blob.starts_with(b"HMSB"), "not a sealed blob");
+    let status = device.status_json();
+    assert_eq!(status["refresh_token_stored"], true);
+
+    // `token` refreshes: a token for alice, and a rotated (re-sealed) refresh token.
+    let token = device.agent_ok(&["token"]);
+    let claims = introspect(&server, token.trim());
+    assert_eq!(claims["active"], true, "{claims}");
+    assert_eq!(claims["client_id"], device.client_id.as_str());
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    let second_blob = std::fs::read(&sealed).unwrap();
+    assert_ne!(first_blob, second_blob, "refresh token not rotated");
+    device.agent_ok(&["token"]);
+    let third_blob = std::fs::read(&sealed).unwrap();
+
+    // Replaying a spent refresh token revokes the whole family (RFC 6819 §5.2.2.3): the
+    // agent says to log in again, and even the newest refresh token no longer works.
+    std::fs::write(&sealed, &first_blob).unwrap();
+    let out = device.run_agent(&["token"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("login"), "{stderr}");
+    std::fs::write(&sealed, &third_blob).unwrap();
+    let out = device.run_agent(&["token"]);
+    assert!(!out.status.success(), "the family survived a reuse");
+}
+
+#[test]
+fn login_denied_on_the_page_ends_with_a_clear_message() {
+    let server = TestServer::start_with(&["--device-poll-interval", "1"]);
+    create_user(&server, "bob", "another long password");
+    let device = Device::provision_with(
+        &server,
+        DeviceOptions {
+            flow: Flow::DeviceCode,
+            ..DeviceOptions::default()
+        },
+    );
+    let (child, code) = start_login(&device);
+    let page = Browser::new(&server).decide("bob", "another long password", &code, false);
+    assert!(page.html.contains("denied"), "{}", page.html);
+    let out = wait(child, Duration::from_secs(60));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("denied"), "{stderr}");
+    assert!(!device.state_dir().join(REFRESH_FILE).exists());
+}
