@@ -12,6 +12,7 @@
 //! Nothing in production code depends on this crate.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod demo;
 pub mod fleet;
 mod manufacture;

@@ -1,73 +1,12 @@
 //! `hallmark-hwsim`: start one simulated TPM, or a fleet of them, from the command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 
+use hallmark_hwsim::cli::{Cli, FleetCommand, Top, TpmCommand};
 use hallmark_hwsim::{demo, fleet, Swtpm};
-
-/// Simulated hardware for Hallmark: software TPMs on loopback.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Top,
-}
-
-#[derive(Debug, Subcommand)]
-enum Top {
-    /// One TPM.
-    #[command(subcommand)]
-    Tpm(TpmCommand),
-    /// Many manufactured TPMs running in the background.
-    #[command(subcommand)]
-    Fleet(FleetCommand),
-    /// The whole story with 3 devices: server, station, provisioning, first boot, tokens and
-    /// the device flow; cleans up after itself.
-    Demo {
-        /// Approve the device flow through the verification page with an HTTP client.
-        #[arg(long)]
-        non_interactive: bool,
-        /// Keep the demo's directory.
-        #[arg(long)]
-        keep: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum TpmCommand {
-    /// Manufacture (unless --blank or already done) and run a TPM in DIR until interrupted;
-    /// prints its TCTI string.
-    Start {
-        /// Simulation directory (state, logs, local CA).
-        #[arg(long)]
-        dir: PathBuf,
-        /// Skip manufacturing: no EK certificate.
-        #[arg(long)]
-        blank: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum FleetCommand {
-    /// Start COUNT manufactured TPMs under DIR and write DIR/manifest.csv.
-    Up {
-        /// How many devices.
-        #[arg(long)]
-        count: usize,
-        /// Fleet directory.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Stop every TPM that `fleet up` started under DIR.
-    Down {
-        /// Fleet directory.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {

@@ -8,6 +8,7 @@
 //! | 409, same EK                      | yes                     | `already-provisioned`²      |
 //! | 409, same EK                      | no                      | `needs-reset`³              |
 //! | 409, other EK                     | either                  | `conflict` (refused)        |
+//! | 409 `ek_in_use` (another serial)  | either                  | `conflict` (refused)        |
 //!
 //! ¹ The factory secret, or a device key once the agent has rotated it away on first boot.
 //! ² The TPM is not touched; the config is rewritten only if missing or naming another server,
@@ -96,6 +97,14 @@ pub enum DeviceError {
         /// Its EK fingerprint.
         registered: String,
     },
+    /// This TPM is already registered under another serial.
+    #[error("this TPM is already registered as {serial} (client_id {client_id}); refused")]
+    EkInUse {
+        /// The existing registration.
+        client_id: String,
+        /// Its serial.
+        serial: String,
+    },
     /// The server knows the device but its secret never reached the TPM.
     #[error(
         "the server knows this device (client_id {client_id}) but its TPM holds no credential: \
@@ -163,7 +172,7 @@ impl DeviceError {
     /// The report outcome of this error.
     pub fn outcome(&self) -> Outcome {
         match self {
-            DeviceError::Conflict { .. } => Outcome::Conflict,
+            DeviceError::Conflict { .. } | DeviceError::EkInUse { .. } => Outcome::Conflict,
             DeviceError::NeedsReset { .. } => Outcome::NeedsReset,
             DeviceError::TpmOccupied { .. } => Outcome::TpmOccupied,
             _ => Outcome::Failed,
@@ -252,6 +261,9 @@ impl Station {
                 client_id,
                 factory_secret,
             } => (client_id, factory_secret),
+            Registration::EkInUse { client_id, serial } => {
+                return Err(DeviceError::EkInUse { client_id, serial });
+            }
             Registration::Exists {
                 client_id,
                 ek_fingerprint,

@@ -188,6 +188,13 @@ pub enum Registration {
         /// The factory secret.
         factory_secret: Zeroizing<String>,
     },
+    /// The TPM's EK is registered under another serial: refused, one TPM is one identity.
+    EkInUse {
+        /// That registration's client_id.
+        client_id: String,
+        /// Its serial.
+        serial: String,
+    },
     /// The serial is already registered.
     Exists {
         /// Its client_id.
@@ -301,6 +308,10 @@ impl StationClient {
             409 if field("error").as_deref() == Some("device_exists") => Ok(Registration::Exists {
                 client_id: field("client_id").ok_or_else(|| missing("client_id"))?,
                 ek_fingerprint: field("ek_fingerprint").ok_or_else(|| missing("ek_fingerprint"))?,
+            }),
+            409 if field("error").as_deref() == Some("ek_in_use") => Ok(Registration::EkInUse {
+                client_id: field("client_id").ok_or_else(|| missing("client_id"))?,
+                serial: field("serial").ok_or_else(|| missing("serial"))?,
             }),
             _ => Err(refused("device registration", status, &json)),
         }

@@ -207,6 +207,10 @@ fn a_serial_is_registered_once_and_its_secret_shown_once() {
     let (s, first) = register(&server, &provision, "HM-1", &ek(1));
     assert_eq!(s, 201);
     assert_eq!(first["factory_secret"].as_str().unwrap().len(), 43);
+    // One TPM is one identity: its EK under a second serial is refused.
+    let (s, twin) = register(&server, &provision, "HM-TWIN", &ek(1));
+    assert_eq!((s, twin["error"].as_str(), twin["serial"].as_str()), (409, Some("ek_in_use"), Some("HM-1")), "{twin}");
+    assert!(twin.get("factory_secret").is_none());
     let (s, again) = register(&server, &provision, "HM-1", &ek(9));
     assert_eq!(s, 409, "{again}");
     assert_eq!(again["client_id"], first["client_id"]);
@@ -232,9 +236,9 @@ fn disabled_and_deleted_devices_lose_their_tokens() {
     let server = TestServer::start();
     let provision = server.admin_token("devices:provision");
     let admin = server.admin_token("devices:admin");
-    for action in ["disable", "delete"] {
+    for (n, action) in [(3, "disable"), (6, "delete")] {
         let serial = format!("HM-{action}");
-        let (_, dev) = register(&server, &provision, &serial, &ek(3));
+        let (_, dev) = register(&server, &provision, &serial, &ek(n));
         let (id, secret) = (
             dev["client_id"].as_str().unwrap(),
             dev["factory_secret"].as_str().unwrap(),

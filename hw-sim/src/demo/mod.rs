@@ -190,10 +190,15 @@ pub fn run(options: Options) -> Result<(), DemoError> {
         )?;
         let token = String::from_utf8_lossy(&token).trim().to_owned();
         println!(
-            "  {} token: {}… ({} chars)",
+            "  {} token: {}…{} ({} chars; {})",
             d.serial,
-            token.chars().take(32).collect::<String>(),
-            token.len()
+            token.chars().take(16).collect::<String>(),
+            token
+                .chars()
+                .skip(token.len().saturating_sub(8))
+                .collect::<String>(),
+            token.len(),
+            web::describe_jwt(&token)
         );
         check(&stop)?;
     }
@@ -214,7 +219,7 @@ pub fn run(options: Options) -> Result<(), DemoError> {
     let lines = login
         .stdout_lines()
         .ok_or_else(|| step_error("hallmark-agent login")("no stdout".into()))?;
-    let (user_code, uri) = read_code(&lines, &stop)?;
+    let Shown { user_code, uri, qr } = read_code(&lines, &stop)?;
     let complete = format!("{uri}?user_code={user_code}");
     println!(
         "  device {} asks to be connected to an account",
@@ -229,6 +234,9 @@ pub fn run(options: Options) -> Result<(), DemoError> {
             .map_err(step_error("approve on the verification page"))?;
         println!("  the page showed: {consent}");
     } else {
+        for line in &qr {
+            println!("  {line}");
+        }
         println!(
             "  sign in as `demo`, password {password} (demo only), check the device and approve."
         );
@@ -361,20 +369,32 @@ fn run_with_stdin(cmd: &mut Command, input: &str, step: &'static str) -> Result<
     Ok(())
 }
 
-/// Reads `hallmark-agent login`'s output up to the user code and verification URI.
-fn read_code(
-    lines: &mpsc::Receiver<String>,
-    stop: &AtomicBool,
-) -> Result<(String, String), DemoError> {
-    let (mut code, mut uri) = (None, None);
+/// What `hallmark-agent login` shows a person: the user code, the verification URI and the QR
+/// code of the complete URI (if it printed one).
+struct Shown {
+    user_code: String,
+    uri: String,
+    qr: Vec<String>,
+}
+
+/// Reads `hallmark-agent login`'s output up to its closing "Open the URI…" line.
+fn read_code(lines: &mpsc::Receiver<String>, stop: &AtomicBool) -> Result<Shown, DemoError> {
+    let (mut code, mut uri, mut qr, mut in_qr) = (None, None, Vec::new(), false);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while code.is_none() || uri.is_none() {
-        match lines.recv_timeout(Duration::from_millis(200)) {
+    let mut settled: Option<Instant> = None;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
                 if let Some(v) = line.strip_prefix("user_code:") {
                     code = Some(v.trim().to_owned());
                 } else if let Some(v) = line.strip_prefix("verification_uri:") {
                     uri = Some(v.trim().to_owned());
+                } else if line.starts_with("verification_uri_complete:") {
+                    in_qr = true;
+                } else if line.starts_with("Open the URI") {
+                    break;
+                } else if in_qr {
+                    qr.push(line);
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -385,13 +405,23 @@ fn read_code(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         check(stop)?;
-        if Instant::now() > deadline {
+        if code.is_some() && uri.is_some() {
+            // Without the closing line (another agent version), settle after a moment.
+            if settled.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        } else if Instant::now() > deadline {
             return Err(step_error("hallmark-agent login")(
                 "no user code after 60 s".into(),
             ));
         }
     }
-    Ok((code.unwrap_or_default(), uri.unwrap_or_default()))
+    match (code, uri) {
+        (Some(user_code), Some(uri)) => Ok(Shown { user_code, uri, qr }),
+        _ => Err(step_error("hallmark-agent login")(
+            "no user code shown".into(),
+        )),
+    }
 }
 
 /// Lines of a child's stdout, read on a thread.

@@ -238,6 +238,33 @@ fn text_of(html: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// `sub`, `scope` and lifetime of an access token, read from its payload (not verified: the
+/// demo only shows what the server issued).
+pub(super) fn describe_jwt(token: &str) -> String {
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    let Some(claims) = claims else {
+        return "not a JWT".into();
+    };
+    let lifetime = claims["exp"]
+        .as_u64()
+        .zip(claims["iat"].as_u64())
+        .map(|(e, i)| e.saturating_sub(i));
+    format!(
+        "sub={} scope={:?} valid {} s",
+        claims["sub"].as_str().unwrap_or("?"),
+        claims["scope"].as_str().unwrap_or(""),
+        lifetime.map_or("?".into(), |l| l.to_string())
+    )
+}
+
 /// A free loopback port (the OS picks; tiny race until the server binds it).
 pub(super) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -57,6 +57,16 @@ async fn register(State(state): State<super::State>, Ctx(ctx): Ctx, headers: Hea
                 "ek_fingerprint": d.ek_fingerprint,
             }),
         ),
+        Ok(Registered::EkInUse(d)) => json_response(
+            StatusCode::CONFLICT,
+            &serde_json::json!({
+                "error": "ek_in_use",
+                "error_description": "this TPM is already registered under another serial",
+                "client_id": d.client_id,
+                "serial": d.serial,
+                "ek_fingerprint": d.ek_fingerprint,
+            }),
+        ),
         Err(e) => OAuthResponse(e).into_response(),
     }
 }

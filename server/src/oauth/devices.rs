@@ -45,6 +45,8 @@ pub enum Registered {
     },
     /// The serial was already registered; nothing changed.
     Exists(Device),
+    /// The EK belongs to a device registered under another serial: one TPM, one identity.
+    EkInUse(Device),
 }
 
 /// A device as the admin API shows it.
@@ -139,11 +141,11 @@ impl AuthServer {
                 Ok(Registered::Created { client_id, factory_secret: secret })
             }
             Err(existing) => {
-                let event = AuditEvent { outcome: Outcome::Failure, ..event }
-                    .client(&existing.client_id)
-                    .reason("serial already registered");
+                let same_serial = existing.serial == device.serial;
+                let why = if same_serial { "serial already registered" } else { "EK already registered under another serial" };
+                let event = AuditEvent { outcome: Outcome::Failure, ..event }.client(&existing.client_id).reason(why);
                 self.record(ctx, event).await?;
-                Ok(Registered::Exists(existing))
+                Ok(if same_serial { Registered::Exists(existing) } else { Registered::EkInUse(existing) })
             }
         }
     }

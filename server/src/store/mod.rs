@@ -130,8 +130,9 @@ pub trait DeviceStore: Send + Sync {
     fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError>;
     /// A device by serial.
     fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError>;
-    /// Store a device and its client at once, claiming the serial. `Err(existing)` when the
-    /// serial is already registered; nothing is written then.
+    /// Store a device and its client at once, claiming its serial and its EK fingerprint.
+    /// `Err(existing)` when either is already registered (to this device or another): one TPM
+    /// is one identity. Nothing is written then.
     fn register_device(&self, device: &Device, client: &Client) -> Result<Result<(), Device>, StoreError>;
     /// Remove a device, its serial and its client at once. False if there was none.
     fn delete_device(&self, client_id: &str) -> Result<bool, StoreError>;

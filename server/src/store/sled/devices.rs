@@ -1,5 +1,6 @@
-//! The device registry in sled: devices by client_id, a serial index, and the device's client
-//! record, changed together in one transaction so a serial never maps to half a device.
+//! The device registry in sled: devices by client_id, a serial index, an EK index, and the
+//! device's client record, changed together in one transaction so a serial or an EK never maps
+//! to half a device, and one TPM never to two.
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
@@ -40,9 +41,13 @@ impl DeviceStore for SledStore {
     fn register_device(&self, device: &Device, client: &Client) -> Result<Result<(), Device>, StoreError> {
         let device_bytes = serde_json::to_vec(device).unwrap_or_default();
         let client_bytes = serde_json::to_vec(client).unwrap_or_default();
-        let outcome = (&self.device_serials, &self.devices, &self.clients)
-            .transaction(|(serials, devices, clients)| {
-                if let Some(existing_id) = serials.get(device.serial.as_bytes())? {
+        let outcome = (&self.device_serials, &self.device_eks, &self.devices, &self.clients)
+            .transaction(|(serials, eks, devices, clients)| {
+                let taken = match serials.get(device.serial.as_bytes())? {
+                    Some(id) => Some(id),
+                    None => eks.get(device.ek_fingerprint.as_bytes())?,
+                };
+                if let Some(existing_id) = taken {
                     let existing = devices
                         .get(&existing_id)?
                         .map(|b| decode(&b))
@@ -53,6 +58,7 @@ impl DeviceStore for SledStore {
                     return Ok(Some(existing.unwrap_or_else(|| device.clone())));
                 }
                 serials.insert(device.serial.as_bytes(), device.client_id.as_bytes())?;
+                eks.insert(device.ek_fingerprint.as_bytes(), device.client_id.as_bytes())?;
                 devices.insert(device.client_id.as_bytes(), device_bytes.clone())?;
                 clients.insert(client.client_id.as_bytes(), client_bytes.clone())?;
                 Ok(None)
@@ -66,13 +72,14 @@ impl DeviceStore for SledStore {
     }
 
     fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
-        let removed = (&self.device_serials, &self.devices, &self.clients)
-            .transaction(|(serials, devices, clients)| {
+        let removed = (&self.device_serials, &self.device_eks, &self.devices, &self.clients)
+            .transaction(|(serials, eks, devices, clients)| {
                 let Some(bytes) = devices.remove(client_id.as_bytes())? else {
                     return Ok(false);
                 };
                 let device = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
                 serials.remove(device.serial.as_bytes())?;
+                eks.remove(device.ek_fingerprint.as_bytes())?;
                 clients.remove(client_id.as_bytes())?;
                 Ok(true)
             })
