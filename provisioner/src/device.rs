@@ -304,6 +304,9 @@ impl Station {
                     Registration::Exists { client_id, .. } => {
                         return Err(DeviceError::NeedsReset { client_id })
                     }
+                    Registration::EkInUse { client_id, serial } => {
+                        return Err(DeviceError::EkInUse { client_id, serial })
+                    }
                 }
             }
         };
