@@ -31,8 +31,9 @@ impl Agent {
     /// A fresh token by the configured flow.
     pub(crate) fn fresh_token(&mut self, scope: Option<&str>) -> Result<AccessToken, AgentError> {
         let credential = self.credential()?;
-        // The rotation's proof just obtained one; no need for a second request.
-        if scope.is_none() {
+        // The rotation's proof just obtained one by client credentials; no need for a second
+        // request (with the device flow, tokens act for the user and come from the refresh).
+        if scope.is_none() && self.config.flow == Flow::ClientCredentials {
             if let Some(token) = self.cached.take() {
                 if token.expires_at > assertion::unix_now() + 30 {
                     return Ok(token);
