@@ -89,7 +89,12 @@ pub struct InitArgs {
     #[arg(long, env = "HALLMARK_ISSUER", default_value = crate::datadir::DEFAULT_ISSUER)]
     pub issuer: String,
     /// Host names and IP addresses for the server certificate.
-    #[arg(long, env = "HALLMARK_HOSTS", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    #[arg(
+        long,
+        env = "HALLMARK_HOSTS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
     pub hosts: Vec<String>,
 }
 

@@ -97,10 +97,18 @@ impl ConfigLayer {
             device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
             device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),
             refresh_token_ttl: top.refresh_token_ttl.or(self.refresh_token_ttl),
-            code_failures_per_session: top.code_failures_per_session.or(self.code_failures_per_session),
-            code_failures_per_source: top.code_failures_per_source.or(self.code_failures_per_source),
-            sign_in_failures_per_session: top.sign_in_failures_per_session.or(self.sign_in_failures_per_session),
-            sign_in_failures_per_source: top.sign_in_failures_per_source.or(self.sign_in_failures_per_source),
+            code_failures_per_session: top
+                .code_failures_per_session
+                .or(self.code_failures_per_session),
+            code_failures_per_source: top
+                .code_failures_per_source
+                .or(self.code_failures_per_source),
+            sign_in_failures_per_session: top
+                .sign_in_failures_per_session
+                .or(self.sign_in_failures_per_session),
+            sign_in_failures_per_source: top
+                .sign_in_failures_per_source
+                .or(self.sign_in_failures_per_source),
             lockout_window: top.lockout_window.or(self.lockout_window),
         }
     }
@@ -168,7 +176,11 @@ pub struct ServeSettings {
 impl ServeSettings {
     /// Resolve the layers: the data directory's file under `config_file` under `overrides`
     /// (environment and flags).
-    pub fn resolve(data_dir: &Path, config_file: Option<&Path>, overrides: ConfigLayer) -> Result<Self, ConfigError> {
+    pub fn resolve(
+        data_dir: &Path,
+        config_file: Option<&Path>,
+        overrides: ConfigLayer,
+    ) -> Result<Self, ConfigError> {
         let base_path = data_dir.join(CONFIG_FILE);
         if !base_path.exists() {
             return Err(ConfigError::Invalid(format!(
@@ -214,7 +226,9 @@ impl ServeSettings {
         };
         let ttl = layer.access_token_ttl.unwrap_or(DEFAULT_ACCESS_TOKEN_TTL);
         if !(1..=86_400).contains(&ttl) {
-            return Err(invalid(format!("access token lifetime {ttl} s is outside 1..=86400")));
+            return Err(invalid(format!(
+                "access token lifetime {ttl} s is outside 1..=86400"
+            )));
         }
         let skew = layer.clock_skew.unwrap_or(DEFAULT_CLOCK_SKEW);
         if skew > 300 {
@@ -222,9 +236,13 @@ impl ServeSettings {
         }
         let max_body_bytes = layer.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=1024 * 1024).contains(&max_body_bytes) {
-            return Err(invalid(format!("max body {max_body_bytes} bytes is outside 1 KiB..1 MiB")));
+            return Err(invalid(format!(
+                "max body {max_body_bytes} bytes is outside 1 KiB..1 MiB"
+            )));
         }
-        let key_rotation_period = layer.key_rotation_period.unwrap_or(DEFAULT_KEY_ROTATION_PERIOD);
+        let key_rotation_period = layer
+            .key_rotation_period
+            .unwrap_or(DEFAULT_KEY_ROTATION_PERIOD);
         let key_publish_ahead = layer.key_publish_ahead.unwrap_or(DEFAULT_KEY_PUBLISH_AHEAD);
         if key_rotation_period != 0 && key_rotation_period <= key_publish_ahead {
             return Err(invalid(format!(
@@ -273,7 +291,10 @@ impl DeviceFlowLayer {
     }
 
     fn apply(self, d: &mut DeviceSettings) -> Result<(), ConfigError> {
-        let in_range = |name: &str, value: Option<u64>, range: std::ops::RangeInclusive<u64>, slot: &mut u64| {
+        let in_range = |name: &str,
+                        value: Option<u64>,
+                        range: std::ops::RangeInclusive<u64>,
+                        slot: &mut u64| {
             if let Some(v) = value {
                 if !range.contains(&v) {
                     return Err(ConfigError::Invalid(format!(
@@ -286,15 +307,44 @@ impl DeviceFlowLayer {
             }
             Ok(())
         };
-        in_range("device_code_expires_in", self.expires_in, 60..=3600, &mut d.expires_in)?;
-        in_range("device_poll_interval", self.interval, 1..=60, &mut d.interval)?;
-        in_range("refresh_token_ttl", self.refresh_token_ttl, 60..=31_536_000, &mut d.refresh_token_ttl)?;
-        in_range("lockout_window", self.lockout_window, 1..=86_400, &mut d.lockout_window)?;
+        in_range(
+            "device_code_expires_in",
+            self.expires_in,
+            60..=3600,
+            &mut d.expires_in,
+        )?;
+        in_range(
+            "device_poll_interval",
+            self.interval,
+            1..=60,
+            &mut d.interval,
+        )?;
+        in_range(
+            "refresh_token_ttl",
+            self.refresh_token_ttl,
+            60..=31_536_000,
+            &mut d.refresh_token_ttl,
+        )?;
+        in_range(
+            "lockout_window",
+            self.lockout_window,
+            1..=86_400,
+            &mut d.lockout_window,
+        )?;
         let slots = [
-            ("code_failures_per_session", &mut d.code_failures_per_session),
+            (
+                "code_failures_per_session",
+                &mut d.code_failures_per_session,
+            ),
             ("code_failures_per_source", &mut d.code_failures_per_source),
-            ("sign_in_failures_per_session", &mut d.sign_in_failures_per_session),
-            ("sign_in_failures_per_source", &mut d.sign_in_failures_per_source),
+            (
+                "sign_in_failures_per_session",
+                &mut d.sign_in_failures_per_session,
+            ),
+            (
+                "sign_in_failures_per_source",
+                &mut d.sign_in_failures_per_source,
+            ),
         ];
         for ((name, slot), value) in slots.into_iter().zip(self.limits) {
             match value {
@@ -317,7 +367,8 @@ mod tests {
 
     #[test]
     fn later_layers_win() {
-        let l = layer("issuer = \"https://a.example\"\nclock_skew = 10").under(layer("clock_skew = 20"));
+        let l = layer("issuer = \"https://a.example\"\nclock_skew = 10")
+            .under(layer("clock_skew = 20"));
         let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
         assert_eq!(s.oauth.clock_skew, 20);
         assert_eq!(s.oauth.token_endpoint, "https://a.example/oauth2/token");
@@ -326,32 +377,62 @@ mod tests {
 
     #[test]
     fn insecure_http_only_on_loopback() {
-        let ok = layer("issuer = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\ninsecure_http = true");
+        let ok = layer(
+            "issuer = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\ninsecure_http = true",
+        );
         assert!(ServeSettings::from_layer(Path::new("/d"), ok).is_ok());
-        let bad = layer("issuer = \"https://a.example\"\nlisten = \"0.0.0.0:1\"\ninsecure_http = true");
+        let bad =
+            layer("issuer = \"https://a.example\"\nlisten = \"0.0.0.0:1\"\ninsecure_http = true");
         assert!(ServeSettings::from_layer(Path::new("/d"), bad).is_err());
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<ConfigLayer>("issuer = \"x\"\nsurprise = 1").is_err());
-        for bad in ["clock_skew = 301", "access_token_ttl = 0", "max_body_bytes = 10", "listen = \"nowhere\"", "tls_cert = \"/c\""] {
+        for bad in [
+            "clock_skew = 301",
+            "access_token_ttl = 0",
+            "max_body_bytes = 10",
+            "listen = \"nowhere\"",
+            "tls_cert = \"/c\"",
+        ] {
             let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));
-            assert!(ServeSettings::from_layer(Path::new("/d"), l).is_err(), "{bad}");
+            assert!(
+                ServeSettings::from_layer(Path::new("/d"), l).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn device_flow_settings_have_defaults_and_ranges() {
-        let s = ServeSettings::from_layer(Path::new("/d"), layer("issuer = \"https://a.example\"")).unwrap();
-        assert_eq!((s.oauth.device.expires_in, s.oauth.device.interval), (600, 5));
+        let s = ServeSettings::from_layer(Path::new("/d"), layer("issuer = \"https://a.example\""))
+            .unwrap();
+        assert_eq!(
+            (s.oauth.device.expires_in, s.oauth.device.interval),
+            (600, 5)
+        );
         assert_eq!(s.oauth.device.verification_uri, "https://a.example/device");
         let l = layer("issuer = \"https://a.example\"\ndevice_poll_interval = 1\ncode_failures_per_session = 2");
         let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
-        assert_eq!((s.oauth.device.interval, s.oauth.device.code_failures_per_session), (1, 2));
-        for bad in ["device_poll_interval = 0", "device_code_expires_in = 5", "code_failures_per_source = 0", "lockout_window = 0"] {
+        assert_eq!(
+            (
+                s.oauth.device.interval,
+                s.oauth.device.code_failures_per_session
+            ),
+            (1, 2)
+        );
+        for bad in [
+            "device_poll_interval = 0",
+            "device_code_expires_in = 5",
+            "code_failures_per_source = 0",
+            "lockout_window = 0",
+        ] {
             let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));
-            assert!(ServeSettings::from_layer(Path::new("/d"), l).is_err(), "{bad}");
+            assert!(
+                ServeSettings::from_layer(Path::new("/d"), l).is_err(),
+                "{bad}"
+            );
         }
     }
 }

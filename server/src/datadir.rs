@@ -92,7 +92,11 @@ pub fn validate_issuer(issuer: &str) -> Result<String, String> {
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}
-        "http" => return Err(format!("{issuer}: plain http is allowed only on a loopback host")),
+        "http" => {
+            return Err(format!(
+                "{issuer}: plain http is allowed only on a loopback host"
+            ))
+        }
         other => return Err(format!("{issuer}: scheme {other} is not https")),
     }
     Ok(issuer.trim_end_matches('/').to_owned())
@@ -111,14 +115,21 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
             if entries.next().is_some() {
                 return Err(InitError::NotEmpty(shown));
             }
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|source| InitError::Io { path: shown.clone(), source })?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| InitError::Io {
+                    path: shown.clone(),
+                    source,
+                },
+            )?;
         }
         Err(_) => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| InitError::Io { path: shown.clone(), source })?,
+            .map_err(|source| InitError::Io {
+                path: shown.clone(),
+                source,
+            })?,
     }
 
     let now = crate::unix_now();
@@ -127,8 +138,14 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     keys.save(dir)?;
 
     let mut hosts = opts.hosts.clone();
-    if let Some(host) = url::Url::parse(&issuer).ok().and_then(|u| u.host_str().map(str::to_owned)) {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    if let Some(host) = url::Url::parse(&issuer)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+    {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         if !hosts.contains(&host) {
             hosts.push(host);
         }
@@ -138,7 +155,10 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&tls_dir)
-        .map_err(|source| InitError::Io { path: tls_dir.display().to_string(), source })?;
+        .map_err(|source| InitError::Io {
+            path: tls_dir.display().to_string(),
+            source,
+        })?;
     for (name, text, private) in [
         ("ca.pem", &tls.ca_cert_pem, false),
         ("ca-key.pem", &tls.ca_key_pem, true),
@@ -147,8 +167,10 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     ] {
         let path = tls_dir.join(name);
         let mode = if private { 0o600 } else { 0o644 };
-        write_atomic(&path, text.as_bytes(), mode)
-            .map_err(|source| InitError::Io { path: path.display().to_string(), source })?;
+        write_atomic(&path, text.as_bytes(), mode).map_err(|source| InitError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
 
     let store = SledStore::open(&dir.join(DB_DIR))?;
@@ -165,7 +187,10 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     store.put_client(&admin)?;
     store.flush()?;
 
-    let listen_port = url::Url::parse(&issuer).ok().and_then(|u| u.port_or_known_default()).unwrap_or(8443);
+    let listen_port = url::Url::parse(&issuer)
+        .ok()
+        .and_then(|u| u.port_or_known_default())
+        .unwrap_or(8443);
     let config = format!(
         "# Written by `hallmark-server init`. This is the base layer of serve's settings:\n\
          # --config FILE, HALLMARK_* environment variables and flags override it.\n\
@@ -174,8 +199,10 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     );
     // Written last: its presence means init finished.
     let config_path = dir.join(CONFIG_FILE);
-    write_atomic(&config_path, config.as_bytes(), 0o644)
-        .map_err(|source| InitError::Io { path: config_path.display().to_string(), source })?;
+    write_atomic(&config_path, config.as_bytes(), 0o644).map_err(|source| InitError::Io {
+        path: config_path.display().to_string(),
+        source,
+    })?;
 
     Ok(Initialised {
         issuer,
@@ -186,7 +213,9 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
 }
 
 /// `audit verify`: check the audit chain of a stopped server's data directory.
-pub fn verify_audit(data_dir: &Path) -> Result<Result<u64, crate::store::audit::ChainBreak>, StoreError> {
+pub fn verify_audit(
+    data_dir: &Path,
+) -> Result<Result<u64, crate::store::audit::ChainBreak>, StoreError> {
     use crate::store::AuditLog as _;
     SledStore::open(&data_dir.join(DB_DIR))?.verify()
 }
@@ -209,7 +238,10 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Write `bytes` to `path` so that a crash leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut f = std::fs::OpenOptions::new()
@@ -231,10 +263,19 @@ mod tests {
 
     #[test]
     fn issuer_rules() {
-        assert_eq!(validate_issuer("https://as.example.com/").unwrap(), "https://as.example.com");
+        assert_eq!(
+            validate_issuer("https://as.example.com/").unwrap(),
+            "https://as.example.com"
+        );
         assert!(validate_issuer("http://127.0.0.1:9000").is_ok());
         assert!(validate_issuer("http://localhost:9000").is_ok());
-        for bad in ["http://as.example.com", "https://a.example?x=1", "https://a.example#f", "ftp://a", "nope"] {
+        for bad in [
+            "http://as.example.com",
+            "https://a.example?x=1",
+            "https://a.example#f",
+            "ftp://a",
+            "nope",
+        ] {
             assert!(validate_issuer(bad).is_err(), "{bad}");
         }
     }
@@ -249,11 +290,17 @@ mod tests {
         };
         let out = init(&opts).unwrap();
         assert!(out.ca_cert.exists());
-        let mode = std::fs::metadata(opts.data_dir.join(crate::keys::KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(opts.data_dir.join(crate::keys::KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(init(&opts), Err(InitError::AlreadyInitialised(_))));
         std::fs::write(tmp.path().join("other"), b"x").unwrap();
-        let opts2 = InitOptions { data_dir: tmp.path().to_owned(), ..opts };
+        let opts2 = InitOptions {
+            data_dir: tmp.path().to_owned(),
+            ..opts
+        };
         assert!(matches!(init(&opts2), Err(InitError::NotEmpty(_))));
     }
 }

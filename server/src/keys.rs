@@ -178,14 +178,17 @@ pub struct ActiveKey {
 
 impl std::fmt::Debug for ActiveKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActiveKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("ActiveKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl ActiveKey {
     /// Sign `claims` as a compact JWS with header `{"alg":"EdDSA","typ":typ,"kid":…}`.
     pub fn sign_compact(&self, payload_json: &[u8]) -> String {
-        let mut out = String::with_capacity(self.header_b64.len() + payload_json.len() * 4 / 3 + 92);
+        let mut out =
+            String::with_capacity(self.header_b64.len() + payload_json.len() * 4 / 3 + 92);
         out.push_str(&self.header_b64);
         out.push('.');
         base64::Engine::encode_string(
@@ -223,13 +226,16 @@ impl KeyRing {
         let mut active = None;
         for stored in &file.keys {
             let seed = Zeroizing::new(
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &stored.seed)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                    .ok_or_else(|| KeyError::Corrupt {
-                        path: KEY_FILE.into(),
-                        reason: format!("key {} has no valid seed", stored.kid),
-                    })?,
+                base64::Engine::decode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    &stored.seed,
+                )
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| KeyError::Corrupt {
+                    path: KEY_FILE.into(),
+                    reason: format!("key {} has no valid seed", stored.kid),
+                })?,
             );
             let key = SigningKey::from_bytes(&seed);
             let public = key.verifying_key();
@@ -344,20 +350,29 @@ mod tests {
         let second = file.rotate(1000, 600, 330);
         // Published at once, signing only after the cache period.
         assert_eq!(KeyRing::build(&file, 1000).unwrap().active.kid, first);
-        assert!(KeyRing::build(&file, 1000).unwrap().verifier(&second).is_some());
+        assert!(KeyRing::build(&file, 1000)
+            .unwrap()
+            .verifier(&second)
+            .is_some());
         assert_eq!(KeyRing::build(&file, 1600).unwrap().active.kid, second);
         // The first key stays while tokens it signed may live (until 1600 + 330).
         file.prune(1900, 330);
         assert_eq!(file.keys.len(), 2);
         let third = file.rotate(2000, 0, 330);
-        assert_eq!(file.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(), vec![second, third]);
+        assert_eq!(
+            file.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
+            vec![second, third]
+        );
     }
 
     #[test]
     fn no_active_key_is_an_error() {
         let mut file = KeyFile::default();
         file.add_new(0, 500);
-        assert!(matches!(KeyRing::build(&file, 100), Err(KeyError::NoActiveKey)));
+        assert!(matches!(
+            KeyRing::build(&file, 100),
+            Err(KeyError::NoActiveKey)
+        ));
     }
 
     #[test]
@@ -367,7 +382,10 @@ mod tests {
         let mut other = KeyFile::default();
         other.add_new(0, 0);
         file.keys[0].seed = other.keys[0].seed.clone();
-        assert!(matches!(KeyRing::build(&file, 1), Err(KeyError::Corrupt { .. })));
+        assert!(matches!(
+            KeyRing::build(&file, 1),
+            Err(KeyError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -46,28 +46,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
-            let settings = ServeSettings::resolve(&args.data_dir, args.config.as_deref(), args.layer())?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let settings =
+                ServeSettings::resolve(&args.data_dir, args.config.as_deref(), args.layer())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(hallmark_server::serve::serve(settings))?;
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { data_dir }) => match datadir::verify_audit(&data_dir)? {
-            Ok(n) => {
-                println!("audit chain intact: {n} entries");
-                Ok(())
+        Command::Audit(AuditCommand::Verify { data_dir }) => {
+            match datadir::verify_audit(&data_dir)? {
+                Ok(n) => {
+                    println!("audit chain intact: {n} entries");
+                    Ok(())
+                }
+                Err(broken) => {
+                    println!("{broken}");
+                    std::process::exit(1);
+                }
             }
-            Err(broken) => {
-                println!("{broken}");
-                std::process::exit(1);
-            }
-        },
-        Command::Keys(KeysCommand::Rotate { data_dir, activate_in }) => {
+        }
+        Command::Keys(KeysCommand::Rotate {
+            data_dir,
+            activate_in,
+        }) => {
             let kid = datadir::rotate_keys(&data_dir, activate_in)?;
-            println!("{}", serde_json::json!({"kid": kid, "signs_in_seconds": activate_in}));
+            println!(
+                "{}",
+                serde_json::json!({"kid": kid, "signs_in_seconds": activate_in})
+            );
             Ok(())
         }
         Command::User(UserCommand::Add { name, data_dir }) => {
-            let user = hallmark_server::accounts::add_user_from(&data_dir, &name, std::io::stdin().lock())?;
+            let user = hallmark_server::accounts::add_user_from(
+                &data_dir,
+                &name,
+                std::io::stdin().lock(),
+            )?;
             println!("{}", serde_json::json!({"username": user}));
             Ok(())
         }
@@ -77,5 +92,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The error and its causes on one line, for an operator's terminal.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -74,17 +74,41 @@ impl Metrics {
     /// A registry exposing these metrics under the `hallmark_` prefix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("hallmark");
-        r.register("http_requests", "HTTP requests by endpoint and status", self.requests.clone());
-        r.register("tokens_issued", "Access tokens issued, by grant type", self.tokens_issued.clone());
-        r.register("audit_events", "Audit log entries appended, by event and outcome", self.audit_events.clone());
-        r.register("client_auth_failures", "Failed client authentications", self.auth_failures.clone());
+        r.register(
+            "http_requests",
+            "HTTP requests by endpoint and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "tokens_issued",
+            "Access tokens issued, by grant type",
+            self.tokens_issued.clone(),
+        );
+        r.register(
+            "audit_events",
+            "Audit log entries appended, by event and outcome",
+            self.audit_events.clone(),
+        );
+        r.register(
+            "client_auth_failures",
+            "Failed client authentications",
+            self.auth_failures.clone(),
+        );
         r.register(
             "audit_queue_depth",
             "Requests waiting for their audit entries and state changes to be flushed",
             self.commit_queue_depth.clone(),
         );
-        r.register("storage_flush_seconds", "Duration of storage flushes (group commit)", self.flush_seconds.clone());
-        r.register("storage_flush_batch", "Requests made durable per storage flush", self.flush_batch.clone());
+        r.register(
+            "storage_flush_seconds",
+            "Duration of storage flushes (group commit)",
+            self.flush_seconds.clone(),
+        );
+        r.register(
+            "storage_flush_batch",
+            "Requests made durable per storage flush",
+            self.flush_batch.clone(),
+        );
         r
     }
 
@@ -111,7 +135,11 @@ impl Metrics {
                 .and_then(|r| r.strip_prefix("grant="))
                 .and_then(|r| r.split(' ').next())
                 .unwrap_or("unknown");
-            self.tokens_issued.get_or_create(&GrantLabels { grant: grant.into() }).inc();
+            self.tokens_issued
+                .get_or_create(&GrantLabels {
+                    grant: grant.into(),
+                })
+                .inc();
         }
     }
 }
@@ -134,11 +162,22 @@ mod tests {
     fn events_feed_token_and_failure_counters() {
         let m = Metrics::default();
         let registry = m.registry();
-        m.observe_event(&AuditEvent::new("token.issued", Outcome::Success).reason("grant=client_credentials scope=a jti=x"));
+        m.observe_event(
+            &AuditEvent::new("token.issued", Outcome::Success)
+                .reason("grant=client_credentials scope=a jti=x"),
+        );
         m.observe_event(&AuditEvent::new("client.auth_failed", Outcome::Failure));
         let text = render(&registry);
-        assert!(text.contains(r#"hallmark_tokens_issued_total{grant="client_credentials"} 1"#), "{text}");
-        assert!(text.contains("hallmark_client_auth_failures_total 1"), "{text}");
-        assert!(text.contains(r#"hallmark_audit_events_total{event="client.auth_failed",outcome="failure"} 1"#));
+        assert!(
+            text.contains(r#"hallmark_tokens_issued_total{grant="client_credentials"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("hallmark_client_auth_failures_total 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"hallmark_audit_events_total{event="client.auth_failed",outcome="failure"} 1"#
+        ));
     }
 }

@@ -84,7 +84,11 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             tick.tick().await;
             let store = purge_store.clone();
             let now = crate::unix_now();
-            let purge = move || Ok::<_, StoreError>(store.purge_expired(now)? + crate::store::grants::purge_expired(&*store, now)?);
+            let purge = move || {
+                Ok::<_, StoreError>(
+                    store.purge_expired(now)? + crate::store::grants::purge_expired(&*store, now)?,
+                )
+            };
             match tokio::task::spawn_blocking(purge).await {
                 Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired records dropped"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "purge failed"),
@@ -105,14 +109,19 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
                 shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
             });
             tracing::info!(%addr, issuer = %settings.oauth.issuer, "serving HTTPS");
-            axum_server::bind_rustls(addr, axum_server::tls_rustls::RustlsConfig::from_config(config))
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(listen_err)?;
+            axum_server::bind_rustls(
+                addr,
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )
+            .handle(handle)
+            .serve(app)
+            .await
+            .map_err(listen_err)?;
         }
         Transport::InsecureHttp => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen_err)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(listen_err)?;
             tracing::warn!(%addr, issuer = %settings.oauth.issuer, "serving plain HTTP on loopback (--insecure-http)");
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown_signal())
@@ -129,7 +138,10 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
 
 /// Keep the key ring current: rotate on schedule, pick up keys rotated offline, and switch the
 /// signer when a published-ahead key's time comes.
-fn spawn_key_maintenance(settings: &ServeSettings, oauth: AuthServer) -> tokio::task::JoinHandle<()> {
+fn spawn_key_maintenance(
+    settings: &ServeSettings,
+    oauth: AuthServer,
+) -> tokio::task::JoinHandle<()> {
     let dir = settings.data_dir.clone();
     let period = settings.key_rotation_period;
     let ahead = settings.key_publish_ahead;
@@ -141,18 +153,21 @@ fn spawn_key_maintenance(settings: &ServeSettings, oauth: AuthServer) -> tokio::
             tick.tick().await;
             let dir = dir.clone();
             let now = crate::unix_now();
-            let step = tokio::task::spawn_blocking(move || -> Result<(KeyRing, Option<String>), KeyError> {
-                let mut file = KeyFile::load(&dir)?;
-                let due = period > 0 && file.newest_created_at().is_none_or(|t| t + period <= now);
-                let rotated = if due {
-                    let kid = file.rotate(now, ahead, keep);
-                    file.save(&dir)?;
-                    Some(kid)
-                } else {
-                    None
-                };
-                Ok((KeyRing::build(&file, now)?, rotated))
-            })
+            let step = tokio::task::spawn_blocking(
+                move || -> Result<(KeyRing, Option<String>), KeyError> {
+                    let mut file = KeyFile::load(&dir)?;
+                    let due =
+                        period > 0 && file.newest_created_at().is_none_or(|t| t + period <= now);
+                    let rotated = if due {
+                        let kid = file.rotate(now, ahead, keep);
+                        file.save(&dir)?;
+                        Some(kid)
+                    } else {
+                        None
+                    };
+                    Ok((KeyRing::build(&file, now)?, rotated))
+                },
+            )
             .await;
             match step {
                 Ok(Ok((ring, rotated))) => {
@@ -167,7 +182,8 @@ fn spawn_key_maintenance(settings: &ServeSettings, oauth: AuthServer) -> tokio::
                         }
                     }
                     let current = oauth.keys.current();
-                    if current.active.kid != ring.active.kid || current.jwks_json != ring.jwks_json {
+                    if current.active.kid != ring.active.kid || current.jwks_json != ring.jwks_json
+                    {
                         tracing::info!(kid = %ring.active.kid, "signing key ring updated");
                         oauth.keys.replace(ring);
                     }

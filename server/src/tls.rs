@@ -4,7 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -68,7 +71,8 @@ pub fn generate(hosts: &[String]) -> Result<Generated, TlsError> {
     let now = time::OffsetDateTime::now_utc();
     let ca_err = |source| TlsError::Generate { what: "CA", source };
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(ca_err)?;
-    ca.distinguished_name.push(DnType::CommonName, "Hallmark private CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "Hallmark private CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - time::Duration::hours(1);
@@ -76,15 +80,23 @@ pub fn generate(hosts: &[String]) -> Result<Generated, TlsError> {
     let ca_key = KeyPair::generate().map_err(ca_err)?;
     let ca_cert = ca.self_signed(&ca_key).map_err(ca_err)?;
 
-    let srv_err = |source| TlsError::Generate { what: "server", source };
+    let srv_err = |source| TlsError::Generate {
+        what: "server",
+        source,
+    };
     let mut srv = CertificateParams::new(hosts.to_vec()).map_err(srv_err)?;
-    srv.distinguished_name.push(DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("hallmark"));
+    srv.distinguished_name.push(
+        DnType::CommonName,
+        hosts.first().map(String::as_str).unwrap_or("hallmark"),
+    );
     srv.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     srv.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     srv.not_before = now - time::Duration::hours(1);
     srv.not_after = now + time::Duration::days(730);
     let srv_key = KeyPair::generate().map_err(srv_err)?;
-    let srv_cert = srv.signed_by(&srv_key, &ca_cert, &ca_key).map_err(srv_err)?;
+    let srv_cert = srv
+        .signed_by(&srv_key, &ca_cert, &ca_key)
+        .map_err(srv_err)?;
     Ok(Generated {
         ca_cert_pem: ca_cert.pem(),
         ca_key_pem: ca_key.serialize_pem(),
@@ -113,12 +125,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         });
     }
     let key_pem = zeroize::Zeroizing::new(read(key)?);
-    let key: PrivateKeyDer<'static> = PrivateKeyDer::from_pem_slice(&key_pem)
-        .ok()
-        .ok_or_else(|| TlsError::Empty {
-            path: key.display().to_string(),
-            what: "private key",
-        })?;
+    let key: PrivateKeyDer<'static> =
+        PrivateKeyDer::from_pem_slice(&key_pem)
+            .ok()
+            .ok_or_else(|| TlsError::Empty {
+                path: key.display().to_string(),
+                what: "private key",
+            })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -209,7 +209,11 @@ fn a_serial_is_registered_once_and_its_secret_shown_once() {
     assert_eq!(first["factory_secret"].as_str().unwrap().len(), 43);
     // One TPM is one identity: its EK under a second serial is refused.
     let (s, twin) = register(&server, &provision, "HM-TWIN", &ek(1));
-    assert_eq!((s, twin["error"].as_str(), twin["serial"].as_str()), (409, Some("ek_in_use"), Some("HM-1")), "{twin}");
+    assert_eq!(
+        (s, twin["error"].as_str(), twin["serial"].as_str()),
+        (409, Some("ek_in_use"), Some("HM-1")),
+        "{twin}"
+    );
     assert!(twin.get("factory_secret").is_none());
     let (s, again) = register(&server, &provision, "HM-1", &ek(9));
     assert_eq!(s, 409, "{again}");

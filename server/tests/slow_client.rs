@@ -15,7 +15,10 @@ fn a_stalled_request_body_times_out() {
     let (status, text) = server.raw_https(request);
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(18), "held for {waited:?}");
-    assert!(waited >= Duration::from_secs(9), "answered before the body could arrive: {text}");
+    assert!(
+        waited >= Duration::from_secs(9),
+        "answered before the body could arrive: {text}"
+    );
     assert!((400..500).contains(&status), "{text}");
     // The server still serves everyone else.
     assert_eq!(server.get("/healthz").0, 200);

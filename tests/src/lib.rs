@@ -1,7 +1,12 @@
 //! Fixtures for the end-to-end suite: the real binaries (built on first use), a server process
 //! on a free loopback port over TLS with its own data directory, and an HTTPS client that trusts
 //! only that server's CA. Every fixture cleans up on drop, so tests run in parallel.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, missing_debug_implementations)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    missing_debug_implementations
+)]
 
 pub mod device;
 #[path = "../../server/tests/common/mod.rs"]

@@ -63,7 +63,14 @@ impl TestStation {
     pub fn provision_device(&self, device: &TestDevice, extra: &[&str]) -> Output {
         self.command()
             .args(extra)
-            .args(["device", "--serial", &device.serial, "--model", "test-1", "--tcti"])
+            .args([
+                "device",
+                "--serial",
+                &device.serial,
+                "--model",
+                "test-1",
+                "--tcti",
+            ])
             .arg(device.tcti())
             .arg("--config-out")
             .arg(&device.config_out)
@@ -97,14 +104,20 @@ impl TestDevice {
         let tpm = Swtpm::temp_manufactured_unique().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config_out = dir.path().join(serial).join("agent.toml");
-        TestDevice { serial: serial.to_owned(), tpm, dir, config_out }
+        TestDevice {
+            serial: serial.to_owned(),
+            tpm,
+            dir,
+            config_out,
+        }
     }
 
     /// `count` devices `{prefix}-1…`, manufactured in parallel.
     pub fn many(prefix: &str, count: usize) -> Vec<TestDevice> {
         std::thread::scope(|s| {
-            let handles: Vec<_> =
-                (1..=count).map(|i| s.spawn(move || TestDevice::new(&format!("{prefix}-{i}")))).collect();
+            let handles: Vec<_> = (1..=count)
+                .map(|i| s.spawn(move || TestDevice::new(&format!("{prefix}-{i}"))))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         })
     }
@@ -123,7 +136,10 @@ impl TestDevice {
 
     /// Erases the sealed secret, as if the station crashed between registering and sealing.
     pub fn erase_secret(&self) {
-        hallmark_agent::tpm::Tpm::open(&self.tcti()).unwrap().erase_factory_secret().unwrap();
+        hallmark_agent::tpm::Tpm::open(&self.tcti())
+            .unwrap()
+            .erase_factory_secret()
+            .unwrap();
     }
 }
 
@@ -131,7 +147,12 @@ impl TestDevice {
 pub fn write_manifest(dir: &Path, devices: &[TestDevice], extra_rows: &[String]) -> PathBuf {
     let mut text = String::from("serial,model,tcti,config_out\n");
     for d in devices {
-        text.push_str(&format!("{},test-1,\"{}\",{}\n", d.serial, d.tcti(), d.config_out.display()));
+        text.push_str(&format!(
+            "{},test-1,\"{}\",{}\n",
+            d.serial,
+            d.tcti(),
+            d.config_out.display()
+        ));
     }
     for row in extra_rows {
         text.push_str(row);
@@ -162,7 +183,10 @@ pub fn device_by_serial(server: &TestServer, serial: &str) -> (u16, Value) {
         .call()
         .unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+    )
 }
 
 /// Whether the device's sealed secret authenticates as its client_id (client_credentials).
@@ -181,6 +205,11 @@ pub fn secret_authenticates(server: &TestServer, client_id: &str, secret: &str) 
 fn write_private(path: &Path, bytes: &[u8]) {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
     f.write_all(bytes).unwrap();
 }

@@ -22,7 +22,11 @@ fn provisions_one_device_and_a_rerun_leaves_it_alone() {
     let device = TestDevice::new("HM-ONE-1");
 
     let out = station.provision_device(&device, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = line(&out);
     assert_eq!(report["outcome"], "provisioned", "{report}");
     assert_eq!(report["config"], "written");
@@ -34,7 +38,10 @@ fn provisions_one_device_and_a_rerun_leaves_it_alone() {
     assert_eq!(config.client_id, client_id);
     assert_eq!(config.issuer, server.issuer);
     assert_eq!(config.tcti, device.tcti());
-    assert_eq!(std::fs::read(&config.ca_cert).unwrap(), std::fs::read(&server.ca_cert).unwrap());
+    assert_eq!(
+        std::fs::read(&config.ca_cert).unwrap(),
+        std::fs::read(&server.ca_cert).unwrap()
+    );
 
     // The server knows it, and the sealed bytes are the secret it issued (never in the report).
     let (status, registered) = device_by_serial(&server, "HM-ONE-1");
@@ -57,7 +64,10 @@ fn provisions_one_device_and_a_rerun_leaves_it_alone() {
     let third = line(&station.provision_device(&device, &[]));
     assert_eq!(third["outcome"], "already-provisioned");
     assert_eq!(third["config"], "written");
-    assert_eq!(AgentConfig::load(&device.config_out).unwrap().client_id, client_id);
+    assert_eq!(
+        AgentConfig::load(&device.config_out).unwrap().client_id,
+        client_id
+    );
 }
 
 #[test]
@@ -75,7 +85,10 @@ fn a_serial_registered_with_another_ek_is_a_conflict() {
     let report = line(&out);
     assert_eq!(report["outcome"], "conflict", "{report}");
     assert!(report["error"].as_str().unwrap().contains("another TPM"));
-    assert!(impostor.unsealed_secret().is_none(), "nothing sealed into the impostor");
+    assert!(
+        impostor.unsealed_secret().is_none(),
+        "nothing sealed into the impostor"
+    );
     assert!(!impostor.config_out.exists());
     // The first device's registration is untouched.
     let (_, registered) = device_by_serial(&server, "HM-DUP-1");
@@ -97,10 +110,17 @@ fn a_lost_secret_needs_a_reset_which_reset_lost_performs() {
     let report = line(&out);
     assert_eq!(report["outcome"], "needs-reset", "{report}");
     let error = report["error"].as_str().unwrap();
-    assert!(error.contains("DELETE /admin/devices/") && error.contains("--reset-lost"), "{error}");
+    assert!(
+        error.contains("DELETE /admin/devices/") && error.contains("--reset-lost"),
+        "{error}"
+    );
 
     let out = station.provision_device(&device, &["--reset-lost"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = line(&out);
     assert_eq!(report["outcome"], "reprovisioned", "{report}");
     let client_id = report["client_id"].as_str().unwrap();
@@ -109,7 +129,10 @@ fn a_lost_secret_needs_a_reset_which_reset_lost_performs() {
     assert_eq!(registered["client_id"], client_id);
     let secret = device.unsealed_secret().unwrap();
     assert!(secret_authenticates(&server, client_id, &secret));
-    assert_eq!(AgentConfig::load(&device.config_out).unwrap().client_id, client_id);
+    assert_eq!(
+        AgentConfig::load(&device.config_out).unwrap().client_id,
+        client_id
+    );
 }
 
 #[test]
@@ -146,7 +169,10 @@ fn refuses_a_world_readable_station_file() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("readable by every user") && stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        stderr.contains("readable by every user") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
     let secret = std::fs::read_to_string(&station.credentials).unwrap();
     let secret: Value = serde_json::from_str(&secret).unwrap();
     assert!(!stderr.contains(secret["client_secret"].as_str().unwrap()));

@@ -20,7 +20,10 @@ pub(super) fn router() -> Router<super::State> {
 }
 
 /// Parse a JSON body into `T`, with RFC-style errors.
-pub(super) fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<T, OAuthError> {
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, OAuthError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             OAuthError::PayloadTooLarge
@@ -34,26 +37,49 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, bod
         .and_then(|ct| ct.split(';').next())
         .is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(OAuthError::InvalidRequest("Content-Type must be application/json".into()));
+        return Err(OAuthError::InvalidRequest(
+            "Content-Type must be application/json".into(),
+        ));
     }
-    serde_json::from_slice(&body).map_err(|e| OAuthError::InvalidRequest(format!("body is not the expected JSON: {e}").into()))
+    serde_json::from_slice(&body).map_err(|e| {
+        OAuthError::InvalidRequest(format!("body is not the expected JSON: {e}").into())
+    })
 }
 
-async fn create_client(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = match state.oauth.authorize_bearer(authorization, "clients:admin", ctx.now) {
+async fn create_client(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = match state
+        .oauth
+        .authorize_bearer(authorization, "clients:admin", ctx.now)
+    {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let meta: ClientMetadata = match json_body(&headers, body) {
         Ok(m) => m,
-        Err(OAuthError::InvalidRequest(d)) => return OAuthResponse(OAuthError::InvalidClientMetadata(d)).into_response(),
+        Err(OAuthError::InvalidRequest(d)) => {
+            return OAuthResponse(OAuthError::InvalidClientMetadata(d)).into_response()
+        }
         Err(e) => return OAuthResponse(e).into_response(),
     };
-    match state.oauth.register_client(meta, &caller.client_id, &ctx).await {
+    match state
+        .oauth
+        .register_client(meta, &caller.client_id, &ctx)
+        .await
+    {
         Ok(info) => {
             tracing::info!(actor = %caller.client_id, client = %info.client_id, "client registered");
-            json_bytes(StatusCode::CREATED, serde_json::to_vec(&info).unwrap_or_default())
+            json_bytes(
+                StatusCode::CREATED,
+                serde_json::to_vec(&info).unwrap_or_default(),
+            )
         }
         Err(e) => OAuthResponse(e).into_response(),
     }
@@ -75,12 +101,20 @@ async fn audit_entries(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Err(e) = state.oauth.authorize_bearer(authorization, "audit:read", ctx.now) {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = state
+        .oauth
+        .authorize_bearer(authorization, "audit:read", ctx.now)
+    {
         return e.into_response();
     }
     let Ok(Query(q)) = query else {
-        return OAuthResponse(OAuthError::InvalidRequest("after and limit are non-negative integers".into())).into_response();
+        return OAuthResponse(OAuthError::InvalidRequest(
+            "after and limit are non-negative integers".into(),
+        ))
+        .into_response();
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
     match state.oauth.audit.entries(q.after.unwrap_or(0), limit) {
@@ -88,7 +122,10 @@ async fn audit_entries(
             let next_after = entries.last().map(|e| e.body.seq);
             json_bytes(
                 StatusCode::OK,
-                serde_json::to_vec(&serde_json::json!({"entries": entries, "next_after": next_after})).unwrap_or_default(),
+                serde_json::to_vec(
+                    &serde_json::json!({"entries": entries, "next_after": next_after}),
+                )
+                .unwrap_or_default(),
             )
         }
         Err(e) => OAuthResponse(OAuthError::internal(e)).into_response(),

@@ -30,7 +30,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .filter(|id| {
                 !id.is_empty()
                     && id.len() <= MAX_REQUEST_ID
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             })
             .map(str::to_owned)
             .unwrap_or_else(|| crate::secret::random_id(9));

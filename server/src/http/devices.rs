@@ -27,15 +27,28 @@ pub(super) fn router() -> Router<super::State> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
 }
 
 fn not_found() -> Response {
-    json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found", "error_description": "no such device"}))
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not_found", "error_description": "no such device"}),
+    )
 }
 
-async fn register(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let station = match state.oauth.authorize_bearer(bearer(&headers), "devices:provision", ctx.now) {
+async fn register(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let station = match state
+        .oauth
+        .authorize_bearer(bearer(&headers), "devices:provision", ctx.now)
+    {
         Ok(c) => c.client_id,
         Err(e) => return e.into_response(),
     };
@@ -44,7 +57,10 @@ async fn register(State(state): State<super::State>, Ctx(ctx): Ctx, headers: Hea
         Err(e) => return OAuthResponse(e).into_response(),
     };
     match state.oauth.register_device(req, &station, &ctx).await {
-        Ok(Registered::Created { client_id, factory_secret }) => json_response(
+        Ok(Registered::Created {
+            client_id,
+            factory_secret,
+        }) => json_response(
             StatusCode::CREATED,
             &serde_json::json!({"client_id": client_id, "factory_secret": factory_secret.expose()}),
         ),
@@ -76,8 +92,16 @@ struct SerialQuery {
     serial: Option<String>,
 }
 
-async fn find_by_serial(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, query: Result<Query<SerialQuery>, axum::extract::rejection::QueryRejection>) -> Response {
-    if let Err(e) = state.oauth.authorize_bearer(bearer(&headers), "devices:admin", ctx.now) {
+async fn find_by_serial(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    query: Result<Query<SerialQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = state
+        .oauth
+        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
+    {
         return e.into_response();
     }
     let Some(serial) = query.ok().and_then(|q| q.0.serial) else {
@@ -90,8 +114,16 @@ async fn find_by_serial(State(state): State<super::State>, Ctx(ctx): Ctx, header
     }
 }
 
-async fn show(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, Path(client_id): Path<String>) -> Response {
-    if let Err(e) = state.oauth.authorize_bearer(bearer(&headers), "devices:admin", ctx.now) {
+async fn show(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+) -> Response {
+    if let Err(e) = state
+        .oauth
+        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
+    {
         return e.into_response();
     }
     match state.oauth.device_view(&client_id) {
@@ -101,20 +133,39 @@ async fn show(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderM
     }
 }
 
-async fn disable(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, Path(client_id): Path<String>) -> Response {
-    let actor = match state.oauth.authorize_bearer(bearer(&headers), "devices:admin", ctx.now) {
+async fn disable(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+) -> Response {
+    let actor = match state
+        .oauth
+        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
+    {
         Ok(c) => c.client_id,
         Err(e) => return e.into_response(),
     };
     match state.oauth.disable_device(&client_id, &actor, &ctx).await {
-        Ok(true) => json_response(StatusCode::OK, &serde_json::json!({"client_id": client_id, "status": "disabled"})),
+        Ok(true) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({"client_id": client_id, "status": "disabled"}),
+        ),
         Ok(false) => not_found(),
         Err(e) => OAuthResponse(e).into_response(),
     }
 }
 
-async fn remove(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, Path(client_id): Path<String>) -> Response {
-    let actor = match state.oauth.authorize_bearer(bearer(&headers), "devices:admin", ctx.now) {
+async fn remove(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+) -> Response {
+    let actor = match state
+        .oauth
+        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
+    {
         Ok(c) => c.client_id,
         Err(e) => return e.into_response(),
     };
@@ -128,15 +179,26 @@ async fn remove(State(state): State<super::State>, Ctx(ctx): Ctx, headers: Heade
 /// The rotation body: `{"jwk": …}` as JSON (client authentication by Basic, or
 /// `client_assertion_type`/`client_assertion` members), or a form with a `jwk` parameter holding
 /// the JWK's JSON next to the usual client authentication parameters.
-async fn rotate(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn rotate(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let is_json = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+            .is_some_and(|ct| {
+                ct.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
         let (mut form, jwk) = if is_json {
             let mut doc: serde_json::Map<String, serde_json::Value> = json_body(&headers, body)?;
-            let jwk = doc.remove("jwk").ok_or_else(|| OAuthError::InvalidRequest("missing member: jwk".into()))?;
+            let jwk = doc
+                .remove("jwk")
+                .ok_or_else(|| OAuthError::InvalidRequest("missing member: jwk".into()))?;
             let mut pairs = Vec::new();
             for name in ["client_id", "client_assertion_type", "client_assertion"] {
                 if let Some(v) = doc.get(name).and_then(|v| v.as_str()) {
@@ -150,13 +212,21 @@ async fn rotate(State(state): State<super::State>, Ctx(ctx): Ctx, headers: Heade
                 .map_err(|_| OAuthError::InvalidRequest("jwk is not JSON".into()))?;
             (form, jwk)
         };
-        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let presented = Presented::from_request(authorization, &mut form)?;
-        state.oauth.register_pending_key(presented, &jwk, &ctx).await
+        state
+            .oauth
+            .register_pending_key(presented, &jwk, &ctx)
+            .await
     }
     .await;
     match result {
-        Ok(kid) => json_response(StatusCode::OK, &serde_json::json!({"status": "pending", "kid": kid})),
+        Ok(kid) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "pending", "kid": kid}),
+        ),
         Err(e) => OAuthResponse(e).into_response(),
     }
 }

@@ -11,7 +11,10 @@ use crate::oauth::{grant, Settings};
 
 pub(super) fn router() -> Router<super::State> {
     Router::new()
-        .route("/.well-known/oauth-authorization-server", get(metadata_handler))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata_handler),
+        )
         .route("/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -21,7 +24,11 @@ pub(super) fn router() -> Router<super::State> {
 /// RFC 8414 §2 metadata for these settings.
 pub(super) fn metadata(s: &Settings) -> Vec<u8> {
     let issuer = &s.issuer;
-    let auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
+    let auth_methods = [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+    ];
     let algs = ["ES256", "EdDSA"];
     let body = serde_json::json!({
         "issuer": issuer,
@@ -49,26 +56,35 @@ pub(super) fn metadata(s: &Settings) -> Vec<u8> {
 
 async fn metadata_handler(State(state): State<super::State>) -> impl IntoResponse {
     let mut resp = json_bytes(StatusCode::OK, state.metadata_json.clone());
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     resp
 }
 
 async fn jwks(State(state): State<super::State>) -> impl IntoResponse {
     let ring = state.oauth.keys.current();
     let mut resp = json_bytes(StatusCode::OK, ring.jwks_json.clone());
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
     // Validators may cache for a minute; rotation publishes keys well ahead of that.
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
     resp
 }
 
 /// Prometheus scrape endpoint (OpenMetrics text).
 async fn metrics(State(state): State<super::State>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         crate::metrics::render(&state.registry),
     )
 }

@@ -23,14 +23,18 @@ impl IntoResponse for OAuthResponse {
         let e = self.0;
         match &e {
             OAuthError::Internal(detail) => tracing::error!(%detail, "internal error"),
-            OAuthError::InvalidClient { reason } => tracing::info!(%reason, "client authentication failed"),
+            OAuthError::InvalidClient { reason } => {
+                tracing::info!(%reason, "client authentication failed")
+            }
             other => tracing::debug!(error = %other, "request refused"),
         }
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let mut resp = json_response(status, &e.body());
         if matches!(e, OAuthError::InvalidClient { .. }) {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"hallmark\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hallmark\""),
+            );
         }
         resp
     }
@@ -39,7 +43,11 @@ impl IntoResponse for OAuthResponse {
 impl IntoResponse for BearerError {
     fn into_response(self) -> axum::response::Response {
         let (status, code, challenge) = match &self {
-            BearerError::Missing => (StatusCode::UNAUTHORIZED, None, "Bearer realm=\"hallmark\"".to_owned()),
+            BearerError::Missing => (
+                StatusCode::UNAUTHORIZED,
+                None,
+                "Bearer realm=\"hallmark\"".to_owned(),
+            ),
             BearerError::InvalidToken(why) => {
                 tracing::info!(%why, "bearer token refused");
                 (
@@ -51,16 +59,23 @@ impl IntoResponse for BearerError {
             BearerError::InsufficientScope(scope) => (
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
-                format!("Bearer realm=\"hallmark\", error=\"insufficient_scope\", scope=\"{scope}\""),
+                format!(
+                    "Bearer realm=\"hallmark\", error=\"insufficient_scope\", scope=\"{scope}\""
+                ),
             ),
             BearerError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                return json_response(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": "server_error"}));
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": "server_error"}),
+                );
             }
         };
         let body = match code {
             Some(c) => serde_json::json!({"error": c, "error_description": self.to_string()}),
-            None => serde_json::json!({"error": "invalid_request", "error_description": "a bearer token is required"}),
+            None => {
+                serde_json::json!({"error": "invalid_request", "error_description": "a bearer token is required"})
+            }
         };
         let mut resp = json_response(status, &body);
         if let Ok(v) = HeaderValue::from_str(&challenge) {
@@ -80,7 +95,10 @@ pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> axum::response::Respons
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp
@@ -88,5 +106,8 @@ pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> axum::response::Respons
 
 /// Unknown routes.
 pub async fn not_found() -> axum::response::Response {
-    json_response(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}))
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not_found"}),
+    )
 }

@@ -32,7 +32,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("oauth", &self.oauth).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("oauth", &self.oauth)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,7 +46,11 @@ pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
     let metadata_json = discovery::metadata(&oauth.settings);
     let registry = oauth.metrics.registry();
     let web = crate::web::router(oauth.clone());
-    let state = Arc::new(AppState { oauth, metadata_json, registry });
+    let state = Arc::new(AppState {
+        oauth,
+        metadata_json,
+        registry,
+    });
     Router::new()
         .merge(discovery::router())
         .merge(oauth::router())
@@ -54,10 +60,15 @@ pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
         .merge(users::router())
         .merge(web)
         .fallback(error::not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // A client that announces a body and then stalls must not hold a connection forever.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_READ_TIMEOUT,
+        ))
         .with_state(state)
 }
 

@@ -22,14 +22,20 @@ pub(super) fn router() -> Router<super::State> {
 }
 
 /// Read the form and the client's credentials from a request.
-pub(super) fn read_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(Presented, Form), OAuthError> {
+pub(super) fn read_request(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Presented, Form), OAuthError> {
     let (authorization, mut form) = read_request_form(headers, body)?;
     let presented = Presented::from_request(authorization, &mut form)?;
     Ok((presented, form))
 }
 
 /// Read the form and the raw `Authorization` header.
-pub(super) fn read_request_form(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(Option<&str>, Form), OAuthError> {
+pub(super) fn read_request_form(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Option<&str>, Form), OAuthError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             OAuthError::PayloadTooLarge
@@ -37,47 +43,77 @@ pub(super) fn read_request_form(headers: &HeaderMap, body: Result<Bytes, BytesRe
             OAuthError::InvalidRequest("could not read the request body".into())
         }
     })?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let form = Form::parse(content_type, &body)?;
     // Two Authorization headers are two credentials (RFC 6749 §2.3: one method per request).
-    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
-        return Err(OAuthError::InvalidRequest("more than one Authorization header".into()));
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(OAuthError::InvalidRequest(
+            "more than one Authorization header".into(),
+        ));
     }
-    let authorization = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| OAuthError::InvalidRequest("Authorization header is not ASCII".into()))?,
-        ),
-    };
+    let authorization =
+        match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                OAuthError::InvalidRequest("Authorization header is not ASCII".into())
+            })?),
+        };
     Ok((authorization, form))
 }
 
-async fn token(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn token(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
         state.oauth.token(presented, form, &ctx).await
     }
     .await;
     match result {
-        Ok(tokens) => json_bytes(StatusCode::OK, serde_json::to_vec(&tokens).unwrap_or_default()),
+        Ok(tokens) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&tokens).unwrap_or_default(),
+        ),
         Err(e) => OAuthResponse(e).into_response(),
     }
 }
 
-async fn introspect(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn introspect(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
         state.oauth.introspect(presented, form, &ctx).await
     }
     .await;
     match result {
-        Ok(answer) => json_bytes(StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default()),
+        Ok(answer) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        ),
         Err(e) => OAuthResponse(e).into_response(),
     }
 }
 
-async fn revoke(State(state): State<super::State>, Ctx(ctx): Ctx, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn revoke(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
         state.oauth.revoke(presented, form, &ctx).await

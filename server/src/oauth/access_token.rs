@@ -80,7 +80,13 @@ pub enum TokenRejection {
 
 impl AuthServer {
     /// Mint an access token for `client_id` acting for `sub`, with `scope`.
-    pub fn mint_access_token(&self, sub: &str, client_id: &str, scope: &str, now: u64) -> (String, AccessClaims) {
+    pub fn mint_access_token(
+        &self,
+        sub: &str,
+        client_id: &str,
+        scope: &str,
+        now: u64,
+    ) -> (String, AccessClaims) {
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),
             sub: sub.to_owned(),
@@ -99,13 +105,15 @@ impl AuthServer {
 
     /// Validate one of our access tokens: every check of RFC 9068 §4 plus revocation and the
     /// client's standing. Time checks allow `clock_skew` and no more.
-    pub fn validate_access_token(&self, token: &str, now: u64) -> Result<AccessClaims, TokenRejection> {
+    pub fn validate_access_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<AccessClaims, TokenRejection> {
         let jws = Unverified::parse(token)?;
-        let typ_ok = jws
-            .header
-            .typ
-            .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
+        let typ_ok = jws.header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        });
         if !typ_ok {
             return Err(TokenRejection::Type);
         }
@@ -117,7 +125,8 @@ impl AuthServer {
             .and_then(|kid| ring.verifier(kid))
             .ok_or(TokenRejection::UnknownKey)?;
         let payload = jws.verify(KeyAlg::EdDSA, key.as_bytes())?;
-        let claims: AccessClaims = serde_json::from_slice(payload).map_err(|_| TokenRejection::Claims)?;
+        let claims: AccessClaims =
+            serde_json::from_slice(payload).map_err(|_| TokenRejection::Claims)?;
         let s = &self.settings;
         if claims.iss != s.issuer {
             return Err(TokenRejection::Issuer);

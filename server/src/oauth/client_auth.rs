@@ -67,9 +67,9 @@ impl Presented {
     /// The client_id the request claims, before any check.
     pub fn claimed_client_id(&self) -> Option<&str> {
         match self {
-            Presented::Basic { client_id, .. } | Presented::Post { client_id, .. } | Presented::Public { client_id } => {
-                Some(client_id)
-            }
+            Presented::Basic { client_id, .. }
+            | Presented::Post { client_id, .. }
+            | Presented::Public { client_id } => Some(client_id),
             Presented::Assertion { client_id, .. } => client_id.as_deref(),
             Presented::Nothing => None,
         }
@@ -111,8 +111,9 @@ impl Presented {
                     "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
                 ));
             }
-            let assertion = assertion
-                .ok_or_else(|| OAuthError::InvalidRequest("missing parameter: client_assertion".into()))?;
+            let assertion = assertion.ok_or_else(|| {
+                OAuthError::InvalidRequest("missing parameter: client_assertion".into())
+            })?;
             return Ok(Presented::Assertion {
                 client_id: body_id,
                 assertion,
@@ -130,7 +131,9 @@ fn parse_basic(header: &str) -> Result<(String, Zeroizing<String>), OAuthError> 
     let bad = || OAuthError::invalid_client("malformed Basic authorization header");
     let (scheme, value) = header.trim().split_once(' ').ok_or_else(bad)?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::invalid_client("Authorization scheme is not Basic"));
+        return Err(OAuthError::invalid_client(
+            "Authorization scheme is not Basic",
+        ));
     }
     let decoded = Zeroizing::new(STANDARD.decode(value.trim()).map_err(|_| bad())?);
     let text = std::str::from_utf8(&decoded).map_err(|_| bad())?;
@@ -186,7 +189,9 @@ fn claimed_assertion_sub(assertion: &str) -> Option<String> {
         sub: Option<String>,
     }
     let jws = Unverified::parse(assertion).ok()?;
-    let sub = serde_json::from_slice::<Sub>(jws.untrusted_payload()).ok()?.sub?;
+    let sub = serde_json::from_slice::<Sub>(jws.untrusted_payload())
+        .ok()?
+        .sub?;
     // Real client ids are short; anything longer is not worth keeping forever.
     (sub.len() <= MAX_JTI_LEN).then_some(sub)
 }
@@ -198,7 +203,12 @@ impl AuthServer {
     /// Authenticate the client. `allow_public` admits a public client identified by
     /// `client_id` alone (device authorization); otherwise such a request is `invalid_client`.
     /// Failures are audited (`client.auth_failed`) before they are returned.
-    pub async fn authenticate(&self, presented: Presented, allow_public: bool, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
+    pub async fn authenticate(
+        &self,
+        presented: Presented,
+        allow_public: bool,
+        ctx: &RequestCtx,
+    ) -> Result<Arc<Client>, OAuthError> {
         let claimed = presented.claimed_client_id().map(str::to_owned);
         // Without a body client_id, an assertion names its client only in its (unverified) sub.
         let unnamed_assertion = match (&claimed, &presented) {
@@ -207,8 +217,10 @@ impl AuthServer {
         };
         let result = self.check_credentials(presented, allow_public, ctx).await;
         if let Err(OAuthError::InvalidClient { reason }) = &result {
-            let mut event = AuditEvent::new("client.auth_failed", Outcome::Failure).reason(reason.to_string());
-            let claimed = claimed.or_else(|| unnamed_assertion.as_deref().and_then(claimed_assertion_sub));
+            let mut event =
+                AuditEvent::new("client.auth_failed", Outcome::Failure).reason(reason.to_string());
+            let claimed =
+                claimed.or_else(|| unnamed_assertion.as_deref().and_then(claimed_assertion_sub));
             if let Some(id) = claimed {
                 event = event.client(id);
             }
@@ -217,25 +229,40 @@ impl AuthServer {
         result
     }
 
-    async fn check_credentials(&self, presented: Presented, allow_public: bool, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
+    async fn check_credentials(
+        &self,
+        presented: Presented,
+        allow_public: bool,
+        ctx: &RequestCtx,
+    ) -> Result<Arc<Client>, OAuthError> {
         match presented {
             Presented::Basic { client_id, secret } | Presented::Post { client_id, secret } => {
                 let client = self.active_client(&client_id)?;
                 match &client.secret_hash {
                     Some(hash) if hash.matches(&secret) => Ok(client),
-                    Some(_) => Err(OAuthError::invalid_client(format!("wrong secret for client {client_id}"))),
-                    None => Err(OAuthError::invalid_client(format!("client {client_id} has no secret"))),
+                    Some(_) => Err(OAuthError::invalid_client(format!(
+                        "wrong secret for client {client_id}"
+                    ))),
+                    None => Err(OAuthError::invalid_client(format!(
+                        "client {client_id} has no secret"
+                    ))),
                 }
             }
-            Presented::Assertion { client_id, assertion } => {
-                self.authenticate_assertion(client_id.as_deref(), &assertion, ctx).await
+            Presented::Assertion {
+                client_id,
+                assertion,
+            } => {
+                self.authenticate_assertion(client_id.as_deref(), &assertion, ctx)
+                    .await
             }
             Presented::Public { client_id } => {
                 let client = self.active_client(&client_id)?;
                 if allow_public && client.auth_method == AuthMethod::None {
                     Ok(client)
                 } else {
-                    Err(OAuthError::invalid_client(format!("client {client_id} sent no credentials")))
+                    Err(OAuthError::invalid_client(format!(
+                        "client {client_id} sent no credentials"
+                    )))
                 }
             }
             Presented::Nothing => Err(OAuthError::invalid_client("no client authentication")),
@@ -243,17 +270,30 @@ impl AuthServer {
     }
 
     fn active_client(&self, client_id: &str) -> Result<Arc<Client>, OAuthError> {
-        match self.clients.client(client_id).map_err(OAuthError::internal)? {
+        match self
+            .clients
+            .client(client_id)
+            .map_err(OAuthError::internal)?
+        {
             Some(c) if !c.disabled => Ok(c),
-            Some(_) => Err(OAuthError::invalid_client(format!("client {client_id} is disabled"))),
-            None => Err(OAuthError::invalid_client(format!("unknown client {client_id}"))),
+            Some(_) => Err(OAuthError::invalid_client(format!(
+                "client {client_id} is disabled"
+            ))),
+            None => Err(OAuthError::invalid_client(format!(
+                "unknown client {client_id}"
+            ))),
         }
     }
 
     /// RFC 7523 §3: the assertion's signature by one of the client's keys (algorithm fixed by
     /// the key), `iss` = `sub` = client_id, `aud` naming us, `exp` present and near, `nbf`/`iat`
     /// not in the future, `jti` used once.
-    async fn authenticate_assertion(&self, body_id: Option<&str>, assertion: &str, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
+    async fn authenticate_assertion(
+        &self,
+        body_id: Option<&str>,
+        assertion: &str,
+        ctx: &RequestCtx,
+    ) -> Result<Arc<Client>, OAuthError> {
         let (mut client, by_pending_key) = self.verify_assertion(body_id, assertion, ctx.now)?;
         if by_pending_key {
             client = self.promote_pending_key(&client, ctx)?;
@@ -267,24 +307,39 @@ impl AuthServer {
     /// flushed, no pending-key promotion), for the benchmarks. Not an API: requests go through
     /// [`AuthServer::authenticate`].
     #[doc(hidden)]
-    pub fn verify_assertion_uncommitted(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<Arc<Client>, OAuthError> {
-        self.verify_assertion(body_id, assertion, now).map(|(client, _)| client)
+    pub fn verify_assertion_uncommitted(
+        &self,
+        body_id: Option<&str>,
+        assertion: &str,
+        now: u64,
+    ) -> Result<Arc<Client>, OAuthError> {
+        self.verify_assertion(body_id, assertion, now)
+            .map(|(client, _)| client)
     }
 
     /// Every check of [`AuthServer::authenticate_assertion`] but the durable commit of the jti.
     /// Returns the client and whether its *pending* key signed (which promotes that key).
-    fn verify_assertion(&self, body_id: Option<&str>, assertion: &str, now: u64) -> Result<(Arc<Client>, bool), OAuthError> {
+    fn verify_assertion(
+        &self,
+        body_id: Option<&str>,
+        assertion: &str,
+        now: u64,
+    ) -> Result<(Arc<Client>, bool), OAuthError> {
         let jws = Unverified::parse(assertion)
             .map_err(|e| OAuthError::invalid_client(format!("client assertion: {e}")))?;
-        let untrusted: AssertionClaims = serde_json::from_slice(jws.untrusted_payload())
-            .map_err(|_| OAuthError::invalid_client("client assertion claims are not a JSON object"))?;
+        let untrusted: AssertionClaims =
+            serde_json::from_slice(jws.untrusted_payload()).map_err(|_| {
+                OAuthError::invalid_client("client assertion claims are not a JSON object")
+            })?;
         let client_id = untrusted
             .sub
             .clone()
             .ok_or_else(|| OAuthError::invalid_client("client assertion has no sub"))?;
         let client_id = client_id.as_str();
         if body_id.is_some_and(|id| id != client_id) {
-            return Err(OAuthError::invalid_client("client_id differs from the assertion's sub"));
+            return Err(OAuthError::invalid_client(
+                "client_id differs from the assertion's sub",
+            ));
         }
         let client = self.active_client(client_id)?;
         let kid = jws.header.kid.as_deref();
@@ -297,7 +352,9 @@ impl AuthServer {
             .filter(|(k, _)| kid.is_none() || k.kid.as_deref() == kid)
             .collect();
         if candidates.is_empty() {
-            return Err(OAuthError::invalid_client(format!("client {client_id} has no key matching the assertion")));
+            return Err(OAuthError::invalid_client(format!(
+                "client {client_id} has no key matching the assertion"
+            )));
         }
         let mut last_err = None;
         let mut verified = None;
@@ -312,20 +369,26 @@ impl AuthServer {
         }
         let Some(by_pending_key) = verified else {
             let why = last_err.map(|e| e.to_string()).unwrap_or_default();
-            return Err(OAuthError::invalid_client(format!("client assertion for {client_id}: {why}")));
+            return Err(OAuthError::invalid_client(format!(
+                "client assertion for {client_id}: {why}"
+            )));
         };
         // The payload is now trusted.
         let claims = untrusted;
         let s = &self.settings;
         if claims.iss.as_deref() != Some(client_id) {
-            return Err(OAuthError::invalid_client("client assertion iss is not the client_id"));
+            return Err(OAuthError::invalid_client(
+                "client assertion iss is not the client_id",
+            ));
         }
         if !claims
             .aud
             .as_ref()
             .is_some_and(|a| a.contains(&s.token_endpoint) || a.contains(&s.issuer))
         {
-            return Err(OAuthError::invalid_client("client assertion aud does not name this server"));
+            return Err(OAuthError::invalid_client(
+                "client assertion aud does not name this server",
+            ));
         }
         let skew = s.clock_skew as f64;
         let now_f = now as f64;
@@ -336,11 +399,15 @@ impl AuthServer {
             return Err(OAuthError::invalid_client("client assertion expired"));
         }
         if exp > now_f + s.max_assertion_lifetime as f64 + skew {
-            return Err(OAuthError::invalid_client("client assertion exp is too far ahead"));
+            return Err(OAuthError::invalid_client(
+                "client assertion exp is too far ahead",
+            ));
         }
         for (name, value) in [("nbf", claims.nbf), ("iat", claims.iat)] {
             if value.is_some_and(|v| !v.is_finite() || v > now_f + skew) {
-                return Err(OAuthError::invalid_client(format!("client assertion {name} is in the future")));
+                return Err(OAuthError::invalid_client(format!(
+                    "client assertion {name} is in the future"
+                )));
             }
         }
         let jti = claims
@@ -354,7 +421,9 @@ impl AuthServer {
             .record_assertion_jti(client_id, &jti, keep_until)
             .map_err(OAuthError::internal)?;
         if !first_use {
-            return Err(OAuthError::invalid_client(format!("client assertion jti replayed by {client_id}")));
+            return Err(OAuthError::invalid_client(format!(
+                "client assertion jti replayed by {client_id}"
+            )));
         }
         Ok((client, by_pending_key))
     }
@@ -394,10 +463,18 @@ mod tests {
 
     #[test]
     fn malformed_basic_is_invalid_client() {
-        for h in ["Basic", "Basic !!!", "Bearer abc", &format!("Basic {}", STANDARD.encode("nocolon"))] {
+        for h in [
+            "Basic",
+            "Basic !!!",
+            "Bearer abc",
+            &format!("Basic {}", STANDARD.encode("nocolon")),
+        ] {
             let mut f = form("a=1");
             assert!(
-                matches!(Presented::from_request(Some(h), &mut f), Err(OAuthError::InvalidClient { .. })),
+                matches!(
+                    Presented::from_request(Some(h), &mut f),
+                    Err(OAuthError::InvalidClient { .. })
+                ),
                 "{h}"
             );
         }

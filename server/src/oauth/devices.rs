@@ -79,7 +79,9 @@ pub struct DeviceView {
 }
 
 fn valid_serial(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn valid_model(s: &str) -> bool {
@@ -87,12 +89,19 @@ fn valid_model(s: &str) -> bool {
 }
 
 fn valid_fingerprint(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl AuthServer {
     /// Register a device for `station`; durable and audited before it returns.
-    pub async fn register_device(&self, req: DeviceRegistration, station: &str, ctx: &RequestCtx) -> Result<Registered, OAuthError> {
+    pub async fn register_device(
+        &self,
+        req: DeviceRegistration,
+        station: &str,
+        ctx: &RequestCtx,
+    ) -> Result<Registered, OAuthError> {
         let bad = |m: &'static str| OAuthError::InvalidRequest(m.into());
         if !valid_serial(&req.serial) {
             return Err(bad("serial must be 1-64 characters of A-Z a-z 0-9 . _ -"));
@@ -105,7 +114,10 @@ impl AuthServer {
             return Err(bad("ek_fingerprint must be 64 hex digits (SHA-256)"));
         }
         let scopes = match req.scopes {
-            None => DEFAULT_DEVICE_SCOPES.iter().map(|s| s.to_string()).collect(),
+            None => DEFAULT_DEVICE_SCOPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             Some(list) => scope::parse(&list.join(" ")).map_err(|_| bad("malformed scopes"))?,
         };
         let client_id = random_id(16);
@@ -116,7 +128,11 @@ impl AuthServer {
             auth_method: AuthMethod::ClientSecretBasic,
             secret_hash: Some(secret.hash()),
             keys: Vec::new(),
-            grant_types: vec![grant::CLIENT_CREDENTIALS.into(), grant::DEVICE_CODE.into(), grant::REFRESH_TOKEN.into()],
+            grant_types: vec![
+                grant::CLIENT_CREDENTIALS.into(),
+                grant::DEVICE_CODE.into(),
+                grant::REFRESH_TOKEN.into(),
+            ],
             scopes,
             created_at: ctx.now,
             disabled: false,
@@ -134,25 +150,52 @@ impl AuthServer {
             .actor(station)
             .subject(&device.serial)
             .client(&client_id)
-            .reason(format!("model={} ek={}", device.model, device.ek_fingerprint));
-        match self.devices.register_device(&device, &client).map_err(OAuthError::internal)? {
+            .reason(format!(
+                "model={} ek={}",
+                device.model, device.ek_fingerprint
+            ));
+        match self
+            .devices
+            .register_device(&device, &client)
+            .map_err(OAuthError::internal)?
+        {
             Ok(()) => {
                 self.record(ctx, event).await?;
-                Ok(Registered::Created { client_id, factory_secret: secret })
+                Ok(Registered::Created {
+                    client_id,
+                    factory_secret: secret,
+                })
             }
             Err(existing) => {
                 let same_serial = existing.serial == device.serial;
-                let why = if same_serial { "serial already registered" } else { "EK already registered under another serial" };
-                let event = AuditEvent { outcome: Outcome::Failure, ..event }.client(&existing.client_id).reason(why);
+                let why = if same_serial {
+                    "serial already registered"
+                } else {
+                    "EK already registered under another serial"
+                };
+                let event = AuditEvent {
+                    outcome: Outcome::Failure,
+                    ..event
+                }
+                .client(&existing.client_id)
+                .reason(why);
                 self.record(ctx, event).await?;
-                Ok(if same_serial { Registered::Exists(existing) } else { Registered::EkInUse(existing) })
+                Ok(if same_serial {
+                    Registered::Exists(existing)
+                } else {
+                    Registered::EkInUse(existing)
+                })
             }
         }
     }
 
     /// A device by client_id, as shown to operators.
     pub fn device_view(&self, client_id: &str) -> Result<Option<DeviceView>, OAuthError> {
-        match self.devices.device(client_id).map_err(OAuthError::internal)? {
+        match self
+            .devices
+            .device(client_id)
+            .map_err(OAuthError::internal)?
+        {
             Some(d) => self.view(d),
             None => Ok(None),
         }
@@ -160,14 +203,22 @@ impl AuthServer {
 
     /// A device by serial, as shown to operators.
     pub fn device_view_by_serial(&self, serial: &str) -> Result<Option<DeviceView>, OAuthError> {
-        match self.devices.device_by_serial(serial).map_err(OAuthError::internal)? {
+        match self
+            .devices
+            .device_by_serial(serial)
+            .map_err(OAuthError::internal)?
+        {
             Some(d) => self.view(d),
             None => Ok(None),
         }
     }
 
     fn view(&self, d: Device) -> Result<Option<DeviceView>, OAuthError> {
-        let Some(client) = self.clients.client(&d.client_id).map_err(OAuthError::internal)? else {
+        let Some(client) = self
+            .clients
+            .client(&d.client_id)
+            .map_err(OAuthError::internal)?
+        else {
             return Ok(None);
         };
         let credential = match (&client.secret_hash, &client.pending_key) {
@@ -182,7 +233,11 @@ impl AuthServer {
             ek_fingerprint: d.ek_fingerprint,
             registered_by: d.registered_by,
             registered_at: d.registered_at,
-            status: if client.disabled { "disabled" } else { "active" },
+            status: if client.disabled {
+                "disabled"
+            } else {
+                "active"
+            },
             credential,
             key_kid: client.keys.first().and_then(|k| k.kid.clone()),
             pending_kid: client.pending_key.as_ref().and_then(|k| k.kid.clone()),
@@ -191,28 +246,55 @@ impl AuthServer {
     }
 
     /// Disable a device: it authenticates nowhere and its tokens introspect as inactive.
-    pub async fn disable_device(&self, client_id: &str, actor: &str, ctx: &RequestCtx) -> Result<bool, OAuthError> {
-        if self.devices.device(client_id).map_err(OAuthError::internal)?.is_none() {
+    pub async fn disable_device(
+        &self,
+        client_id: &str,
+        actor: &str,
+        ctx: &RequestCtx,
+    ) -> Result<bool, OAuthError> {
+        if self
+            .devices
+            .device(client_id)
+            .map_err(OAuthError::internal)?
+            .is_none()
+        {
             return Ok(false);
         }
         let updated = self
             .clients
-            .update_client(client_id, &mut |c| !std::mem::replace(&mut c.disabled, true))
+            .update_client(client_id, &mut |c| {
+                !std::mem::replace(&mut c.disabled, true)
+            })
             .map_err(OAuthError::internal)?;
         if updated.is_none() {
             return Ok(false);
         }
-        let event = AuditEvent::new("device.disabled", Outcome::Success).actor(actor).subject(client_id).client(client_id);
+        let event = AuditEvent::new("device.disabled", Outcome::Success)
+            .actor(actor)
+            .subject(client_id)
+            .client(client_id);
         self.record(ctx, event).await?;
         Ok(true)
     }
 
     /// Delete a device and its client.
-    pub async fn delete_device(&self, client_id: &str, actor: &str, ctx: &RequestCtx) -> Result<bool, OAuthError> {
-        if !self.devices.delete_device(client_id).map_err(OAuthError::internal)? {
+    pub async fn delete_device(
+        &self,
+        client_id: &str,
+        actor: &str,
+        ctx: &RequestCtx,
+    ) -> Result<bool, OAuthError> {
+        if !self
+            .devices
+            .delete_device(client_id)
+            .map_err(OAuthError::internal)?
+        {
             return Ok(false);
         }
-        let event = AuditEvent::new("device.deleted", Outcome::Success).actor(actor).subject(client_id).client(client_id);
+        let event = AuditEvent::new("device.deleted", Outcome::Success)
+            .actor(actor)
+            .subject(client_id)
+            .client(client_id);
         self.record(ctx, event).await?;
         Ok(true)
     }
@@ -220,26 +302,50 @@ impl AuthServer {
     /// `POST /oauth2/device-credentials`: a device, authenticated by its current credential,
     /// registers the public JWK of a new TPM-resident key as pending. Idempotent for the same
     /// key; a different key replaces the earlier pending one.
-    pub async fn register_pending_key(&self, presented: Presented, jwk: &serde_json::Value, ctx: &RequestCtx) -> Result<String, OAuthError> {
+    pub async fn register_pending_key(
+        &self,
+        presented: Presented,
+        jwk: &serde_json::Value,
+        ctx: &RequestCtx,
+    ) -> Result<String, OAuthError> {
         let client = self.authenticate(presented, false, ctx).await?;
-        if self.devices.device(&client.client_id).map_err(OAuthError::internal)?.is_none() {
-            return Err(OAuthError::UnauthorizedClient("only registered devices rotate credentials".into()));
+        if self
+            .devices
+            .device(&client.client_id)
+            .map_err(OAuthError::internal)?
+            .is_none()
+        {
+            return Err(OAuthError::UnauthorizedClient(
+                "only registered devices rotate credentials".into(),
+            ));
         }
-        let mut key = parse_jwk(jwk).map_err(|e| OAuthError::InvalidRequest(e.description().unwrap_or("bad jwk").to_owned().into()))?;
+        let mut key = parse_jwk(jwk).map_err(|e| {
+            OAuthError::InvalidRequest(e.description().unwrap_or("bad jwk").to_owned().into())
+        })?;
         if key.alg != KeyAlg::ES256 {
-            return Err(OAuthError::InvalidRequest("device keys are ES256 (EC P-256)".into()));
+            return Err(OAuthError::InvalidRequest(
+                "device keys are ES256 (EC P-256)".into(),
+            ));
         }
-        let kid = key.kid.clone().unwrap_or_else(|| ec_thumbprint(&key.public));
+        let kid = key
+            .kid
+            .clone()
+            .unwrap_or_else(|| ec_thumbprint(&key.public));
         key.kid = Some(kid.clone());
         key.jwk["kid"] = kid.clone().into();
         if client.keys.iter().any(|k| k.public == key.public) {
-            return Err(OAuthError::InvalidRequest("this key is already the device's credential".into()));
+            return Err(OAuthError::InvalidRequest(
+                "this key is already the device's credential".into(),
+            ));
         }
         let mut replaced = None;
         let written = self
             .clients
             .update_client(&client.client_id, &mut |c| {
-                if c.pending_key.as_ref().is_some_and(|p| p.public == key.public) {
+                if c.pending_key
+                    .as_ref()
+                    .is_some_and(|p| p.public == key.public)
+                {
                     return false;
                 }
                 replaced = c.pending_key.as_ref().and_then(|p| p.kid.clone());
@@ -265,9 +371,15 @@ impl AuthServer {
 
     /// The pending key just authenticated: make it the only credential, erasing the factory
     /// secret and any older key. Durable when the caller's next commit returns.
-    pub(crate) fn promote_pending_key(&self, client: &Client, ctx: &RequestCtx) -> Result<Arc<Client>, OAuthError> {
+    pub(crate) fn promote_pending_key(
+        &self,
+        client: &Client,
+        ctx: &RequestCtx,
+    ) -> Result<Arc<Client>, OAuthError> {
         let Some(pending) = client.pending_key.clone() else {
-            return Err(OAuthError::Internal("promotion without a pending key".into()));
+            return Err(OAuthError::Internal(
+                "promotion without a pending key".into(),
+            ));
         };
         let updated = self
             .clients
@@ -299,7 +411,10 @@ impl AuthServer {
 /// RFC 7638 thumbprint of a P-256 key given as a SEC1 uncompressed point.
 fn ec_thumbprint(point: &[u8]) -> String {
     use sha2::Digest as _;
-    let (x, y) = point.get(1..33).zip(point.get(33..65)).unwrap_or((&[], &[]));
+    let (x, y) = point
+        .get(1..33)
+        .zip(point.get(33..65))
+        .unwrap_or((&[], &[]));
     let canonical = format!(
         r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
         super::jws::b64(x),

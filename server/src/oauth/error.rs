@@ -96,10 +96,14 @@ impl OAuthError {
             | OAuthError::InvalidClientMetadata(d) => Some(d),
             OAuthError::InvalidClient { .. } => Some("client authentication failed"),
             OAuthError::PayloadTooLarge => Some("request body too large"),
-            OAuthError::AuthorizationPending => Some("the user has not yet approved or denied the request"),
+            OAuthError::AuthorizationPending => {
+                Some("the user has not yet approved or denied the request")
+            }
             OAuthError::SlowDown => Some("polling too fast; the interval grew by 5 seconds"),
             OAuthError::AccessDenied => Some("the user denied the request"),
-            OAuthError::ExpiredToken => Some("the device code expired; start a new device authorization"),
+            OAuthError::ExpiredToken => {
+                Some("the device code expired; start a new device authorization")
+            }
             OAuthError::UnsupportedTokenType | OAuthError::Internal(_) => None,
         }
     }

@@ -14,7 +14,10 @@ impl Form {
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Self, OAuthError> {
         let is_form = content_type
             .and_then(|ct| ct.split(';').next())
-            .is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            .is_some_and(|ct| {
+                ct.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
         if !is_form {
             return Err(OAuthError::InvalidRequest(
                 "Content-Type must be application/x-www-form-urlencoded".into(),
@@ -84,7 +87,11 @@ mod tests {
     fn refuses_other_content_types() {
         assert!(Form::parse(Some("application/json"), b"{}").is_err());
         assert!(Form::parse(None, b"a=1").is_err());
-        assert!(Form::parse(Some("application/x-www-form-urlencoded; charset=UTF-8"), b"a=1").is_ok());
+        assert!(Form::parse(
+            Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            b"a=1"
+        )
+        .is_ok());
     }
 
     #[test]

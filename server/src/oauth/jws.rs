@@ -72,9 +72,14 @@ impl<'a> Unverified<'a> {
         if payload_b64.contains('.') {
             return Err(JwsError::Malformed("not three parts"));
         }
-        let decode = |part: &str, what| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwsError::Malformed(what));
-        let header: Header = serde_json::from_slice(&decode(header_b64, "header is not base64url")?)
-            .map_err(|_| JwsError::Malformed("header is not a JSON object"))?;
+        let decode = |part: &str, what| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| JwsError::Malformed(what))
+        };
+        let header: Header =
+            serde_json::from_slice(&decode(header_b64, "header is not base64url")?)
+                .map_err(|_| JwsError::Malformed("header is not a JSON object"))?;
         if header.crit.is_some() {
             return Err(JwsError::Critical);
         }
@@ -157,10 +162,20 @@ mod tests {
         let parts: Vec<&str> = t.split('.').collect();
         let tampered = format!("{}.{}.{}", parts[0], b64(br#"{"a":2}"#), parts[2]);
         assert_eq!(
-            Unverified::parse(&tampered).unwrap().verify(KeyAlg::EdDSA, &public),
+            Unverified::parse(&tampered)
+                .unwrap()
+                .verify(KeyAlg::EdDSA, &public),
             Err(JwsError::Signature)
         );
-        for bad in ["", "a", "a.b", "a.b.c.d", "!!.e30.e30", "e30.e30.!!", &"a".repeat(MAX_JWS_LEN + 1)] {
+        for bad in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "!!.e30.e30",
+            "e30.e30.!!",
+            &"a".repeat(MAX_JWS_LEN + 1),
+        ] {
             assert!(Unverified::parse(bad).is_err(), "{bad:.20}");
         }
     }

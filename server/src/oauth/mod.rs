@@ -135,7 +135,9 @@ impl AuthServer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(ctx.now * 1000);
-        self.audit.append(event, time_ms).map_err(OAuthError::internal)?;
+        self.audit
+            .append(event, time_ms)
+            .map_err(OAuthError::internal)?;
         Ok(())
     }
 }

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::access_token::{AccessClaims, TokenRejection};
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
-use crate::store::audit::{AuditEvent, Outcome};
 use crate::secret::{random_id, Secret};
+use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::{AuthMethod, Client, ClientKey, KeyAlg};
 
 /// Every scope of the admin API; the client `init` creates holds them all.
@@ -95,16 +95,23 @@ pub enum BearerError {
 
 impl AuthServer {
     /// Check `Authorization: Bearer` for an active token holding `required` scope.
-    pub fn authorize_bearer(&self, authorization: Option<&str>, required: &'static str, now: u64) -> Result<AccessClaims, BearerError> {
+    pub fn authorize_bearer(
+        &self,
+        authorization: Option<&str>,
+        required: &'static str,
+        now: u64,
+    ) -> Result<AccessClaims, BearerError> {
         let token = authorization
             .and_then(|h| h.trim().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .ok_or(BearerError::Missing)?;
-        let claims = self.validate_access_token(token, now).map_err(|e| match e {
-            TokenRejection::Storage(s) => BearerError::Internal(s),
-            other => BearerError::InvalidToken(other),
-        })?;
+        let claims = self
+            .validate_access_token(token, now)
+            .map_err(|e| match e {
+                TokenRejection::Storage(s) => BearerError::Internal(s),
+                other => BearerError::InvalidToken(other),
+            })?;
         if !claims.has_scope(required) {
             return Err(BearerError::InsufficientScope(required));
         }
@@ -112,9 +119,18 @@ impl AuthServer {
     }
 
     /// Register a client from RFC 7591 metadata; durable before it returns.
-    pub async fn register_client(&self, meta: ClientMetadata, actor: &str, ctx: &RequestCtx) -> Result<ClientInformation, OAuthError> {
+    pub async fn register_client(
+        &self,
+        meta: ClientMetadata,
+        actor: &str,
+        ctx: &RequestCtx,
+    ) -> Result<ClientInformation, OAuthError> {
         let (client, secret) = client_from_metadata(meta, ctx.now)?;
-        if !self.clients.insert_new_client(&client).map_err(OAuthError::internal)? {
+        if !self
+            .clients
+            .insert_new_client(&client)
+            .map_err(OAuthError::internal)?
+        {
             // 128 random bits collided: retrying would hide a broken RNG.
             return Err(OAuthError::Internal("client_id collision".into()));
         }
@@ -122,17 +138,26 @@ impl AuthServer {
             .actor(actor)
             .subject(&client.client_id)
             .client(&client.client_id)
-            .reason(format!("auth={} scope={}", client.auth_method.as_str(), client.scopes.join(" ")));
+            .reason(format!(
+                "auth={} scope={}",
+                client.auth_method.as_str(),
+                client.scopes.join(" ")
+            ));
         self.record(ctx, event).await?;
         Ok(information(&client, secret))
     }
 }
 
 /// Validate metadata into a client record and, for the secret methods, its one-time secret.
-pub fn client_from_metadata(meta: ClientMetadata, now: u64) -> Result<(Client, Option<Secret>), OAuthError> {
+pub fn client_from_metadata(
+    meta: ClientMetadata,
+    now: u64,
+) -> Result<(Client, Option<Secret>), OAuthError> {
     let bad = |m: &'static str| OAuthError::InvalidClientMetadata(m.into());
     if meta.jwks_uri.is_some() {
-        return Err(bad("jwks_uri is not supported; register keys by value in jwks"));
+        return Err(bad(
+            "jwks_uri is not supported; register keys by value in jwks",
+        ));
     }
     let auth_method = match meta.token_endpoint_auth_method.as_deref() {
         None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
@@ -147,10 +172,16 @@ pub fn client_from_metadata(meta: ClientMetadata, now: u64) -> Result<(Client, O
     if grant_types.is_empty() {
         return Err(bad("grant_types is empty"));
     }
-    if let Some(g) = grant_types.iter().find(|g| !REGISTRABLE_GRANTS.contains(&g.as_str())) {
-        return Err(OAuthError::InvalidClientMetadata(format!("unsupported grant type: {g}").into()));
+    if let Some(g) = grant_types
+        .iter()
+        .find(|g| !REGISTRABLE_GRANTS.contains(&g.as_str()))
+    {
+        return Err(OAuthError::InvalidClientMetadata(
+            format!("unsupported grant type: {g}").into(),
+        ));
     }
-    if auth_method == AuthMethod::None && grant_types.iter().any(|g| g == grant::CLIENT_CREDENTIALS) {
+    if auth_method == AuthMethod::None && grant_types.iter().any(|g| g == grant::CLIENT_CREDENTIALS)
+    {
         // RFC 6749 §4.4: the client credentials grant is for confidential clients only.
         return Err(bad("a public client cannot use client_credentials"));
     }
@@ -164,11 +195,18 @@ pub fn client_from_metadata(meta: ClientMetadata, now: u64) -> Result<(Client, O
         (Some(_), _) => return Err(bad("jwks is only for private_key_jwt")),
         (None, _) => Vec::new(),
     };
-    if meta.client_name.as_ref().is_some_and(|n| n.chars().count() > 200) {
+    if meta
+        .client_name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 200)
+    {
         return Err(bad("client_name is longer than 200 characters"));
     }
-    let secret = matches!(auth_method, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost)
-        .then(Secret::generate);
+    let secret = matches!(
+        auth_method,
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+    )
+    .then(Secret::generate);
     let client = Client {
         client_id: random_id(16),
         client_name: meta.client_name,
@@ -202,12 +240,13 @@ pub fn information(client: &Client, secret: Option<Secret>) -> ClientInformation
 
 /// Parse a JWK Set of public signing keys: EC P-256 (ES256) or OKP Ed25519 (EdDSA).
 pub fn parse_jwks(jwks: &serde_json::Value) -> Result<Vec<ClientKey>, OAuthError> {
-    let keys = jwks
-        .get("keys")
-        .and_then(|k| k.as_array())
-        .ok_or_else(|| OAuthError::InvalidClientMetadata("jwks must be {\"keys\": [...]}".into()))?;
+    let keys = jwks.get("keys").and_then(|k| k.as_array()).ok_or_else(|| {
+        OAuthError::InvalidClientMetadata("jwks must be {\"keys\": [...]}".into())
+    })?;
     if keys.is_empty() || keys.len() > MAX_CLIENT_KEYS {
-        return Err(OAuthError::InvalidClientMetadata("jwks must hold 1 to 8 keys".into()));
+        return Err(OAuthError::InvalidClientMetadata(
+            "jwks must hold 1 to 8 keys".into(),
+        ));
     }
     keys.iter().map(parse_jwk).collect()
 }
@@ -217,7 +256,10 @@ pub fn parse_jwk(jwk: &serde_json::Value) -> Result<ClientKey, OAuthError> {
     let bad = |m: &'static str| OAuthError::InvalidClientMetadata(m.into());
     let field = |name: &str| jwk.get(name).and_then(|v| v.as_str());
     // A private member means the key left wherever it should have stayed; refuse to store it.
-    if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| jwk.get(m).is_some()) {
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| jwk.get(m).is_some())
+    {
         return Err(bad("jwks must hold public keys only"));
     }
     if field("use").is_some_and(|u| u != "sig") {
@@ -227,7 +269,11 @@ pub fn parse_jwk(jwk: &serde_json::Value) -> Result<ClientKey, OAuthError> {
         field(name)
             .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
             .filter(|b| b.len() == 32)
-            .ok_or_else(|| OAuthError::InvalidClientMetadata(format!("jwk {name} must be 32 bytes, base64url").into()))
+            .ok_or_else(|| {
+                OAuthError::InvalidClientMetadata(
+                    format!("jwk {name} must be 32 bytes, base64url").into(),
+                )
+            })
     };
     let (alg, public, clean) = match (field("kty"), field("crv")) {
         (Some("EC"), Some("P-256")) => {
@@ -236,7 +282,8 @@ pub fn parse_jwk(jwk: &serde_json::Value) -> Result<ClientKey, OAuthError> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            let clean = serde_json::json!({"kty": "EC", "crv": "P-256", "x": field("x"), "y": field("y")});
+            let clean =
+                serde_json::json!({"kty": "EC", "crv": "P-256", "x": field("x"), "y": field("y")});
             (KeyAlg::ES256, point, clean)
         }
         (Some("OKP"), Some("Ed25519")) => {
@@ -297,7 +344,10 @@ mod tests {
                 "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "alg": "ES256"}]}}),
         ] {
             assert!(
-                matches!(client_from_metadata(meta(bad.clone()), 0), Err(OAuthError::InvalidClientMetadata(_))),
+                matches!(
+                    client_from_metadata(meta(bad.clone()), 0),
+                    Err(OAuthError::InvalidClientMetadata(_))
+                ),
                 "{bad}"
             );
         }
@@ -308,7 +358,10 @@ mod tests {
         let ec = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k1",
             "x": URL_SAFE_NO_PAD.encode([2u8; 32]), "y": URL_SAFE_NO_PAD.encode([3u8; 32])});
         let k = parse_jwk(&ec).unwrap();
-        assert_eq!((k.alg, k.public.len(), k.kid.as_deref()), (KeyAlg::ES256, 65, Some("k1")));
+        assert_eq!(
+            (k.alg, k.public.len(), k.kid.as_deref()),
+            (KeyAlg::ES256, 65, Some("k1"))
+        );
         let okp = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([2u8; 32])});
         assert_eq!(parse_jwk(&okp).unwrap().alg, KeyAlg::EdDSA);
     }

@@ -58,7 +58,10 @@ mod tests {
     fn subset_is_granted_and_escalation_refused() {
         assert_eq!(grant(Some("b"), &allowed()).unwrap(), vec!["b".to_string()]);
         assert_eq!(grant(Some("b b a"), &allowed()).unwrap().len(), 2);
-        assert!(matches!(grant(Some("a c"), &allowed()), Err(OAuthError::InvalidScope(_))));
+        assert!(matches!(
+            grant(Some("a c"), &allowed()),
+            Err(OAuthError::InvalidScope(_))
+        ));
     }
 
     #[test]

@@ -38,21 +38,33 @@ pub struct Introspection {
 
 impl AuthServer {
     /// Handle a token request whose credentials and form were read by the HTTP adapter.
-    pub async fn token(&self, presented: Presented, form: Form, ctx: &RequestCtx) -> Result<TokenResponse, OAuthError> {
+    pub async fn token(
+        &self,
+        presented: Presented,
+        form: Form,
+        ctx: &RequestCtx,
+    ) -> Result<TokenResponse, OAuthError> {
         let grant_type = form.require("grant_type")?;
         match grant_type {
             grant::CLIENT_CREDENTIALS => self.client_credentials(presented, &form, ctx).await,
             grant::DEVICE_CODE => self.device_code_grant(presented, &form, ctx).await,
             grant::REFRESH_TOKEN => self.refresh_token_grant(presented, &form, ctx).await,
-            grant::TOKEN_EXCHANGE => Err(
-                OAuthError::UnsupportedGrantType(format!("{grant_type} is not supported yet").into()),
-            ),
-            _ => Err(OAuthError::UnsupportedGrantType("unknown grant_type".into())),
+            grant::TOKEN_EXCHANGE => Err(OAuthError::UnsupportedGrantType(
+                format!("{grant_type} is not supported yet").into(),
+            )),
+            _ => Err(OAuthError::UnsupportedGrantType(
+                "unknown grant_type".into(),
+            )),
         }
     }
 
     /// RFC 6749 §4.4: a confidential client gets a token for itself.
-    async fn client_credentials(&self, presented: Presented, form: &Form, ctx: &RequestCtx) -> Result<TokenResponse, OAuthError> {
+    async fn client_credentials(
+        &self,
+        presented: Presented,
+        form: &Form,
+        ctx: &RequestCtx,
+    ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, false, ctx).await?;
         if !client.allows_grant(grant::CLIENT_CREDENTIALS) {
             return Err(OAuthError::UnauthorizedClient(
@@ -60,8 +72,10 @@ impl AuthServer {
             ));
         }
         let granted = scope::grant(form.get("scope"), &client.scopes)?.join(" ");
-        let (access_token, claims) = self.mint_access_token(&client.client_id, &client.client_id, &granted, ctx.now);
-        self.record(ctx, issued_event(grant::CLIENT_CREDENTIALS, &claims)).await?;
+        let (access_token, claims) =
+            self.mint_access_token(&client.client_id, &client.client_id, &granted, ctx.now);
+        self.record(ctx, issued_event(grant::CLIENT_CREDENTIALS, &claims))
+            .await?;
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
@@ -72,7 +86,12 @@ impl AuthServer {
     }
 
     /// RFC 7662: any authenticated confidential client may ask whether a token is active.
-    pub async fn introspect(&self, presented: Presented, form: Form, ctx: &RequestCtx) -> Result<Introspection, OAuthError> {
+    pub async fn introspect(
+        &self,
+        presented: Presented,
+        form: Form,
+        ctx: &RequestCtx,
+    ) -> Result<Introspection, OAuthError> {
         let caller = self.authenticate(presented, false, ctx).await?;
         let token = form.require("token")?;
         Ok(match self.validate_access_token(token, ctx.now) {
@@ -91,7 +110,9 @@ impl AuthServer {
                     token_type: Some("Bearer"),
                 }
             }
-            Err(super::access_token::TokenRejection::Storage(e)) => return Err(OAuthError::Internal(e)),
+            Err(super::access_token::TokenRejection::Storage(e)) => {
+                return Err(OAuthError::Internal(e))
+            }
             Err(why) => {
                 tracing::debug!(caller = %caller.client_id, %why, "introspected token inactive");
                 Introspection {
@@ -105,7 +126,12 @@ impl AuthServer {
 
     /// RFC 7009: revoke one of the caller's own access tokens. Invalid or unknown tokens are
     /// answered with success (§2.2); another client's token is refused (§2.1).
-    pub async fn revoke(&self, presented: Presented, form: Form, ctx: &RequestCtx) -> Result<(), OAuthError> {
+    pub async fn revoke(
+        &self,
+        presented: Presented,
+        form: Form,
+        ctx: &RequestCtx,
+    ) -> Result<(), OAuthError> {
         let caller = self.authenticate(presented, false, ctx).await?;
         let token = form.require("token")?;
         match form.get("token_type_hint") {
@@ -114,9 +140,14 @@ impl AuthServer {
         }
         let claims = match self.validate_access_token(token, ctx.now) {
             Ok(c) => c,
-            Err(super::access_token::TokenRejection::Storage(e)) => return Err(OAuthError::Internal(e)),
+            Err(super::access_token::TokenRejection::Storage(e)) => {
+                return Err(OAuthError::Internal(e))
+            }
             Err(_) => {
-                return match self.revoke_refresh_token(token, &caller.client_id, ctx).await? {
+                return match self
+                    .revoke_refresh_token(token, &caller.client_id, ctx)
+                    .await?
+                {
                     Some(false) => Err(OAuthError::UnauthorizedClient(
                         "the token was not issued to this client".into(),
                     )),
@@ -130,14 +161,21 @@ impl AuthServer {
             .client(&claims.client_id)
             .reason(format!("jti={}", claims.jti));
         if claims.client_id != caller.client_id {
-            let event = AuditEvent { outcome: Outcome::Failure, ..event }.reason("token belongs to another client");
+            let event = AuditEvent {
+                outcome: Outcome::Failure,
+                ..event
+            }
+            .reason("token belongs to another client");
             self.record(ctx, event).await?;
             return Err(OAuthError::UnauthorizedClient(
                 "the token was not issued to this client".into(),
             ));
         }
         self.tokens
-            .revoke_access_token(&claims.jti, claims.exp.saturating_add(self.settings.clock_skew) + 1)
+            .revoke_access_token(
+                &claims.jti,
+                claims.exp.saturating_add(self.settings.clock_skew) + 1,
+            )
             .map_err(OAuthError::internal)?;
         self.record(ctx, event).await
     }
@@ -149,5 +187,8 @@ pub fn issued_event(grant_type: &str, claims: &super::access_token::AccessClaims
         .actor(&claims.client_id)
         .subject(&claims.sub)
         .client(&claims.client_id)
-        .reason(format!("grant={grant_type} scope={} jti={}", claims.scope, claims.jti))
+        .reason(format!(
+            "grant={grant_type} scope={} jti={}",
+            claims.scope, claims.jti
+        ))
 }

@@ -153,20 +153,32 @@ where
     for (key_seq, bytes) in entries {
         let seq = count + 1;
         if key_seq != seq {
-            return Err(brk(seq, format!("entry {seq} is missing (the next present is {key_seq})")));
+            return Err(brk(
+                seq,
+                format!("entry {seq} is missing (the next present is {key_seq})"),
+            ));
         }
         let entry: AuditEntry = serde_json::from_slice(&bytes)
             .map_err(|e| brk(seq, format!("entry does not decode: {e}")))?;
         if entry.body.seq != seq {
-            return Err(brk(seq, format!("entry claims to be number {}", entry.body.seq)));
+            return Err(brk(
+                seq,
+                format!("entry claims to be number {}", entry.body.seq),
+            ));
         }
         if entry.body.hash() != entry.hash {
-            return Err(brk(seq, "entry was altered (its content does not match its hash)".into()));
+            return Err(brk(
+                seq,
+                "entry was altered (its content does not match its hash)".into(),
+            ));
         }
         if entry.body.prev_hash != prev_hash {
             // Entry `seq` is self-consistent, so the one before it was replaced whole.
             let victim = seq.saturating_sub(1).max(1);
-            return Err(brk(victim, format!("entry was replaced (entry {seq} records a different hash for it)")));
+            return Err(brk(
+                victim,
+                format!("entry was replaced (entry {seq} records a different hash for it)"),
+            ));
         }
         prev_hash = entry.hash;
         count = seq;

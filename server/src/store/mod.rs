@@ -4,8 +4,8 @@
 pub mod audit;
 mod commit;
 pub mod grants;
-pub mod users;
 mod sled;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ use self::audit::{AuditEntry, AuditEvent, ChainBreak};
 
 pub use self::commit::{CommitError, GroupCommit};
 pub use self::grants::{DeviceGrantStore, RefreshTokenStore};
-pub use self::users::{SessionStore, UserStore};
 pub use self::sled::SledStore;
+pub use self::users::{SessionStore, UserStore};
 
 /// A storage operation that failed. The message names the operation, never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +90,12 @@ pub trait TokenStore: Send + Sync {
     fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
     /// Record a client assertion's `jti` (RFC 7523 §3 item 7) until `exp`. False if the same
     /// client already used it: a replay.
-    fn record_assertion_jti(&self, client_id: &str, jti: &str, exp: u64)
-        -> Result<bool, StoreError>;
+    fn record_assertion_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        exp: u64,
+    ) -> Result<bool, StoreError>;
     /// Drop revocation and replay records whose tokens expired before `now`.
     fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
 }
@@ -133,7 +137,11 @@ pub trait DeviceStore: Send + Sync {
     /// Store a device and its client at once, claiming its serial and its EK fingerprint.
     /// `Err(existing)` when either is already registered (to this device or another): one TPM
     /// is one identity. Nothing is written then.
-    fn register_device(&self, device: &Device, client: &Client) -> Result<Result<(), Device>, StoreError>;
+    fn register_device(
+        &self,
+        device: &Device,
+        client: &Client,
+    ) -> Result<Result<(), Device>, StoreError>;
     /// Remove a device, its serial and its client at once. False if there was none.
     fn delete_device(&self, client_id: &str) -> Result<bool, StoreError>;
 }

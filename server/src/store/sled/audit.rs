@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use super::SledStore;
 use crate::store::audit::{
-    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainedEvent, Head, StoredEntries, GENESIS_HASH,
+    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainedEvent, Head, StoredEntries,
+    GENESIS_HASH,
 };
 use crate::store::{AuditLog, StoreError};
 
@@ -30,22 +31,34 @@ pub(super) struct SledAudit {
 }
 
 fn read_err(source: sled::Error) -> StoreError {
-    StoreError::Read { what: "audit log", source }
+    StoreError::Read {
+        what: "audit log",
+        source,
+    }
 }
 
 fn decode_err(source: serde_json::Error) -> StoreError {
-    StoreError::Decode { what: "audit entry", source }
+    StoreError::Decode {
+        what: "audit entry",
+        source,
+    }
 }
 
 impl SledAudit {
     pub(super) fn open(tree: sled::Tree) -> Result<Self, StoreError> {
         let head = match tree.get(AUDIT_HEAD_KEY).map_err(read_err)? {
             None => (0, GENESIS_HASH.to_owned()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode { what: "audit head", source })?,
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
+                what: "audit head",
+                source,
+            })?,
         };
         Ok(SledAudit {
             tree,
-            chain: Mutex::new(Chain { head, pending: None }),
+            chain: Mutex::new(Chain {
+                head,
+                pending: None,
+            }),
         })
     }
 
@@ -63,11 +76,17 @@ impl SledAudit {
         };
         let mut batch = sled::Batch::default();
         batch.insert(&first.to_be_bytes(), lines.as_slice());
-        batch.insert(AUDIT_HEAD_KEY, serde_json::to_vec(&chain.head).unwrap_or_default());
+        batch.insert(
+            AUDIT_HEAD_KEY,
+            serde_json::to_vec(&chain.head).unwrap_or_default(),
+        );
         if let Err(source) = self.tree.apply_batch(batch) {
             // Keep them for the next flush: later entries chain onto these.
             chain.pending = Some((first, lines));
-            return Err(StoreError::Write { what: "audit segment", source });
+            return Err(StoreError::Write {
+                what: "audit segment",
+                source,
+            });
         }
         Ok(())
     }
@@ -82,8 +101,14 @@ impl SledAudit {
                 head = serde_json::from_slice::<(u64, String)>(&value).ok();
                 continue;
             }
-            let first = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
-            for (i, line) in value.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let first = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            for (i, line) in value
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
                 entries.push((first + i as u64, line.to_vec()));
             }
         }
@@ -129,7 +154,11 @@ impl AuditLog for SledStore {
             let Ok(first) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
                 continue;
             };
-            for (i, line) in value.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            for (i, line) in value
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
                 if first + (i as u64) < want {
                     continue;
                 }
@@ -154,12 +183,22 @@ impl SledStore {
     #[doc(hidden)]
     pub fn overwrite_audit_entry_for_test(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
         let tree = &self.audit.tree;
-        let found = tree.range(..=seq.to_be_bytes()).next_back().transpose().map_err(read_err)?;
+        let found = tree
+            .range(..=seq.to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(read_err)?;
         let Some((key, value)) = found.filter(|(k, _)| k.len() == 8) else {
             return Ok(());
         };
-        let first = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
-        let mut lines: Vec<Vec<u8>> = value.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+        let first = <[u8; 8]>::try_from(key.as_ref())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let mut lines: Vec<Vec<u8>> = value
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
         if let Some(line) = lines.get_mut((seq - first) as usize) {
             *line = bytes.to_vec();
         }
@@ -167,7 +206,10 @@ impl SledStore {
         joined.push(b'\n');
         tree.insert(key, joined)
             .map(|_| ())
-            .map_err(|source| StoreError::Write { what: "audit entry", source })
+            .map_err(|source| StoreError::Write {
+                what: "audit entry",
+                source,
+            })
     }
 }
 
@@ -183,20 +225,40 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             for i in 0..3 {
-                assert_eq!(store.append(AuditEvent::new("e", Outcome::Success).subject(format!("s{i}")), 1).unwrap(), i + 1);
+                assert_eq!(
+                    store
+                        .append(
+                            AuditEvent::new("e", Outcome::Success).subject(format!("s{i}")),
+                            1
+                        )
+                        .unwrap(),
+                    i + 1
+                );
             }
             store.flush().unwrap();
-            store.append(AuditEvent::new("e", Outcome::Success), 1).unwrap();
+            store
+                .append(AuditEvent::new("e", Outcome::Success), 1)
+                .unwrap();
             store.flush().unwrap();
             // Appended but never flushed: lost with the process, as its request was never answered.
-            store.append(AuditEvent::new("lost", Outcome::Success), 1).unwrap();
+            store
+                .append(AuditEvent::new("lost", Outcome::Success), 1)
+                .unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.append(AuditEvent::new("e", Outcome::Failure), 2).unwrap(), 5);
+        assert_eq!(
+            store
+                .append(AuditEvent::new("e", Outcome::Failure), 2)
+                .unwrap(),
+            5
+        );
         store.flush().unwrap();
         assert_eq!(store.verify().unwrap(), Ok(5));
         let page = store.entries(1, 3).unwrap();
-        assert_eq!(page.iter().map(|e| e.body.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            page.iter().map(|e| e.body.seq).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         assert_eq!(store.entries(4, 10).unwrap().len(), 1);
         assert!(store.entries(5, 10).unwrap().is_empty());
     }
@@ -206,12 +268,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         for _ in 0..4 {
-            store.append(AuditEvent::new("token.issued", Outcome::Success).client("c"), 1).unwrap();
+            store
+                .append(
+                    AuditEvent::new("token.issued", Outcome::Success).client("c"),
+                    1,
+                )
+                .unwrap();
         }
         store.flush().unwrap();
         let mut e = store.entries(1, 1).unwrap().remove(0);
         e.body.event.client = Some("mallory".into());
-        store.overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap()).unwrap();
+        store
+            .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
+            .unwrap();
         assert_eq!(store.verify().unwrap().unwrap_err().seq, 2);
     }
 }

@@ -8,13 +8,19 @@ use super::SledStore;
 use crate::store::{Client, Device, DeviceStore, StoreError};
 
 fn decode(bytes: &[u8]) -> Result<Device, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what: "device", source })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        what: "device",
+        source,
+    })
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     match e {
         TransactionError::Abort(inner) => inner,
-        TransactionError::Storage(source) => StoreError::Write { what: "device", source },
+        TransactionError::Storage(source) => StoreError::Write {
+            what: "device",
+            source,
+        },
     }
 }
 
@@ -22,7 +28,10 @@ impl DeviceStore for SledStore {
     fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError> {
         self.devices
             .get(client_id)
-            .map_err(|source| StoreError::Read { what: "device", source })?
+            .map_err(|source| StoreError::Read {
+                what: "device",
+                source,
+            })?
             .map(|b| decode(&b))
             .transpose()
     }
@@ -31,17 +40,29 @@ impl DeviceStore for SledStore {
         let Some(id) = self
             .device_serials
             .get(serial)
-            .map_err(|source| StoreError::Read { what: "device serial", source })?
+            .map_err(|source| StoreError::Read {
+                what: "device serial",
+                source,
+            })?
         else {
             return Ok(None);
         };
         self.device(&String::from_utf8_lossy(&id))
     }
 
-    fn register_device(&self, device: &Device, client: &Client) -> Result<Result<(), Device>, StoreError> {
+    fn register_device(
+        &self,
+        device: &Device,
+        client: &Client,
+    ) -> Result<Result<(), Device>, StoreError> {
         let device_bytes = serde_json::to_vec(device).unwrap_or_default();
         let client_bytes = serde_json::to_vec(client).unwrap_or_default();
-        let outcome = (&self.device_serials, &self.device_eks, &self.devices, &self.clients)
+        let outcome = (
+            &self.device_serials,
+            &self.device_eks,
+            &self.devices,
+            &self.clients,
+        )
             .transaction(|(serials, eks, devices, clients)| {
                 let taken = match serials.get(device.serial.as_bytes())? {
                     Some(id) => Some(id),
@@ -58,7 +79,10 @@ impl DeviceStore for SledStore {
                     return Ok(Some(existing.unwrap_or_else(|| device.clone())));
                 }
                 serials.insert(device.serial.as_bytes(), device.client_id.as_bytes())?;
-                eks.insert(device.ek_fingerprint.as_bytes(), device.client_id.as_bytes())?;
+                eks.insert(
+                    device.ek_fingerprint.as_bytes(),
+                    device.client_id.as_bytes(),
+                )?;
                 devices.insert(device.client_id.as_bytes(), device_bytes.clone())?;
                 clients.insert(client.client_id.as_bytes(), client_bytes.clone())?;
                 Ok(None)
@@ -72,7 +96,12 @@ impl DeviceStore for SledStore {
     }
 
     fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
-        let removed = (&self.device_serials, &self.device_eks, &self.devices, &self.clients)
+        let removed = (
+            &self.device_serials,
+            &self.device_eks,
+            &self.devices,
+            &self.clients,
+        )
             .transaction(|(serials, eks, devices, clients)| {
                 let Some(bytes) = devices.remove(client_id.as_bytes())? else {
                     return Ok(false);

@@ -2,16 +2,15 @@
 
 mod audit;
 mod device_grants;
+mod devices;
 mod refresh;
 mod users;
-mod devices;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{Client, ClientStore, Durability, StoreError, TokenStore};
-
 
 /// sled-backed implementation of every store trait.
 pub struct SledStore {
@@ -132,12 +131,18 @@ impl ClientStore for SledStore {
         client_id: &str,
         change: &mut dyn FnMut(&mut Client) -> bool,
     ) -> Result<Option<Client>, StoreError> {
-        let write_err = |source| StoreError::Write { what: "client", source };
+        let write_err = |source| StoreError::Write {
+            what: "client",
+            source,
+        };
         loop {
             let Some(current) = self
                 .clients
                 .get(client_id)
-                .map_err(|source| StoreError::Read { what: "client", source })?
+                .map_err(|source| StoreError::Read {
+                    what: "client",
+                    source,
+                })?
             else {
                 return Ok(None);
             };
@@ -147,7 +152,11 @@ impl ClientStore for SledStore {
             }
             let swapped = self
                 .clients
-                .compare_and_swap(client_id.as_bytes(), Some(&current), Some(Self::encode_client(&client)))
+                .compare_and_swap(
+                    client_id.as_bytes(),
+                    Some(&current),
+                    Some(Self::encode_client(&client)),
+                )
                 .map_err(write_err)?;
             if swapped.is_ok() {
                 self.forget_cached(client_id);
