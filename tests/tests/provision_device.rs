@@ -177,3 +177,43 @@ fn refuses_a_world_readable_station_file() {
     let secret: Value = serde_json::from_str(&secret).unwrap();
     assert!(!stderr.contains(secret["client_secret"].as_str().unwrap()));
 }
+
+#[test]
+fn one_tpm_is_never_two_devices() {
+    let server = TestServer::start();
+    let station = TestStation::register(&server, "devices:provision");
+    let device = TestDevice::new("HM-TWIN-1");
+    assert_eq!(
+        line(&station.provision_device(&device, &[]))["outcome"],
+        "provisioned"
+    );
+    let secret = device.unsealed_secret();
+
+    // The same TPM presented under another serial is refused, and nothing is written or sealed.
+    let other_config = device.dir.path().join("twin").join("agent.toml");
+    let out = station
+        .command()
+        .args([
+            "device",
+            "--serial",
+            "HM-TWIN-2",
+            "--model",
+            "test-1",
+            "--tcti",
+        ])
+        .arg(device.tcti())
+        .arg("--config-out")
+        .arg(&other_config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report = line(&out);
+    assert_eq!(report["outcome"], "conflict", "{report}");
+    assert!(
+        report["error"].as_str().unwrap().contains("HM-TWIN-1"),
+        "{report}"
+    );
+    assert!(!other_config.exists());
+    assert_eq!(device_by_serial(&server, "HM-TWIN-2").0, 404);
+    assert_eq!(device.unsealed_secret(), secret);
+}
