@@ -198,6 +198,14 @@ fn admin_device_routes_check_their_scopes() {
         );
     }
     assert_eq!(get(&server, "/admin/devices/nope", &admin).0, 404);
+    // Two credentials at once are one too many, even if one of them is good.
+    let request = format!(
+        "GET /admin/devices?serial=S1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {admin}\r\n\
+         Authorization: Bearer {other}\r\nConnection: close\r\n\r\n"
+    );
+    let (s, text) = server.raw_https(request.as_bytes());
+    assert_eq!(s, 400, "{text}");
+    assert!(text.contains("invalid_request"), "{text}");
 }
 
 #[test]

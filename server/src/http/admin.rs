@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use super::caller::{AuditRead, Caller, ClientsAdmin};
 use super::ctx::Ctx;
 use super::error::{json_bytes, OAuthResponse};
 use crate::oauth::registration::ClientMetadata;
@@ -49,19 +50,11 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(
 async fn create_client(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
+    caller: Caller<ClientsAdmin>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = match state
-        .oauth
-        .authorize_bearer(authorization, "clients:admin", ctx.now)
-    {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+    let caller = caller.claims;
     let meta: ClientMetadata = match json_body(&headers, body) {
         Ok(m) => m,
         Err(OAuthError::InvalidRequest(d)) => {
@@ -97,19 +90,9 @@ struct AuditQuery {
 /// `GET /admin/audit?after=N&limit=M` (scope `audit:read`): entries after sequence number N.
 async fn audit_entries(
     State(state): State<super::State>,
-    Ctx(ctx): Ctx,
-    headers: HeaderMap,
+    _caller: Caller<AuditRead>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Err(e) = state
-        .oauth
-        .authorize_bearer(authorization, "audit:read", ctx.now)
-    {
-        return e.into_response();
-    }
     let Ok(Query(q)) = query else {
         return OAuthResponse(OAuthError::InvalidRequest(
             "after and limit are non-negative integers".into(),

@@ -11,6 +11,7 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::admin::json_body;
+use super::caller::{Caller, DevicesAdmin, DevicesProvision};
 use super::ctx::Ctx;
 use super::error::{json_bytes, json_response, OAuthResponse};
 use crate::oauth::client_auth::Presented;
@@ -26,12 +27,6 @@ pub(super) fn router() -> Router<super::State> {
         .route("/oauth2/device-credentials", post(rotate))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-}
-
 fn not_found() -> Response {
     json_response(
         StatusCode::NOT_FOUND,
@@ -42,21 +37,16 @@ fn not_found() -> Response {
 async fn register(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
+    caller: Caller<DevicesProvision>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let station = match state
-        .oauth
-        .authorize_bearer(bearer(&headers), "devices:provision", ctx.now)
-    {
-        Ok(c) => c.client_id,
-        Err(e) => return e.into_response(),
-    };
+    let station = caller.client_id();
     let req: DeviceRegistration = match json_body(&headers, body) {
         Ok(r) => r,
         Err(e) => return OAuthResponse(e).into_response(),
     };
-    match state.oauth.register_device(req, &station, &ctx).await {
+    match state.oauth.register_device(req, station, &ctx).await {
         Ok(Registered::Created {
             client_id,
             factory_secret,
@@ -94,16 +84,9 @@ struct SerialQuery {
 
 async fn find_by_serial(
     State(state): State<super::State>,
-    Ctx(ctx): Ctx,
-    headers: HeaderMap,
+    _caller: Caller<DevicesAdmin>,
     query: Result<Query<SerialQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = state
-        .oauth
-        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
-    {
-        return e.into_response();
-    }
     let Some(serial) = query.ok().and_then(|q| q.0.serial) else {
         return OAuthResponse(OAuthError::InvalidRequest("give ?serial=S".into())).into_response();
     };
@@ -116,16 +99,9 @@ async fn find_by_serial(
 
 async fn show(
     State(state): State<super::State>,
-    Ctx(ctx): Ctx,
-    headers: HeaderMap,
+    _caller: Caller<DevicesAdmin>,
     Path(client_id): Path<String>,
 ) -> Response {
-    if let Err(e) = state
-        .oauth
-        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
-    {
-        return e.into_response();
-    }
     match state.oauth.device_view(&client_id) {
         Ok(Some(v)) => json_bytes(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()),
         Ok(None) => not_found(),
@@ -136,17 +112,11 @@ async fn show(
 async fn disable(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
-    headers: HeaderMap,
+    caller: Caller<DevicesAdmin>,
     Path(client_id): Path<String>,
 ) -> Response {
-    let actor = match state
-        .oauth
-        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
-    {
-        Ok(c) => c.client_id,
-        Err(e) => return e.into_response(),
-    };
-    match state.oauth.disable_device(&client_id, &actor, &ctx).await {
+    let actor = caller.client_id();
+    match state.oauth.disable_device(&client_id, actor, &ctx).await {
         Ok(true) => json_response(
             StatusCode::OK,
             &serde_json::json!({"client_id": client_id, "status": "disabled"}),
@@ -159,17 +129,11 @@ async fn disable(
 async fn remove(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
-    headers: HeaderMap,
+    caller: Caller<DevicesAdmin>,
     Path(client_id): Path<String>,
 ) -> Response {
-    let actor = match state
-        .oauth
-        .authorize_bearer(bearer(&headers), "devices:admin", ctx.now)
-    {
-        Ok(c) => c.client_id,
-        Err(e) => return e.into_response(),
-    };
-    match state.oauth.delete_device(&client_id, &actor, &ctx).await {
+    let actor = caller.client_id();
+    match state.oauth.delete_device(&client_id, actor, &ctx).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(),
         Err(e) => OAuthResponse(e).into_response(),

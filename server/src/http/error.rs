@@ -43,6 +43,12 @@ impl IntoResponse for OAuthResponse {
 impl IntoResponse for BearerError {
     fn into_response(self) -> axum::response::Response {
         let (status, code, challenge) = match &self {
+            BearerError::Malformed(why) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "invalid_request", "error_description": why}),
+                );
+            }
             BearerError::Missing => (
                 StatusCode::UNAUTHORIZED,
                 None,

@@ -2,6 +2,7 @@
 //! [`crate::oauth`].
 
 mod admin;
+mod caller;
 pub(crate) mod ctx;
 mod device_flow;
 mod devices;

@@ -3,12 +3,13 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
 use super::admin::json_body;
+use super::caller::{Caller, UsersAdmin};
 use super::ctx::Ctx;
 use super::error::{json_bytes, OAuthResponse};
 use crate::accounts::NewUser;
@@ -20,19 +21,11 @@ pub(super) fn router() -> Router<super::State> {
 async fn create_user(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
+    caller: Caller<UsersAdmin>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = match state
-        .oauth
-        .authorize_bearer(authorization, "users:admin", ctx.now)
-    {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+    let caller = caller.claims;
     let new: NewUser = match json_body(&headers, body) {
         Ok(n) => n,
         Err(e) => return OAuthResponse(e).into_response(),

@@ -82,6 +82,9 @@ pub enum BearerError {
     /// No bearer token at all.
     #[error("a bearer token is required")]
     Missing,
+    /// The `Authorization` header cannot be read as one credential.
+    #[error("invalid_request: {0}")]
+    Malformed(&'static str),
     /// The token is not active.
     #[error("invalid_token: {0}")]
     InvalidToken(TokenRejection),
