@@ -50,11 +50,13 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(
 async fn create_client(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
-    caller: Caller<ClientsAdmin>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = caller.claims;
+    let caller = match Caller::<ClientsAdmin>::from_headers(&state, &headers) {
+        Ok(c) => c.claims,
+        Err(e) => return e.into_response(),
+    };
     let meta: ClientMetadata = match json_body(&headers, body) {
         Ok(m) => m,
         Err(OAuthError::InvalidRequest(d)) => {

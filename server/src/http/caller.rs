@@ -1,12 +1,14 @@
-//! The admin API's bearer check as an extractor: `Caller<DevicesAdmin>` in a handler's arguments
-//! means the request carried exactly one `Authorization: Bearer` with an active access token
-//! holding that scope (RFC 6750), or the handler never runs and the client gets 401/403.
+//! The admin API's bearer check: `Caller<DevicesAdmin>` means the request carried exactly one
+//! `Authorization: Bearer` with an active access token holding that scope (RFC 6750), or the
+//! client gets 400/401/403. As an extractor it suits routes without a body; routes with one read
+//! the body first and call [`Caller::from_headers`], so that a refused client still reads its
+//! answer instead of a connection reset in the middle of its upload.
 
 use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 
 use crate::oauth::access_token::AccessClaims;
 use crate::oauth::registration::BearerError;
@@ -56,14 +58,10 @@ impl<S> Caller<S> {
     }
 }
 
-impl<S: Scope> FromRequestParts<super::State> for Caller<S> {
-    type Rejection = BearerError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &super::State,
-    ) -> Result<Self, Self::Rejection> {
-        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+impl<S: Scope> Caller<S> {
+    /// Check the request's headers.
+    pub fn from_headers(state: &super::State, headers: &HeaderMap) -> Result<Self, BearerError> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_some() {
             return Err(BearerError::Malformed("more than one Authorization header"));
@@ -82,5 +80,16 @@ impl<S: Scope> FromRequestParts<super::State> for Caller<S> {
             claims,
             scope: PhantomData,
         })
+    }
+}
+
+impl<S: Scope> FromRequestParts<super::State> for Caller<S> {
+    type Rejection = BearerError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &super::State,
+    ) -> Result<Self, Self::Rejection> {
+        Self::from_headers(state, &parts.headers)
     }
 }

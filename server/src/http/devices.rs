@@ -37,10 +37,13 @@ fn not_found() -> Response {
 async fn register(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
-    caller: Caller<DevicesProvision>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let station = caller.client_id();
     let req: DeviceRegistration = match json_body(&headers, body) {
         Ok(r) => r,

@@ -21,11 +21,13 @@ pub(super) fn router() -> Router<super::State> {
 async fn create_user(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
-    caller: Caller<UsersAdmin>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = caller.claims;
+    let caller = match Caller::<UsersAdmin>::from_headers(&state, &headers) {
+        Ok(c) => c.claims,
+        Err(e) => return e.into_response(),
+    };
     let new: NewUser = match json_body(&headers, body) {
         Ok(n) => n,
         Err(e) => return OAuthResponse(e).into_response(),
