@@ -12,6 +12,9 @@ use std::sync::{Arc, RwLock};
 
 use super::{Client, ClientStore, Durability, StoreError, TokenStore};
 
+/// Page cache size: 64 MiB.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// sled-backed implementation of every store trait.
 pub struct SledStore {
     db: sled::Db,
@@ -49,6 +52,9 @@ impl SledStore {
             // The group committer flushes before every response that needs it; sled's own
             // periodic flusher would only add a competing thread.
             .flush_every_ms(None)
+            // sled's default page cache is 1 GiB; the hot data (clients, revocations, pending
+            // grants) is small, so bound the server's memory instead.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
