@@ -3,13 +3,13 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 
 use super::ctx::Ctx;
-use super::error::{json_bytes, OAuthResponse};
+use super::error::json_or_error;
 use super::oauth::read_request;
 
 pub(super) fn router() -> Router<super::State> {
@@ -30,12 +30,6 @@ async fn device_authorization(
             .await
     }
     .await;
-    match result {
-        // §3.2: 200 with a JSON body, never cached (it holds the device code).
-        Ok(codes) => json_bytes(
-            StatusCode::OK,
-            serde_json::to_vec(&codes).unwrap_or_default(),
-        ),
-        Err(e) => OAuthResponse(e).into_response(),
-    }
+    // §3.2: 200 with a JSON body, never cached (it holds the device code).
+    json_or_error(result)
 }

@@ -96,6 +96,19 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> axum::resp
     json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
+/// `value` as a 200 JSON answer, or the OAuth error.
+pub fn json_or_error<T: serde::Serialize>(
+    result: Result<T, OAuthError>,
+) -> axum::response::Response {
+    match result {
+        Ok(value) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&value).unwrap_or_default(),
+        ),
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}
+
 /// Pre-serialised JSON, `Cache-Control: no-store`.
 pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> axum::response::Response {
     let mut resp = Response::new(Body::from(bytes));

@@ -4,12 +4,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 
 use super::ctx::Ctx;
-use super::error::{json_bytes, OAuthResponse};
+use super::error::json_or_error;
 use crate::oauth::client_auth::Presented;
 use crate::oauth::form::Form;
 use crate::oauth::OAuthError;
@@ -79,13 +79,7 @@ async fn token(
         state.oauth.token(presented, form, &ctx).await
     }
     .await;
-    match result {
-        Ok(tokens) => json_bytes(
-            StatusCode::OK,
-            serde_json::to_vec(&tokens).unwrap_or_default(),
-        ),
-        Err(e) => OAuthResponse(e).into_response(),
-    }
+    json_or_error(result)
 }
 
 async fn introspect(
@@ -99,13 +93,7 @@ async fn introspect(
         state.oauth.introspect(presented, form, &ctx).await
     }
     .await;
-    match result {
-        Ok(answer) => json_bytes(
-            StatusCode::OK,
-            serde_json::to_vec(&answer).unwrap_or_default(),
-        ),
-        Err(e) => OAuthResponse(e).into_response(),
-    }
+    json_or_error(result)
 }
 
 async fn revoke(
@@ -119,8 +107,6 @@ async fn revoke(
         state.oauth.revoke(presented, form, &ctx).await
     }
     .await;
-    match result {
-        Ok(()) => json_bytes(StatusCode::OK, b"{}".to_vec()),
-        Err(e) => OAuthResponse(e).into_response(),
-    }
+    // RFC 7009 §2.2: an empty 200.
+    json_or_error(result.map(|()| serde_json::json!({})))
 }

@@ -1,7 +1,7 @@
 //! Device authorization requests in sled: one tree, `d‖hash(device_code)` → the request as JSON
 //! and `u‖user_code` → the device code's hash.
 
-use super::SledStore;
+use super::{from_json, to_json, SledStore};
 use crate::store::grants::{DeviceGrant, DeviceGrantStore, TokenHash};
 use crate::store::StoreError;
 
@@ -23,15 +23,11 @@ fn user_code_key(code: &str) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> Result<DeviceGrant, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
-        what: "device grant",
-        source,
-    })
+    from_json(bytes, "device grant")
 }
 
 fn encode(grant: &DeviceGrant) -> Vec<u8> {
-    // A struct of strings, numbers and enums always serialises.
-    serde_json::to_vec(grant).unwrap_or_default()
+    to_json(grant)
 }
 
 fn read_err(source: sled::Error) -> StoreError {

@@ -4,14 +4,11 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::SledStore;
+use super::{from_json, get_json, SledStore};
 use crate::store::{Client, Device, DeviceStore, StoreError};
 
 fn decode(bytes: &[u8]) -> Result<Device, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
-        what: "device",
-        source,
-    })
+    from_json(bytes, "device")
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {
@@ -26,14 +23,7 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
 
 impl DeviceStore for SledStore {
     fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError> {
-        self.devices
-            .get(client_id)
-            .map_err(|source| StoreError::Read {
-                what: "device",
-                source,
-            })?
-            .map(|b| decode(&b))
-            .transpose()
+        get_json(&self.devices, client_id, "device")
     }
 
     fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError> {

@@ -12,6 +12,32 @@ use std::sync::{Arc, RwLock};
 
 use super::{Client, ClientStore, Durability, StoreError, TokenStore};
 
+/// A stored record: JSON. Records are structs of strings, numbers, lists and options, which always
+/// serialise.
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Decode a stored record of kind `what`.
+fn from_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })
+}
+
+/// Read and decode the record under `key`, if any.
+fn get_json<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: impl AsRef<[u8]>,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    tree.get(key)
+        .map_err(|source| StoreError::Read { what, source })?
+        .map(|bytes| from_json(&bytes, what))
+        .transpose()
+}
+
 /// Page cache size: 64 MiB.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -75,18 +101,6 @@ impl SledStore {
         })
     }
 
-    fn decode_client(bytes: &[u8]) -> Result<Client, StoreError> {
-        serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
-            what: "client",
-            source,
-        })
-    }
-
-    fn encode_client(client: &Client) -> Vec<u8> {
-        // Serialising a struct of strings, vectors and numbers cannot fail.
-        serde_json::to_vec(client).unwrap_or_default()
-    }
-
     fn forget_cached(&self, client_id: &str) {
         if let Ok(mut cache) = self.client_cache.write() {
             cache.remove(client_id);
@@ -114,7 +128,7 @@ impl ClientStore for SledStore {
         else {
             return Ok(None);
         };
-        let client = Arc::new(Self::decode_client(&bytes)?);
+        let client = Arc::new(from_json::<Client>(&bytes, "client")?);
         if let Ok(mut cache) = self.client_cache.write() {
             cache.insert(client_id.to_owned(), client.clone());
         }
@@ -123,7 +137,7 @@ impl ClientStore for SledStore {
 
     fn put_client(&self, client: &Client) -> Result<(), StoreError> {
         self.clients
-            .insert(client.client_id.as_bytes(), Self::encode_client(client))
+            .insert(client.client_id.as_bytes(), to_json(client))
             .map_err(|source| StoreError::Write {
                 what: "client",
                 source,
@@ -152,17 +166,13 @@ impl ClientStore for SledStore {
             else {
                 return Ok(None);
             };
-            let mut client = Self::decode_client(&current)?;
+            let mut client = from_json::<Client>(&current, "client")?;
             if !change(&mut client) {
                 return Ok(Some(client));
             }
             let swapped = self
                 .clients
-                .compare_and_swap(
-                    client_id.as_bytes(),
-                    Some(&current),
-                    Some(Self::encode_client(&client)),
-                )
+                .compare_and_swap(client_id.as_bytes(), Some(&current), Some(to_json(&client)))
                 .map_err(write_err)?;
             if swapped.is_ok() {
                 self.forget_cached(client_id);
@@ -178,7 +188,7 @@ impl ClientStore for SledStore {
             .compare_and_swap(
                 client.client_id.as_bytes(),
                 None::<&[u8]>,
-                Some(Self::encode_client(client)),
+                Some(to_json(client)),
             )
             .map_err(|source| StoreError::Write {
                 what: "client",

@@ -4,7 +4,7 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::SledStore;
+use super::{to_json, SledStore};
 use crate::store::grants::{RefreshFamily, RefreshToken, RefreshTokenStore, Rotation, TokenHash};
 use crate::store::StoreError;
 
@@ -23,11 +23,6 @@ fn family_key(family: &str) -> Vec<u8> {
     key.push(FAMILY);
     key.extend_from_slice(family.as_bytes());
     key
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Structs of strings, numbers and options always serialise.
-    serde_json::to_vec(value).unwrap_or_default()
 }
 
 fn read_err(source: sled::Error) -> StoreError {

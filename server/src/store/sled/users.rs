@@ -1,34 +1,14 @@
 //! Users and verification-page sessions in sled: `users` keyed by lowercase name,
 //! `web_sessions` keyed by the SHA-256 of the session cookie.
 
-use super::SledStore;
+use super::{get_json, to_json, SledStore};
 use crate::store::grants::TokenHash;
 use crate::store::users::{SessionStore, User, UserStore, WebSession};
 use crate::store::StoreError;
 
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Structs of strings, numbers and options always serialise.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
 impl UserStore for SledStore {
     fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
-        let Some(bytes) =
-            self.users
-                .get(username.as_bytes())
-                .map_err(|source| StoreError::Read {
-                    what: "user",
-                    source,
-                })?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Decode {
-                what: "user",
-                source,
-            })
+        get_json(&self.users, username.as_bytes(), "user")
     }
 
     fn insert_new_user(&self, user: &User) -> Result<bool, StoreError> {
@@ -45,22 +25,7 @@ impl UserStore for SledStore {
 
 impl SessionStore for SledStore {
     fn web_session(&self, id: &TokenHash) -> Result<Option<WebSession>, StoreError> {
-        let Some(bytes) = self
-            .web_sessions
-            .get(id.0)
-            .map_err(|source| StoreError::Read {
-                what: "session",
-                source,
-            })?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Decode {
-                what: "session",
-                source,
-            })
+        get_json(&self.web_sessions, id.0, "session")
     }
 
     fn put_web_session(&self, id: &TokenHash, session: &WebSession) -> Result<(), StoreError> {
