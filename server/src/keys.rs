@@ -59,9 +59,6 @@ pub struct StoredKey {
     pub created_at: u64,
     /// From when it may sign (it is published before that).
     pub active_from: u64,
-    /// When it stopped signing, if it has.
-    #[serde(default)]
-    pub retired_at: Option<u64>,
 }
 
 impl std::fmt::Debug for StoredKey {
@@ -69,7 +66,6 @@ impl std::fmt::Debug for StoredKey {
         f.debug_struct("StoredKey")
             .field("kid", &self.kid)
             .field("active_from", &self.active_from)
-            .field("retired_at", &self.retired_at)
             .finish_non_exhaustive()
     }
 }
@@ -116,7 +112,6 @@ impl KeyFile {
             seed: b64(seed.as_ref()),
             created_at: now,
             active_from,
-            retired_at: None,
         });
         kid
     }
@@ -247,7 +242,7 @@ impl KeyRing {
             }
             jwks.push(public_jwk(&stored.kid, &public));
             verifiers.insert(stored.kid.clone(), public);
-            if stored.active_from <= now && stored.retired_at.is_none() {
+            if stored.active_from <= now {
                 active = Some((stored.kid.clone(), key));
             }
         }
