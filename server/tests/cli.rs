@@ -297,7 +297,11 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
         &[],
     );
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("database"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("in use by another process"),
+        "{}",
+        stderr_of(&out)
+    );
     // The first is unharmed.
     assert_eq!(
         server

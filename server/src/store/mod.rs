@@ -32,6 +32,12 @@ pub enum StoreError {
         /// What the storage engine said.
         source: ::sled::Error,
     },
+    /// Another process holds the database (a server already running on this data directory).
+    #[error("the database at {path} is in use by another process (is a server already running on this data directory?)")]
+    Locked {
+        /// The database directory.
+        path: String,
+    },
     /// A read failed.
     #[error("storage read failed ({what})")]
     Read {

@@ -9,6 +9,7 @@ mod users;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::{Client, ClientStore, Durability, StoreError, TokenStore};
 
@@ -36,6 +37,14 @@ fn get_json<T: serde::de::DeserializeOwned>(
         .map_err(|source| StoreError::Read { what, source })?
         .map(|bytes| from_json(&bytes, what))
         .transpose()
+}
+
+/// How long [`SledStore::open`] waits for another holder of the database lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// sled reports a held file lock only as an `Other` I/O error whose text says so.
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// Page cache size: 64 MiB.
@@ -67,22 +76,30 @@ impl std::fmt::Debug for SledStore {
 
 impl SledStore {
     /// Open (or create) the database at `path`.
+    ///
+    /// sled locks its file for the life of the database, and its I/O threads can hold the file a
+    /// moment after the last handle is dropped; so a lock conflict is retried for
+    /// [`LOCK_WAIT`] before it is reported as [`StoreError::Locked`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
         };
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            // The group committer flushes before every response that needs it; sled's own
-            // periodic flusher would only add a competing thread.
-            .flush_every_ms(None)
-            // sled's default page cache is 1 GiB; the hot data (clients, revocations, pending
-            // grants) is small, so bound the server's memory instead.
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(open_err)?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match Self::config(path).open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_conflict(&e) => {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         Ok(SledStore {
             clients: tree("clients")?,
@@ -99,6 +116,18 @@ impl SledStore {
             db,
             client_cache: RwLock::new(HashMap::new()),
         })
+    }
+
+    fn config(path: &Path) -> sled::Config {
+        sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            // The group committer flushes before every response that needs it; sled's own
+            // periodic flusher would only add a competing thread.
+            .flush_every_ms(None)
+            // sled's default page cache is 1 GiB; the hot data (clients, revocations, pending
+            // grants) is small, so bound the server's memory instead.
+            .cache_capacity(CACHE_BYTES)
     }
 
     fn forget_cached(&self, client_id: &str) {
@@ -278,6 +307,23 @@ impl Durability for SledStore {
 mod tests {
     use super::*;
     use crate::store::AuthMethod;
+
+    #[test]
+    fn a_held_database_is_reported_in_use_and_reopens_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        let started = Instant::now();
+        let err = SledStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+        assert!(started.elapsed() >= LOCK_WAIT);
+        drop(first);
+        // Reopening right after the drop (as `init` then `serve` in one process do) succeeds
+        // even while sled's I/O threads let go of the file.
+        for _ in 0..20 {
+            let again = SledStore::open(dir.path()).unwrap();
+            drop(again);
+        }
+    }
 
     fn client(id: &str) -> Client {
         Client {
