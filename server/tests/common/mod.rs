@@ -59,8 +59,24 @@ pub struct TestServer {
     envs: Vec<(String, String)>,
 }
 
-/// A free loopback port (the OS picks; tiny race until the server binds it).
+/// A loopback port that was free a moment ago, drawn at random from below the kernel's ephemeral
+/// range: outgoing connections (thousands in a test run) take their local ports from that range,
+/// so a port picked there could be taken before the server binds it, or while it restarts.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const FLOOR: u16 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    for _ in 0..256 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = FLOOR + (h.finish() % u64::from(low.saturating_sub(FLOOR).max(1))) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
