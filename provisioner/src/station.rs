@@ -177,8 +177,7 @@ fn description_suffix(description: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// What the server said to a device registration.
-#[derive(Debug)]
+/// What the server said to a device registration. `Debug` never shows the factory secret.
 #[non_exhaustive]
 pub enum Registration {
     /// A new device; its one-time factory secret (base64url, as sent).
@@ -202,6 +201,30 @@ pub enum Registration {
         /// The EK fingerprint it was registered with.
         ek_fingerprint: String,
     },
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Registration::Created { client_id, .. } => f
+                .debug_struct("Created")
+                .field("client_id", client_id)
+                .finish_non_exhaustive(),
+            Registration::EkInUse { client_id, serial } => f
+                .debug_struct("EkInUse")
+                .field("client_id", client_id)
+                .field("serial", serial)
+                .finish(),
+            Registration::Exists {
+                client_id,
+                ek_fingerprint,
+            } => f
+                .debug_struct("Exists")
+                .field("client_id", client_id)
+                .field("ek_fingerprint", ek_fingerprint)
+                .finish(),
+        }
+    }
 }
 
 struct CachedToken {
@@ -497,6 +520,15 @@ mod tests {
     fn debug_redacts_the_secret() {
         let c = StationCredentials::new("station".into(), "s3cret".into());
         assert!(!format!("{c:?}").contains("s3cret"));
+        let r = Registration::Created {
+            client_id: "dev-1".into(),
+            factory_secret: Zeroizing::new("f4ctory".into()),
+        };
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("dev-1") && !shown.contains("f4ctory"),
+            "{shown}"
+        );
     }
 
     #[cfg(unix)]
