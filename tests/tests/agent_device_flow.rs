@@ -1,13 +1,15 @@
 //! The device authorization grant end to end: `hallmark-agent login` shows a code, a scripted
 //! browser approves it on the server's verification page, the refresh token is stored sealed
-//! by the TPM, `token` uses and rotates it, reuse of a spent one revokes the family, and a
-//! denied request ends login with a clear message.
+//! by the TPM, `token` uses and rotates it, reuse of a spent one revokes the family, `run` serves
+//! the user's tokens and renews them by refresh, and a denied request ends login with a clear
+//! message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use hallmark_agent::socket::{fetch, Answer};
 use hallmark_agent::Flow;
 use hallmark_e2e::device::{Device, DeviceOptions};
 use hallmark_e2e::server::TestServer;
@@ -146,4 +148,64 @@ fn login_denied_on_the_page_ends_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("denied"), "{stderr}");
     assert!(!device.state_dir().join(REFRESH_FILE).exists());
+}
+
+#[test]
+fn run_after_login_serves_the_users_tokens_and_renews_them_by_refresh() {
+    // Tokens live 6 s, so `run` renews about every 5 s, each time through the refresh token.
+    let server =
+        TestServer::start_with(&["--device-poll-interval", "1", "--access-token-ttl", "6"]);
+    create_user(&server, "carol", "a passphrase for carol");
+    let device = Device::provision_with(
+        &server,
+        DeviceOptions {
+            flow: Flow::DeviceCode,
+            ..DeviceOptions::default()
+        },
+    );
+    let (child, code) = start_login(&device);
+    Browser::new(&server).decide("carol", "a passphrase for carol", &code, true);
+    let out = wait(child, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sealed = device.state_dir().join(REFRESH_FILE);
+    let blob_at_login = std::fs::read(&sealed).unwrap();
+
+    let mut run = device.spawn_run();
+    let socket_token = |not: Option<&str>| {
+        let started = Instant::now();
+        loop {
+            if let Ok(Answer::Token { access_token, .. }) = fetch(&device.socket_path()) {
+                if Some(access_token.as_str()) != not {
+                    return access_token;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no new token on the socket; log: {}",
+                device.run_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = socket_token(None);
+    let second = socket_token(Some(&first));
+    for token in [&first, &second] {
+        let claims = introspect(&server, token);
+        assert_eq!(claims["active"], true, "{claims}");
+        assert_eq!(claims["sub"], "carol", "{claims}");
+        assert_eq!(claims["client_id"], device.client_id.as_str());
+    }
+    // Each renewal spent the refresh token and sealed its successor.
+    let blob_now = std::fs::read(&sealed).unwrap();
+    assert_ne!(blob_at_login, blob_now, "refresh token not rotated by run");
+
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // The rotated refresh token survives the daemon: `token` still works for carol.
+    let token = device.agent_ok(&["token"]);
+    assert_eq!(introspect(&server, token.trim())["sub"], "carol");
 }
