@@ -117,15 +117,23 @@ pub enum DeviceError {
         client_id: String,
     },
     /// The TPM holds a credential from a registration the server does not know under this
-    /// serial.
+    /// serial. The registration just made was withdrawn again, unless `withdrawn` is false.
     #[error(
-        "the TPM already holds a Hallmark credential from another registration; the new \
-         registration {client_id} is unused: clear the TPM (tpm2_clear) or check the serial, \
-         delete {client_id}, and rerun"
+        "the TPM already holds a Hallmark credential from another registration; {}",
+        if *withdrawn {
+            "the registration just made was withdrawn: check the serial, or clear the TPM \
+             (tpm2_clear) if its old registration is gone, and rerun".to_owned()
+        } else {
+            format!("the new registration {client_id} is unused and could not be withdrawn: \
+                     delete it (DELETE /admin/devices/{client_id}, scope devices:admin), check \
+                     the serial or clear the TPM (tpm2_clear), and rerun")
+        }
     )]
     TpmOccupied {
         /// The registration just made.
         client_id: String,
+        /// Whether it was withdrawn.
+        withdrawn: bool,
     },
     /// `--reset-lost` could not delete the lost registration.
     #[error("cannot delete the lost registration {client_id}")]
@@ -312,7 +320,13 @@ impl Station {
         };
         report.client_id = Some(client_id.clone());
         if holds_credential {
-            return Err(DeviceError::TpmOccupied { client_id });
+            // Leave nothing unused under the serial: a rerun must find the same situation, not
+            // a registration it would take for this TPM's own.
+            let withdrawn = self.client.withdraw_device(&client_id).unwrap_or(false);
+            return Err(DeviceError::TpmOccupied {
+                client_id,
+                withdrawn,
+            });
         }
         seal(&mut tpm, &client_id, &secret)?;
         drop(tpm);

@@ -358,6 +358,26 @@ impl StationClient {
         }
     }
 
+    /// `POST /admin/devices/{client_id}/withdraw` (scope `devices:provision`): takes back a
+    /// registration this station just made and could not complete; `false` if the server no
+    /// longer has it.
+    pub fn withdraw_device(&self, client_id: &str) -> Result<bool, StationError> {
+        let url = format!("{}/admin/devices/{client_id}/withdraw", self.server);
+        let (status, json) = self.with_token(PROVISION_SCOPE, |token| {
+            let resp = self
+                .http
+                .post(&url)
+                .header("Authorization", &format!("Bearer {}", token.as_str()))
+                .send_empty();
+            read_json(&url, resp)
+        })?;
+        match status {
+            200 | 204 => Ok(true),
+            404 => Ok(false),
+            _ => Err(refused("withdrawing the registration", status, &json)),
+        }
+    }
+
     /// Runs `call` with a token for `scope`; on 401 (token revoked, signing key gone) fetches a
     /// fresh token and tries once more.
     fn with_token(

@@ -14,6 +14,7 @@ use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 
 use common::TestServer;
+use hallmark_server::store::audit::Outcome;
 
 /// A device key as the agent would hold it (here in software).
 struct DeviceKey {
@@ -543,4 +544,72 @@ fn metrics_count_requests_tokens_and_failures() {
     ] {
         assert!(text.contains(wanted), "{wanted} missing:\n{text}");
     }
+}
+
+#[test]
+fn a_station_withdraws_only_its_own_unrotated_registrations() {
+    let mut server = TestServer::start();
+    let provision = server.admin_token("devices:provision");
+    let admin_only = server.admin_token("devices:admin");
+    let (other_id, other_secret) =
+        server.register_secret_client("devices:provision", "client_secret_basic");
+    let (_, other) = secret_token(&server, &other_id, &other_secret);
+    let other = other["access_token"].as_str().unwrap().to_owned();
+    let withdraw = |token: &str, id: &str| {
+        server.post_raw(
+            &format!("/admin/devices/{id}/withdraw"),
+            "application/json",
+            Some(&bearer(token)),
+            b"",
+        )
+    };
+
+    let (_, dev) = register(&server, &provision, "HM-W1", &ek(21));
+    let (id, secret) = (
+        dev["client_id"].as_str().unwrap().to_owned(),
+        dev["factory_secret"].as_str().unwrap().to_owned(),
+    );
+    // Another station cannot see it, and devices:admin alone is not the scope of this route.
+    assert_eq!(withdraw(&other, &id).0, 404);
+    assert_eq!(withdraw(&admin_only, &id).0, 403);
+    assert_eq!(secret_token(&server, &id, &secret).0, 200);
+    // Its own station takes it back: the secret stops working and the serial and EK are free.
+    assert_eq!(withdraw(&provision, &id).0, 204);
+    assert_eq!(withdraw(&provision, &id).0, 404);
+    assert_eq!(secret_token(&server, &id, &secret).0, 401);
+    let (s, again) = register(&server, &provision, "HM-W1", &ek(21));
+    assert_eq!(s, 201, "{again}");
+    assert_ne!(again["client_id"], id.as_str());
+
+    // A device that has started rotating is the operator's to delete, not the station's.
+    let (_, dev) = register(&server, &provision, "HM-W2", &ek(22));
+    let (id2, secret2) = (
+        dev["client_id"].as_str().unwrap(),
+        dev["factory_secret"].as_str().unwrap(),
+    );
+    assert_eq!(
+        rotate(&server, id2, secret2, &DeviceKey::new("k-w2")).0,
+        200
+    );
+    let (s, body) = withdraw(&provision, id2);
+    assert_eq!((s, body["error"].as_str()), (409, Some("not_withdrawable")));
+    assert_eq!(
+        secret_token(&server, id2, secret2).0,
+        200,
+        "refusal changed nothing"
+    );
+
+    let events: Vec<_> = server
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.body.event.event == "device.withdrawn")
+        .map(|e| (e.body.event.subject.clone(), e.body.event.outcome))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (Some(id.clone()), Outcome::Success),
+            (Some(id2.to_owned()), Outcome::Failure)
+        ]
+    );
 }

@@ -217,3 +217,44 @@ fn one_tpm_is_never_two_devices() {
     assert_eq!(device_by_serial(&server, "HM-TWIN-2").0, 404);
     assert_eq!(device.unsealed_secret(), secret);
 }
+
+#[test]
+fn a_tpm_holding_a_deleted_registrations_secret_is_refused_and_nothing_is_left_registered() {
+    let server = TestServer::start();
+    let station = TestStation::register(&server, "devices:provision");
+    let device = TestDevice::new("HM-OCC-1");
+    let first = line(&station.provision_device(&device, &[]));
+    assert_eq!(first["outcome"], "provisioned");
+    let old_secret = device.unsealed_secret().unwrap();
+    // An operator deletes the registration but nobody clears the TPM.
+    let admin = server.admin_token("devices:admin");
+    let id = first["client_id"].as_str().unwrap();
+    let deleted = server
+        .http
+        .delete(&server.url(&format!("/admin/devices/{id}")))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+
+    // Twice: the second run finds exactly what the first did (it must not take a registration
+    // left behind by the first for this TPM's own).
+    for _ in 0..2 {
+        let out = station.provision_device(&device, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let report = line(&out);
+        assert_eq!(report["outcome"], "tpm-occupied", "{report}");
+        let error = report["error"].as_str().unwrap();
+        assert!(error.contains("withdrawn"), "{error}");
+        assert_eq!(
+            device_by_serial(&server, "HM-OCC-1").0,
+            404,
+            "left registered"
+        );
+    }
+    // The TPM was not touched.
+    assert_eq!(
+        device.unsealed_secret().as_deref(),
+        Some(old_secret.as_str())
+    );
+}

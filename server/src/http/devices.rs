@@ -1,5 +1,6 @@
 //! Device routes: the registry under `/admin/devices` (bearer tokens with `devices:provision` or
-//! `devices:admin`) and the first-boot rotation endpoint `POST /oauth2/device-credentials`.
+//! `devices:admin`; a station may withdraw its own unused registrations) and the first-boot
+//! rotation endpoint `POST /oauth2/device-credentials`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,7 +16,7 @@ use super::caller::{Caller, DevicesAdmin, DevicesProvision};
 use super::ctx::Ctx;
 use super::error::{json_bytes, json_response, OAuthResponse};
 use crate::oauth::client_auth::Presented;
-use crate::oauth::devices::{DeviceRegistration, Registered};
+use crate::oauth::devices::{DeviceRegistration, Registered, Withdrawal};
 use crate::oauth::form::Form;
 use crate::oauth::OAuthError;
 
@@ -24,6 +25,7 @@ pub(super) fn router() -> Router<super::State> {
         .route("/admin/devices", post(register).get(find_by_serial))
         .route("/admin/devices/{client_id}", get(show).delete(remove))
         .route("/admin/devices/{client_id}/disable", post(disable))
+        .route("/admin/devices/{client_id}/withdraw", post(withdraw))
         .route("/oauth2/device-credentials", post(rotate))
 }
 
@@ -139,6 +141,25 @@ async fn remove(
     match state.oauth.delete_device(&client_id, actor, &ctx).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(),
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}
+
+/// A station takes back its own unused registration (see [`crate::oauth::AuthServer::withdraw_device`]).
+async fn withdraw(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    caller: Caller<DevicesProvision>,
+    Path(client_id): Path<String>,
+) -> Response {
+    let station = caller.client_id();
+    match state.oauth.withdraw_device(&client_id, station, &ctx).await {
+        Ok(Withdrawal::Withdrawn) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Withdrawal::NotFound) => not_found(),
+        Ok(Withdrawal::Refused(why)) => json_response(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"error": "not_withdrawable", "error_description": why}),
+        ),
         Err(e) => OAuthResponse(e).into_response(),
     }
 }

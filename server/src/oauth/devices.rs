@@ -78,6 +78,21 @@ pub struct DeviceView {
     pub scopes: Vec<String>,
 }
 
+/// How long after registering a device its station may withdraw it: 15 minutes.
+pub const WITHDRAW_WINDOW: u64 = 15 * 60;
+
+/// What [`AuthServer::withdraw_device`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Withdrawal {
+    /// The registration is gone.
+    Withdrawn,
+    /// No such device registered by this station.
+    NotFound,
+    /// Registered by this station, but no longer withdrawable; why.
+    Refused(&'static str),
+}
+
 fn valid_serial(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
@@ -297,6 +312,65 @@ impl AuthServer {
             .client(client_id);
         self.record(ctx, event).await?;
         Ok(true)
+    }
+
+    /// `POST /admin/devices/{client_id}/withdraw` (scope `devices:provision`): a station takes
+    /// back a registration it made itself, within [`WITHDRAW_WINDOW`] seconds, while the device
+    /// still holds only its factory secret — the station's way out when the secret cannot be
+    /// sealed (the TPM already holds another registration's credential), so that nothing unused
+    /// is left registered under the serial. Anything else is for an operator with
+    /// `devices:admin` (delete).
+    pub async fn withdraw_device(
+        &self,
+        client_id: &str,
+        station: &str,
+        ctx: &RequestCtx,
+    ) -> Result<Withdrawal, OAuthError> {
+        let device = match self
+            .devices
+            .device(client_id)
+            .map_err(OAuthError::internal)?
+        {
+            // Another station's device is as good as absent to this one.
+            Some(d) if d.registered_by == station => d,
+            _ => return Ok(Withdrawal::NotFound),
+        };
+        let client = self
+            .clients
+            .client(client_id)
+            .map_err(OAuthError::internal)?;
+        let refusal = match &client {
+            None => return Ok(Withdrawal::NotFound),
+            Some(c) if !c.keys.is_empty() || c.pending_key.is_some() => {
+                Some("the device has rotated its credential")
+            }
+            Some(_) if ctx.now > device.registered_at.saturating_add(WITHDRAW_WINDOW) => {
+                Some("the registration is older than the withdrawal window")
+            }
+            Some(_) => None,
+        };
+        let event = AuditEvent::new("device.withdrawn", Outcome::Success)
+            .actor(station)
+            .subject(client_id)
+            .client(client_id);
+        if let Some(why) = refusal {
+            let event = AuditEvent {
+                outcome: Outcome::Failure,
+                ..event
+            }
+            .reason(why);
+            self.record(ctx, event).await?;
+            return Ok(Withdrawal::Refused(why));
+        }
+        if !self
+            .devices
+            .delete_device(client_id)
+            .map_err(OAuthError::internal)?
+        {
+            return Ok(Withdrawal::NotFound);
+        }
+        self.record(ctx, event).await?;
+        Ok(Withdrawal::Withdrawn)
     }
 
     /// `POST /oauth2/device-credentials`: a device, authenticated by its current credential,
