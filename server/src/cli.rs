@@ -134,6 +134,9 @@ pub struct ServeArgs {
     /// Seconds a new signing key is published before it signs (default 600).
     #[arg(long, env = "HALLMARK_KEY_PUBLISH_AHEAD")]
     pub key_publish_ahead: Option<u64>,
+    /// Most nested `act` levels a token exchange may produce, 1 to 16 (default 3).
+    #[arg(long, env = "HALLMARK_MAX_DELEGATION_DEPTH")]
+    pub max_delegation_depth: Option<usize>,
     /// Device flow, refresh token and verification-page settings.
     #[command(flatten)]
     pub device_flow: Box<DeviceFlowArgs>,
@@ -153,6 +156,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             key_rotation_period: self.key_rotation_period,
             key_publish_ahead: self.key_publish_ahead,
+            max_delegation_depth: self.max_delegation_depth,
             device_code_expires_in: self.device_flow.device_code_expires_in,
             device_poll_interval: self.device_flow.device_poll_interval,
             refresh_token_ttl: self.device_flow.refresh_token_ttl,

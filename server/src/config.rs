@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_KEY_ROTATION_PERIOD: u64 = 30 * 24 * 3600;
 /// Default time a new key is published before it signs: 10 minutes, a validator's JWKS cache.
 pub const DEFAULT_KEY_PUBLISH_AHEAD: u64 = 600;
+/// Default most nested `act` levels a token exchange may produce (RFC 8693 §4.1): 3.
+pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 3;
+/// Largest `max_delegation_depth` accepted.
+pub const MAX_DELEGATION_DEPTH_LIMIT: usize = 16;
 
 /// One layer of settings, as written in a TOML file. Every field is optional; later layers win.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -48,6 +52,8 @@ pub struct ConfigLayer {
     pub key_rotation_period: Option<u64>,
     /// Seconds a new signing key is published before it signs. Default 600.
     pub key_publish_ahead: Option<u64>,
+    /// Most nested `act` levels a token exchange (RFC 8693) may produce, 1 to 16. Default 3.
+    pub max_delegation_depth: Option<usize>,
     /// Lifetime of a device code and its user code (RFC 8628 `expires_in`), 60 to 3600 s.
     /// Default 600.
     pub device_code_expires_in: Option<u64>,
@@ -94,6 +100,7 @@ impl ConfigLayer {
             max_body_bytes: top.max_body_bytes.or(self.max_body_bytes),
             key_rotation_period: top.key_rotation_period.or(self.key_rotation_period),
             key_publish_ahead: top.key_publish_ahead.or(self.key_publish_ahead),
+            max_delegation_depth: top.max_delegation_depth.or(self.max_delegation_depth),
             device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
             device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),
             refresh_token_ttl: top.refresh_token_ttl.or(self.refresh_token_ttl),
@@ -249,9 +256,18 @@ impl ServeSettings {
                 "key rotation period {key_rotation_period} s must be longer than the publish-ahead time {key_publish_ahead} s"
             )));
         }
+        let max_delegation_depth = layer
+            .max_delegation_depth
+            .unwrap_or(DEFAULT_MAX_DELEGATION_DEPTH);
+        if !(1..=MAX_DELEGATION_DEPTH_LIMIT).contains(&max_delegation_depth) {
+            return Err(invalid(format!(
+                "max delegation depth {max_delegation_depth} is outside 1..={MAX_DELEGATION_DEPTH_LIMIT}"
+            )));
+        }
         let mut oauth = Settings::for_issuer(&issuer);
         oauth.access_token_ttl = ttl;
         oauth.clock_skew = skew;
+        oauth.max_delegation_depth = max_delegation_depth;
         device_flow.apply(&mut oauth.device)?;
         Ok(ServeSettings {
             data_dir: data_dir.to_owned(),
@@ -376,6 +392,18 @@ mod tests {
     }
 
     #[test]
+    fn max_delegation_depth_has_a_default_and_layers() {
+        let base = layer("issuer = \"https://a.example\"");
+        let s = ServeSettings::from_layer(Path::new("/d"), base.clone()).unwrap();
+        assert_eq!(s.oauth.max_delegation_depth, DEFAULT_MAX_DELEGATION_DEPTH);
+        let l = base
+            .under(layer("max_delegation_depth = 2"))
+            .under(layer("max_delegation_depth = 5"));
+        let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+        assert_eq!(s.oauth.max_delegation_depth, 5);
+    }
+
+    #[test]
     fn insecure_http_only_on_loopback() {
         let ok = layer(
             "issuer = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\ninsecure_http = true",
@@ -395,6 +423,8 @@ mod tests {
             "max_body_bytes = 10",
             "listen = \"nowhere\"",
             "tls_cert = \"/c\"",
+            "max_delegation_depth = 0",
+            "max_delegation_depth = 17",
         ] {
             let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));
             assert!(

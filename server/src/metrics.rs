@@ -127,8 +127,8 @@ impl Metrics {
         if event.event == "client.auth_failed" {
             self.auth_failures.inc();
         }
-        if event.event == "token.issued" {
-            // issued_event() writes "grant=<type> ..." first.
+        if event.event == "token.issued" || event.event == "token.exchanged" {
+            // issued_event() and the token exchange write "grant=<type> ..." first.
             let grant = event
                 .reason
                 .as_deref()

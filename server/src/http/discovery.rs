@@ -40,7 +40,12 @@ pub(super) fn metadata(s: &Settings) -> Vec<u8> {
         "device_credentials_endpoint": format!("{issuer}/oauth2/device-credentials"),
         // RFC 8628 §4.
         "device_authorization_endpoint": s.device.device_authorization_endpoint,
-        "grant_types_supported": [grant::CLIENT_CREDENTIALS, grant::DEVICE_CODE, grant::REFRESH_TOKEN],
+        "grant_types_supported": [
+            grant::CLIENT_CREDENTIALS,
+            grant::DEVICE_CODE,
+            grant::REFRESH_TOKEN,
+            grant::TOKEN_EXCHANGE,
+        ],
         "response_types_supported": [],
         // Public device clients ("none") at the token endpoint for the device_code and
         // refresh_token grants only (RFC 8628 §3.4).

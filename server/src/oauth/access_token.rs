@@ -29,12 +29,61 @@ pub struct AccessClaims {
     pub client_id: String,
     /// Granted scopes, space-delimited.
     pub scope: String,
+    /// The current actor and, nested, the prior ones (RFC 8693 §4.1); only after a token
+    /// exchange. Absent tokens look exactly as they did before exchange existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+    /// Why the token was requested, when the request said (`purpose` at the token endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+/// An `act` claim (RFC 8693 §4.1): who acts, and in `act` the actor before it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    /// The acting party.
+    pub sub: String,
+    /// The prior actor, if this one acts for a party that was itself delegated to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+/// Deepest `act` nesting a token we accept may carry, whatever `max_delegation_depth` says: a
+/// bound on work, independent of configuration. serde_json's own recursion limit (128) bounds
+/// the stack while the claims are parsed.
+pub const MAX_ACT_NESTING: usize = 32;
+
+impl Actor {
+    /// `sub` acting now, after the chain `prior` (RFC 8693 §4.1: the outermost `act` is the
+    /// current actor, nested ones are prior actors).
+    pub fn new(sub: &str, prior: Option<Actor>) -> Self {
+        Actor {
+            sub: sub.to_owned(),
+            act: prior.map(Box::new),
+        }
+    }
+
+    /// Number of `act` levels, this one included. Counted with a loop, not recursion.
+    pub fn depth(&self) -> usize {
+        let mut depth = 1;
+        let mut next = self.act.as_deref();
+        while let Some(actor) = next {
+            depth += 1;
+            next = actor.act.as_deref();
+        }
+        depth
+    }
 }
 
 impl AccessClaims {
     /// Whether the token grants `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split(' ').any(|s| s == scope)
+    }
+
+    /// Number of nested `act` levels: 0 for a token that was never exchanged.
+    pub fn delegation_depth(&self) -> usize {
+        self.act.as_ref().map_or(0, Actor::depth)
     }
 }
 
@@ -87,7 +136,14 @@ impl AuthServer {
         scope: &str,
         now: u64,
     ) -> (String, AccessClaims) {
-        let claims = AccessClaims {
+        let claims = self.access_claims(sub, client_id, scope, now);
+        (self.sign_access_token(&claims), claims)
+    }
+
+    /// The claims of a new access token (fresh `jti`, the configured lifetime, no `act` or
+    /// `purpose`), for a grant to adjust before [`AuthServer::sign_access_token`].
+    pub fn access_claims(&self, sub: &str, client_id: &str, scope: &str, now: u64) -> AccessClaims {
+        AccessClaims {
             iss: self.settings.issuer.clone(),
             sub: sub.to_owned(),
             aud: self.settings.audience.clone(),
@@ -97,10 +153,16 @@ impl AuthServer {
             jti: random_id(16),
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
-        };
-        // A struct of strings and integers always serialises.
-        let payload = serde_json::to_vec(&claims).unwrap_or_default();
-        (self.keys.current().active.sign_compact(&payload), claims)
+            act: None,
+            purpose: None,
+        }
+    }
+
+    /// Sign `claims` with the active key as an RFC 9068 access token.
+    pub fn sign_access_token(&self, claims: &AccessClaims) -> String {
+        // A struct of strings, integers and options of them always serialises.
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        self.keys.current().active.sign_compact(&payload)
     }
 
     /// Validate one of our access tokens: every check of RFC 9068 §4 plus revocation and the
@@ -127,6 +189,9 @@ impl AuthServer {
         let payload = jws.verify(KeyAlg::EdDSA, key.as_bytes())?;
         let claims: AccessClaims =
             serde_json::from_slice(payload).map_err(|_| TokenRejection::Claims)?;
+        if claims.delegation_depth() > MAX_ACT_NESTING {
+            return Err(TokenRejection::Claims);
+        }
         let s = &self.settings;
         if claims.iss != s.issuer {
             return Err(TokenRejection::Issuer);

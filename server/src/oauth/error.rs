@@ -1,5 +1,5 @@
-//! The OAuth error enum: its wire form is the RFC 6749 §5.2 code (plus the RFC 8628 §3.5, 7009 and
-//! 7591 codes). HTTP adapters map it to status, body and `WWW-Authenticate`.
+//! The OAuth error enum: its wire form is the RFC 6749 §5.2 code (plus the RFC 8628 §3.5, 7009,
+//! 7591 and 8693 codes). HTTP adapters map it to status, body and `WWW-Authenticate`.
 
 use std::borrow::Cow;
 
@@ -29,6 +29,10 @@ pub enum OAuthError {
     /// RFC 6749 §5.2 `invalid_scope`.
     #[error("invalid_scope: {0}")]
     InvalidScope(Cow<'static, str>),
+    /// RFC 8693 §2.2.2 `invalid_target`: the requested `audience` or `resource` is not one we
+    /// issue tokens for.
+    #[error("invalid_target: {0}")]
+    InvalidTarget(Cow<'static, str>),
     /// RFC 7591 §3.2.2 `invalid_client_metadata`.
     #[error("invalid_client_metadata: {0}")]
     InvalidClientMetadata(Cow<'static, str>),
@@ -65,6 +69,7 @@ impl OAuthError {
             OAuthError::UnauthorizedClient(_) => "unauthorized_client",
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
             OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::InvalidTarget(_) => "invalid_target",
             OAuthError::InvalidClientMetadata(_) => "invalid_client_metadata",
             OAuthError::UnsupportedTokenType => "unsupported_token_type",
             OAuthError::AuthorizationPending => "authorization_pending",
@@ -93,6 +98,7 @@ impl OAuthError {
             | OAuthError::UnauthorizedClient(d)
             | OAuthError::UnsupportedGrantType(d)
             | OAuthError::InvalidScope(d)
+            | OAuthError::InvalidTarget(d)
             | OAuthError::InvalidClientMetadata(d) => Some(d),
             OAuthError::InvalidClient { .. } => Some("client authentication failed"),
             OAuthError::PayloadTooLarge => Some("request body too large"),
@@ -137,6 +143,13 @@ mod tests {
         let e = OAuthError::invalid_client("wrong secret for client x");
         assert_eq!(e.status(), 401);
         assert!(!e.body().to_string().contains("wrong secret"));
+    }
+
+    #[test]
+    fn invalid_target_is_a_400_with_its_code() {
+        let e = OAuthError::InvalidTarget("audience is not this server".into());
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.body()["error"], "invalid_target");
     }
 
     #[test]

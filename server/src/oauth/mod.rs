@@ -12,6 +12,7 @@ pub mod refresh;
 pub mod registration;
 pub mod scope;
 pub mod token_endpoint;
+pub mod token_exchange;
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct Settings {
     pub clock_skew: u64,
     /// The furthest ahead a client assertion's `exp` may be, seconds.
     pub max_assertion_lifetime: u64,
+    /// Most nested `act` levels a token exchange may produce (RFC 8693 §4.1).
+    pub max_delegation_depth: usize,
     /// The device authorization grant, refresh tokens and the verification page.
     pub device: device_flow::DeviceSettings,
 }
@@ -64,6 +67,7 @@ impl Settings {
             access_token_ttl: 300,
             clock_skew: 30,
             max_assertion_lifetime: 300,
+            max_delegation_depth: crate::config::DEFAULT_MAX_DELEGATION_DEPTH,
         }
     }
 }

@@ -149,6 +149,7 @@ impl AuthServer {
             expires_in: self.settings.access_token_ttl,
             scope: granted,
             refresh_token: Some(next.expose().to_owned()),
+            issued_token_type: None,
         })
     }
 

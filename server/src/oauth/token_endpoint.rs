@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::client_auth::Presented;
 use super::form::Form;
-use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
+use super::{grant, scope, token_exchange, AuthServer, OAuthError, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
 
 /// A successful token response (RFC 6749 §5.1).
@@ -21,6 +21,9 @@ pub struct TokenResponse {
     /// A refresh token (RFC 6749 §5.1), for grants that act for a person.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// RFC 8693 §2.2.1 `issued_token_type`, sent by the token exchange grant only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// An introspection response (RFC 7662 §2.2).
@@ -49,9 +52,7 @@ impl AuthServer {
             grant::CLIENT_CREDENTIALS => self.client_credentials(presented, &form, ctx).await,
             grant::DEVICE_CODE => self.device_code_grant(presented, &form, ctx).await,
             grant::REFRESH_TOKEN => self.refresh_token_grant(presented, &form, ctx).await,
-            grant::TOKEN_EXCHANGE => Err(OAuthError::UnsupportedGrantType(
-                format!("{grant_type} is not supported yet").into(),
-            )),
+            grant::TOKEN_EXCHANGE => self.token_exchange(presented, &form, ctx).await,
             _ => Err(OAuthError::UnsupportedGrantType(
                 "unknown grant_type".into(),
             )),
@@ -72,8 +73,11 @@ impl AuthServer {
             ));
         }
         let granted = scope::grant(form.get("scope"), &client.scopes)?.join(" ");
-        let (access_token, claims) =
-            self.mint_access_token(&client.client_id, &client.client_id, &granted, ctx.now);
+        let purpose = token_exchange::purpose(form)?;
+        let mut claims =
+            self.access_claims(&client.client_id, &client.client_id, &granted, ctx.now);
+        claims.purpose = purpose;
+        let access_token = self.sign_access_token(&claims);
         self.record(ctx, issued_event(grant::CLIENT_CREDENTIALS, &claims))
             .await?;
         Ok(TokenResponse {
@@ -82,6 +86,7 @@ impl AuthServer {
             expires_in: self.settings.access_token_ttl,
             scope: granted,
             refresh_token: None,
+            issued_token_type: None,
         })
     }
 

@@ -266,6 +266,7 @@ impl AuthServer {
             expires_in: self.settings.access_token_ttl,
             scope: granted,
             refresh_token: Some(refresh_token),
+            issued_token_type: None,
         })
     }
 }
