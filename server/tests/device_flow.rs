@@ -457,3 +457,41 @@ async fn revoking_a_refresh_token_ends_its_family() {
         .unwrap()
         .starts_with("refresh token family="));
 }
+
+#[tokio::test]
+async fn a_public_client_revokes_its_own_refresh_token_and_only_its_own() {
+    use device_support::request;
+    use hallmark_server::oauth::RequestCtx;
+    let (s, client) = server().await;
+    let other = s.device_client("Other app", "api:read").await;
+    let t = now();
+    let a = s.authorize(&client, Some("api:read"), t).await.unwrap();
+    s.decide(&a.user_code, "ann", true, t + 1).await;
+    let tokens = s.poll(&client, &a.device_code, t + 6).await.unwrap();
+    let rt = tokens.refresh_token.unwrap();
+    let revoke = |id: &str, at: u64| {
+        let (p, f) = request(&[("client_id", id), ("token", &rt)]);
+        let oauth = s.oauth.clone();
+        async move { oauth.revoke(p, f, &RequestCtx::at(at)).await }
+    };
+    // Another public client by client_id alone: refused, and the token still works.
+    assert_eq!(
+        revoke(&other, t + 7).await.unwrap_err().code(),
+        "unauthorized_client"
+    );
+    // The client it was issued to: revoked, so refreshing with it fails.
+    revoke(&client, t + 8).await.unwrap();
+    let (p, f) = request(&[
+        ("grant_type", "refresh_token"),
+        ("client_id", &client),
+        ("refresh_token", &rt),
+    ]);
+    assert_eq!(
+        s.oauth
+            .token(p, f, &RequestCtx::at(t + 9))
+            .await
+            .unwrap_err()
+            .code(),
+        "invalid_grant"
+    );
+}

@@ -255,6 +255,17 @@ fn revocation_needs_client_authentication_and_accepts_garbage() {
             "{body}"
         );
     }
+    // A confidential client naming itself without its secret is no public client.
+    let (status, body) = server.post_form(
+        "/oauth2/revoke",
+        None,
+        &[("client_id", &server.admin_id), ("token", &token)],
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
     assert_eq!(introspect(&server, admin, &token)["active"], true);
     // RFC 7009 §2.2: invalid tokens get 200, since there is nothing to revoke.
     for garbage in [

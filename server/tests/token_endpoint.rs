@@ -57,13 +57,13 @@ fn metadata_has_the_rfc8414_fields_and_its_urls_work() {
         ] {
             assert!(methods.contains(&m.to_owned()), "{field} lacks {m}");
         }
-        if field != "token_endpoint_auth_methods_supported" {
-            // Public device clients may use the token endpoint (RFC 8628), never these two.
-            assert!(
-                !methods.contains(&"none".to_owned()),
-                "{field} must not offer `none`"
-            );
-        }
+        // Public device clients may use the token endpoint (RFC 8628) and revoke their own
+        // tokens (RFC 7009 §2.1), never introspect.
+        assert_eq!(
+            methods.contains(&"none".to_owned()),
+            field != "introspection_endpoint_auth_methods_supported",
+            "{field}: `none`"
+        );
     }
     // RFC 8414 §2: "none" MUST NOT be used in *_auth_signing_alg_values_supported.
     let mut algs = strings("token_endpoint_auth_signing_alg_values_supported");

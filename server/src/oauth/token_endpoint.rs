@@ -129,15 +129,17 @@ impl AuthServer {
         })
     }
 
-    /// RFC 7009: revoke one of the caller's own access tokens. Invalid or unknown tokens are
-    /// answered with success (§2.2); another client's token is refused (§2.1).
+    /// RFC 7009: revoke one of the caller's own tokens. Invalid or unknown tokens are answered
+    /// with success (§2.2); another client's token is refused (§2.1). A public client
+    /// identifies itself by `client_id` alone (§2.1 authenticates confidential clients only), so
+    /// a device-flow app can end its own session; it can only ever reach tokens issued to it.
     pub async fn revoke(
         &self,
         presented: Presented,
         form: Form,
         ctx: &RequestCtx,
     ) -> Result<(), OAuthError> {
-        let caller = self.authenticate(presented, false, ctx).await?;
+        let caller = self.authenticate(presented, true, ctx).await?;
         let token = form.require("token")?;
         match form.get("token_type_hint") {
             None | Some("access_token") | Some("refresh_token") => {}
