@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hallmark_agent::config::DEFAULT_CONFIG_PATH;
 use hallmark_agent::socket::{self, Answer};
-use hallmark_agent::{Agent, DeviceAuthorization, Event};
+use hallmark_agent::{Agent, Clock, DeviceAuthorization, Event};
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
 
@@ -55,14 +55,17 @@ pub enum Command {
 }
 
 /// Runs `command`; `observer` sees every agent event (the fault hook lives there).
+/// `clock_skew` moves the agent's local clock by that many seconds (the test-only clock
+/// fault; 0 otherwise).
 pub fn execute(
     cli: Cli,
+    clock_skew: i64,
     observer: impl FnMut(&Event) + Send + 'static,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let config = hallmark_agent::AgentConfig::load(&cli.config)?;
     let socket_path = config.socket_path();
-    let mut agent = Agent::new(config)?;
+    let mut agent = Agent::with_clock(config, Clock::skewed(clock_skew))?;
     agent.observe(observer);
     match cli.command {
         Command::Run => agent.run(stop)?,

@@ -1,11 +1,14 @@
 //! The agent's HTTPS client: blocking ureq over rustls, trusting only the CA pinned in the
-//! device's config, with bounded timeouts so a dead server never hangs the agent.
+//! device's config, with bounded timeouts so a dead server never hangs the agent. Every
+//! response passes through one function, which also teaches the [`Clock`] the server's time.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+use crate::clock::Clock;
 
 /// Connect timeout: a server that does not answer the TCP handshake in this time is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,11 +95,13 @@ pub struct Response {
 #[derive(Debug, Clone)]
 pub struct Http {
     agent: ureq::Agent,
+    clock: Clock,
 }
 
 impl Http {
-    /// A client that trusts only the CA certificate(s) in the PEM file `ca_pem`.
-    pub fn new(ca_pem: &Path) -> Result<Http, HttpError> {
+    /// A client that trusts only the CA certificate(s) in the PEM file `ca_pem`, and keeps
+    /// `clock`'s server offset up to date from every response's `Date` header.
+    pub fn new(ca_pem: &Path, clock: Clock) -> Result<Http, HttpError> {
         let pem = std::fs::read(ca_pem).map_err(|source| HttpError::ReadCa {
             path: ca_pem.display().to_string(),
             source,
@@ -124,7 +129,12 @@ impl Http {
             .user_agent(concat!("hallmark-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        Ok(Http { agent })
+        Ok(Http { agent, clock })
+    }
+
+    /// The clock this client keeps in step with the server's.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// GET `url`.
@@ -134,7 +144,7 @@ impl Http {
             .get(url)
             .header("Accept", "application/json")
             .call();
-        finish(url, result)
+        finish(&self.clock, url, result)
     }
 
     /// POST a form (RFC 6749 §4.4.2 and friends), with an optional `Authorization` header.
@@ -148,7 +158,7 @@ impl Http {
         if let Some(a) = authorization {
             req = req.header("Authorization", a);
         }
-        finish(url, req.send_form(form.iter().copied()))
+        finish(&self.clock, url, req.send_form(form.iter().copied()))
     }
 
     /// POST a JSON document, with an optional `Authorization` header.
@@ -162,15 +172,24 @@ impl Http {
         if let Some(a) = authorization {
             req = req.header("Authorization", a);
         }
-        finish(url, req.send_json(body))
+        finish(&self.clock, url, req.send_json(body))
     }
 }
 
+/// Reads a response; first learns the server's time from its `Date` (RFC 9110 §6.6.1), on
+/// errors too: a refused assertion is exactly when the agent needs it (see
+/// [`crate::clock::send_resigning`]).
 fn finish(
+    clock: &Clock,
     url: &str,
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<Response, HttpError> {
     let mut resp = result.map_err(|source| classify(url, source))?;
+    clock.observe_date(
+        resp.headers()
+            .get(ureq::http::header::DATE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let status = resp.status().as_u16();
     if status >= 500 {
         return Err(HttpError::ServerError {
@@ -249,12 +268,12 @@ mod tests {
     #[test]
     fn missing_or_empty_ca_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Http::new(&dir.path().join("nope.pem")).unwrap_err();
+        let err = Http::new(&dir.path().join("nope.pem"), Clock::system()).unwrap_err();
         assert!(matches!(err, HttpError::ReadCa { .. }), "{err}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a pem").unwrap();
         assert!(matches!(
-            Http::new(&empty).unwrap_err(),
+            Http::new(&empty, Clock::system()).unwrap_err(),
             HttpError::ParseCa { .. }
         ));
     }
@@ -270,7 +289,7 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         // Any syntactically valid certificate will do: the connection never gets that far.
         std::fs::write(&ca, TEST_CA).unwrap();
-        let http = Http::new(&ca).unwrap();
+        let http = Http::new(&ca, Clock::system()).unwrap();
         let err = http
             .get(&format!("https://127.0.0.1:{port}/x"))
             .unwrap_err();

@@ -7,6 +7,7 @@
 //! for local software on a Unix socket ([`Agent::run`]).
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod config;
 mod daemon;
 mod error;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use clock::Clock;
 pub use config::{AgentConfig, Flow};
 pub use error::AgentError;
 pub use oauth::device::DeviceAuthorization;
@@ -59,6 +61,12 @@ pub enum Event {
     Serving {
         /// The socket path.
         socket: String,
+    },
+    /// The device clock is far from the server's (more than a minute); assertions carry the
+    /// server's time instead. Reported once per offset, not per request.
+    ClockOffset {
+        /// Server − device, in seconds: positive when the device clock is behind.
+        offset_s: i64,
     },
 }
 
@@ -136,6 +144,8 @@ pub struct Agent {
     credential: Option<Credential>,
     cached: Option<AccessToken>,
     observer: Option<Observer>,
+    /// The clock offset last reported as [`Event::ClockOffset`].
+    reported_offset: Option<i64>,
 }
 
 impl fmt::Debug for Agent {
@@ -152,7 +162,15 @@ impl Agent {
     /// An agent for `config` (as [`AgentConfig::load`] returns it). Reads the pinned CA; does
     /// not touch the TPM or the network yet.
     pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
-        let http = Http::new(&config.ca_cert).map_err(|source| AgentError::Http { source })?;
+        Agent::with_clock(config, Clock::system())
+    }
+
+    /// An agent that reads the time from `clock` (a [`Clock::skewed`] one simulates a device
+    /// with a wrong wall clock). Whatever the device clock says, the agent learns the server's
+    /// offset from it and signs its assertions with the server's time.
+    pub fn with_clock(config: AgentConfig, clock: Clock) -> Result<Agent, AgentError> {
+        let http =
+            Http::new(&config.ca_cert, clock).map_err(|source| AgentError::Http { source })?;
         let state = StateDir::new(&config.state_dir);
         Ok(Agent {
             config,
@@ -162,6 +180,7 @@ impl Agent {
             credential: None,
             cached: None,
             observer: None,
+            reported_offset: None,
         })
     }
 
@@ -173,6 +192,12 @@ impl Agent {
     /// The configuration.
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// The server's clock minus the device's, in seconds, as the last response's `Date` said
+    /// (0 before any response, or when within 2 s).
+    pub fn clock_offset(&self) -> i64 {
+        self.http.clock().offset()
     }
 
     /// Finishes or starts first-boot rotation, retrying transient failures (server or TPM

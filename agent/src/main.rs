@@ -25,6 +25,19 @@ fn main() -> ExitCode {
     let fault = std::env::var("HALLMARK_AGENT_FAULT")
         .ok()
         .and_then(|v| v.strip_prefix("after:").and_then(RotationStep::from_name));
+    // Test-only clock fault: `HALLMARK_AGENT_CLOCK_SKEW=<signed seconds>` moves the agent's
+    // local clock, as on a device with no RTC battery (-7200: two hours behind). Read here
+    // only and handed down as a value; the library never looks at the environment.
+    let clock_skew = match std::env::var("HALLMARK_AGENT_CLOCK_SKEW") {
+        Err(_) => 0,
+        Ok(v) => match v.trim().parse::<i64>() {
+            Ok(seconds) => seconds,
+            Err(_) => {
+                eprintln!("hallmark-agent: error: HALLMARK_AGENT_CLOCK_SKEW={v} is not seconds");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
@@ -41,7 +54,7 @@ fn main() -> ExitCode {
         }
         log(event);
     };
-    match cli::execute(cli, observer, stop) {
+    match cli::execute(cli, clock_skew, observer, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: every error message already names its cause.
@@ -69,6 +82,11 @@ fn log(event: &Event) {
             after.as_secs_f64()
         ),
         Event::Serving { socket } => eprintln!("hallmark-agent: serving tokens on {socket}"),
+        Event::ClockOffset { offset_s } => eprintln!(
+            "hallmark-agent: device clock is {} s {} the server; correcting assertion times",
+            offset_s.unsigned_abs(),
+            if *offset_s > 0 { "behind" } else { "ahead of" }
+        ),
         _ => {}
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::oauth::assertion::unix_now;
+use crate::clock::unix_now;
 use crate::AccessToken;
 
 /// How often the accept loop looks at the stop flag.

@@ -8,8 +8,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use crate::clock::{self, unix_now};
+use crate::http::Http;
 use crate::oauth::device::{self, DeviceFlowError, Poll, Schedule};
-use crate::oauth::{self, assertion, ClientAuth, ErrorCode, TokenResponse};
+use crate::oauth::{self, assertion, ClientAuth, ErrorCode, OAuthError, TokenResponse};
 use crate::rotation::tpm_err;
 use crate::store::REFRESH_FILE;
 use crate::tpm::{KeySlot, SealedBlob};
@@ -35,7 +37,7 @@ impl Agent {
         // request (with the device flow, tokens act for the user and come from the refresh).
         if scope.is_none() && self.config.flow == Flow::ClientCredentials {
             if let Some(token) = self.cached.take() {
-                if token.expires_at > assertion::unix_now() + 30 {
+                if token.expires_at > unix_now() + 30 {
                     return Ok(token);
                 }
             }
@@ -46,29 +48,75 @@ impl Agent {
         }
     }
 
-    /// The client authentication for a request to the server (`aud` = token endpoint).
-    pub(crate) fn client_auth(
+    /// The client authentication for a request to the server (`aud` = token endpoint) and,
+    /// for an assertion, the server clock offset its times were taken with.
+    fn client_auth(
         &mut self,
         credential: &Credential,
-    ) -> Result<ClientAuth, AgentError> {
+    ) -> Result<(ClientAuth, Option<i64>), AgentError> {
         let client_id = self.config.client_id.clone();
         match credential {
-            Credential::Factory => Ok(ClientAuth::Secret {
-                client_id,
-                secret: self.factory_secret()?,
-            }),
-            Credential::Key { slot, kid } => {
-                let audience = self.metadata()?.token_endpoint;
-                let mut tpm = self.tpm()?;
-                let signed = assertion::build(&client_id, &audience, kid, |input| {
-                    tpm.sign_es256(*slot, input)
-                })
-                .map_err(tpm_err)?;
-                Ok(ClientAuth::Assertion {
+            Credential::Factory => Ok((
+                ClientAuth::Secret {
                     client_id,
-                    assertion: signed,
-                })
+                    secret: self.factory_secret()?,
+                },
+                None,
+            )),
+            Credential::Key { slot, kid } => {
+                // Metadata first: fetching it is also how a fresh agent learns the offset.
+                let audience = self.metadata()?.token_endpoint;
+                let clock = self.http.clock().clone();
+                let offset = clock.offset();
+                self.report_clock_offset(offset);
+                let mut tpm = self.tpm()?;
+                let signed =
+                    assertion::build(&client_id, &audience, kid, clock.server_now(), |input| {
+                        tpm.sign_es256(*slot, input)
+                    })
+                    .map_err(tpm_err)?;
+                Ok((
+                    ClientAuth::Assertion {
+                        client_id,
+                        assertion: signed,
+                    },
+                    Some(offset),
+                ))
             }
+        }
+    }
+
+    /// Sends a request with the client authentication for `credential`. If the server
+    /// refuses an assertion (`refused`) and its `Date` shows the assertion's times were off,
+    /// signs once more with the corrected time and sends again: a device whose first word
+    /// with the server is a token request still gets through (see
+    /// [`clock::send_resigning`]).
+    fn send_authenticated<T, E>(
+        &mut self,
+        credential: &Credential,
+        mut send: impl FnMut(&Http, &ClientAuth) -> Result<T, E>,
+        refused: impl Fn(&E) -> bool,
+    ) -> Result<Result<T, E>, AgentError> {
+        // A clone shares the connection pool and the clock; it frees `self` for signing.
+        let http = self.http.clone();
+        clock::send_resigning(
+            http.clock(),
+            || self.client_auth(credential),
+            |auth| send(&http, auth),
+            refused,
+        )
+    }
+
+    /// Tells the operator, once per offset, that the device clock is far off.
+    fn report_clock_offset(&mut self, offset: i64) {
+        let threshold = clock::REPORT_THRESHOLD_SECS.unsigned_abs();
+        if offset.unsigned_abs() > threshold
+            && self
+                .reported_offset
+                .is_none_or(|r| r.abs_diff(offset) > threshold)
+        {
+            self.reported_offset = Some(offset);
+            self.emit(Event::ClockOffset { offset_s: offset });
         }
     }
 
@@ -80,12 +128,16 @@ impl Agent {
     ) -> Result<AccessToken, AgentError> {
         let scope = scope.map(str::to_owned).or_else(|| self.scope_default());
         let endpoint = self.metadata()?.token_endpoint;
-        let auth = self.client_auth(credential)?;
         let mut params = vec![("grant_type", "client_credentials")];
         if let Some(s) = scope.as_deref() {
             params.push(("scope", s));
         }
-        let response = oauth::token_request(&self.http, &endpoint, &auth, &params)
+        let response = self
+            .send_authenticated(
+                credential,
+                |http, auth| oauth::token_request(http, &endpoint, auth, &params),
+                refused,
+            )?
             .map_err(|source| self.token_error(credential, source))?;
         Ok(self.accept(response))
     }
@@ -109,7 +161,6 @@ impl Agent {
         drop(tpm);
         let refresh_token = Zeroizing::new(String::from_utf8_lossy(&refresh_token).into_owned());
         let endpoint = self.metadata()?.token_endpoint;
-        let auth = self.client_auth(credential)?;
         let mut params = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.as_str()),
@@ -117,7 +168,14 @@ impl Agent {
         if let Some(s) = scope {
             params.push(("scope", s));
         }
-        let response = match oauth::token_request(&self.http, &endpoint, &auth, &params) {
+        // The server authenticates the client before it looks at the refresh token (RFC 6749
+        // §6), so a refused assertion has not spent it and sending it again is safe.
+        let sent = self.send_authenticated(
+            credential,
+            |http, auth| oauth::token_request(http, &endpoint, auth, &params),
+            refused,
+        )?;
+        let response = match sent {
             Ok(r) => r,
             Err(source) if source.code() == Some(&ErrorCode::InvalidGrant) => {
                 return Err(AgentError::RefreshRefused { source })
@@ -147,10 +205,14 @@ impl Agent {
             });
         };
         let flow_err = |source| AgentError::DeviceFlow { source };
-        let auth = self.client_auth(&credential)?;
         let scope = self.scope_default();
-        let authorization =
-            device::authorize(&self.http, &endpoint, &auth, scope.as_deref()).map_err(flow_err)?;
+        let authorization = self
+            .send_authenticated(
+                &credential,
+                |http, auth| device::authorize(http, &endpoint, auth, scope.as_deref()),
+                |e| matches!(e, DeviceFlowError::Authorize { source } if refused(source)),
+            )?
+            .map_err(flow_err)?;
         show(&authorization);
         let mut schedule = Schedule::new(&authorization);
         loop {
@@ -158,13 +220,18 @@ impl Agent {
             if schedule.expired() {
                 return Err(flow_err(DeviceFlowError::Expired));
             }
-            let auth = self.client_auth(&credential)?;
-            let polled = device::poll_once(
-                &self.http,
-                &metadata.token_endpoint,
-                &auth,
-                &authorization.device_code,
-            );
+            let polled = self.send_authenticated(
+                &credential,
+                |http, auth| {
+                    device::poll_once(
+                        http,
+                        &metadata.token_endpoint,
+                        auth,
+                        &authorization.device_code,
+                    )
+                },
+                |e| matches!(e, DeviceFlowError::Poll { source } if refused(source)),
+            )?;
             match polled {
                 Ok(Poll::Token(response)) => {
                     if let Some(rt) = &response.refresh_token {
@@ -265,8 +332,10 @@ impl Agent {
         AgentError::Token { source }
     }
 
+    /// Token lifetimes are local: `expires_in` (RFC 6749 §5.1) is a duration, so the device
+    /// clock measures it correctly however wrong its wall time is.
     fn accept(&mut self, response: TokenResponse) -> AccessToken {
-        let now = assertion::unix_now();
+        let now = unix_now();
         let lifetime = response.expires_in.unwrap_or(DEFAULT_LIFETIME);
         let token = AccessToken {
             token: response.access_token,
@@ -279,4 +348,9 @@ impl Agent {
         });
         token
     }
+}
+
+/// The server refused the client's authentication (RFC 6749 §5.2 `invalid_client`).
+fn refused(e: &OAuthError) -> bool {
+    e.code() == Some(&ErrorCode::InvalidClient)
 }
