@@ -137,6 +137,16 @@ pub struct ServeArgs {
     /// Most nested `act` levels a token exchange may produce, 1 to 16 (default 3).
     #[arg(long, env = "HALLMARK_MAX_DELEGATION_DEPTH")]
     pub max_delegation_depth: Option<usize>,
+    /// A reverse proxy whose X-Forwarded-For names the client: an IP address or CIDR block;
+    /// repeat for more (the variable takes a comma-separated list). Replaces the config files'
+    /// list. Default none: X-Forwarded-For is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "HALLMARK_TRUSTED_PROXIES",
+        value_name = "ADDR_OR_CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
     /// Device flow, refresh token and verification-page settings.
     #[command(flatten)]
     pub device_flow: Box<DeviceFlowArgs>,
@@ -157,6 +167,8 @@ impl ServeArgs {
             key_rotation_period: self.key_rotation_period,
             key_publish_ahead: self.key_publish_ahead,
             max_delegation_depth: self.max_delegation_depth,
+            trusted_proxies: (!self.trusted_proxies.is_empty())
+                .then(|| self.trusted_proxies.clone()),
             device_code_expires_in: self.device_flow.device_code_expires_in,
             device_poll_interval: self.device_flow.device_poll_interval,
             refresh_token_ttl: self.device_flow.refresh_token_ttl,
@@ -197,4 +209,41 @@ pub struct DeviceFlowArgs {
     /// Lockout window in seconds (default 900).
     #[arg(long, env = "HALLMARK_LOCKOUT_WINDOW")]
     pub lockout_window: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_layer(args: &[&str]) -> ConfigLayer {
+        let argv = ["hallmark-server", "serve", "--data-dir", "/d"]
+            .iter()
+            .chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a.layer(),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trusted_proxy_repeats_and_takes_lists() {
+        let l = serve_layer(&[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "::1,192.0.2.7",
+        ]);
+        assert_eq!(
+            l.trusted_proxies.as_deref(),
+            Some(&["10.0.0.0/8".to_owned(), "::1".into(), "192.0.2.7".into()][..])
+        );
+    }
+
+    #[test]
+    fn no_trusted_proxy_flag_leaves_the_lower_layers_list() {
+        // (Unless HALLMARK_TRUSTED_PROXIES is set around the test run.)
+        if std::env::var_os("HALLMARK_TRUSTED_PROXIES").is_none() {
+            assert!(serve_layer(&[]).trusted_proxies.is_none());
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::datadir::{CONFIG_FILE, TLS_DIR};
+use crate::http::forwarded::TrustedProxies;
 use crate::oauth::device_flow::DeviceSettings;
 use crate::oauth::Settings;
 
@@ -54,6 +55,9 @@ pub struct ConfigLayer {
     pub key_publish_ahead: Option<u64>,
     /// Most nested `act` levels a token exchange (RFC 8693) may produce, 1 to 16. Default 3.
     pub max_delegation_depth: Option<usize>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client: IP addresses and CIDR blocks.
+    /// Default none: the header is ignored and the TCP peer is the client.
+    pub trusted_proxies: Option<Vec<String>>,
     /// Lifetime of a device code and its user code (RFC 8628 `expires_in`), 60 to 3600 s.
     /// Default 600.
     pub device_code_expires_in: Option<u64>,
@@ -101,6 +105,8 @@ impl ConfigLayer {
             key_rotation_period: top.key_rotation_period.or(self.key_rotation_period),
             key_publish_ahead: top.key_publish_ahead.or(self.key_publish_ahead),
             max_delegation_depth: top.max_delegation_depth.or(self.max_delegation_depth),
+            // A list is replaced whole, not merged: a higher layer says the complete set.
+            trusted_proxies: top.trusted_proxies.or(self.trusted_proxies),
             device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
             device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),
             refresh_token_ttl: top.refresh_token_ttl.or(self.refresh_token_ttl),
@@ -176,6 +182,8 @@ pub struct ServeSettings {
     pub key_rotation_period: u64,
     /// How long a new key is published before it signs, seconds.
     pub key_publish_ahead: u64,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
     /// What the protocol logic needs.
     pub oauth: Settings,
 }
@@ -264,6 +272,8 @@ impl ServeSettings {
                 "max delegation depth {max_delegation_depth} is outside 1..={MAX_DELEGATION_DEPTH_LIMIT}"
             )));
         }
+        let trusted_proxies = TrustedProxies::parse(layer.trusted_proxies.unwrap_or_default())
+            .map_err(|e| invalid(format!("trusted_proxies: {e}")))?;
         let mut oauth = Settings::for_issuer(&issuer);
         oauth.access_token_ttl = ttl;
         oauth.clock_skew = skew;
@@ -276,6 +286,7 @@ impl ServeSettings {
             max_body_bytes,
             key_rotation_period,
             key_publish_ahead,
+            trusted_proxies,
             oauth,
         })
     }
@@ -432,6 +443,48 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_none_and_layers_replace_the_list() {
+        let base = layer("issuer = \"https://a.example\"");
+        let s = ServeSettings::from_layer(Path::new("/d"), base.clone()).unwrap();
+        assert!(s.trusted_proxies.is_empty());
+        let l = base
+            .clone()
+            .under(layer("trusted_proxies = [\"10.0.0.0/8\", \"::1\"]"));
+        let s = ServeSettings::from_layer(Path::new("/d"), l.clone()).unwrap();
+        assert!(s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(s.trusted_proxies.contains("::1".parse().unwrap()));
+        assert!(!s.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
+        // A higher layer replaces the list; it does not add to it.
+        let l = l.under(layer("trusted_proxies = [\"192.0.2.1\"]"));
+        let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+        assert!(s.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
+        assert!(!s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        // A layer that does not mention it keeps the lower one's.
+        let l = base
+            .under(layer("trusted_proxies = [\"10.0.0.0/8\"]"))
+            .under(layer("clock_skew = 5"));
+        let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+        assert!(s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_is_named() {
+        for (bad, named) in [
+            ("[\"10.0.0.0/8\", \"proxy.example\"]", "proxy.example"),
+            ("[\"10.0.0.0/40\"]", "10.0.0.0/40"),
+            ("[\"0.0.0.0/0\"]", "0.0.0.0/0"),
+        ] {
+            let l = layer(&format!(
+                "issuer = \"https://a.example\"\ntrusted_proxies = {bad}"
+            ));
+            let e = ServeSettings::from_layer(Path::new("/d"), l).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(named) && !msg.contains('\n'), "{msg}");
+        }
+        assert!(toml::from_str::<ConfigLayer>("trusted_proxies = \"10.0.0.0/8\"").is_err());
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
 /// Serve until SIGTERM or SIGINT.
 pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
     let built = build(&settings)?;
-    let app = crate::http::router(built.oauth.clone(), settings.max_body_bytes)
+    let app = crate::http::router(built.oauth.clone(), &settings)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let purge_store = built.store.clone();
     let purge = tokio::spawn(async move {

@@ -1,6 +1,6 @@
-//! The request context extractor: arrival time, request id, peer address.
+//! The request context extractor: arrival time, request id, client address.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -10,6 +10,11 @@ use crate::oauth::RequestCtx;
 /// Longest caller-supplied request id we keep.
 const MAX_REQUEST_ID: usize = 64;
 
+/// The client's address as the router worked it out from the peer and trusted proxies'
+/// `X-Forwarded-For` (see [`super::forwarded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
 /// [`RequestCtx`] for a handler.
 #[derive(Debug)]
 pub struct Ctx(pub RequestCtx);
@@ -18,10 +23,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Without the router's middleware (a handler served on its own), the peer is all we know.
         let source = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .get::<ClientAddr>()
+            .map(|c| c.0)
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip())
+            });
         // A caller's id is kept only if it is short and plain, so it cannot inject into logs.
         let request_id = parts
             .headers

@@ -8,14 +8,18 @@ mod device_flow;
 mod devices;
 mod discovery;
 mod error;
+pub mod forwarded;
 mod oauth;
 mod users;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::Router;
 
+use crate::config::ServeSettings;
+use crate::http::ctx::ClientAddr;
+use crate::http::forwarded::TrustedProxies;
 use crate::oauth::AuthServer;
 
 /// Longest time a request body may take to arrive.
@@ -42,8 +46,9 @@ impl std::fmt::Debug for AppState {
 /// Shared state handle.
 pub type State = Arc<AppState>;
 
-/// The whole HTTP API.
-pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
+/// The whole HTTP API, with the body limit and trusted proxies of `settings`.
+pub fn router(oauth: AuthServer, settings: &ServeSettings) -> Router {
+    let trusted = Arc::new(settings.trusted_proxies.clone());
     let metadata_json = discovery::metadata(&oauth.settings);
     let registry = oauth.metrics.registry();
     let web = crate::web::router(oauth.clone());
@@ -65,12 +70,42 @@ pub fn router(oauth: AuthServer, max_body_bytes: usize) -> Router {
             state.clone(),
             count_requests,
         ))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted,
+            resolve_client,
+        ))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         // A client that announces a body and then stalls must not hold a connection forever.
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_READ_TIMEOUT,
         ))
         .with_state(state)
+}
+
+/// Work out the client's address once per request (see [`forwarded::client_addr`]) and hand it
+/// to [`ctx::Ctx`] as a [`ClientAddr`] extension, whatever the router state of the handler.
+async fn resolve_client(
+    axum::extract::State(trusted): axum::extract::State<Arc<TrustedProxies>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(peer) = peer {
+        let client = forwarded::client_addr(
+            peer,
+            request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
+            &trusted,
+        );
+        request.extensions_mut().insert(ClientAddr(client));
+    }
+    next.run(request).await
 }
 
 /// Count every response by route pattern and status.

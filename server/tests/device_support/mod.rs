@@ -51,7 +51,7 @@ impl InProcess {
         .unwrap();
         let settings = ServeSettings::resolve(&data_dir, None, overrides).unwrap();
         let oauth = hallmark_server::serve::build(&settings).unwrap().oauth;
-        let app = hallmark_server::http::router(oauth.clone(), 64 * 1024);
+        let app = hallmark_server::http::router(oauth.clone(), &settings);
         InProcess {
             _dir: dir,
             data_dir,
@@ -153,6 +153,7 @@ impl InProcess {
             app: self.app.clone(),
             cookie: None,
             source: format!("{source}:40000").parse().unwrap(),
+            forwarded_for: None,
         }
     }
 }
@@ -197,6 +198,8 @@ pub struct Browser {
     app: Router,
     pub cookie: Option<String>,
     pub source: SocketAddr,
+    /// `X-Forwarded-For` sent with every request, as a proxy (or a liar) would.
+    pub forwarded_for: Option<String>,
 }
 
 impl Browser {
@@ -262,6 +265,10 @@ impl Browser {
 
     async fn send(&mut self, mut req: Request<Body>) -> Page {
         req.extensions_mut().insert(ConnectInfo(self.source));
+        if let Some(xff) = &self.forwarded_for {
+            req.headers_mut()
+                .insert("x-forwarded-for", xff.parse().unwrap());
+        }
         if let Some(c) = &self.cookie {
             req.headers_mut().insert(header::COOKIE, c.parse().unwrap());
         }
