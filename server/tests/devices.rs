@@ -139,16 +139,6 @@ fn rotate(server: &TestServer, id: &str, secret: &str, key: &DeviceKey) -> (u16,
     )
 }
 
-fn introspect(server: &TestServer, token: &str) -> Value {
-    let (status, body) = server.post_form(
-        "/oauth2/introspect",
-        Some((&server.admin_id, &server.admin_secret)),
-        &[("token", token)],
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 #[test]
 fn admin_device_routes_check_their_scopes() {
     let server = TestServer::start();
@@ -259,7 +249,7 @@ fn disabled_and_deleted_devices_lose_their_tokens() {
         let (s, tok) = secret_token(&server, id, secret);
         assert_eq!(s, 200);
         let live = tok["access_token"].as_str().unwrap();
-        assert_eq!(introspect(&server, live)["active"], true);
+        assert_eq!(server.introspect(live)["active"], true);
         let status = if action == "disable" {
             server
                 .post_raw(
@@ -280,7 +270,7 @@ fn disabled_and_deleted_devices_lose_their_tokens() {
         };
         assert!(status == 200 || status == 204, "{action}: {status}");
         assert_eq!(
-            introspect(&server, live),
+            server.introspect(live),
             json!({"active": false}),
             "{action}"
         );
@@ -522,7 +512,7 @@ fn signing_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_k
         validation.set_audience(&[server.issuer.as_str()]);
         validation.set_issuer(&[server.issuer.as_str()]);
         jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
-        assert_eq!(introspect(&server, token)["active"], true);
+        assert_eq!(server.introspect(token)["active"], true);
     }
 }
 

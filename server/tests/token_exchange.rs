@@ -73,16 +73,6 @@ fn assert_refused(status: u16, body: &Value, code: &str, what: &str) {
     assert!(body.get("access_token").is_none(), "{what}");
 }
 
-fn introspect(server: &TestServer, token: &str) -> Value {
-    let (status, body) = server.post_form(
-        "/oauth2/introspect",
-        Some((&server.admin_id, &server.admin_secret)),
-        &[("token", token)],
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 /// The server's signing key from its data directory, to forge tokens that pass the signature
 /// check and so reach the other checks.
 fn forge(server: &TestServer, claims: &Value) -> String {
@@ -178,7 +168,7 @@ fn an_exchange_narrows_scope_names_the_actor_and_verifies_independently() {
     assert_eq!(claims["scope"], "read write");
 
     // Introspection returns the act claim (flattened claims).
-    let seen = introspect(&server, body["access_token"].as_str().unwrap());
+    let seen = server.introspect(body["access_token"].as_str().unwrap());
     assert_eq!(seen["active"], true);
     assert_eq!(seen["act"], json!({"sub": b}));
     assert_eq!(seen["sub"], a.as_str());
@@ -588,11 +578,11 @@ fn purpose_is_validated_carried_over_and_introspected() {
     let given = given["access_token"].as_str().unwrap();
     assert_eq!(jwt_parts(given).1["purpose"], "telemetry.upload");
 
-    let seen = introspect(&server, given);
+    let seen = server.introspect(given);
     assert_eq!(seen["active"], true);
     assert_eq!(seen["purpose"], "telemetry.upload");
     assert_eq!(seen["act"], json!({"sub": b}));
-    assert_eq!(introspect(&server, &subject)["purpose"], "fw:update-1.2");
+    assert_eq!(server.introspect(&subject)["purpose"], "fw:update-1.2");
 }
 
 #[test]
@@ -610,8 +600,8 @@ fn revoking_the_subject_token_leaves_exchanged_ones_capped_by_it() {
     );
     assert_eq!(status, 200);
     // As documented: the exchanged token stays active until its (capped) exp.
-    assert_eq!(introspect(&server, &subject)["active"], false);
-    let seen = introspect(&server, token);
+    assert_eq!(server.introspect(&subject)["active"], false);
+    let seen = server.introspect(token);
     assert_eq!(seen["active"], true);
     assert!(seen["exp"].as_u64().unwrap() <= jwt_parts(&subject).1["exp"].as_u64().unwrap());
     // It can no longer be exchanged again.

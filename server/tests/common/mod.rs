@@ -317,6 +317,31 @@ impl TestServer {
         body["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// Introspect `token` as the admin client (RFC 7662); the answer's JSON.
+    pub fn introspect(&self, token: &str) -> Value {
+        let (status, body) = self.post_form(
+            "/oauth2/introspect",
+            Some((&self.admin_id, &self.admin_secret)),
+            &[("token", token)],
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// The audit log through `GET /admin/audit` (the server keeps running), oldest first.
+    pub fn audit_log(&self) -> Vec<Value> {
+        let token = self.admin_token("audit:read");
+        let mut r = self
+            .http
+            .get(&self.url("/admin/audit?limit=1000"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        body["entries"].as_array().unwrap().clone()
+    }
+
     /// Register a client through `POST /admin/clients`; the RFC 7591 response.
     pub fn register(&self, metadata: Value) -> Value {
         let token = self.admin_token("clients:admin");
