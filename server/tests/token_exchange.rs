@@ -226,8 +226,9 @@ fn chained_exchanges_nest_act_and_an_actor_token_names_the_actor() {
     );
     let (_, claims) = jwt_parts(body["access_token"].as_str().unwrap());
     assert_eq!(claims["act"], json!({"sub": b}));
-    // A token issued to c whose subject is a (c's exchanged token): the actor is a, not c.
-    let body = exchanged(
+    // A token issued to c whose subject is a (c's exchanged token) would name a as the actor
+    // and drop c from the chain: an exchanged token is never an actor.
+    let (status, body) = exchange(
         &server,
         (&c, &c_secret),
         &subject,
@@ -236,9 +237,28 @@ fn chained_exchanges_nest_act_and_an_actor_token_names_the_actor() {
             ("actor_token_type", ACCESS_TOKEN),
         ],
     );
-    let (_, claims) = jwt_parts(body["access_token"].as_str().unwrap());
-    assert_eq!(claims["act"], json!({"sub": a}));
-    assert_eq!(claims["client_id"], c.as_str());
+    assert_refused(status, &body, "invalid_request", "exchanged token as actor");
+}
+
+#[test]
+fn an_exchanged_token_lives_no_longer_than_its_actor_token() {
+    // 30 s access tokens: an actor token issued first caps an exchange made later.
+    let server = TestServer::start_with(&["--access-token-ttl", "30"]);
+    let (a, a_secret) = server.register_secret_client("read", "client_secret_basic");
+    let (b, b_secret) = exchanger(&server, "read");
+    let actor = cc_token(&server, (&b, &b_secret), &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let subject = cc_token(&server, (&a, &a_secret), &[]);
+    let body = exchanged(
+        &server,
+        (&b, &b_secret),
+        &subject,
+        &[("actor_token", &actor), ("actor_token_type", ACCESS_TOKEN)],
+    );
+    let exp = jwt_parts(body["access_token"].as_str().unwrap()).1["exp"].as_u64();
+    let actor_exp = jwt_parts(&actor).1["exp"].as_u64();
+    assert_eq!(exp, actor_exp);
+    assert!(exp < jwt_parts(&subject).1["exp"].as_u64());
 }
 
 #[test]
@@ -563,16 +583,34 @@ fn purpose_is_validated_carried_over_and_introspected() {
     let plain = cc_token(&server, (&a, &a_secret), &[]);
     assert!(jwt_parts(&plain).1.get("purpose").is_none());
 
-    // Exchange: refused when bad, carried over when absent, replaced when given.
+    // Exchange: refused when bad, carried over when absent, never changed, set when the
+    // subject token had none.
     let (status, body) = exchange(&server, (&b, &b_secret), &subject, &[("purpose", "a b")]);
     assert_refused(status, &body, "invalid_request", "bad purpose");
     let carried = exchanged(&server, (&b, &b_secret), &subject, &[]);
     let carried = carried["access_token"].as_str().unwrap();
     assert_eq!(jwt_parts(carried).1["purpose"], "fw:update-1.2");
-    let given = exchanged(
+    let same = exchanged(
         &server,
         (&b, &b_secret),
         &subject,
+        &[("purpose", "fw:update-1.2")],
+    );
+    assert_eq!(
+        jwt_parts(same["access_token"].as_str().unwrap()).1["purpose"],
+        "fw:update-1.2"
+    );
+    let (status, body) = exchange(
+        &server,
+        (&b, &b_secret),
+        &subject,
+        &[("purpose", "telemetry.upload")],
+    );
+    assert_refused(status, &body, "invalid_request", "purpose changed");
+    let given = exchanged(
+        &server,
+        (&b, &b_secret),
+        &plain,
         &[("purpose", "telemetry.upload")],
     );
     let given = given["access_token"].as_str().unwrap();

@@ -6,9 +6,8 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
-/// Longest `X-Forwarded-For` (all occurrences together) we read; past it, the peer is the client.
-pub const MAX_FORWARDED_BYTES: usize = 2048;
-/// Most `X-Forwarded-For` entries we read; past it, the peer is the client.
+/// Most `X-Forwarded-For` entries we read, from the right: a proxy chain is never this long, and
+/// what a client pads on the left is never read.
 pub const MAX_FORWARDED_ENTRIES: usize = 32;
 
 /// The proxies whose `X-Forwarded-For` is believed. Empty (the default): none, the TCP peer is
@@ -76,11 +75,16 @@ where
     if !trusted.contains(peer) {
         return peer;
     }
-    let Some(entries) = bounded_entries(forwarded_for) else {
-        return peer;
-    };
+    // Proxies append on the right, so read from there and only as far as a chain can reach:
+    // padding on the left (the client's own) costs nothing and changes nothing.
+    let values: Vec<&[u8]> = forwarded_for.into_iter().collect();
+    let entries = values
+        .iter()
+        .rev()
+        .flat_map(|value| value.rsplit(|&b| b == b','))
+        .take(MAX_FORWARDED_ENTRIES);
     let mut last_trusted = peer;
-    for entry in entries.iter().rev() {
+    for entry in entries {
         let Some(ip) = parse_hop(entry) else {
             return last_trusted;
         };
@@ -90,29 +94,6 @@ where
         last_trusted = ip;
     }
     last_trusted
-}
-
-/// The comma-separated entries of all values, or `None` past the byte or entry cap: a header that
-/// large did not come from a sane proxy chain, and reading it is work an attacker chooses.
-fn bounded_entries<'a, I>(values: I) -> Option<Vec<&'a [u8]>>
-where
-    I: IntoIterator<Item = &'a [u8]>,
-{
-    let mut bytes = 0usize;
-    let mut entries = Vec::new();
-    for value in values {
-        bytes = bytes.saturating_add(value.len());
-        if bytes > MAX_FORWARDED_BYTES {
-            return None;
-        }
-        for entry in value.split(|&b| b == b',') {
-            if entries.len() == MAX_FORWARDED_ENTRIES {
-                return None;
-            }
-            entries.push(entry);
-        }
-    }
-    Some(entries)
 }
 
 /// A hop as a bare IP address; `None` for anything else (`unknown`, obfuscated ids, ports,
@@ -310,16 +291,20 @@ mod tests {
     }
 
     #[test]
-    fn oversized_headers_mean_the_peer() {
+    fn padding_on_the_left_is_never_read() {
         let t = trusted(&["10.0.0.0/8"]);
-        let many = vec!["192.0.2.1"; MAX_FORWARDED_ENTRIES + 1].join(",");
-        assert_eq!(client("10.1.2.3", &[&many], &t), ip("10.1.2.3"));
-        let spread = vec!["192.0.2.1"; MAX_FORWARDED_ENTRIES + 1];
-        assert_eq!(client("10.1.2.3", &spread, &t), ip("10.1.2.3"));
-        let just_enough = vec!["192.0.2.1"; MAX_FORWARDED_ENTRIES].join(",");
-        assert_eq!(client("10.1.2.3", &[&just_enough], &t), ip("192.0.2.1"));
-        let long = format!("{}192.0.2.1", " ".repeat(MAX_FORWARDED_BYTES));
-        assert_eq!(client("10.1.2.3", &[&long], &t), ip("10.1.2.3"));
+        // The client pads 100 entries of its own; the proxy appends the real address.
+        let padded = format!("{},198.51.100.9", vec!["192.0.2.1"; 100].join(","));
+        assert_eq!(client("10.1.2.3", &[&padded], &t), ip("198.51.100.9"));
+        let long = format!("{}, 198.51.100.9", "x".repeat(10_000));
+        assert_eq!(client("10.1.2.3", &[&long], &t), ip("198.51.100.9"));
+        // Over separate header lines, the last line is the nearest proxy's.
+        let mut lines = vec!["192.0.2.1"; 100];
+        lines.push("198.51.100.9");
+        assert_eq!(client("10.1.2.3", &lines, &t), ip("198.51.100.9"));
+        // A chain of trusted hops longer than we read ends at the last one read.
+        let chain = vec!["10.0.0.5"; MAX_FORWARDED_ENTRIES + 5].join(",");
+        assert_eq!(client("10.1.2.3", &[&chain], &t), ip("10.0.0.5"));
     }
 
     #[test]

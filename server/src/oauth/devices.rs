@@ -12,7 +12,7 @@ use super::registration::parse_jwk;
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
 use crate::secret::{random_id, Secret};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::{AuthMethod, Client, Device, KeyAlg};
+use crate::store::{AuthMethod, Client, Deletion, Device, KeyAlg};
 
 /// Scopes a device gets when its registration names none.
 pub const DEFAULT_DEVICE_SCOPES: [&str; 1] = ["device"];
@@ -326,51 +326,49 @@ impl AuthServer {
         station: &str,
         ctx: &RequestCtx,
     ) -> Result<Withdrawal, OAuthError> {
-        let device = match self
-            .devices
-            .device(client_id)
-            .map_err(OAuthError::internal)?
-        {
-            // Another station's device is as good as absent to this one.
-            Some(d) if d.registered_by == station => d,
-            _ => return Ok(Withdrawal::NotFound),
-        };
-        let client = self
-            .clients
-            .client(client_id)
-            .map_err(OAuthError::internal)?;
-        let refusal = match &client {
-            None => return Ok(Withdrawal::NotFound),
-            Some(c) if !c.keys.is_empty() || c.pending_key.is_some() => {
-                Some("the device has rotated its credential")
+        // Checked inside the delete's transaction: a rotation landing between a check and the
+        // delete would otherwise lose the device its new key.
+        const NOT_THIS_STATIONS: &str = "registered by another station";
+        let now = ctx.now;
+        let allow = |device: &Device, client: Option<&Client>| {
+            if device.registered_by != station {
+                return Err(NOT_THIS_STATIONS);
             }
-            Some(_) if ctx.now > device.registered_at.saturating_add(WITHDRAW_WINDOW) => {
-                Some("the registration is older than the withdrawal window")
+            match client {
+                Some(c) if !c.keys.is_empty() || c.pending_key.is_some() => {
+                    Err("the device has rotated its credential")
+                }
+                _ if now > device.registered_at.saturating_add(WITHDRAW_WINDOW) => {
+                    Err("the registration is older than the withdrawal window")
+                }
+                _ => Ok(()),
             }
-            Some(_) => None,
         };
         let event = AuditEvent::new("device.withdrawn", Outcome::Success)
             .actor(station)
             .subject(client_id)
             .client(client_id);
-        if let Some(why) = refusal {
-            let event = AuditEvent {
-                outcome: Outcome::Failure,
-                ..event
-            }
-            .reason(why);
-            self.record(ctx, event).await?;
-            return Ok(Withdrawal::Refused(why));
-        }
-        if !self
+        match self
             .devices
-            .delete_device(client_id)
+            .delete_device_if(client_id, &allow)
             .map_err(OAuthError::internal)?
         {
-            return Ok(Withdrawal::NotFound);
+            // Another station's device is as good as absent to this one.
+            Deletion::Missing | Deletion::Refused(NOT_THIS_STATIONS) => Ok(Withdrawal::NotFound),
+            Deletion::Refused(why) => {
+                let event = AuditEvent {
+                    outcome: Outcome::Failure,
+                    ..event
+                }
+                .reason(why);
+                self.record(ctx, event).await?;
+                Ok(Withdrawal::Refused(why))
+            }
+            Deletion::Deleted => {
+                self.record(ctx, event).await?;
+                Ok(Withdrawal::Withdrawn)
+            }
         }
-        self.record(ctx, event).await?;
-        Ok(Withdrawal::Withdrawn)
     }
 
     /// `POST /oauth2/device-credentials`: a device, authenticated by its current credential,

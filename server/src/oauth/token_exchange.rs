@@ -45,6 +45,12 @@ pub fn delegate(actor: &str, subject_act: Option<&Actor>) -> Actor {
     Actor::new(actor, subject_act.cloned())
 }
 
+/// The validated tokens an exchange consumed, for its audit entry.
+struct Exchanged {
+    subject: AccessClaims,
+    actor: Option<AccessClaims>,
+}
+
 /// Why an exchange was refused, for the audit entry: the code and the description the client
 /// gets, which never carry a token.
 fn refusal_reason(e: &OAuthError) -> String {
@@ -85,14 +91,19 @@ impl AuthServer {
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, false, ctx).await?;
         match self.exchange(&client, form, ctx.now) {
-            Ok((access_token, claims, subject)) => {
+            Ok((access_token, claims, Exchanged { subject, actor })) => {
                 let depth = claims.delegation_depth();
+                let actor = actor.map_or_else(
+                    || "actor=client".to_owned(),
+                    |a| format!("actor_sub={} actor_jti={}", a.sub, a.jti),
+                );
                 let event = AuditEvent::new("token.exchanged", Outcome::Success)
                     .actor(&client.client_id)
                     .subject(&claims.sub)
                     .client(&client.client_id)
                     .reason(format!(
-                        "grant={} subject_jti={} subject_client={} jti={} depth={depth} scope={}",
+                        "grant={} subject_jti={} subject_client={} {actor} jti={} depth={depth} \
+                         scope={}",
                         grant::TOKEN_EXCHANGE,
                         subject.jti,
                         subject.client_id,
@@ -121,14 +132,14 @@ impl AuthServer {
         }
     }
 
-    /// Every check of the exchange and the new token: (token, its claims, the subject token's
-    /// claims). Writes nothing.
+    /// Every check of the exchange and the new token: (token, its claims, the tokens it came
+    /// from). Writes nothing.
     fn exchange(
         &self,
         client: &Client,
         form: &Form,
         now: u64,
-    ) -> Result<(String, AccessClaims, AccessClaims), OAuthError> {
+    ) -> Result<(String, AccessClaims, Exchanged), OAuthError> {
         let invalid = |why: String| OAuthError::InvalidRequest(why.into());
         if !client.allows_grant(grant::TOKEN_EXCHANGE) {
             return Err(OAuthError::UnauthorizedClient(
@@ -180,18 +191,30 @@ impl AuthServer {
 
         // §2.2.2: an invalid subject or actor token is invalid_request.
         let subject = self.usable_token("subject_token", subject_token, now)?;
-        let actor = match actor_token {
-            None => client.client_id.clone(),
+        let actor_claims = match actor_token {
+            None => None,
             Some(token) => {
                 let claims = self.usable_token("actor_token", token, now)?;
-                // An actor token stands for the requesting client's own identity; another
-                // client's token would let it borrow someone else's.
+                // An actor token stands for the requesting client's own identity (its own
+                // client_credentials token, or a person's token it got through a grant that
+                // person approved); another client's token would let it borrow someone else's.
                 if claims.client_id != client.client_id {
                     return Err(invalid("actor_token was not issued to this client".into()));
                 }
-                claims.sub
+                // An exchanged token carries its subject's `sub` under this client's id: as an
+                // actor it would name that subject as acting and drop this client from the
+                // chain. Actors are first-hand.
+                if claims.act.is_some() {
+                    return Err(invalid(
+                        "actor_token is itself an exchanged token; present a first-hand one".into(),
+                    ));
+                }
+                Some(claims)
             }
         };
+        let actor = actor_claims
+            .as_ref()
+            .map_or_else(|| client.client_id.clone(), |a| a.sub.clone());
 
         // §4.1: the current actor outermost, the subject token's actors nested as prior ones.
         let act = delegate(&actor, subject.act.as_ref());
@@ -201,16 +224,34 @@ impl AuthServer {
 
         let granted = narrowed_scope(form.get("scope"), &subject, &client.scopes)?;
 
-        // An exchanged token never outlives its subject token.
-        let exp = (now + self.settings.access_token_ttl).min(subject.exp);
+        // A purpose narrows what a token is for; an exchange may keep it, never change it.
+        if let (Some(held), Some(asked)) = (&subject.purpose, &purpose_param) {
+            if held != asked {
+                return Err(invalid(
+                    "purpose differs from the subject token's purpose".into(),
+                ));
+            }
+        }
+
+        // An exchanged token never outlives its subject token, nor its actor token.
+        let exp = (now + self.settings.access_token_ttl)
+            .min(subject.exp)
+            .min(actor_claims.as_ref().map_or(u64::MAX, |a| a.exp));
         if exp <= now {
-            return Err(invalid("subject_token has expired".into()));
+            return Err(invalid("subject_token or actor_token has expired".into()));
         }
         let mut claims = self.access_claims(&subject.sub, &client.client_id, &granted, now);
         claims.exp = exp;
         claims.act = Some(act);
         claims.purpose = purpose_param.or_else(|| subject.purpose.clone());
-        Ok((self.sign_access_token(&claims), claims, subject))
+        Ok((
+            self.sign_access_token(&claims),
+            claims,
+            Exchanged {
+                subject,
+                actor: actor_claims,
+            },
+        ))
     }
 
     /// `token` validated as one of our access tokens, or `invalid_request` naming `param`.

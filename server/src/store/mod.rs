@@ -149,7 +149,32 @@ pub trait DeviceStore: Send + Sync {
         client: &Client,
     ) -> Result<Result<(), Device>, StoreError>;
     /// Remove a device, its serial and its client at once. False if there was none.
-    fn delete_device(&self, client_id: &str) -> Result<bool, StoreError>;
+    fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
+        Ok(self.delete_device_if(client_id, &|_, _| Ok(()))? == Deletion::Deleted)
+    }
+    /// [`DeviceStore::delete_device`] if `allow` approves the device and its client as they are
+    /// inside the same transaction, so nothing can change between the check and the delete.
+    fn delete_device_if(
+        &self,
+        client_id: &str,
+        allow: &DeletionCheck<'_>,
+    ) -> Result<Deletion, StoreError>;
+}
+
+/// A condition on a device and its client (absent if already gone) for
+/// [`DeviceStore::delete_device_if`]: `Err(why)` refuses.
+pub type DeletionCheck<'a> = dyn Fn(&Device, Option<&Client>) -> Result<(), &'static str> + 'a;
+
+/// What a conditional delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Deletion {
+    /// Gone.
+    Deleted,
+    /// There was no such device.
+    Missing,
+    /// The condition refused; why. Nothing was written.
+    Refused(&'static str),
 }
 
 /// The one thing the group committer needs from a backend: make every write so far durable.

@@ -5,7 +5,7 @@
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::{from_json, get_json, SledStore};
-use crate::store::{Client, Device, DeviceStore, StoreError};
+use crate::store::{Client, Deletion, DeletionCheck, Device, DeviceStore, StoreError};
 
 fn decode(bytes: &[u8]) -> Result<Device, StoreError> {
     from_json(bytes, "device")
@@ -85,25 +85,42 @@ impl DeviceStore for SledStore {
         })
     }
 
-    fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
-        let removed = (
+    fn delete_device_if(
+        &self,
+        client_id: &str,
+        allow: &DeletionCheck<'_>,
+    ) -> Result<Deletion, StoreError> {
+        let outcome = (
             &self.device_serials,
             &self.device_eks,
             &self.devices,
             &self.clients,
         )
             .transaction(|(serials, eks, devices, clients)| {
-                let Some(bytes) = devices.remove(client_id.as_bytes())? else {
-                    return Ok(false);
+                let Some(bytes) = devices.get(client_id.as_bytes())? else {
+                    return Ok(Deletion::Missing);
                 };
                 let device = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                let client = match clients.get(client_id.as_bytes())? {
+                    Some(bytes) => Some(
+                        from_json::<Client>(&bytes, "client")
+                            .map_err(ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
+                };
+                if let Err(why) = allow(&device, client.as_ref()) {
+                    return Ok(Deletion::Refused(why));
+                }
+                devices.remove(client_id.as_bytes())?;
                 serials.remove(device.serial.as_bytes())?;
                 eks.remove(device.ek_fingerprint.as_bytes())?;
                 clients.remove(client_id.as_bytes())?;
-                Ok(true)
+                Ok(Deletion::Deleted)
             })
             .map_err(tx_error)?;
-        self.forget_cached(client_id);
-        Ok(removed)
+        if outcome == Deletion::Deleted {
+            self.forget_cached(client_id);
+        }
+        Ok(outcome)
     }
 }
