@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hallmark_agent::config::DEFAULT_CONFIG_PATH;
 use hallmark_agent::socket::{self, Answer};
-use hallmark_agent::{Agent, Clock, DeviceAuthorization, Event};
+use hallmark_agent::{Agent, Clock, DeviceAuthorization, Event, RotationState};
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
 
@@ -50,6 +50,8 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         retry_for: u64,
     },
+    /// Replace the device's TPM key with a new one now (key-to-key rotation, after enroll).
+    Rekey,
     /// Log in with the device authorization grant (RFC 8628).
     Login,
 }
@@ -84,6 +86,10 @@ pub fn execute(
             let credential = agent.enroll(Duration::from_secs(retry_for))?;
             println!("{}", serde_json::to_string(&credential)?);
         }
+        Command::Rekey => {
+            let credential = agent.rekey()?;
+            println!("{}", serde_json::to_string(&credential)?);
+        }
         Command::Login => {
             let token = agent.login(show_code)?;
             println!(
@@ -107,10 +113,22 @@ fn status(agent: &mut Agent, json: bool, socket_path: &std::path::Path) -> anyho
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let credential = match (status.credential, status.slot) {
-        ("key", Some(slot)) => format!("key slot {slot}"),
-        ("rotating", Some(slot)) => format!("rotating (new key in slot {slot})"),
-        (other, _) => other.to_owned(),
+    let credential = match (status.credential, status.slot, &status.rotation) {
+        ("key", Some(slot), _) => format!("key slot {slot}"),
+        ("rotating", Some(slot), _) => format!("rotating (new key in slot {slot})"),
+        (
+            "rekeying",
+            _,
+            RotationState::Rekeying { from, to, .. }
+            | RotationState::RekeyRegistered { from, to, .. },
+        ) => {
+            let step = match status.rotation {
+                RotationState::RekeyRegistered { .. } => "registered, not yet proven",
+                _ => "not yet registered",
+            };
+            format!("rekeying (key slot {from} in use; new key for slot {to} {step})")
+        }
+        (other, _, _) => other.to_owned(),
     };
     let kid = status.jwk.as_ref().and_then(|j| j["kid"].as_str());
     let mut out = std::io::stdout().lock();

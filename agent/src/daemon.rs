@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::socket::{SharedToken, TokenSocket};
-use crate::{Agent, AgentError, Event};
+use crate::{Agent, AgentError, Credential, Event};
 
 /// First retry delay.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -86,8 +86,13 @@ impl Agent {
                         error: e.to_string(),
                         after: wait,
                     });
-                    // The server or TPM may come back with another view; ask afresh.
+                    // The server or TPM may come back with another view; ask afresh. The key
+                    // may have been replaced meanwhile (`hallmark-agent rekey` erases the old
+                    // one), so the next attempt reads the TPM and the rotation state again.
                     self.metadata = None;
+                    if matches!(self.credential, Some(Credential::Key { .. })) {
+                        self.credential = None;
+                    }
                     next = Instant::now() + wait;
                 }
             }

@@ -60,6 +60,44 @@ pub enum AgentError {
         /// The last refusal.
         source: OAuthError,
     },
+    /// The server refused both device keys during a key-to-key rotation.
+    #[error(
+        "the server refuses both device keys of client {client_id} (the old one and the new \
+         one): is this device still registered and enabled at {issuer}? ({source})"
+    )]
+    KeysRefused {
+        /// The client_id.
+        client_id: String,
+        /// The issuer.
+        issuer: String,
+        /// The last refusal.
+        source: OAuthError,
+    },
+    /// A key-to-key rotation was asked of a device that still has its factory secret.
+    #[error(
+        "this device still authenticates with its factory secret: rotating it to a TPM key is \
+         first boot's job (`hallmark-agent enroll`); `rekey` replaces a TPM key"
+    )]
+    NotEnrolled,
+    /// A key-to-key rotation was asked of a server that cannot take a new key.
+    #[error(
+        "the server {issuer} offers no device_credentials_endpoint in its metadata (RFC 8414): \
+         it cannot take a new device key, so the current key stays"
+    )]
+    NoRotationEndpoint {
+        /// The issuer.
+        issuer: String,
+    },
+    /// A key-to-key rotation was given up: the server refused the new key for good (see
+    /// `rotation/rekey.rs`). The new key was erased; the old one is still the credential.
+    #[error(
+        "the server refused the new device key ({source}); key rotation abandoned, the old key \
+         is still the device's credential"
+    )]
+    RekeyAbandoned {
+        /// The refusal.
+        source: OAuthError,
+    },
     /// The token request proving the new key failed.
     #[error("cannot prove the new device key: {source}")]
     ProveKey {

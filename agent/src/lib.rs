@@ -1,7 +1,8 @@
 //! Hallmark's on-device agent library: the device's credential lives in its TPM.
 //!
 //! [`Agent`] is what firmware embeds: it rotates the factory credential to a TPM-resident key on
-//! first boot ([`Agent::enroll`]), gets access tokens with the client credentials grant and
+//! first boot ([`Agent::enroll`]), replaces that key with a new one on request
+//! ([`Agent::rekey`]), gets access tokens with the client credentials grant and
 //! `private_key_jwt` assertions the TPM signs ([`Agent::token`]), runs the device authorization
 //! grant with the refresh token sealed by the TPM ([`Agent::login`]), and keeps a token fresh
 //! for local software on a Unix socket ([`Agent::run`]).
@@ -43,6 +44,12 @@ pub enum Event {
     Rotation(RotationStep),
     /// The server has no `device_credentials_endpoint`: the factory credential stays in use.
     RotationUnsupported,
+    /// An interrupted key-to-key rotation was given up because the server refused the new key
+    /// for good (it was erased); the old key stays in use.
+    RekeyAbandoned {
+        /// Why (one line, the server's refusal).
+        reason: String,
+    },
     /// A new access token was obtained.
     TokenRenewed {
         /// When it expires (Unix seconds).
@@ -119,9 +126,11 @@ pub struct Status {
     pub serial: Option<String>,
     /// The issuer.
     pub server: String,
-    /// `factory`, `rotating` or `key`.
+    /// `factory`, `rotating` (first boot under way), `rekeying` (key-to-key rotation under
+    /// way), `key` or `none`.
     pub credential: &'static str,
-    /// The slot of the device key in use or being rotated to.
+    /// The slot of the device key in use or being rotated to (during a rotation, the new
+    /// key's once it exists).
     pub slot: Option<KeySlot>,
     /// The persisted rotation state.
     pub rotation: RotationState,
@@ -204,6 +213,19 @@ impl Agent {
     /// unreachable) with backoff for up to `patience`. Returns the credential now in use.
     pub fn enroll(&mut self, patience: Duration) -> Result<Credential, AgentError> {
         daemon::retry(self, patience, |agent| agent.rotate())
+    }
+
+    /// Replaces the device's TPM key with a new one in the other slot (key-to-key rotation),
+    /// as a crash-safe state machine (see `rotation/rekey.rs`): the new key is registered
+    /// with the server authenticated by the old key, proven by a token request (which makes the
+    /// server drop the old key), and only then is the old key erased. If a previous rekey was
+    /// cut short, finishing it is the rotation asked for. Returns the credential now in use.
+    ///
+    /// Fails without trying if the device still has its factory secret (that is
+    /// [`Agent::enroll`]'s job) or the server offers no `device_credentials_endpoint`. No
+    /// retries: a failed rekey is finished by the next start, or by calling this again.
+    pub fn rekey(&mut self) -> Result<Credential, AgentError> {
+        self.start_rekey()
     }
 
     /// A fresh access token for `scope` (default: the configured scopes): client credentials

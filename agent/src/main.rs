@@ -73,6 +73,10 @@ fn log(event: &Event) {
             "hallmark-agent: the server offers no device_credentials_endpoint; keeping the \
              factory credential"
         ),
+        Event::RekeyAbandoned { reason } => eprintln!(
+            "hallmark-agent: key rotation abandoned, keeping the old key: the server refused the \
+             new one ({reason})"
+        ),
         Event::TokenRenewed { expires_at } => {
             eprintln!("hallmark-agent: new access token, expires at {expires_at}")
         }

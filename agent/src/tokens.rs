@@ -91,7 +91,7 @@ impl Agent {
     /// signs once more with the corrected time and sends again: a device whose first word
     /// with the server is a token request still gets through (see
     /// [`clock::send_resigning`]).
-    fn send_authenticated<T, E>(
+    pub(crate) fn send_authenticated<T, E>(
         &mut self,
         credential: &Credential,
         mut send: impl FnMut(&Http, &ClientAuth) -> Result<T, E>,
@@ -259,11 +259,7 @@ impl Agent {
         let inventory = tpm.inventory().map_err(tpm_err)?;
         drop(tpm);
         let rotation = self.rotation_state()?;
-        let present = |slot: KeySlot| match slot {
-            KeySlot::A => inventory.slot_a,
-            KeySlot::B => inventory.slot_b,
-        };
-        let slot = rotation.slot().filter(|s| present(*s)).or(
+        let slot = rotation.slot().filter(|s| inventory.has_key(*s)).or(
             match (inventory.slot_a, inventory.slot_b) {
                 (true, _) => Some(KeySlot::A),
                 (false, true) => Some(KeySlot::B),
@@ -273,6 +269,7 @@ impl Agent {
         let credential = match (inventory.factory_secret, slot) {
             (true, None) => "factory",
             (true, Some(_)) => "rotating",
+            (false, Some(_)) if rotation.is_rekeying() => "rekeying",
             (false, Some(_)) => "key",
             (false, None) => "none",
         };

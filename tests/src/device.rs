@@ -5,11 +5,14 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hallmark_agent::config::{AgentConfig, Flow, Handles};
-use hallmark_agent::tpm::{Inventory, Tpm};
+use hallmark_agent::oauth::assertion;
+use hallmark_agent::socket::{fetch, Answer};
+use hallmark_agent::tpm::{Inventory, KeySlot, Tpm};
 use hallmark_hwsim::Swtpm;
 use serde_json::Value;
 
@@ -141,6 +144,54 @@ impl Device {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `hallmark-agent <args>` with the fault hook set to `step`; it must stop there
+    /// with status 86, as if the power had been cut.
+    pub fn run_crashing_at(&self, args: &[&str], step: &str) {
+        let out = self
+            .agent(args)
+            .env("HALLMARK_AGENT_FAULT", format!("after:{step}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(86),
+            "hallmark-agent {args:?} should stop after {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A client assertion (RFC 7523) for this device signed now by the key in `slot`, with
+    /// `aud` = `server`'s token endpoint: signed ahead, it shows whether the server still
+    /// accepts a key after the agent has erased it.
+    pub fn assertion_by(&self, server: &TestServer, slot: KeySlot) -> String {
+        let mut tpm = Tpm::open(&self.tpm.tcti()).unwrap();
+        let key = tpm.device_key(slot).unwrap().expect("a key in the slot");
+        let now = hallmark_agent::clock::unix_now();
+        let audience = server.url("/oauth2/token");
+        assertion::build(&self.client_id, &audience, &key.kid, now, |input| {
+            tpm.sign_es256(slot, input)
+        })
+        .unwrap()
+    }
+
+    /// Polls the token socket until it answers with a token satisfying `accept`.
+    pub fn wait_for_socket_token(&self, limit: Duration, accept: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            if let Ok(Answer::Token { access_token, .. }) = fetch(&self.socket_path()) {
+                if accept(&access_token) {
+                    return access_token;
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no suitable token on the socket after {limit:?}; log: {}",
+                self.run_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts `hallmark-agent run` in the background (stderr to `run.log` in the device dir).

@@ -8,9 +8,11 @@
     missing_debug_implementations
 )]
 
+pub mod checks;
 pub mod device;
 #[path = "../../server/tests/common/mod.rs"]
 pub mod server;
+pub mod stand_in;
 pub mod station;
 pub mod verification;
 

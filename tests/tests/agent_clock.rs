@@ -176,18 +176,8 @@ fn assert_reported_offset(stderr: &str, expected: i64) {
 
 /// Reasons of the server's `client.auth_failed` audit entries for `client_id`.
 fn auth_failures(server: &TestServer, client_id: &str) -> Vec<String> {
-    let token = server.admin_token("audit:read");
-    let mut r = server
-        .http
-        .get(&server.url("/admin/audit?limit=1000"))
-        .header("Authorization", &format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    body["entries"]
-        .as_array()
-        .unwrap()
+    server
+        .audit_log()
         .iter()
         .filter(|e| e["event"] == "client.auth_failed" && e["client"] == client_id)
         .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())

@@ -6,62 +6,18 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use hallmark_e2e::checks::assert_one_live_key;
 use hallmark_e2e::device::Device;
 use hallmark_e2e::server::TestServer;
-use serde_json::Value;
 
-/// Exactly one live key, no factory secret, the server agrees on the kid, refuses the factory
-/// secret and issues tokens to the key.
+/// Exactly one live key on both sides, the factory secret refused, tokens working.
 fn assert_rotated(server: &TestServer, device: &Device) {
-    let inventory = device.inventory();
-    assert!(!inventory.factory_secret, "factory secret still sealed");
-    assert!(
-        inventory.slot_a ^ inventory.slot_b,
-        "expected exactly one key: {inventory:?}"
-    );
-    let status = device.status_json();
-    assert_eq!(status["credential"], "key", "{status}");
-    assert_eq!(status["rotation"]["state"], "done", "{status}");
-    let kid = status["jwk"]["kid"].as_str().unwrap().to_owned();
-    let admin = server.admin_token("devices:admin");
-    let mut r = server
-        .http
-        .get(&server.url(&format!("/admin/devices/{}", device.client_id)))
-        .header("Authorization", &format!("Bearer {admin}"))
-        .call()
-        .unwrap();
-    let view: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    assert_eq!(view["credential"], "key", "{view}");
-    assert_eq!(view["key_kid"], kid.as_str(), "{view}");
-    let (code, _) = server.post_form(
-        "/oauth2/token",
-        Some((&device.client_id, &device.factory_secret)),
-        &[("grant_type", "client_credentials")],
-    );
-    assert_eq!(code, 401, "the factory secret still works");
-    let token = device.agent_ok(&["token"]);
-    let (code, body) = server.post_form(
-        "/oauth2/introspect",
-        Some((&server.admin_id, &server.admin_secret)),
-        &[("token", token.trim())],
-    );
-    assert_eq!(code, 200);
-    assert_eq!(body["active"], true, "{body}");
+    assert_one_live_key(server, device);
 }
 
 /// Runs `enroll` with the fault hook at `step`; it must stop there with status 86.
 fn enroll_crashing_at(device: &Device, step: &str) {
-    let out = device
-        .agent(&["enroll"])
-        .env("HALLMARK_AGENT_FAULT", format!("after:{step}"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(86),
-        "enroll should stop after {step}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    device.run_crashing_at(&["enroll"], step);
 }
 
 /// For `step`: the agent alone killed there, then the agent and its TPM (a power cut).

@@ -63,16 +63,6 @@ fn wait(child: Child, limit: Duration) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn introspect(server: &TestServer, token: &str) -> serde_json::Value {
-    server
-        .post_form(
-            "/oauth2/introspect",
-            Some((&server.admin_id, &server.admin_secret)),
-            &[("token", token)],
-        )
-        .1
-}
-
 #[test]
 fn login_approved_on_the_page_then_refresh_rotates_and_reuse_revokes() {
     let server = TestServer::start_with(&["--device-poll-interval", "1"]);
@@ -108,7 +98,7 @@ fn login_approved_on_the_page_then_refresh_rotates_and_reuse_revokes() {
 
     // `token` refreshes: a token for alice, and a rotated (re-sealed) refresh token.
     let token = device.agent_ok(&["token"]);
-    let claims = introspect(&server, token.trim());
+    let claims = server.introspect(token.trim());
     assert_eq!(claims["active"], true, "{claims}");
     assert_eq!(claims["client_id"], device.client_id.as_str());
     assert_eq!(claims["sub"], "alice", "{claims}");
@@ -194,7 +184,7 @@ fn run_after_login_serves_the_users_tokens_and_renews_them_by_refresh() {
     let first = socket_token(None);
     let second = socket_token(Some(&first));
     for token in [&first, &second] {
-        let claims = introspect(&server, token);
+        let claims = server.introspect(token);
         assert_eq!(claims["active"], true, "{claims}");
         assert_eq!(claims["sub"], "carol", "{claims}");
         assert_eq!(claims["client_id"], device.client_id.as_str());
@@ -207,5 +197,5 @@ fn run_after_login_serves_the_users_tokens_and_renews_them_by_refresh() {
     run.wait().unwrap();
     // The rotated refresh token survives the daemon: `token` still works for carol.
     let token = device.agent_ok(&["token"]);
-    assert_eq!(introspect(&server, token.trim())["sub"], "carol");
+    assert_eq!(server.introspect(token.trim())["sub"], "carol");
 }

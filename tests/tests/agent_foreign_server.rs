@@ -3,77 +3,12 @@
 //! tokens with `client_secret_basic` (RFC 6749 §2.3.1).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpListener;
-
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hallmark_agent::config::{AgentConfig, Flow, Handles};
 use hallmark_agent::tpm::Tpm;
+use hallmark_e2e::stand_in::stand_in_server;
 use hallmark_hwsim::Swtpm;
-
-/// Serves RFC 8414 metadata and a token endpoint accepting one client's Basic credentials,
-/// over plain HTTP on loopback, one request per connection.
-fn stand_in_server(client_id: String, secret: String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let expected = format!("Basic {}", STANDARD.encode(format!("{client_id}:{secret}")));
-    let me = issuer.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            let (mut length, mut authorization) = (0usize, String::new());
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                let (name, value) = line.split_once(':').unwrap();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap(),
-                    "authorization" => authorization = value.trim().to_owned(),
-                    _ => {}
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let (status, json) =
-                if request_line.starts_with("GET /.well-known/oauth-authorization-server") {
-                    (
-                        200,
-                        serde_json::json!({
-                            "issuer": me,
-                            "token_endpoint": format!("{me}/token"),
-                            "grant_types_supported": ["client_credentials"],
-                        }),
-                    )
-                } else if request_line.starts_with("POST /token") && authorization == expected {
-                    (
-                        200,
-                        serde_json::json!({
-                            "access_token": "token-from-another-server",
-                            "token_type": "Bearer",
-                            "expires_in": 300,
-                        }),
-                    )
-                } else {
-                    (401, serde_json::json!({"error": "invalid_client"}))
-                };
-            let body = json.to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    issuer
-}
 
 #[test]
 fn without_a_rotation_endpoint_the_factory_credential_stays_and_works() {

@@ -4,32 +4,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use hallmark_e2e::checks::device_view;
 use hallmark_e2e::device::Device;
 use hallmark_e2e::server::TestServer;
 use serde_json::Value;
-
-/// Introspects `token` with the admin client (RFC 7662).
-fn introspect(server: &TestServer, token: &str) -> Value {
-    let (status, body) = server.post_form(
-        "/oauth2/introspect",
-        Some((&server.admin_id, &server.admin_secret)),
-        &[("token", token)],
-    );
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn device_view(server: &TestServer, client_id: &str) -> Value {
-    let token = server.admin_token("devices:admin");
-    let mut r = server
-        .http
-        .get(&server.url(&format!("/admin/devices/{client_id}")))
-        .header("Authorization", &format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
-}
 
 #[test]
 fn first_boot_rotates_to_a_tpm_key_and_the_factory_secret_stops_working() {
@@ -78,7 +56,7 @@ fn first_boot_rotates_to_a_tpm_key_and_the_factory_secret_stops_working() {
     )
     .unwrap();
     assert_eq!(claims["client_id"], device.client_id.as_str());
-    let active = introspect(&server, &token);
+    let active = server.introspect(&token);
     assert_eq!(active["active"], true, "{active}");
     assert_eq!(active["client_id"], device.client_id.as_str());
 
@@ -108,5 +86,5 @@ fn token_on_a_factory_device_rotates_first() {
     let inventory = device.inventory();
     assert!(!inventory.factory_secret && inventory.slot_a);
     let token = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(introspect(&server, token.trim())["active"], true);
+    assert_eq!(server.introspect(token.trim())["active"], true);
 }

@@ -4,37 +4,14 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hallmark_agent::socket::{fetch, Answer};
 use hallmark_e2e::device::Device;
 use hallmark_e2e::server::TestServer;
 
-/// Polls the socket until it answers with a token satisfying `accept`.
-fn wait_for_token(device: &Device, limit: Duration, accept: impl Fn(&str) -> bool) -> String {
-    let started = Instant::now();
-    loop {
-        if let Ok(Answer::Token { access_token, .. }) = fetch(&device.socket_path()) {
-            if accept(&access_token) {
-                return access_token;
-            }
-        }
-        assert!(
-            started.elapsed() < limit,
-            "no suitable token on the socket after {limit:?}; log: {}",
-            device.run_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn active(server: &TestServer, token: &str) -> bool {
-    let (code, body) = server.post_form(
-        "/oauth2/introspect",
-        Some((&server.admin_id, &server.admin_secret)),
-        &[("token", token)],
-    );
-    code == 200 && body["active"] == true
+    server.introspect(token)["active"] == true
 }
 
 #[test]
@@ -44,7 +21,7 @@ fn run_serves_fresh_tokens_on_the_socket_across_a_server_restart() {
     let device = Device::provision(&server);
     let mut child = device.spawn_run();
 
-    let first = wait_for_token(&device, Duration::from_secs(30), |_| true);
+    let first = device.wait_for_socket_token(Duration::from_secs(30), |_| true);
     assert!(active(&server, &first));
     let mode = std::fs::metadata(device.socket_path())
         .unwrap()
@@ -55,7 +32,7 @@ fn run_serves_fresh_tokens_on_the_socket_across_a_server_restart() {
     assert!(!device.inventory().factory_secret);
 
     // Renewal before expiry.
-    let second = wait_for_token(&device, Duration::from_secs(15), |t| t != first);
+    let second = device.wait_for_socket_token(Duration::from_secs(15), |t| t != first);
     assert!(active(&server, &second));
 
     // `token` without a scope reads the socket; `status` shows the expiry.
@@ -73,7 +50,7 @@ fn run_serves_fresh_tokens_on_the_socket_across_a_server_restart() {
         Answer::Unavailable { .. }
     ));
     server.spawn();
-    let third = wait_for_token(&device, Duration::from_secs(60), |t| t != second);
+    let third = device.wait_for_socket_token(Duration::from_secs(60), |t| t != second);
     assert!(active(&server, &third));
     let log = device.run_log();
     assert!(log.contains("retrying in"), "{log}");
@@ -97,7 +74,7 @@ fn a_second_run_refuses_while_one_serves() {
     let server = TestServer::start();
     let device = Device::provision(&server);
     let mut child = device.spawn_run();
-    wait_for_token(&device, Duration::from_secs(30), |_| true);
+    device.wait_for_socket_token(Duration::from_secs(30), |_| true);
     let out = device.run_agent(&["run"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -107,7 +84,7 @@ fn a_second_run_refuses_while_one_serves() {
     // A socket file left by a killed agent is replaced by the next one.
     assert!(device.socket_path().exists());
     let mut again = device.spawn_run();
-    wait_for_token(&device, Duration::from_secs(30), |_| true);
+    device.wait_for_socket_token(Duration::from_secs(30), |_| true);
     again.kill().unwrap();
     again.wait().unwrap();
 }

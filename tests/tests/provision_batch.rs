@@ -20,18 +20,8 @@ fn summary(stdout: &[u8]) -> Value {
 
 /// Successful `device.registered` audit entries: how many registrations the server made.
 fn registrations(server: &TestServer) -> usize {
-    let token = server.admin_token("audit:read");
-    let mut r = server
-        .http
-        .get(&server.url("/admin/audit?limit=1000"))
-        .header("Authorization", &format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    body["entries"]
-        .as_array()
-        .unwrap()
+    server
+        .audit_log()
         .iter()
         .filter(|e| e["event"] == "device.registered" && e["outcome"] == "success")
         .count()

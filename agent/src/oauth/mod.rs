@@ -1,7 +1,8 @@
 //! The agent as an OAuth 2.0 client of any compliant authorization server: RFC 8414 metadata
 //! discovery, token requests (RFC 6749 §4.4 client credentials, §6 refresh, RFC 8628 §3.4
 //! device code), client authentication (`client_secret_basic`, RFC 6749 §2.3.1, and
-//! `private_key_jwt`, RFC 7523 §2.2), and Hallmark's first-boot key registration.
+//! `private_key_jwt`, RFC 7523 §2.2), and Hallmark's device key registration (first boot and
+//! key-to-key rotation).
 
 pub mod assertion;
 pub mod device;
@@ -323,17 +324,19 @@ pub(crate) fn post_form(
 }
 
 /// Registers the public JWK of a new device key as pending (Hallmark's
-/// `device_credentials_endpoint`), authenticated by the factory secret. Returns the `kid`.
+/// `device_credentials_endpoint`), authenticated by the device's current credential: the
+/// factory secret (`Authorization: Basic`) on first boot, or a `private_key_jwt` assertion of
+/// its current key for a key-to-key rotation (the RFC 7523 §2.2 parameters as JSON members
+/// beside `jwk`). Returns the `kid`.
 pub fn register_key(
     http: &Http,
     endpoint: &str,
-    client_id: &str,
-    secret: &str,
+    auth: &ClientAuth,
     jwk: &serde_json::Value,
 ) -> Result<String, OAuthError> {
-    let body = serde_json::json!({ "jwk": jwk });
+    let (authorization, body) = registration(auth, jwk);
     let resp = http
-        .post_json(endpoint, Some(&basic(client_id, secret)), &body)
+        .post_json(endpoint, authorization.as_deref(), &body)
         .map_err(|source| OAuthError::Request {
             endpoint: endpoint.to_owned(),
             source,
@@ -347,6 +350,18 @@ pub fn register_key(
             reason: "no kid in the answer".into(),
         }),
     }
+}
+
+/// The `Authorization` header and JSON body of a key registration: `{"jwk": …}`, plus the
+/// assertion parameters when the client authenticates with one.
+fn registration(auth: &ClientAuth, jwk: &serde_json::Value) -> (Option<String>, serde_json::Value) {
+    let (authorization, extra) = auth.apply();
+    let mut body = serde_json::Map::new();
+    body.insert("jwk".into(), jwk.clone());
+    for (name, value) in extra {
+        body.insert(name.into(), value.into());
+    }
+    (authorization, serde_json::Value::Object(body))
 }
 
 /// Parses a 2xx JSON body as `T`, or an RFC 6749 §5.2 error body into [`OAuthError::Rejected`].
@@ -413,6 +428,35 @@ mod tests {
         let h = basic("a b", "x:y");
         let decoded = STANDARD.decode(h.trim_start_matches("Basic ")).unwrap();
         assert_eq!(decoded, b"a+b:x%3Ay");
+    }
+
+    #[test]
+    fn registration_carries_the_current_credential() {
+        let jwk = serde_json::json!({"kty": "EC", "kid": "new"});
+        // First boot: the factory secret in a Basic header, only the JWK in the body.
+        let secret = ClientAuth::Secret {
+            client_id: "dev".into(),
+            secret: Zeroizing::new("s3cret".into()),
+        };
+        let (authorization, body) = registration(&secret, &jwk);
+        assert_eq!(authorization, Some(basic("dev", "s3cret")));
+        assert_eq!(body, serde_json::json!({"jwk": jwk}));
+        // Rekey: the old key's assertion as RFC 7523 §2.2 parameters beside the JWK.
+        let assertion = ClientAuth::Assertion {
+            client_id: "dev".into(),
+            assertion: "a.b.c".into(),
+        };
+        let (authorization, body) = registration(&assertion, &jwk);
+        assert_eq!(authorization, None);
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "jwk": jwk,
+                "client_id": "dev",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": "a.b.c",
+            })
+        );
     }
 
     #[test]

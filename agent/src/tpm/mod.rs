@@ -105,6 +105,16 @@ pub struct Inventory {
     pub slot_b: bool,
 }
 
+impl Inventory {
+    /// Whether `slot` holds a key.
+    pub fn has_key(&self, slot: KeySlot) -> bool {
+        match slot {
+            KeySlot::A => self.slot_a,
+            KeySlot::B => self.slot_b,
+        }
+    }
+}
+
 /// An open connection to the device's TPM, with the storage root key in place.
 ///
 /// Hold it only as long as needed: swtpm serves one connection at a time (a second client

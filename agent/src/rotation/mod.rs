@@ -1,5 +1,6 @@
-//! First-boot rotation from the factory secret to a TPM-resident key (DESIGN "Life of a
-//! device", step 2), as a crash-safe state machine.
+//! Credential rotation as crash-safe state machines: first boot, from the factory secret to a
+//! TPM-resident key (DESIGN "Life of a device", step 2), here; and later key-to-key rotation
+//! ("rekey") in [`rekey`].
 //!
 //! ```text
 //! Factory ──create key in free slot──▶ KeyCreated{slot} ──register JWK (factory secret)──▶
@@ -19,8 +20,11 @@
 //!   a key is erased only when another key is proven, so the device always keeps a working
 //!   credential.
 
+mod rekey;
+
 use serde::{Deserialize, Serialize};
 
+use self::rekey::Rekey;
 use crate::oauth::{self, ErrorCode, OAuthError};
 use crate::store::ROTATION_FILE;
 use crate::tpm::{DeviceKey, Inventory, KeySlot};
@@ -60,10 +64,32 @@ pub enum RotationState {
         /// The key's kid.
         kid: String,
     },
+    /// A key-to-key rotation started: the key in `from` is still the credential; the new key
+    /// is in `to`, or will be (this is persisted before it is created).
+    Rekeying {
+        /// The slot of the key in use.
+        from: KeySlot,
+        /// Its kid.
+        from_kid: String,
+        /// The slot of the new key.
+        to: KeySlot,
+    },
+    /// The server holds the new key in `to` as pending; the key in `from` is still the
+    /// credential until the new one is proven.
+    RekeyRegistered {
+        /// The slot of the key in use.
+        from: KeySlot,
+        /// Its kid.
+        from_kid: String,
+        /// The slot of the new key.
+        to: KeySlot,
+        /// The new key's kid.
+        kid: String,
+    },
 }
 
 impl RotationState {
-    /// The slot this state is about, if any.
+    /// The slot this state is about, if any: during a rotation, the new key's.
     pub fn slot(&self) -> Option<KeySlot> {
         match self {
             RotationState::Factory => None,
@@ -71,7 +97,18 @@ impl RotationState {
             | RotationState::Registered { slot, .. }
             | RotationState::Proven { slot, .. }
             | RotationState::Done { slot, .. } => Some(*slot),
+            RotationState::Rekeying { to, .. } | RotationState::RekeyRegistered { to, .. } => {
+                Some(*to)
+            }
         }
+    }
+
+    /// Whether a key-to-key rotation is under way (before its new key is proven).
+    pub fn is_rekeying(&self) -> bool {
+        matches!(
+            self,
+            RotationState::Rekeying { .. } | RotationState::RekeyRegistered { .. }
+        )
     }
 }
 
@@ -98,10 +135,28 @@ pub enum RotationStep {
     EraseOtherSlot,
     /// `Done` was persisted.
     Done,
+    /// Rekey: `Rekeying` (the intent) was persisted; no new key exists yet.
+    RekeyPersistIntent,
+    /// Rekey: the new key was created in the free slot.
+    RekeyCreateKey,
+    /// Rekey: the server accepted the new JWK as pending (authenticated by the old key); the
+    /// state file does not know yet.
+    RekeyRegister,
+    /// Rekey: `RekeyRegistered` was persisted.
+    RekeyPersistRegistered,
+    /// Rekey: the new key obtained a token (the server promoted it and forgot the old key);
+    /// the state file does not know yet.
+    RekeyProve,
+    /// Rekey: `Proven` (the new key) was persisted.
+    RekeyPersistProven,
+    /// Rekey: the old key was erased from the TPM.
+    RekeyEraseOld,
+    /// Rekey: `Done` (the new key) was persisted.
+    RekeyDone,
 }
 
 impl RotationStep {
-    /// Every step, in order.
+    /// Every first-boot step, in order (a key-to-key rotation's are [`RotationStep::REKEY`]).
     pub const ALL: [RotationStep; 9] = [
         RotationStep::CreateKey,
         RotationStep::PersistKeyCreated,
@@ -114,7 +169,19 @@ impl RotationStep {
         RotationStep::Done,
     ];
 
-    /// The step's name (`create_key`, …), as the fault hook spells it.
+    /// Every step of a key-to-key rotation ([`crate::Agent::rekey`]), in order.
+    pub const REKEY: [RotationStep; 8] = [
+        RotationStep::RekeyPersistIntent,
+        RotationStep::RekeyCreateKey,
+        RotationStep::RekeyRegister,
+        RotationStep::RekeyPersistRegistered,
+        RotationStep::RekeyProve,
+        RotationStep::RekeyPersistProven,
+        RotationStep::RekeyEraseOld,
+        RotationStep::RekeyDone,
+    ];
+
+    /// The step's name (`create_key`, `rekey_register`, …), as the fault hook spells it.
     pub fn name(self) -> &'static str {
         match self {
             RotationStep::CreateKey => "create_key",
@@ -126,21 +193,30 @@ impl RotationStep {
             RotationStep::EraseFactorySecret => "erase_factory_secret",
             RotationStep::EraseOtherSlot => "erase_other_slot",
             RotationStep::Done => "done",
+            RotationStep::RekeyPersistIntent => "rekey_persist_intent",
+            RotationStep::RekeyCreateKey => "rekey_create_key",
+            RotationStep::RekeyRegister => "rekey_register",
+            RotationStep::RekeyPersistRegistered => "rekey_persist_registered",
+            RotationStep::RekeyProve => "rekey_prove",
+            RotationStep::RekeyPersistProven => "rekey_persist_proven",
+            RotationStep::RekeyEraseOld => "rekey_erase_old",
+            RotationStep::RekeyDone => "rekey_done",
         }
     }
 
-    /// The step named `name`.
+    /// The step named `name` (first-boot or rekey).
     pub fn from_name(name: &str) -> Option<RotationStep> {
-        RotationStep::ALL.into_iter().find(|s| s.name() == name)
+        RotationStep::ALL
+            .into_iter()
+            .chain(RotationStep::REKEY)
+            .find(|s| s.name() == name)
     }
 }
 
 impl Agent {
     /// One attempt at finishing or starting rotation; returns the credential in use.
     pub(crate) fn rotate(&mut self) -> Result<Credential, AgentError> {
-        let mut tpm = self.tpm()?;
-        let inventory = tpm.inventory().map_err(tpm_err)?;
-        drop(tpm);
+        let inventory = self.inventory()?;
         let state = self.rotation_state()?;
         let credential = if inventory.factory_secret {
             self.rotate_from_factory(inventory, state)?
@@ -149,6 +225,12 @@ impl Agent {
         };
         self.credential = Some(credential.clone());
         Ok(credential)
+    }
+
+    /// What the TPM holds now.
+    fn inventory(&self) -> Result<Inventory, AgentError> {
+        let mut tpm = self.tpm()?;
+        tpm.inventory().map_err(tpm_err)
     }
 
     /// The persisted state (`Factory` if none).
@@ -172,13 +254,29 @@ impl Agent {
         self.emit(Event::Rotation(step));
     }
 
-    /// No factory secret: the rotation is over (or was never needed). Keep the proven key; a
-    /// second key can only be left by a crash while erasing the older one.
+    /// No factory secret: first-boot rotation is over (or was never needed). An interrupted
+    /// key-to-key rotation is finished (see [`rekey`]); otherwise keep the proven key: a second
+    /// key can only be left by a crash while erasing the older one.
     fn settle_keys(
         &mut self,
         inventory: Inventory,
         state: RotationState,
     ) -> Result<Credential, AgentError> {
+        // The old key is erased only after the new one is proven, so without it there is
+        // nothing left to finish: the new key alone is settled below like any single key (its
+        // first token request promotes it if the server still holds it as pending).
+        if let Some(rekey) = Rekey::from_state(&state).filter(|r| inventory.has_key(r.from)) {
+            match self.finish_rekey(rekey) {
+                // Given up for good: the old key is the credential again; say why and go on.
+                Err(AgentError::RekeyAbandoned { source }) => {
+                    self.emit(Event::RekeyAbandoned {
+                        reason: source.to_string(),
+                    });
+                    return self.settle_keys(self.inventory()?, self.rotation_state()?);
+                }
+                other => return other,
+            }
+        }
         let slot = match (inventory.slot_a, inventory.slot_b) {
             (false, false) => {
                 return Err(AgentError::NotProvisioned {
@@ -301,14 +399,11 @@ impl Agent {
     /// Registers the key's JWK with the factory secret. `Ok(false)`: the server refused the
     /// factory secret, which it does once it has promoted a key — the proof decides.
     fn register(&mut self, endpoint: &str, key: &DeviceKey) -> Result<bool, AgentError> {
-        let secret = self.factory_secret()?;
-        match oauth::register_key(
-            &self.http,
-            endpoint,
-            &self.config.client_id,
-            &secret,
-            &key.jwk_json(),
-        ) {
+        let auth = oauth::ClientAuth::Secret {
+            client_id: self.config.client_id.clone(),
+            secret: self.factory_secret()?,
+        };
+        match oauth::register_key(&self.http, endpoint, &auth, &key.jwk_json()) {
             Ok(_) => Ok(true),
             Err(e) if e.code() == Some(&ErrorCode::InvalidClient) => Ok(false),
             Err(source) => Err(AgentError::RegisterKey { source }),
@@ -376,5 +471,109 @@ mod tests {
         assert_eq!(json, r#"{"state":"registered","slot":"B","kid":"k"}"#);
         assert_eq!(serde_json::from_str::<RotationState>(&json).unwrap(), s);
         assert_eq!(s.slot(), Some(KeySlot::B));
+    }
+
+    #[test]
+    fn state_files_written_before_rekey_existed_still_load() {
+        let kid = || "k".to_owned();
+        let cases = [
+            (r#"{"state":"factory"}"#, RotationState::Factory),
+            (
+                r#"{"state":"key_created","slot":"A"}"#,
+                RotationState::KeyCreated { slot: KeySlot::A },
+            ),
+            (
+                r#"{"state":"proven","slot":"A","kid":"k"}"#,
+                RotationState::Proven {
+                    slot: KeySlot::A,
+                    kid: kid(),
+                },
+            ),
+            (
+                r#"{"state":"done","slot":"B","kid":"k"}"#,
+                RotationState::Done {
+                    slot: KeySlot::B,
+                    kid: kid(),
+                },
+            ),
+        ];
+        for (json, state) in cases {
+            assert_eq!(serde_json::from_str::<RotationState>(json).unwrap(), state);
+            assert_eq!(serde_json::to_string(&state).unwrap(), json);
+            assert!(!state.is_rekeying());
+        }
+    }
+
+    #[test]
+    fn rekey_states_serialise_tagged_and_name_the_new_slot() {
+        let intent = RotationState::Rekeying {
+            from: KeySlot::A,
+            from_kid: "old".into(),
+            to: KeySlot::B,
+        };
+        let json = serde_json::to_string(&intent).unwrap();
+        assert_eq!(
+            json,
+            r#"{"state":"rekeying","from":"A","from_kid":"old","to":"B"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RotationState>(&json).unwrap(),
+            intent
+        );
+        let registered = RotationState::RekeyRegistered {
+            from: KeySlot::B,
+            from_kid: "old".into(),
+            to: KeySlot::A,
+            kid: "new".into(),
+        };
+        let json = serde_json::to_string(&registered).unwrap();
+        assert_eq!(
+            json,
+            r#"{"state":"rekey_registered","from":"B","from_kid":"old","to":"A","kid":"new"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RotationState>(&json).unwrap(),
+            registered
+        );
+        assert_eq!(intent.slot(), Some(KeySlot::B));
+        assert_eq!(registered.slot(), Some(KeySlot::A));
+        assert!(intent.is_rekeying() && registered.is_rekeying());
+    }
+
+    #[test]
+    fn first_boot_steps_are_unchanged_and_rekey_steps_are_their_own_list() {
+        let names = |steps: &[RotationStep]| steps.iter().map(|s| s.name()).collect::<Vec<_>>();
+        // The fault hook's names are an interface of the test suite: renaming one breaks it.
+        assert_eq!(
+            names(&RotationStep::ALL),
+            [
+                "create_key",
+                "persist_key_created",
+                "register",
+                "persist_registered",
+                "prove",
+                "persist_proven",
+                "erase_factory_secret",
+                "erase_other_slot",
+                "done",
+            ]
+        );
+        assert_eq!(
+            names(&RotationStep::REKEY),
+            [
+                "rekey_persist_intent",
+                "rekey_create_key",
+                "rekey_register",
+                "rekey_persist_registered",
+                "rekey_prove",
+                "rekey_persist_proven",
+                "rekey_erase_old",
+                "rekey_done",
+            ]
+        );
+        for step in RotationStep::REKEY {
+            assert_eq!(RotationStep::from_name(step.name()), Some(step));
+            assert!(!RotationStep::ALL.contains(&step));
+        }
     }
 }

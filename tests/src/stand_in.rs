@@ -1,0 +1,73 @@
+//! A stand-in for another RFC 6749/8414 authorization server: metadata without Hallmark's
+//! `device_credentials_endpoint` and a token endpoint that accepts one client's Basic
+//! credentials and refuses everything else, for tests of the agent away from Hallmark's server.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+/// Serves RFC 8414 metadata and a token endpoint accepting one client's Basic credentials,
+/// over plain HTTP on loopback, one request per connection; returns its issuer URL. It runs
+/// until the test process ends.
+pub fn stand_in_server(client_id: String, secret: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let expected = format!("Basic {}", STANDARD.encode(format!("{client_id}:{secret}")));
+    let me = issuer.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let (mut length, mut authorization) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                let (name, value) = line.split_once(':').unwrap();
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap(),
+                    "authorization" => authorization = value.trim().to_owned(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let (status, json) =
+                if request_line.starts_with("GET /.well-known/oauth-authorization-server") {
+                    (
+                        200,
+                        serde_json::json!({
+                            "issuer": me,
+                            "token_endpoint": format!("{me}/token"),
+                            "grant_types_supported": ["client_credentials"],
+                        }),
+                    )
+                } else if request_line.starts_with("POST /token") && authorization == expected {
+                    (
+                        200,
+                        serde_json::json!({
+                            "access_token": "token-from-another-server",
+                            "token_type": "Bearer",
+                            "expires_in": 300,
+                        }),
+                    )
+                } else {
+                    (401, serde_json::json!({"error": "invalid_client"}))
+                };
+            let body = json.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    issuer
+}
