@@ -67,7 +67,9 @@ pub fn execute(
 ) -> anyhow::Result<()> {
     let config = hallmark_agent::AgentConfig::load(&cli.config)?;
     let socket_path = config.socket_path();
-    let mut agent = Agent::with_clock(config, Clock::skewed(clock_skew))?;
+    // Clones share the learned offset; status reads the device time from the same clock.
+    let clock = Clock::skewed(clock_skew);
+    let mut agent = Agent::with_clock(config, clock.clone())?;
     agent.observe(observer);
     match cli.command {
         Command::Run => agent.run(stop)?,
@@ -81,7 +83,7 @@ pub fn execute(
             let token = agent.token(scope.as_deref())?;
             println!("{}", token.token);
         }
-        Command::Status { json } => status(&mut agent, json, &socket_path)?,
+        Command::Status { json } => status(&mut agent, json, &socket_path, &clock)?,
         Command::Enroll { retry_for } => {
             let credential = agent.enroll(Duration::from_secs(retry_for))?;
             println!("{}", serde_json::to_string(&credential)?);
@@ -101,7 +103,12 @@ pub fn execute(
     Ok(())
 }
 
-fn status(agent: &mut Agent, json: bool, socket_path: &std::path::Path) -> anyhow::Result<()> {
+fn status(
+    agent: &mut Agent,
+    json: bool,
+    socket_path: &std::path::Path,
+    clock: &Clock,
+) -> anyhow::Result<()> {
     let status = agent.status()?;
     let expires_at = match socket::fetch(socket_path) {
         Ok(Answer::Token { expires_at, .. }) => Some(expires_at),
@@ -141,6 +148,25 @@ fn status(agent: &mut Agent, json: bool, socket_path: &std::path::Path) -> anyho
     if let Some(kid) = kid {
         writeln!(out, "kid:        {kid}")?;
     }
+    if let Some(at) = status.key_created_at {
+        writeln!(out, "key made:   {}", date(at))?;
+    }
+    let now = clock.local_now();
+    let rekey = match (status.next_rekey_at, &status.rotation) {
+        (Some(_), RotationState::Rekeying { .. } | RotationState::RekeyRegistered { .. }) => {
+            "due now (an interrupted rekey; the next start finishes it)".to_owned()
+        }
+        (Some(at), _) if at <= now => format!("due since {} (run rekeys it)", date(at)),
+        (Some(at), _) => format!("due at {} (in {})", date(at), span(at - now)),
+        (None, _) if agent.config().rekey_interval_days.is_never() => {
+            "not scheduled (rekey_interval_days = 0)".to_owned()
+        }
+        (None, RotationState::Done { since: None, .. }) => {
+            "scheduled from the agent's next start (key age not yet recorded)".to_owned()
+        }
+        (None, _) => "not scheduled (no device key in use)".to_owned(),
+    };
+    writeln!(out, "rekey:      {rekey}")?;
     let token = match expires_at {
         Some(at) => {
             let now = std::time::SystemTime::now()
@@ -153,6 +179,29 @@ fn status(agent: &mut Agent, json: bool, socket_path: &std::path::Path) -> anyho
     };
     writeln!(out, "token:      {token}")?;
     Ok(())
+}
+
+/// `unix` (device clock) as an HTTP-date (RFC 9110 §5.6.7), the agent's one date format; a
+/// time before 1970 or after 9999 (which httpdate cannot format) is shown as the raw number.
+pub fn date(unix: i64) -> String {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    match u64::try_from(unix) {
+        Ok(secs) if secs < YEAR_10000 => {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        }
+        _ => format!("{unix} (Unix seconds)"),
+    }
+}
+
+/// A positive span of seconds, roughly, for a person.
+fn span(secs: i64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} h", s / 3600),
+        s if s >= 120 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 /// Shows the user code, the verification URI and a QR code of the complete URI (RFC 8628 §3.3).
@@ -177,4 +226,19 @@ fn show_code(auth: &DeviceAuthorization) {
         auth.user_code, auth.expires_in
     );
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_format_as_http_dates_and_nonsense_as_numbers() {
+        assert_eq!(date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(date(-5), "-5 (Unix seconds)");
+        assert_eq!(date(i64::MAX), format!("{} (Unix seconds)", i64::MAX));
+        assert_eq!(span(30), "30 s");
+        assert_eq!(span(3 * 3600), "3 h");
+        assert_eq!(span(3 * 86_400 + 5), "3 days");
+    }
 }

@@ -5,6 +5,7 @@
 //! config file, so a provisioned device directory can be moved as a whole.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,58 @@ pub struct AgentConfig {
     /// The device's serial, for status output (optional).
     #[serde(default)]
     pub serial: Option<String>,
+    /// Replace the device key with a new one (`rekey`) from `run` once it is this many days
+    /// old, plus up to 10% so a fleet provisioned together spreads out. Default 0: never (an
+    /// operator or the device's software runs `rekey`). At most [`RekeyInterval::MAX_DAYS`].
+    /// Left out of the file when 0, so configs read by agents older than the field still load.
+    #[serde(default, skip_serializing_if = "RekeyInterval::is_never")]
+    pub rekey_interval_days: RekeyInterval,
+}
+
+/// How often `run` replaces the device key: whole days, 0 for never. Checked when the config
+/// is read, so a value that exists is a usable one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct RekeyInterval(u32);
+
+impl RekeyInterval {
+    /// No scheduled rekey (the default).
+    pub const NEVER: RekeyInterval = RekeyInterval(0);
+    /// The longest interval accepted: ten years. Anything longer is a typo (hours? seconds?),
+    /// not a policy, and would silently mean never.
+    pub const MAX_DAYS: u32 = 3650;
+
+    /// An interval of `days` (0: never).
+    pub fn days(days: u32) -> Result<RekeyInterval, ConfigError> {
+        if days > Self::MAX_DAYS {
+            return Err(ConfigError::RekeyInterval { days });
+        }
+        Ok(RekeyInterval(days))
+    }
+
+    /// The interval, or `None` for never.
+    pub fn duration(self) -> Option<Duration> {
+        (self.0 > 0).then(|| Duration::from_secs(u64::from(self.0) * 86_400))
+    }
+
+    /// Whether no rekey is scheduled.
+    pub fn is_never(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl TryFrom<u32> for RekeyInterval {
+    type Error = ConfigError;
+
+    fn try_from(days: u32) -> Result<Self, Self::Error> {
+        RekeyInterval::days(days)
+    }
+}
+
+impl From<RekeyInterval> for u32 {
+    fn from(interval: RekeyInterval) -> u32 {
+        interval.0
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -106,6 +159,15 @@ pub enum ConfigError {
         path: String,
         /// What is wrong.
         reason: String,
+    },
+    /// `rekey_interval_days` is beyond [`RekeyInterval::MAX_DAYS`].
+    #[error(
+        "rekey_interval_days = {days} is more than {max} (ten years); use 0 for never",
+        max = RekeyInterval::MAX_DAYS
+    )]
+    RekeyInterval {
+        /// The value given.
+        days: u32,
     },
 }
 
@@ -186,6 +248,7 @@ mod tests {
             socket: None,
             handles: Handles::default(),
             serial: Some("HM-1".into()),
+            rekey_interval_days: RekeyInterval::NEVER,
         }
     }
 
@@ -222,5 +285,61 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
         }
         assert!(AgentConfig::load(&dir.path().join("missing.toml")).is_err());
+    }
+
+    #[test]
+    fn rekey_interval_is_optional_and_never_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        // A config written before the field existed: it loads, and nothing is scheduled.
+        let old = sample().to_toml();
+        assert!(!old.contains("rekey_interval_days"), "{old}");
+        std::fs::write(&path, &old).unwrap();
+        let loaded = AgentConfig::load(&path).unwrap();
+        assert_eq!(loaded.rekey_interval_days, RekeyInterval::NEVER);
+        assert_eq!(loaded.rekey_interval_days.duration(), None);
+        // 0 says the same explicitly.
+        std::fs::write(&path, format!("rekey_interval_days = 0\n{old}")).unwrap();
+        assert_eq!(
+            AgentConfig::load(&path)
+                .unwrap()
+                .rekey_interval_days
+                .duration(),
+            None
+        );
+        for (days, secs) in [(1, 86_400), (90, 90 * 86_400), (3650, 3650 * 86_400)] {
+            std::fs::write(&path, format!("rekey_interval_days = {days}\n{old}")).unwrap();
+            let loaded = AgentConfig::load(&path).unwrap();
+            assert_eq!(
+                loaded.rekey_interval_days.duration(),
+                Some(Duration::from_secs(secs))
+            );
+            // And it round-trips through the provisioner's writer.
+            std::fs::write(&path, loaded.to_toml()).unwrap();
+            assert_eq!(
+                AgentConfig::load(&path).unwrap().rekey_interval_days,
+                RekeyInterval::days(days).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_rekey_intervals_are_refused_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let old = sample().to_toml();
+        for (bad, says) in [
+            ("3651", "rekey_interval_days = 3651 is more than 3650"),
+            ("4294967295", "more than 3650"),
+            ("-1", "u32"),
+            ("1.5", "u32"),
+            ("\"30d\"", "u32"),
+        ] {
+            std::fs::write(&path, format!("rekey_interval_days = {bad}\n{old}")).unwrap();
+            let err = AgentConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert!(RekeyInterval::days(3651).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`Agent`] is what firmware embeds: it rotates the factory credential to a TPM-resident key on
 //! first boot ([`Agent::enroll`]), replaces that key with a new one on request
-//! ([`Agent::rekey`]), gets access tokens with the client credentials grant and
+//! ([`Agent::rekey`]) or on a schedule (`rekey_interval_days`, in [`Agent::run`]), gets access tokens with the client credentials grant and
 //! `private_key_jwt` assertions the TPM signs ([`Agent::token`]), runs the device authorization
 //! grant with the refresh token sealed by the TPM ([`Agent::login`]), and keeps a token fresh
 //! for local software on a Unix socket ([`Agent::run`]).
@@ -75,6 +75,28 @@ pub enum Event {
         /// Server − device, in seconds: positive when the device clock is behind.
         offset_s: i64,
     },
+    /// `run` will replace the device key at `due_at` (`rekey_interval_days`). Reported when
+    /// the due time is first known and whenever it changes.
+    RekeyScheduled {
+        /// When the key in use was made (device clock, Unix seconds).
+        key_created_at: i64,
+        /// When it is due (device clock, Unix seconds).
+        due_at: i64,
+    },
+    /// `run` starts a scheduled rekey: the key is older than `rekey_interval_days`, or an
+    /// interrupted rekey waits to be finished (`key_created_at` is then unknown).
+    RekeyDue {
+        /// When the key in use was made (device clock, Unix seconds), if recorded.
+        key_created_at: Option<i64>,
+    },
+    /// A scheduled rekey failed; the current key stays in use and `run` tries again after
+    /// `after` (never sooner than an hour).
+    RekeyFailed {
+        /// What failed (one line).
+        error: String,
+        /// The wait before the next attempt.
+        after: Duration,
+    },
 }
 
 /// The credential the device authenticates with.
@@ -138,6 +160,12 @@ pub struct Status {
     pub jwk: Option<serde_json::Value>,
     /// Whether a sealed refresh token is stored (device flow).
     pub refresh_token_stored: bool,
+    /// When the key in use was made (device clock, Unix seconds), if recorded.
+    pub key_created_at: Option<i64>,
+    /// When `run` replaces it (device clock, Unix seconds; in the past: overdue, at `run`'s
+    /// next look). `None` when nothing is scheduled (`rekey_interval_days` 0, no key yet, or a
+    /// key whose age the next start records). During an interrupted rekey: now.
+    pub next_rekey_at: Option<i64>,
 }
 
 /// Hook called with every [`Event`].

@@ -91,6 +91,28 @@ fn log(event: &Event) {
             offset_s.unsigned_abs(),
             if *offset_s > 0 { "behind" } else { "ahead of" }
         ),
+        Event::RekeyScheduled {
+            key_created_at,
+            due_at,
+        } => eprintln!(
+            "hallmark-agent: device key made {}; next key rotation due at {} (device clock)",
+            cli::date(*key_created_at),
+            cli::date(*due_at)
+        ),
+        Event::RekeyDue {
+            key_created_at: Some(at),
+        } => eprintln!(
+            "hallmark-agent: the device key (made {}) is due for rotation; rotating it",
+            cli::date(*at)
+        ),
+        Event::RekeyDue { .. } => {
+            eprintln!("hallmark-agent: finishing an interrupted key rotation")
+        }
+        Event::RekeyFailed { error, after } => eprintln!(
+            "hallmark-agent: scheduled key rotation failed, keeping the current key: {error}; \
+             retrying in {:.1} h",
+            after.as_secs_f64() / 3600.0
+        ),
         _ => {}
     }
 }

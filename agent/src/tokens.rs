@@ -12,10 +12,14 @@ use crate::clock::{self, unix_now};
 use crate::http::Http;
 use crate::oauth::device::{self, DeviceFlowError, Poll, Schedule};
 use crate::oauth::{self, assertion, ClientAuth, ErrorCode, OAuthError, TokenResponse};
+use crate::rotation::schedule::{rekey_due, RekeyDue};
 use crate::rotation::tpm_err;
 use crate::store::REFRESH_FILE;
 use crate::tpm::{KeySlot, SealedBlob};
-use crate::{AccessToken, Agent, AgentError, Credential, DeviceAuthorization, Event, Flow, Status};
+use crate::{
+    AccessToken, Agent, AgentError, Credential, DeviceAuthorization, Event, Flow, RotationState,
+    Status,
+};
 
 /// Lifetime assumed when a token response has no `expires_in` (RFC 6749 §5.1 makes it
 /// RECOMMENDED only); short, so the agent renews early rather than serving a dead token.
@@ -282,6 +286,16 @@ impl Agent {
             .read(REFRESH_FILE)
             .map_err(|source| AgentError::State { source })?
             .is_some();
+        // Read only: a missing key age is recorded by the next start, not by a status.
+        let (key_created_at, next_rekey_at) =
+            match rekey_due(self.config.rekey_interval_days.duration(), &rotation) {
+                RekeyDue::At { since, at } => (Some(since), Some(at)),
+                RekeyDue::Unfinished => (None, Some(self.local_now())),
+                RekeyDue::Never | RekeyDue::Unknown => match &rotation {
+                    RotationState::Done { since, .. } => (*since, None),
+                    _ => (None, None),
+                },
+            };
         Ok(Status {
             client_id: self.config.client_id.clone(),
             serial: self.config.serial.clone(),
@@ -291,6 +305,8 @@ impl Agent {
             rotation,
             jwk,
             refresh_token_stored,
+            key_created_at,
+            next_rekey_at,
         })
     }
 

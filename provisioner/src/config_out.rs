@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use hallmark_agent::config::{AgentConfig, ConfigError, Flow, Handles};
+use hallmark_agent::config::{AgentConfig, ConfigError, Flow, Handles, RekeyInterval};
 
 use crate::report::ConfigAction;
 
@@ -40,6 +40,7 @@ impl DeviceConfig {
             socket: None,
             handles: Handles::default(),
             serial: Some(self.serial.clone()),
+            rekey_interval_days: RekeyInterval::NEVER,
         }
     }
 }

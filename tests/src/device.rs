@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hallmark_agent::config::{AgentConfig, Flow, Handles};
+use hallmark_agent::config::{AgentConfig, Flow, Handles, RekeyInterval};
 use hallmark_agent::oauth::assertion;
 use hallmark_agent::socket::{fetch, Answer};
 use hallmark_agent::tpm::{Inventory, KeySlot, Tpm};
@@ -107,6 +107,7 @@ impl Device {
             socket: None,
             handles: Handles::default(),
             serial: Some(serial.clone()),
+            rekey_interval_days: RekeyInterval::NEVER,
         };
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, config.to_toml()).unwrap();
@@ -196,12 +197,35 @@ impl Device {
 
     /// Starts `hallmark-agent run` in the background (stderr to `run.log` in the device dir).
     pub fn spawn_run(&self) -> Child {
+        self.spawn_run_skewed(0)
+    }
+
+    /// [`Device::spawn_run`] with the agent's clock `seconds` off (the test-only clock fault
+    /// `HALLMARK_AGENT_CLOCK_SKEW`; positive: ahead). Each start begins a new `run.log`.
+    pub fn spawn_run_skewed(&self, seconds: i64) -> Child {
         let log = std::fs::File::create(self.dir.path().join("run.log")).unwrap();
         self.agent(&["run"])
+            .env("HALLMARK_AGENT_CLOCK_SKEW", seconds.to_string())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap()
+    }
+
+    /// Polls `run.log` until it contains `needle`; the log then.
+    pub fn wait_for_run_log(&self, limit: Duration, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = self.run_log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no {needle:?} in the run log after {limit:?}: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// What `hallmark-agent run` logged so far.

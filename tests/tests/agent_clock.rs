@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hallmark_agent::config::{AgentConfig, Flow, Handles};
+use hallmark_agent::config::{AgentConfig, Flow, Handles, RekeyInterval};
 use hallmark_agent::oauth::assertion;
 use hallmark_agent::tpm::{KeySlot, Tpm};
 use hallmark_e2e::device::Device;
@@ -337,6 +337,7 @@ impl StandInDevice {
             socket: None,
             handles: Handles::default(),
             serial: None,
+            rekey_interval_days: RekeyInterval::NEVER,
         };
         std::fs::write(dir.path().join("agent.toml"), config.to_toml()).unwrap();
         StandInDevice { _tpm: tpm, dir }

@@ -5,7 +5,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hallmark_agent::config::{AgentConfig, Flow, Handles};
+use hallmark_agent::config::{AgentConfig, Flow, Handles, RekeyInterval};
 use hallmark_agent::tpm::Tpm;
 use hallmark_e2e::stand_in::stand_in_server;
 use hallmark_hwsim::Swtpm;
@@ -36,6 +36,7 @@ fn without_a_rotation_endpoint_the_factory_credential_stays_and_works() {
         socket: None,
         handles: Handles::default(),
         serial: None,
+        rekey_interval_days: RekeyInterval::NEVER,
     };
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, config.to_toml()).unwrap();

@@ -1,17 +1,21 @@
 //! Key-to-key rotation (`hallmark-agent rekey`) against the real server: the key moves to the
 //! other slot with a new kid, the server drops the old key, twice in a row (A → B → A); the
 //! agent killed after every rekey step (alone, and with its TPM as in a power cut) and the next
-//! start finishing the rekey with exactly one live key; a running agent following a rekey; and
-//! the refusals: a device still on its factory secret, a server without a rotation endpoint.
+//! start finishing the rekey with exactly one live key; a running agent following a rekey; the
+//! schedule (`rekey_interval_days`: `run` rekeys a key older than that, with the device clock
+//! moved days ahead, and leaves a younger one or one whose age an upgrade left unrecorded);
+//! and the refusals: a device still on its factory secret, a server without a rotation
+//! endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
+use hallmark_agent::config::RekeyInterval;
 use hallmark_agent::socket::{fetch, Answer};
 use hallmark_agent::tpm::KeySlot;
 use hallmark_e2e::checks::{assert_one_live_key, device_view};
 use hallmark_e2e::device::Device;
-use hallmark_e2e::server::TestServer;
+use hallmark_e2e::server::{now, TestServer};
 use hallmark_e2e::stand_in::stand_in_server;
 use serde_json::Value;
 
@@ -217,6 +221,101 @@ fn a_running_agent_follows_a_rekey() {
     assert!(log.contains("retrying in"), "{log}");
     let kid = assert_rekeyed(&server, &device, KeySlot::B, &first, &old);
     assert_eq!(rekeyed["kid"], kid.as_str());
+}
+
+const DAY: i64 = 86_400;
+/// What `run` logs once it has read the schedule and found the key not yet due.
+const SCHEDULED: &str = "next key rotation due at";
+
+/// Audit entries recording a refused client authentication of `client_id`.
+fn auth_failures(server: &TestServer, client_id: &str) -> usize {
+    server
+        .audit_log()
+        .iter()
+        .filter(|e| e["event"] == "client.auth_failed" && e["client"] == client_id)
+        .count()
+}
+
+/// `status --json`'s `key_created_at` is `skew` seconds from the real time (±5 s).
+fn assert_key_made_at(device: &Device, skew: i64) -> Value {
+    let status = device.status_json();
+    let made = status["key_created_at"].as_i64().expect("key_created_at");
+    let expected = now() as i64 + skew;
+    assert!(
+        (made - expected).abs() <= 5,
+        "made {made}, expected {expected}: {status}"
+    );
+    let due = status["next_rekey_at"].as_i64().expect("next_rekey_at");
+    // One day plus up to 10% of it.
+    assert!(due >= made + DAY && due < made + DAY + DAY / 10, "{status}");
+    status
+}
+
+#[test]
+fn run_rekeys_a_key_older_than_rekey_interval_days_and_only_then() {
+    let server = TestServer::start();
+    let mut device = Device::provision(&server);
+    device.edit_config(|c| c.rekey_interval_days = RekeyInterval::days(1).unwrap());
+    let first = enroll(&device);
+    assert_key_made_at(&device, 0);
+    let human = device.agent_ok(&["status"]);
+    assert!(human.contains("key made:   "), "{human}");
+    assert!(human.contains("rekey:      due at "), "{human}");
+    let old = device.assertion_by(&server, KeySlot::A);
+
+    // A young key: `run` serves tokens, reads the schedule, and leaves the key alone.
+    let mut child = device.spawn_run();
+    device.wait_for_socket_token(Duration::from_secs(30), |_| true);
+    let log = device.wait_for_run_log(Duration::from_secs(30), SCHEDULED);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!log.contains("rekey_"), "{log}");
+    let inventory = device.inventory();
+    assert!(inventory.slot_a && !inventory.slot_b, "{inventory:?}");
+    assert_eq!(device.status_json()["jwk"]["kid"], first.as_str());
+
+    // Two days later by the device clock: right after its first token, `run` rekeys; the
+    // socket serves valid tokens before and after, and the server's `Date` corrects the
+    // assertions the skewed clock would have got wrong (not one refused).
+    let mut child = device.spawn_run_skewed(2 * DAY);
+    let before = device.wait_for_socket_token(Duration::from_secs(30), |_| true);
+    // The schedule is reported only once the key is young again: after the rekey.
+    let log = device.wait_for_run_log(Duration::from_secs(60), SCHEDULED);
+    let after = device.wait_for_socket_token(Duration::from_secs(30), |_| true);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(log.contains("is due for rotation; rotating it"), "{log}");
+    assert!(log.contains("rotation: rekey_done"), "{log}");
+    assert!(log.contains("172800 s ahead of the server"), "{log}");
+    for token in [&before, &after] {
+        assert_eq!(server.introspect(token)["active"], true, "{log}");
+    }
+    assert_eq!(auth_failures(&server, &device.client_id), 0, "{log}");
+    let second = assert_rekeyed(&server, &device, KeySlot::B, &first, &old);
+    // The new key's age counts from the (skewed) clock that made it.
+    assert_key_made_at(&device, 2 * DAY);
+
+    // A device upgraded in the field: its state file records no key age. Even with the clock
+    // four days ahead, `run` starts counting rather than rekeying, and records the start.
+    let rotation = device.state_dir().join("rotation.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&rotation).unwrap()).unwrap();
+    state
+        .as_object_mut()
+        .unwrap()
+        .remove("since")
+        .expect("since recorded");
+    std::fs::write(&rotation, state.to_string()).unwrap();
+    let status = device.status_json();
+    assert!(status["key_created_at"].is_null(), "{status}");
+    assert!(status["next_rekey_at"].is_null(), "{status}");
+    let mut child = device.spawn_run_skewed(4 * DAY);
+    let log = device.wait_for_run_log(Duration::from_secs(30), SCHEDULED);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!log.contains("rekey_"), "{log}");
+    let status = assert_key_made_at(&device, 4 * DAY);
+    assert_eq!(status["jwk"]["kid"], second.as_str(), "{status}");
+    assert_eq!(status["slot"], "B", "{status}");
 }
 
 /// For `step`: enroll; a rekey A → B killed there (the agent alone), finished by `token`; then

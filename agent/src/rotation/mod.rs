@@ -19,8 +19,12 @@
 //! - the factory secret is erased only once the key has obtained a token (is *proven*), and
 //!   a key is erased only when another key is proven, so the device always keeps a working
 //!   credential.
+//!
+//! `Done` also records when its key was made (`since`), from which `run` schedules the next
+//! rekey (see [`schedule`]).
 
 mod rekey;
+pub(crate) mod schedule;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +67,11 @@ pub enum RotationState {
         slot: KeySlot,
         /// The key's kid.
         kid: String,
+        /// When the rotation that made this key finished (device clock, Unix seconds): the
+        /// start of its `rekey_interval_days`. Absent in files written before the schedule
+        /// existed; the next start records its own time then (see `settle_keys`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<i64>,
     },
     /// A key-to-key rotation started: the key in `from` is still the credential; the new key
     /// is in `to`, or will be (this is persisted before it is created).
@@ -302,12 +311,26 @@ impl Agent {
             }
         };
         let key = self.device_key(slot)?;
+        let same_key = matches!(
+            &state,
+            RotationState::Done { slot: s, kid: k, .. } if *s == slot && *k == key.kid
+        );
         let done = RotationState::Done {
             slot,
             kid: key.kid.clone(),
+            since: Some(self.local_now()),
         };
-        if state != done {
-            self.persist(&done, RotationStep::Done)?;
+        match &state {
+            RotationState::Done { since: Some(_), .. } if same_key => {}
+            // A device upgraded in the field: its key's age is unknown, so it counts from its
+            // first sight here rather than being rekeyed at once (a fleet would otherwise all
+            // rekey on the day of the upgrade). Written without a step: the credential does
+            // not change.
+            RotationState::Done { since: None, .. } if same_key => self
+                .state
+                .write_json(ROTATION_FILE, &done)
+                .map_err(|source| AgentError::State { source })?,
+            _ => self.persist(&done, RotationStep::Done)?,
         }
         Ok(Credential::Key { slot, kid: key.kid })
     }
@@ -390,6 +413,7 @@ impl Agent {
             &RotationState::Done {
                 slot,
                 kid: kid.clone(),
+                since: Some(self.local_now()),
             },
             RotationStep::Done,
         )?;
@@ -494,6 +518,7 @@ mod tests {
                 RotationState::Done {
                     slot: KeySlot::B,
                     kid: kid(),
+                    since: None,
                 },
             ),
         ];
@@ -502,6 +527,35 @@ mod tests {
             assert_eq!(serde_json::to_string(&state).unwrap(), json);
             assert!(!state.is_rekeying());
         }
+    }
+
+    #[test]
+    fn done_records_when_its_key_was_made_and_old_files_load_without_it() {
+        let done = RotationState::Done {
+            slot: KeySlot::A,
+            kid: "k".into(),
+            since: Some(1_700_000_000),
+        };
+        let json = serde_json::to_string(&done).unwrap();
+        assert_eq!(
+            json,
+            r#"{"state":"done","slot":"A","kid":"k","since":1700000000}"#
+        );
+        assert_eq!(serde_json::from_str::<RotationState>(&json).unwrap(), done);
+        // A device clock before 1970 is a wrong clock, not a corrupt file.
+        let early = r#"{"state":"done","slot":"A","kid":"k","since":-5}"#;
+        assert!(matches!(
+            serde_json::from_str::<RotationState>(early).unwrap(),
+            RotationState::Done {
+                since: Some(-5),
+                ..
+            }
+        ));
+        let old = r#"{"state":"done","slot":"A","kid":"k"}"#;
+        assert!(matches!(
+            serde_json::from_str::<RotationState>(old).unwrap(),
+            RotationState::Done { since: None, .. }
+        ));
     }
 
     #[test]

@@ -187,6 +187,7 @@ impl Agent {
         let done = RotationState::Done {
             slot: to,
             kid: kid.clone(),
+            since: Some(self.local_now()),
         };
         self.persist(&done, RotationStep::RekeyDone)?;
         Ok(new_credential)
@@ -227,9 +228,13 @@ impl Agent {
         let mut tpm = self.tpm()?;
         tpm.erase_device_key(to).map_err(tpm_err)?;
         drop(tpm);
+        // The schedule counts from here: a server that refused the new key for good is not
+        // asked again before another interval has passed (the old key's own age was not
+        // recorded during the rekey).
         let done = RotationState::Done {
             slot: old.slot,
             kid: old.kid.clone(),
+            since: Some(self.local_now()),
         };
         // Written without a step: the fault hook's steps are the rotation's way forward.
         self.state
@@ -315,6 +320,7 @@ mod tests {
         let done = RotationState::Done {
             slot: KeySlot::A,
             kid: "k".into(),
+            since: None,
         };
         assert_eq!(Rekey::from_state(&done), None);
     }
