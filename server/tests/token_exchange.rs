@@ -1,7 +1,8 @@
 //! The token exchange grant (RFC 8693) over real TLS: a confidential client registered for the
 //! grant trades a subject token for a narrower one that acts for the same subject, names the
-//! actor chain in `act`, never outlives its subject token, honours the delegation depth limit,
-//! refuses every bad subject or actor token, and is audited without the tokens.
+//! actor chain in `act`, never outlives its subject token, stays active only while every token it
+//! came from is unrevoked and their clients enabled (across a crash too), honours the delegation
+//! depth limit, refuses every bad subject or actor token, and is audited without the tokens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -623,28 +624,195 @@ fn purpose_is_validated_carried_over_and_introspected() {
     assert_eq!(server.introspect(&subject)["purpose"], "fw:update-1.2");
 }
 
+/// Revoke `token` as its owner through RFC 7009.
+fn revoke(server: &TestServer, owner: (&str, &str), token: &str) {
+    let (status, body) = server.post_form("/oauth2/revoke", Some(owner), &[("token", token)]);
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The access token of an exchange response.
+fn access_token(body: &Value) -> String {
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Register a device (scope `read`) through the admin API; (client_id, factory secret).
+fn device(server: &TestServer, serial: &str, ek_byte: u8) -> (String, String) {
+    let token = server.admin_token("devices:provision");
+    let body = json!({
+        "serial": serial,
+        "model": "gw-1",
+        "ek_fingerprint": format!("{ek_byte:02x}").repeat(32),
+        "scopes": ["read"],
+    });
+    let (status, dev) = server.post_raw(
+        "/admin/devices",
+        "application/json",
+        Some(&format!("Bearer {token}")),
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{dev}");
+    (
+        dev["client_id"].as_str().unwrap().to_owned(),
+        dev["factory_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
 #[test]
-fn revoking_the_subject_token_leaves_exchanged_ones_capped_by_it() {
+fn revoking_the_subject_token_ends_every_token_exchanged_from_it() {
     let server = TestServer::start();
     let (a, a_secret) = server.register_secret_client("read", "client_secret_basic");
     let (b, b_secret) = exchanger(&server, "read");
+    let (c, c_secret) = exchanger(&server, "read");
     let subject = cc_token(&server, (&a, &a_secret), &[]);
-    let body = exchanged(&server, (&b, &b_secret), &subject, &[]);
-    let token = body["access_token"].as_str().unwrap();
-    let (status, _) = server.post_form(
-        "/oauth2/revoke",
-        Some((&a, &a_secret)),
-        &[("token", &subject)],
+    // a → b → c, and a second branch a → b that stays apart from the revocations below.
+    let child = access_token(&exchanged(&server, (&b, &b_secret), &subject, &[]));
+    let grandchild = access_token(&exchanged(&server, (&c, &c_secret), &child, &[]));
+    assert_eq!(server.introspect(&child)["active"], true);
+    assert_eq!(server.introspect(&grandchild)["active"], true);
+
+    // Revoking the middle token ends its descendant, not its source.
+    let other_subject = cc_token(&server, (&a, &a_secret), &[]);
+    let other_child = access_token(&exchanged(&server, (&b, &b_secret), &other_subject, &[]));
+    let other_grandchild = access_token(&exchanged(&server, (&c, &c_secret), &other_child, &[]));
+    revoke(&server, (&b, &b_secret), &other_child);
+    assert_eq!(
+        server.introspect(&other_grandchild),
+        json!({"active": false})
     );
-    assert_eq!(status, 200);
-    // As documented: the exchanged token stays active until its (capped) exp.
-    assert_eq!(server.introspect(&subject)["active"], false);
-    let seen = server.introspect(token);
-    assert_eq!(seen["active"], true);
-    assert!(seen["exp"].as_u64().unwrap() <= jwt_parts(&subject).1["exp"].as_u64().unwrap());
-    // It can no longer be exchanged again.
-    let (status, body) = exchange(&server, (&b, &b_secret), &subject, &[]);
+    assert_eq!(server.introspect(&other_subject)["active"], true);
+
+    // Revoking the root ends the child and, through the child's lineage, the grandchild.
+    revoke(&server, (&a, &a_secret), &subject);
+    assert_eq!(server.introspect(&subject), json!({"active": false}));
+    assert_eq!(server.introspect(&child), json!({"active": false}));
+    assert_eq!(server.introspect(&grandchild), json!({"active": false}));
+    // Nor can either be exchanged again; the refusal says why, in fixed words.
+    let (status, body) = exchange(&server, (&c, &c_secret), &subject, &[]);
     assert_refused(status, &body, "invalid_request", "revoked subject");
+    let (status, body) = exchange(&server, (&c, &c_secret), &child, &[]);
+    assert_refused(status, &body, "invalid_request", "child of a revoked one");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("a token it was exchanged from is revoked"),
+        "{body}"
+    );
+
+    // A new subject token for the same client is untouched: revocation is per token.
+    let fresh = cc_token(&server, (&a, &a_secret), &[]);
+    let fresh_child = access_token(&exchanged(&server, (&b, &b_secret), &fresh, &[]));
+    assert_eq!(server.introspect(&fresh_child)["active"], true);
+}
+
+#[test]
+fn revoking_an_actor_token_ends_the_tokens_that_named_it() {
+    let server = TestServer::start();
+    let (a, a_secret) = server.register_secret_client("read", "client_secret_basic");
+    let (b, b_secret) = exchanger(&server, "read");
+    let (c, c_secret) = exchanger(&server, "read");
+    let subject = cc_token(&server, (&a, &a_secret), &[]);
+    let own = cc_token(&server, (&b, &b_secret), &[]);
+    let acted = access_token(&exchanged(
+        &server,
+        (&b, &b_secret),
+        &subject,
+        &[("actor_token", &own), ("actor_token_type", ACCESS_TOKEN)],
+    ));
+    let onward = access_token(&exchanged(&server, (&c, &c_secret), &acted, &[]));
+    // Without an actor token, from the same subject.
+    let plain = access_token(&exchanged(&server, (&b, &b_secret), &subject, &[]));
+    assert_eq!(server.introspect(&acted)["active"], true);
+    assert_eq!(server.introspect(&onward)["active"], true);
+
+    revoke(&server, (&b, &b_secret), &own);
+    assert_eq!(server.introspect(&acted), json!({"active": false}));
+    assert_eq!(server.introspect(&onward), json!({"active": false}));
+    assert_eq!(server.introspect(&subject)["active"], true);
+    assert_eq!(server.introspect(&plain)["active"], true);
+}
+
+#[test]
+fn disabling_or_deleting_the_subject_tokens_client_ends_exchanged_tokens() {
+    let server = TestServer::start();
+    let admin = format!("Bearer {}", server.admin_token("devices:admin"));
+    let (b, b_secret) = exchanger(&server, "read");
+    let (c, c_secret) = exchanger(&server, "read");
+    for (n, action) in [(7u8, "disable"), (8, "delete")] {
+        // A compromised device: its own token was exchanged by a gateway (b), then onward (c).
+        let (id, secret) = device(&server, &format!("HM-EXCH-{action}"), n);
+        let subject = cc_token(&server, (&id, &secret), &[]);
+        let child = access_token(&exchanged(&server, (&b, &b_secret), &subject, &[]));
+        let grandchild = access_token(&exchanged(&server, (&c, &c_secret), &child, &[]));
+        assert_eq!(server.introspect(&grandchild)["active"], true, "{action}");
+
+        let status = if action == "disable" {
+            server
+                .post_raw(
+                    &format!("/admin/devices/{id}/disable"),
+                    "application/json",
+                    Some(&admin),
+                    b"",
+                )
+                .0
+        } else {
+            server
+                .http
+                .delete(&server.url(&format!("/admin/devices/{id}")))
+                .header("Authorization", &admin)
+                .call()
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert!(status == 200 || status == 204, "{action}: {status}");
+        for token in [&subject, &child, &grandchild] {
+            assert_eq!(
+                server.introspect(token),
+                json!({"active": false}),
+                "{action}"
+            );
+        }
+        let (status, body) = exchange(&server, (&c, &c_secret), &child, &[]);
+        assert_refused(status, &body, "invalid_request", action);
+    }
+}
+
+#[test]
+fn lineage_survives_a_crash_and_an_exchanged_token_without_one_is_not_trusted() {
+    let mut server = TestServer::start();
+    let (a, a_secret) = server.register_secret_client("read", "client_secret_basic");
+    let (b, b_secret) = exchanger(&server, "read");
+    let (c, c_secret) = exchanger(&server, "read");
+    let subject = cc_token(&server, (&a, &a_secret), &[]);
+    let child = access_token(&exchanged(&server, (&b, &b_secret), &subject, &[]));
+    let grandchild = access_token(&exchanged(&server, (&c, &c_secret), &child, &[]));
+
+    // SIGKILL right after the responses: whatever the exchange answered with is on disk.
+    server.kill();
+    server.spawn();
+    for token in [&child, &grandchild] {
+        let seen = server.introspect(token);
+        assert_eq!(seen["active"], true, "{seen}");
+    }
+    // The recovered lineage still links them to their source.
+    revoke(&server, (&a, &a_secret), &subject);
+    assert_eq!(server.introspect(&grandchild), json!({"active": false}));
+
+    // A well-signed token that claims to be exchanged but was never recorded as such.
+    let fresh = cc_token(&server, (&a, &a_secret), &[]);
+    let mut claims = jwt_parts(&access_token(&exchanged(
+        &server,
+        (&b, &b_secret),
+        &fresh,
+        &[],
+    )))
+    .1;
+    claims["jti"] = json!("never-recorded");
+    let unrecorded = forge(&server, &claims);
+    assert_eq!(server.introspect(&unrecorded), json!({"active": false}));
+    let (status, body) = exchange(&server, (&c, &c_secret), &unrecorded, &[]);
+    assert_refused(status, &body, "invalid_request", "unrecorded lineage");
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! JWT access tokens (RFC 9068): minting with the active Ed25519 key, and the validation used by
-//! introspection and by the admin API's bearer check.
+//! introspection, token exchange and the admin API's bearer check — for an exchanged token
+//! (RFC 8693), including every token it was derived from.
 
 use serde::{Deserialize, Serialize};
 
 use super::jws::{JwsError, Unverified};
 use super::AuthServer;
 use crate::secret::random_id;
-use crate::store::KeyAlg;
+use crate::store::{KeyAlg, Lineage};
 
 /// Claims of an access token (RFC 9068 §2.2).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,6 +123,16 @@ pub enum TokenRejection {
     /// Its client was disabled or deleted.
     #[error("client disabled or deleted")]
     ClientGone,
+    /// Exchanged (it has `act`), but no record says what from: it cannot be shown to descend
+    /// only from live tokens, so it is not trusted.
+    #[error("exchanged token without a recorded lineage")]
+    LineageUnknown,
+    /// A token it was exchanged from (subject or actor, at any remove) was revoked.
+    #[error("a token it was exchanged from is revoked")]
+    SourceRevoked,
+    /// The client of a token it was exchanged from was disabled or deleted.
+    #[error("the client of a token it was exchanged from is disabled or deleted")]
+    SourceClientGone,
     /// Storage could not answer.
     #[error("storage: {0}")]
     Storage(String),
@@ -166,12 +177,24 @@ impl AuthServer {
     }
 
     /// Validate one of our access tokens: every check of RFC 9068 §4 plus revocation and the
-    /// client's standing. Time checks allow `clock_skew` and no more.
+    /// client's standing and, for an exchanged token, those of every token it came from. Time
+    /// checks allow `clock_skew` and no more.
     pub fn validate_access_token(
         &self,
         token: &str,
         now: u64,
     ) -> Result<AccessClaims, TokenRejection> {
+        self.validate_with_lineage(token, now)
+            .map(|(claims, _)| claims)
+    }
+
+    /// [`AuthServer::validate_access_token`], also returning an exchanged token's lineage (every
+    /// ancestor found live); `None` for a first-hand token, which costs nothing more.
+    pub(super) fn validate_with_lineage(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(AccessClaims, Option<Lineage>), TokenRejection> {
         let jws = Unverified::parse(token)?;
         let typ_ok = jws.header.typ.as_deref().is_some_and(|t| {
             t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
@@ -219,6 +242,42 @@ impl AuthServer {
         if client.is_none_or(|c| c.disabled) {
             return Err(TokenRejection::ClientGone);
         }
-        Ok(claims)
+        // Only a token exchange (RFC 8693 §4.1) sets `act`; every other token stops here.
+        let lineage = match claims.act {
+            None => None,
+            Some(_) => Some(self.live_lineage(&claims.jti)?),
+        };
+        Ok((claims, lineage))
+    }
+
+    /// The recorded lineage of the exchanged token `jti`, provided every ancestor is unrevoked
+    /// and its client enabled. RFC 8693 leaves revocation of derived tokens to the server; an
+    /// exchanged token stands on the tokens it was made from, so it lives only while they do.
+    fn live_lineage(&self, jti: &str) -> Result<Lineage, TokenRejection> {
+        let storage = |e: crate::store::StoreError| TokenRejection::Storage(e.to_string());
+        // Fail closed: without the record (never written, or a token we did not issue) nothing
+        // shows that the token descends only from live tokens. The record outlives the token
+        // (it is purged after its exp and the skew), so a live token always has one.
+        let lineage = self
+            .tokens
+            .lineage(jti)
+            .map_err(storage)?
+            .ok_or(TokenRejection::LineageUnknown)?;
+        // The record is flat (ancestors of ancestors included) and bounded by the delegation
+        // depth: at most a subject and an actor per level.
+        for ancestor in &lineage.ancestors {
+            if self
+                .tokens
+                .is_access_token_revoked(&ancestor.jti)
+                .map_err(storage)?
+            {
+                return Err(TokenRejection::SourceRevoked);
+            }
+            let client = self.clients.client(&ancestor.client_id).map_err(storage)?;
+            if client.is_none_or(|c| c.disabled) {
+                return Err(TokenRejection::SourceClientGone);
+            }
+        }
+        Ok(lineage)
     }
 }

@@ -79,7 +79,7 @@ pub struct AuthServer {
     pub settings: Arc<Settings>,
     /// Registered clients.
     pub clients: Arc<dyn ClientStore>,
-    /// Revocations and one-time values.
+    /// Revocations, exchanged tokens' lineage and one-time values.
     pub tokens: Arc<dyn TokenStore>,
     /// Signing keys.
     pub keys: Arc<Keys>,

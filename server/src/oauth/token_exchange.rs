@@ -1,8 +1,9 @@
 //! The token exchange grant (RFC 8693): a confidential client trades a subject token (and
 //! optionally an actor token) for a new access token that acts for the same subject, with scope
 //! that may only narrow, an `act` claim naming the chain of actors, and a lifetime capped by the
-//! subject token's. Also the `purpose` request parameter the token endpoint shares with
-//! client_credentials.
+//! subject token's. The new token's lineage (every token it was derived from) is recorded so
+//! that it stays active only while they do. Also the `purpose` request parameter the token
+//! endpoint shares with client_credentials.
 
 use super::access_token::{AccessClaims, Actor, TokenRejection};
 use super::client_auth::Presented;
@@ -10,7 +11,7 @@ use super::form::Form;
 use super::token_endpoint::TokenResponse;
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::Client;
+use crate::store::{Ancestor, Client, Lineage};
 
 /// RFC 8693 §3: the token type URI of an OAuth 2.0 access token, the only type we accept and
 /// issue.
@@ -45,10 +46,11 @@ pub fn delegate(actor: &str, subject_act: Option<&Actor>) -> Actor {
     Actor::new(actor, subject_act.cloned())
 }
 
-/// The validated tokens an exchange consumed, for its audit entry.
+/// The validated tokens an exchange consumed, for its audit entry, and the new token's lineage.
 struct Exchanged {
     subject: AccessClaims,
     actor: Option<AccessClaims>,
+    lineage: Lineage,
 }
 
 /// Why an exchange was refused, for the audit entry: the code and the description the client
@@ -74,6 +76,11 @@ fn rejection_words(why: &TokenRejection) -> &'static str {
         TokenRejection::NotYetValid => "not yet valid",
         TokenRejection::Revoked => "revoked",
         TokenRejection::ClientGone => "its client is disabled or deleted",
+        TokenRejection::LineageUnknown => "exchanged, but not from tokens this server recorded",
+        TokenRejection::SourceRevoked => "a token it was exchanged from is revoked",
+        TokenRejection::SourceClientGone => {
+            "the client of a token it was exchanged from is disabled or deleted"
+        }
         _ => "not active",
     }
 }
@@ -91,7 +98,28 @@ impl AuthServer {
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, false, ctx).await?;
         match self.exchange(&client, form, ctx.now) {
-            Ok((access_token, claims, Exchanged { subject, actor })) => {
+            Ok((
+                access_token,
+                claims,
+                Exchanged {
+                    subject,
+                    actor,
+                    lineage,
+                },
+            )) => {
+                // Durable with the audit entry below (one group commit), so no token leaves
+                // without the record that ties it to its sources; kept until the token's exp
+                // and the skew, as a revocation is.
+                self.tokens
+                    .record_lineage(
+                        &claims.jti,
+                        &lineage,
+                        claims
+                            .exp
+                            .saturating_add(self.settings.clock_skew)
+                            .saturating_add(1),
+                    )
+                    .map_err(OAuthError::internal)?;
                 let depth = claims.delegation_depth();
                 let actor = actor.map_or_else(
                     || "actor=client".to_owned(),
@@ -190,11 +218,11 @@ impl AuthServer {
         let purpose_param = purpose(form)?;
 
         // §2.2.2: an invalid subject or actor token is invalid_request.
-        let subject = self.usable_token("subject_token", subject_token, now)?;
+        let (subject, subject_lineage) = self.usable_token("subject_token", subject_token, now)?;
         let actor_claims = match actor_token {
             None => None,
             Some(token) => {
-                let claims = self.usable_token("actor_token", token, now)?;
+                let (claims, _) = self.usable_token("actor_token", token, now)?;
                 // An actor token stands for the requesting client's own identity (its own
                 // client_credentials token, or a person's token it got through a grant that
                 // person approved); another client's token would let it borrow someone else's.
@@ -244,25 +272,28 @@ impl AuthServer {
         claims.exp = exp;
         claims.act = Some(act);
         claims.purpose = purpose_param.or_else(|| subject.purpose.clone());
+        let lineage = lineage(&subject, subject_lineage, actor_claims.as_ref());
         Ok((
             self.sign_access_token(&claims),
             claims,
             Exchanged {
                 subject,
                 actor: actor_claims,
+                lineage,
             },
         ))
     }
 
-    /// `token` validated as one of our access tokens, or `invalid_request` naming `param`.
+    /// `token` validated as one of our access tokens, with its lineage if it was exchanged, or
+    /// `invalid_request` naming `param`.
     fn usable_token(
         &self,
         param: &'static str,
         token: &str,
         now: u64,
-    ) -> Result<AccessClaims, OAuthError> {
-        match self.validate_access_token(token, now) {
-            Ok(claims) => Ok(claims),
+    ) -> Result<(AccessClaims, Option<Lineage>), OAuthError> {
+        match self.validate_with_lineage(token, now) {
+            Ok(found) => Ok(found),
             Err(TokenRejection::Storage(e)) => Err(OAuthError::Internal(e)),
             Err(why) => Err(OAuthError::InvalidRequest(
                 format!(
@@ -273,6 +304,31 @@ impl AuthServer {
             )),
         }
     }
+}
+
+/// The lineage of a token exchanged from `subject` (and `actor`): both, then everything the
+/// subject token was itself exchanged from, so one flat record names every ancestor and a
+/// revoked grand-parent ends the grand-child. Actor tokens are first-hand: they add only
+/// themselves.
+fn lineage(
+    subject: &AccessClaims,
+    prior: Option<Lineage>,
+    actor: Option<&AccessClaims>,
+) -> Lineage {
+    let prior = prior.map(|l| l.ancestors).unwrap_or_default();
+    let mut ancestors = Vec::with_capacity(prior.len() + 2);
+    ancestors.push(Ancestor {
+        jti: subject.jti.clone(),
+        client_id: subject.client_id.clone(),
+    });
+    if let Some(actor) = actor {
+        ancestors.push(Ancestor {
+            jti: actor.jti.clone(),
+            client_id: actor.client_id.clone(),
+        });
+    }
+    ancestors.extend(prior);
+    Lineage { ancestors }
 }
 
 /// The scope of an exchanged token: the request's, which must lie within both the subject
@@ -350,6 +406,36 @@ mod tests {
         );
         assert_eq!(claims("a", None).delegation_depth(), 0);
         assert_eq!(claims("a", Some(second)).delegation_depth(), 2);
+    }
+
+    #[test]
+    fn lineage_names_subject_actor_and_the_subjects_own_ancestors() {
+        let ancestor = |jti: &str, client_id: &str| Ancestor {
+            jti: jti.into(),
+            client_id: client_id.into(),
+        };
+        let mut subject = claims("a", None);
+        subject.jti = "s".into();
+        subject.client_id = "cs".into();
+        assert_eq!(
+            lineage(&subject, None, None).ancestors,
+            vec![ancestor("s", "cs")]
+        );
+        let mut actor = claims("a", None);
+        actor.jti = "x".into();
+        actor.client_id = "cx".into();
+        let prior = Lineage {
+            ancestors: vec![ancestor("p", "cp"), ancestor("q", "cq")],
+        };
+        assert_eq!(
+            lineage(&subject, Some(prior), Some(&actor)).ancestors,
+            vec![
+                ancestor("s", "cs"),
+                ancestor("x", "cx"),
+                ancestor("p", "cp"),
+                ancestor("q", "cq")
+            ]
+        );
     }
 
     #[test]

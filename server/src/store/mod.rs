@@ -102,8 +102,32 @@ pub trait TokenStore: Send + Sync {
         jti: &str,
         exp: u64,
     ) -> Result<bool, StoreError>;
-    /// Drop revocation and replay records whose tokens expired before `now`.
+    /// Record what an exchanged access token (by `jti`) was derived from, until `until`, after
+    /// which the token is dead anyway. Durable only after a [`GroupCommit::commit`].
+    fn record_lineage(&self, jti: &str, lineage: &Lineage, until: u64) -> Result<(), StoreError>;
+    /// What an exchanged access token was derived from; `None` if nothing was recorded.
+    fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError>;
+    /// Drop revocation, replay and lineage records whose tokens expired before `now`.
     fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+/// Every token an exchanged access token was derived from (RFC 8693 §2.1: its subject token,
+/// its actor token if any, and, when the subject token was itself exchanged, that token's
+/// ancestors in turn). The exchanged token is active only while each of them is unrevoked and
+/// each of their clients enabled. Flat, so validation is one pass with no recursion.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The ancestors, nearest first.
+    pub ancestors: Vec<Ancestor>,
+}
+
+/// One token in a [`Lineage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    /// Its `jti`, the handle its revocation is recorded under.
+    pub jti: String,
+    /// The client it was issued to.
+    pub client_id: String,
 }
 
 /// The append-only, hash-chained audit log.

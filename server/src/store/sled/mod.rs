@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Client, ClientStore, Durability, StoreError, TokenStore};
+use super::{Client, ClientStore, Durability, Lineage, StoreError, TokenStore};
 
 /// A stored record: JSON. Records are structs of strings, numbers, lists and options, which always
 /// serialise.
@@ -56,6 +56,8 @@ pub struct SledStore {
     clients: sled::Tree,
     revoked: sled::Tree,
     assertion_jtis: sled::Tree,
+    /// Exchanged tokens' lineage by `jti`: the big-endian purge time, then the JSON record.
+    lineage: sled::Tree,
     audit: audit::SledAudit,
     devices: sled::Tree,
     device_serials: sled::Tree,
@@ -105,6 +107,7 @@ impl SledStore {
             clients: tree("clients")?,
             revoked: tree("revoked_access_tokens")?,
             assertion_jtis: tree("assertion_jtis")?,
+            lineage: tree("access_token_lineage")?,
             audit: audit::SledAudit::open(tree("audit")?)?,
             devices: tree("devices")?,
             device_serials: tree("device_serials")?,
@@ -269,15 +272,43 @@ impl TokenStore for SledStore {
         Ok(swapped.is_ok())
     }
 
+    fn record_lineage(&self, jti: &str, lineage: &Lineage, until: u64) -> Result<(), StoreError> {
+        // The purge time first, so the purge reads it as it does a revocation's, without
+        // decoding the record.
+        let mut value = until.to_be_bytes().to_vec();
+        value.extend_from_slice(&to_json(lineage));
+        self.lineage
+            .insert(jti.as_bytes(), value)
+            .map_err(|source| StoreError::Write {
+                what: "lineage",
+                source,
+            })?;
+        Ok(())
+    }
+
+    fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError> {
+        self.lineage
+            .get(jti.as_bytes())
+            .map_err(|source| StoreError::Read {
+                what: "lineage",
+                source,
+            })?
+            .map(|value| from_json(value.get(8..).unwrap_or_default(), "lineage"))
+            .transpose()
+    }
+
     fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
-        for tree in [&self.revoked, &self.assertion_jtis] {
+        // Every value in these trees starts with the big-endian time after which it can go.
+        for tree in [&self.revoked, &self.assertion_jtis, &self.lineage] {
             for entry in tree.iter() {
                 let (key, value) = entry.map_err(|source| StoreError::Read {
                     what: "expiry scan",
                     source,
                 })?;
-                let exp = <[u8; 8]>::try_from(value.as_ref())
+                let exp = value
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
                 if exp < now {
@@ -378,5 +409,41 @@ mod tests {
         assert_eq!(store.purge_expired(500).unwrap(), 2);
         assert!(!store.is_access_token_revoked("old").unwrap());
         assert!(store.is_access_token_revoked("new").unwrap());
+    }
+
+    fn lineage(jtis: &[(&str, &str)]) -> Lineage {
+        Lineage {
+            ancestors: jtis
+                .iter()
+                .map(|(jti, client_id)| crate::store::Ancestor {
+                    jti: (*jti).into(),
+                    client_id: (*client_id).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lineage_survives_reopen_and_is_purged_after_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = lineage(&[("parent", "b"), ("root", "a"), ("actor", "b")]);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(store.lineage("child").unwrap(), None);
+            store.record_lineage("child", &kept, 1000).unwrap();
+            store
+                .record_lineage("short", &lineage(&[("root", "a")]), 10)
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.lineage("child").unwrap(), Some(kept.clone()));
+        assert!(store.lineage("short").unwrap().is_some());
+        store.revoke_access_token("old", 10).unwrap();
+        assert_eq!(store.purge_expired(500).unwrap(), 2);
+        assert_eq!(store.lineage("short").unwrap(), None);
+        assert_eq!(store.lineage("child").unwrap(), Some(kept));
+        assert_eq!(store.purge_expired(1001).unwrap(), 1);
+        assert_eq!(store.lineage("child").unwrap(), None);
     }
 }
