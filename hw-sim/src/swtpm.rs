@@ -482,6 +482,14 @@ mod tests {
     fn restart_keeps_port_and_state() {
         let mut tpm = Swtpm::temp().unwrap();
         let port = tpm.port();
+        // swtpm writes its state file a moment after it starts listening (later still on a
+        // loaded machine): wait for it, so that there is state to keep.
+        let permall = state_dir(tpm.dir()).join("tpm2-00.permall");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !permall.exists() {
+            assert!(Instant::now() < deadline, "swtpm wrote no state");
+            thread::sleep(Duration::from_millis(10));
+        }
         tpm.kill().unwrap();
         assert!(!tpm.is_running());
         tpm.restart().unwrap();
