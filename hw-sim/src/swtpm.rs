@@ -315,6 +315,9 @@ fn spawn_with_retries(
 
 /// Spawns swtpm on `port` (data) and `port + 1` (control) and waits until it accepts
 /// connections on both.
+/// `bash -c` script: close descriptors 3 and up, then exec `$0 "$@"`.
+pub const CLOSE_FDS_AND_EXEC: &str = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$0" "$@""#;
+
 fn spawn_once(dir: &Path, port: u16, own_group: bool) -> Result<Child, SwtpmError> {
     let stderr_path = dir.join("swtpm.stderr");
     let stderr = fs::File::create(&stderr_path).map_err(|source| SwtpmError::PrepareDir {
@@ -322,8 +325,15 @@ fn spawn_once(dir: &Path, port: u16, own_group: bool) -> Result<Child, SwtpmErro
         source,
     })?;
     let ctrl_port = port.wrapping_add(1);
-    let mut command = Command::new("swtpm");
+    // Through bash, which closes every descriptor above stderr before it becomes swtpm: a
+    // process that talks to other TPMs (tpm2-tss's swtpm TCTI opens a socket per command,
+    // without close-on-exec) must not hand one of those connections to this swtpm, which would
+    // hold it forever and block that TPM — swtpm serves one connection at a time.
+    let mut command = Command::new("bash");
     command
+        .arg("-c")
+        .arg(CLOSE_FDS_AND_EXEC)
+        .arg("swtpm")
         .arg("socket")
         .arg("--tpm2")
         .arg("--tpmstate")

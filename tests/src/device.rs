@@ -124,7 +124,7 @@ impl Device {
 
     /// `hallmark-agent --config <this device's config>` with `args`, not yet run.
     pub fn agent(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(crate::bin("hallmark-agent"));
+        let mut cmd = crate::server::clean_command(crate::bin("hallmark-agent"));
         cmd.arg("--config").arg(&self.config_path).args(args);
         cmd.env_remove("HALLMARK_AGENT_FAULT");
         cmd

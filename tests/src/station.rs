@@ -49,7 +49,7 @@ impl TestStation {
 
     /// `hallmark-provision` with `--server`, `--ca` and `--station` set.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(crate::bin("hallmark-provision"));
+        let mut cmd = crate::server::clean_command(crate::bin("hallmark-provision"));
         cmd.arg("--server")
             .arg(&self.server_url)
             .arg("--ca")

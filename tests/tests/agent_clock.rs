@@ -344,7 +344,7 @@ impl StandInDevice {
     }
 
     fn agent(&self, skew: i64, args: &[&str]) -> Output {
-        std::process::Command::new(hallmark_e2e::bin("hallmark-agent"))
+        hallmark_e2e::server::clean_command(hallmark_e2e::bin("hallmark-agent"))
             .arg("--config")
             .arg(self.dir.path().join("agent.toml"))
             .args(args)

@@ -41,7 +41,7 @@ fn without_a_rotation_endpoint_the_factory_credential_stays_and_works() {
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
     let agent = |args: &[&str]| {
-        std::process::Command::new(hallmark_e2e::bin("hallmark-agent"))
+        hallmark_e2e::server::clean_command(hallmark_e2e::bin("hallmark-agent"))
             .arg("--config")
             .arg(&path)
             .args(args)

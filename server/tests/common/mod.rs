@@ -44,6 +44,17 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// `program` run through bash, which first closes every descriptor above stderr: a test process
+/// that talks to simulated TPMs (tpm2-tss's swtpm TCTI opens a socket per command, without
+/// close-on-exec) must not hand such a connection to a child, which would hold it and block that
+/// TPM for good (swtpm serves one connection at a time).
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    const CLOSE_FDS_AND_EXEC: &str = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$0" "$@""#;
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(CLOSE_FDS_AND_EXEC).arg(program);
+    cmd
+}
+
 /// A running server.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -86,7 +97,7 @@ pub fn free_port() -> u16 {
 
 /// Run `hallmark-server init` into `data_dir` with this issuer; the parsed JSON it printed.
 pub fn init(data_dir: &Path, issuer: &str) -> Value {
-    let out = Command::new(server_bin())
+    let out = clean_command(server_bin())
         .args(["init", "--data-dir"])
         .arg(data_dir)
         .args(["--issuer", issuer])
@@ -158,7 +169,7 @@ impl TestServer {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(server_bin())
+        let child = clean_command(server_bin())
             .args(["serve", "--data-dir"])
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
@@ -686,7 +697,7 @@ impl ClientKey {
 /// Run the binary with `args` and `envs`; its output. HALLMARK_* variables of the test process
 /// are removed so that only what the test says reaches the binary.
 pub fn run_cli(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(server_bin());
+    let mut cmd = clean_command(server_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("HALLMARK_") {
             cmd.env_remove(k);
