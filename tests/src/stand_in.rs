@@ -4,9 +4,11 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use hallmark_agent::config::{AgentConfig, Flow, Handles, RekeyInterval};
 
 /// Serves RFC 8414 metadata and a token endpoint accepting one client's Basic credentials,
 /// over plain HTTP on loopback, one request per connection; returns its issuer URL. It runs
@@ -70,4 +72,33 @@ pub fn stand_in_server(client_id: String, secret: String) -> String {
         }
     });
     issuer
+}
+
+/// Writes `dir/agent.toml` for a device of `issuer` (a stand-in on plain HTTP) using the TPM at
+/// `tcti`, with a CA file the config must name even though plain HTTP on loopback uses none;
+/// the config's path.
+pub fn write_stand_in_config(
+    dir: &Path,
+    issuer: String,
+    client_id: String,
+    tcti: String,
+) -> PathBuf {
+    let init = crate::server::init(&dir.join("srv"), "https://localhost:1");
+    std::fs::copy(init["ca_cert"].as_str().unwrap(), dir.join("ca.pem")).unwrap();
+    let config = AgentConfig {
+        issuer,
+        ca_cert: "ca.pem".into(),
+        client_id,
+        tcti,
+        scopes: vec![],
+        flow: Flow::ClientCredentials,
+        state_dir: "state".into(),
+        socket: None,
+        handles: Handles::default(),
+        serial: None,
+        rekey_interval_days: RekeyInterval::NEVER,
+    };
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    path
 }

@@ -14,11 +14,11 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hallmark_agent::config::{AgentConfig, Flow, Handles, RekeyInterval};
 use hallmark_agent::oauth::assertion;
 use hallmark_agent::tpm::{KeySlot, Tpm};
 use hallmark_e2e::device::Device;
 use hallmark_e2e::server::{now, TestServer};
+use hallmark_e2e::stand_in::write_stand_in_config;
 use hallmark_hwsim::Swtpm;
 use serde_json::Value;
 
@@ -323,23 +323,12 @@ impl StandInDevice {
             .seal_factory_secret(&[7u8; 32])
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        // Plain HTTP on loopback needs no CA, but the config always names one.
-        let init = hallmark_e2e::server::init(&dir.path().join("srv"), "https://localhost:1");
-        std::fs::copy(init["ca_cert"].as_str().unwrap(), dir.path().join("ca.pem")).unwrap();
-        let config = AgentConfig {
-            issuer: server.issuer.clone(),
-            ca_cert: "ca.pem".into(),
-            client_id: "device-elsewhere".into(),
-            tcti: tpm.tcti(),
-            scopes: vec![],
-            flow: Flow::ClientCredentials,
-            state_dir: "state".into(),
-            socket: None,
-            handles: Handles::default(),
-            serial: None,
-            rekey_interval_days: RekeyInterval::NEVER,
-        };
-        std::fs::write(dir.path().join("agent.toml"), config.to_toml()).unwrap();
+        write_stand_in_config(
+            dir.path(),
+            server.issuer.clone(),
+            "device-elsewhere".into(),
+            tpm.tcti(),
+        );
         StandInDevice { _tpm: tpm, dir }
     }
 

@@ -9,7 +9,6 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use hallmark_agent::socket::{fetch, Answer};
 use hallmark_agent::Flow;
 use hallmark_e2e::device::{Device, DeviceOptions};
 use hallmark_e2e::server::TestServer;
@@ -165,24 +164,8 @@ fn run_after_login_serves_the_users_tokens_and_renews_them_by_refresh() {
     let blob_at_login = std::fs::read(&sealed).unwrap();
 
     let mut run = device.spawn_run();
-    let socket_token = |not: Option<&str>| {
-        let started = Instant::now();
-        loop {
-            if let Ok(Answer::Token { access_token, .. }) = fetch(&device.socket_path()) {
-                if Some(access_token.as_str()) != not {
-                    return access_token;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no new token on the socket; log: {}",
-                device.run_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let first = socket_token(None);
-    let second = socket_token(Some(&first));
+    let first = device.wait_for_socket_token(Duration::from_secs(30), |_| true);
+    let second = device.wait_for_socket_token(Duration::from_secs(30), |t| t != first);
     for token in [&first, &second] {
         let claims = server.introspect(token);
         assert_eq!(claims["active"], true, "{claims}");

@@ -5,9 +5,8 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hallmark_agent::config::{AgentConfig, Flow, Handles, RekeyInterval};
 use hallmark_agent::tpm::Tpm;
-use hallmark_e2e::stand_in::stand_in_server;
+use hallmark_e2e::stand_in::{stand_in_server, write_stand_in_config};
 use hallmark_hwsim::Swtpm;
 
 #[test]
@@ -22,24 +21,7 @@ fn without_a_rotation_endpoint_the_factory_credential_stays_and_works() {
     let issuer = stand_in_server(client_id.clone(), URL_SAFE_NO_PAD.encode(raw));
 
     let dir = tempfile::tempdir().unwrap();
-    // Plain HTTP on loopback needs no CA, but the config always names one.
-    let init = hallmark_e2e::server::init(&dir.path().join("srv"), "https://localhost:1");
-    std::fs::copy(init["ca_cert"].as_str().unwrap(), dir.path().join("ca.pem")).unwrap();
-    let config = AgentConfig {
-        issuer,
-        ca_cert: "ca.pem".into(),
-        client_id,
-        tcti: tpm.tcti(),
-        scopes: vec![],
-        flow: Flow::ClientCredentials,
-        state_dir: "state".into(),
-        socket: None,
-        handles: Handles::default(),
-        serial: None,
-        rekey_interval_days: RekeyInterval::NEVER,
-    };
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, config.to_toml()).unwrap();
+    let path = write_stand_in_config(dir.path(), issuer, client_id, tpm.tcti());
     let agent = |args: &[&str]| {
         hallmark_e2e::server::clean_command(hallmark_e2e::bin("hallmark-agent"))
             .arg("--config")
