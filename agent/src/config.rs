@@ -209,12 +209,7 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(self.issuer.starts_with("https://")
-            || self.issuer.starts_with("http://127.0.0.1")
-            || self.issuer.starts_with("http://localhost"))
-        {
-            return Err(format!("issuer {} must be an https URL", self.issuer));
-        }
+        check_issuer(&self.issuer)?;
         if self.client_id.is_empty() {
             return Err("client_id is empty".into());
         }
@@ -229,6 +224,31 @@ impl AgentConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The issuer must be https, or plain http on a loopback host — the host parsed as a URL
+/// host, as the server checks it, so `http://localhost.attacker.example` or
+/// `http://localhost@attacker.example` are not loopback.
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let bad = || format!("issuer {issuer} must be an https URL (http only on a loopback host)");
+    let uri = ureq::http::Uri::try_from(issuer).map_err(|_| bad())?;
+    let host = uri.host().ok_or_else(bad)?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(bad())
+            }
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -264,6 +284,32 @@ mod tests {
             dir.path().join("state").join("agent.sock")
         );
         assert_eq!(loaded.client_id, "abc");
+    }
+
+    #[test]
+    fn plain_http_only_for_a_host_that_is_loopback() {
+        for good in [
+            "https://hallmark.example",
+            "http://localhost:8443",
+            "http://127.0.0.1:1",
+            "http://127.8.0.1",
+            "http://[::1]:8443",
+            "HTTP://LOCALHOST",
+        ] {
+            assert_eq!(check_issuer(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://localhost.attacker.invalid",
+            "http://127.0.0.1.attacker.invalid",
+            "http://localhost@attacker.invalid",
+            "http://evil.example",
+            "http://[::2]",
+            "ftp://localhost",
+            "localhost:8443",
+            "",
+        ] {
+            assert!(check_issuer(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

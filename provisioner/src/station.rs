@@ -56,7 +56,7 @@ impl StationCredentials {
     /// Reads the credentials file, refusing one that every user may read.
     pub fn load(path: &Path) -> Result<Self, StationError> {
         let file = || path.to_path_buf();
-        check_not_world_readable(path)?;
+        check_owner_only(path)?;
         let text =
             std::fs::read_to_string(path).map_err(|source| StationError::ReadCredentials {
                 path: file(),
@@ -72,14 +72,15 @@ impl StationCredentials {
 }
 
 #[cfg(unix)]
-fn check_not_world_readable(path: &Path) -> Result<(), StationError> {
+fn check_owner_only(path: &Path) -> Result<(), StationError> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path).map_err(|source| StationError::ReadCredentials {
         path: path.to_path_buf(),
         source,
     })?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o004 != 0 {
+    // Owner-only: a group that can read the station's secret can register devices as it.
+    if mode & 0o077 != 0 {
         return Err(StationError::CredentialsExposed {
             path: path.to_path_buf(),
             mode,
@@ -89,7 +90,7 @@ fn check_not_world_readable(path: &Path) -> Result<(), StationError> {
 }
 
 #[cfg(not(unix))]
-fn check_not_world_readable(_: &Path) -> Result<(), StationError> {
+fn check_owner_only(_: &Path) -> Result<(), StationError> {
     Ok(())
 }
 
@@ -105,9 +106,9 @@ pub enum StationError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The credentials file is readable by every user.
+    /// The credentials file is readable or writable by someone other than its owner.
     #[error(
-        "station credentials {} are readable by every user (mode {mode:03o}); run: chmod 600 {}",
+        "station credentials {} are open to other users (mode {mode:03o}); only the owner may read them: run chmod 600 {}",
         path.display(), path.display()
     )]
     CredentialsExposed {
@@ -558,9 +559,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("station.json");
         std::fs::write(&path, r#"{"client_id":"a","client_secret":"b"}"#).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = StationCredentials::load(&path).unwrap_err().to_string();
-        assert!(err.contains("chmod 600"), "{err}");
+        for open in [0o644, 0o640, 0o620, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(open)).unwrap();
+            let err = StationCredentials::load(&path).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{open:o}: {err}");
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(StationCredentials::load(&path).unwrap().client_id, "a");
     }

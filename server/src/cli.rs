@@ -24,7 +24,7 @@ pub enum Command {
     /// Prints one JSON object with the admin client's secret (shown only this once).
     Init(InitArgs),
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The audit log (offline: stop the server first).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -128,6 +128,16 @@ pub struct ServeArgs {
     /// Largest request body in bytes (default 65536).
     #[arg(long, env = "HALLMARK_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request's headers, also the longest wait for the next
+    /// request on an idle HTTP/1 connection (default 10).
+    #[arg(long, env = "HALLMARK_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a connection may move no bytes before it is closed (default 60).
+    #[arg(long, env = "HALLMARK_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Most connections open at once; more are closed and logged (default 1024).
+    #[arg(long, env = "HALLMARK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Seconds between automatic signing-key rotations; 0 turns them off (default 30 days).
     #[arg(long, env = "HALLMARK_KEY_ROTATION_PERIOD")]
     pub key_rotation_period: Option<u64>,
@@ -137,6 +147,9 @@ pub struct ServeArgs {
     /// Most nested `act` levels a token exchange may produce, 1 to 16 (default 3).
     #[arg(long, env = "HALLMARK_MAX_DELEGATION_DEPTH")]
     pub max_delegation_depth: Option<usize>,
+    /// The furthest ahead a client assertion's exp may lie, 60 to 3600 seconds (default 300).
+    #[arg(long, env = "HALLMARK_MAX_ASSERTION_LIFETIME")]
+    pub max_assertion_lifetime: Option<u64>,
     /// A reverse proxy whose X-Forwarded-For names the client: an IP address or CIDR block;
     /// repeat for more (the variable takes a comma-separated list). Replaces the config files'
     /// list. Default none: X-Forwarded-For is ignored.
@@ -147,6 +160,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<String>,
+    /// A scope any device may hold; repeat for more (the variable takes a comma-separated
+    /// list). Replaces the config files' list. Never an admin scope. Default `device`.
+    #[arg(
+        long = "device-scope",
+        env = "HALLMARK_DEVICE_SCOPES",
+        value_name = "SCOPE",
+        value_delimiter = ','
+    )]
+    pub device_scopes: Vec<String>,
     /// Device flow, refresh token and verification-page settings.
     #[command(flatten)]
     pub device_flow: Box<DeviceFlowArgs>,
@@ -164,11 +186,16 @@ impl ServeArgs {
             access_token_ttl: self.access_token_ttl,
             clock_skew: self.clock_skew,
             max_body_bytes: self.max_body_bytes,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
             key_rotation_period: self.key_rotation_period,
             key_publish_ahead: self.key_publish_ahead,
             max_delegation_depth: self.max_delegation_depth,
+            max_assertion_lifetime: self.max_assertion_lifetime,
             trusted_proxies: (!self.trusted_proxies.is_empty())
                 .then(|| self.trusted_proxies.clone()),
+            device_scopes: (!self.device_scopes.is_empty()).then(|| self.device_scopes.clone()),
             device_code_expires_in: self.device_flow.device_code_expires_in,
             device_poll_interval: self.device_flow.device_poll_interval,
             refresh_token_ttl: self.device_flow.refresh_token_ttl,

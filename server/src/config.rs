@@ -20,12 +20,20 @@ pub const DEFAULT_ACCESS_TOKEN_TTL: u64 = 300;
 pub const DEFAULT_CLOCK_SKEW: u64 = 30;
 /// Default largest request body: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default time to send a request's headers: 10 seconds.
+pub const DEFAULT_HEADER_READ_TIMEOUT: u64 = 10;
+/// Default time a connection may sit without traffic: 60 seconds.
+pub const DEFAULT_IDLE_TIMEOUT: u64 = 60;
+/// Default most connections open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default automatic signing-key rotation period: 30 days.
 pub const DEFAULT_KEY_ROTATION_PERIOD: u64 = 30 * 24 * 3600;
 /// Default time a new key is published before it signs: 10 minutes, a validator's JWKS cache.
 pub const DEFAULT_KEY_PUBLISH_AHEAD: u64 = 600;
 /// Default most nested `act` levels a token exchange may produce (RFC 8693 §4.1): 3.
 pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 3;
+/// Default furthest-ahead `exp` of a client assertion: 5 minutes.
+pub const DEFAULT_MAX_ASSERTION_LIFETIME: u64 = 300;
 /// Largest `max_delegation_depth` accepted.
 pub const MAX_DELEGATION_DEPTH_LIMIT: usize = 16;
 
@@ -49,15 +57,30 @@ pub struct ConfigLayer {
     pub clock_skew: Option<u64>,
     /// Largest request body in bytes, 1 KiB to 1 MiB. Default 65536.
     pub max_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request's headers (and, on an idle HTTP/1 keep-alive
+    /// connection, to start the next request), 1 to 300. Default 10.
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a connection may move no bytes either way before it is closed, 1 to 3600.
+    /// Default 60.
+    pub idle_timeout: Option<u64>,
+    /// Most connections open at once; more are closed at once and logged. Default 1024.
+    pub max_connections: Option<usize>,
     /// Seconds between automatic signing-key rotations; 0 = never. Default 2592000 (30 days).
     pub key_rotation_period: Option<u64>,
     /// Seconds a new signing key is published before it signs. Default 600.
     pub key_publish_ahead: Option<u64>,
     /// Most nested `act` levels a token exchange (RFC 8693) may produce, 1 to 16. Default 3.
     pub max_delegation_depth: Option<usize>,
+    /// The furthest ahead a client assertion's `exp` may lie, 60 to 3600 s; its `jti` is kept
+    /// that long. Default 300.
+    pub max_assertion_lifetime: Option<u64>,
     /// Reverse proxies whose `X-Forwarded-For` names the client: IP addresses and CIDR blocks.
     /// Default none: the header is ignored and the TCP peer is the client.
     pub trusted_proxies: Option<Vec<String>>,
+    /// The scopes any device may hold; a registration asking for others is refused, and a
+    /// device registered with others is granted only these. Never an admin scope. Default
+    /// `["device"]`.
+    pub device_scopes: Option<Vec<String>>,
     /// Lifetime of a device code and its user code (RFC 8628 `expires_in`), 60 to 3600 s.
     /// Default 600.
     pub device_code_expires_in: Option<u64>,
@@ -102,11 +125,16 @@ impl ConfigLayer {
             access_token_ttl: top.access_token_ttl.or(self.access_token_ttl),
             clock_skew: top.clock_skew.or(self.clock_skew),
             max_body_bytes: top.max_body_bytes.or(self.max_body_bytes),
+            header_read_timeout: top.header_read_timeout.or(self.header_read_timeout),
+            idle_timeout: top.idle_timeout.or(self.idle_timeout),
+            max_connections: top.max_connections.or(self.max_connections),
             key_rotation_period: top.key_rotation_period.or(self.key_rotation_period),
             key_publish_ahead: top.key_publish_ahead.or(self.key_publish_ahead),
             max_delegation_depth: top.max_delegation_depth.or(self.max_delegation_depth),
+            max_assertion_lifetime: top.max_assertion_lifetime.or(self.max_assertion_lifetime),
             // A list is replaced whole, not merged: a higher layer says the complete set.
             trusted_proxies: top.trusted_proxies.or(self.trusted_proxies),
+            device_scopes: top.device_scopes.or(self.device_scopes),
             device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
             device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),
             refresh_token_ttl: top.refresh_token_ttl.or(self.refresh_token_ttl),
@@ -178,6 +206,12 @@ pub struct ServeSettings {
     pub transport: Transport,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Time allowed to send a request's headers.
+    pub header_read_timeout: std::time::Duration,
+    /// Time a connection may sit without traffic.
+    pub idle_timeout: std::time::Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// Automatic signing-key rotation period, seconds; 0 = never.
     pub key_rotation_period: u64,
     /// How long a new key is published before it signs, seconds.
@@ -255,6 +289,26 @@ impl ServeSettings {
                 "max body {max_body_bytes} bytes is outside 1 KiB..1 MiB"
             )));
         }
+        let header_read_timeout = layer
+            .header_read_timeout
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
+        if !(1..=300).contains(&header_read_timeout) {
+            return Err(invalid(format!(
+                "header read timeout {header_read_timeout} s is outside 1..=300"
+            )));
+        }
+        let idle_timeout = layer.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        if !(1..=3600).contains(&idle_timeout) {
+            return Err(invalid(format!(
+                "idle timeout {idle_timeout} s is outside 1..=3600"
+            )));
+        }
+        let max_connections = layer.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid(format!(
+                "max connections {max_connections} is outside 1..=1000000"
+            )));
+        }
         let key_rotation_period = layer
             .key_rotation_period
             .unwrap_or(DEFAULT_KEY_ROTATION_PERIOD);
@@ -275,21 +329,60 @@ impl ServeSettings {
         let trusted_proxies = TrustedProxies::parse(layer.trusted_proxies.unwrap_or_default())
             .map_err(|e| invalid(format!("trusted_proxies: {e}")))?;
         let mut oauth = Settings::for_issuer(&issuer);
+        if let Some(scopes) = layer.device_scopes {
+            oauth.device_scopes = device_scopes(scopes)?;
+        }
         oauth.access_token_ttl = ttl;
         oauth.clock_skew = skew;
         oauth.max_delegation_depth = max_delegation_depth;
+        let max_assertion_lifetime = layer
+            .max_assertion_lifetime
+            .unwrap_or(DEFAULT_MAX_ASSERTION_LIFETIME);
+        if !(60..=3600).contains(&max_assertion_lifetime) {
+            return Err(invalid(format!(
+                "max assertion lifetime {max_assertion_lifetime} s is outside 60..=3600"
+            )));
+        }
+        oauth.max_assertion_lifetime = max_assertion_lifetime;
         device_flow.apply(&mut oauth.device)?;
         Ok(ServeSettings {
             data_dir: data_dir.to_owned(),
             listen,
             transport,
             max_body_bytes,
+            header_read_timeout: std::time::Duration::from_secs(header_read_timeout),
+            idle_timeout: std::time::Duration::from_secs(idle_timeout),
+            max_connections,
             key_rotation_period,
             key_publish_ahead,
             trusted_proxies,
             oauth,
         })
     }
+}
+
+/// `device_scopes`: well-formed, at least one, and no admin scope — a device's factory secret
+/// leaves the server, so anything a device may hold a station can hand to itself.
+fn device_scopes(list: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    use crate::oauth::registration::ADMIN_SCOPES;
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    if list.is_empty() {
+        return invalid("device_scopes must name at least one scope".into());
+    }
+    if let Some(bad) = list
+        .iter()
+        .find(|s| !crate::oauth::scope::is_scope_token(s))
+    {
+        return invalid(format!("device_scopes holds a malformed scope {bad:?}"));
+    }
+    let parsed = crate::oauth::scope::parse(&list.join(" "))
+        .map_err(|e| ConfigError::Invalid(format!("device_scopes: {e}")))?;
+    if let Some(admin) = parsed.iter().find(|s| ADMIN_SCOPES.contains(&s.as_str())) {
+        return invalid(format!(
+            "device_scopes must not hold the admin scope {admin}: a station could grant it to itself"
+        ));
+    }
+    Ok(parsed)
 }
 
 /// The device-flow keys of a layer, validated onto [`DeviceSettings`].
@@ -436,6 +529,11 @@ mod tests {
             "tls_cert = \"/c\"",
             "max_delegation_depth = 0",
             "max_delegation_depth = 17",
+            "max_assertion_lifetime = 59",
+            "header_read_timeout = 0",
+            "idle_timeout = 3601",
+            "max_connections = 0",
+            "max_assertion_lifetime = 3601",
         ] {
             let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));
             assert!(
@@ -468,6 +566,32 @@ mod tests {
             .under(layer("clock_skew = 5"));
         let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
         assert!(s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn device_scopes_default_layer_and_never_hold_an_admin_scope() {
+        let base = layer("issuer = \"https://a.example\"");
+        let s = ServeSettings::from_layer(Path::new("/d"), base.clone()).unwrap();
+        assert_eq!(s.oauth.device_scopes, vec!["device".to_owned()]);
+        let l = base
+            .clone()
+            .under(layer("device_scopes = [\"device\", \"telemetry:write\"]"));
+        let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+        assert_eq!(s.oauth.device_scopes, vec!["device", "telemetry:write"]);
+        for admin in crate::oauth::registration::ADMIN_SCOPES {
+            let l = base
+                .clone()
+                .under(layer(&format!("device_scopes = [\"device\", \"{admin}\"]")));
+            let e = ServeSettings::from_layer(Path::new("/d"), l).unwrap_err();
+            assert!(e.to_string().contains(admin), "{e}");
+        }
+        for bad in ["[]", "[\"a b\"]", "[\"\"]"] {
+            let l = base.clone().under(layer(&format!("device_scopes = {bad}")));
+            assert!(
+                ServeSettings::from_layer(Path::new("/d"), l).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

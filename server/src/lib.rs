@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod datadir;
 pub mod http;
 pub mod keys;
@@ -14,6 +15,7 @@ pub mod secret;
 pub mod serve;
 pub mod store;
 pub mod tls;
+pub mod untrusted;
 pub mod web;
 
 /// Seconds since the Unix epoch, the unit of every JWT time claim (RFC 7519 §2 NumericDate).

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+
 use crate::config::{ServeSettings, Transport};
+use crate::conn::Limiter;
 use crate::datadir::DB_DIR;
 use crate::keys::{KeyError, KeyFile, KeyRing, Keys};
 use crate::oauth::{AuthServer, RequestCtx};
@@ -99,32 +102,35 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
     let key_task = spawn_key_maintenance(&settings, built.oauth.clone());
     let addr = settings.listen;
     let listen_err = |source| ServeError::Listen { addr, source };
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    // Slow and silent clients (slowloris): the TLS handshake, the request headers and any
+    // silence are each bounded, and so is the number of connections.
+    let limiter = Limiter::new(settings.max_connections, settings.idle_timeout);
+    let mut server = axum_server::bind(addr).handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(settings.header_read_timeout);
+    let server = server.first_request_timeout(settings.header_read_timeout);
     match &settings.transport {
         Transport::Tls { cert, key } => {
             let config = crate::tls::server_config(cert, key)?;
-            let handle = axum_server::Handle::new();
-            let shutdown = handle.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
-            });
+            let tls = RustlsAcceptor::new(RustlsConfig::from_config(config))
+                .handshake_timeout(settings.header_read_timeout)
+                .acceptor(limiter);
             tracing::info!(%addr, issuer = %settings.oauth.issuer, "serving HTTPS");
-            axum_server::bind_rustls(
-                addr,
-                axum_server::tls_rustls::RustlsConfig::from_config(config),
-            )
-            .handle(handle)
-            .serve(app)
-            .await
-            .map_err(listen_err)?;
+            server.acceptor(tls).serve(app).await.map_err(listen_err)?;
         }
         Transport::InsecureHttp => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(listen_err)?;
             tracing::warn!(%addr, issuer = %settings.oauth.issuer, "serving plain HTTP on loopback (--insecure-http)");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+            server
+                .acceptor(limiter)
+                .serve(app)
                 .await
                 .map_err(listen_err)?;
         }

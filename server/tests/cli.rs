@@ -342,7 +342,7 @@ fn sigterm_and_sigint_stop_the_server_gracefully() {
 #[test]
 fn clients_and_keys_survive_a_restart_and_a_crash() {
     let mut server = TestServer::start();
-    let (id, secret) = server.register_secret_client("telemetry", "client_secret_post");
+    let (id, secret) = server.register_secret_client("telemetry", "client_secret_basic");
     let key = common::ClientKey::es256();
     let jwt_id = server.register_jwt_client("telemetry", &[(&key, Some("k"))]);
     let jwks_before = server.jwks();

@@ -414,8 +414,23 @@ fn garbage_never_causes_a_server_error() {
 fn secrets_never_reach_the_log_or_the_audit_trail() {
     let mut server = TestServer::start_with_env(&[], &[("RUST_LOG", "debug")]);
     let (id, secret) = server.register_secret_client("a", "client_secret_post");
-    // Successful and failed uses of both secrets, by both methods.
-    assert_eq!(server.token_basic(&id, &secret, None).0, 200);
+    // Successful and failed uses of both secrets, by both methods (Basic is refused for a
+    // client_secret_post client, and logged).
+    assert_eq!(server.token_basic(&id, &secret, None).0, 401);
+    assert_eq!(
+        server
+            .post_form(
+                "/oauth2/token",
+                None,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", &id),
+                    ("client_secret", &secret)
+                ]
+            )
+            .0,
+        200
+    );
     let wrong = "wrong-but-secret-looking-value-0123456789abcdef";
     assert_eq!(server.token_basic(&id, wrong, None).0, 401);
     assert_eq!(

@@ -531,26 +531,23 @@ fn only_confidential_clients_registered_for_the_grant_may_exchange() {
     let (status, body) = exchange(&server, (&a, &a_secret), &subject, &[]);
     assert_refused(status, &body, "unauthorized_client", "grant not registered");
 
-    // A public client registered for the grant is not authenticated at all.
-    let public = server.register(json!({
-        "grant_types": [TOKEN_EXCHANGE],
-        "scope": "read",
-        "token_endpoint_auth_method": "none",
-    }));
-    let public_id = public["client_id"].as_str().unwrap();
-    let (status, body) = server.post_form(
-        "/oauth2/token",
-        None,
-        &[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("client_id", public_id),
-            ("subject_token", &subject),
-            ("subject_token_type", ACCESS_TOKEN),
-        ],
+    // A public client cannot even register for the grant.
+    let token = server.admin_token("clients:admin");
+    let (status, body) = server.post_raw(
+        "/admin/clients",
+        "application/json",
+        Some(&format!("Bearer {token}")),
+        json!({
+            "grant_types": [TOKEN_EXCHANGE],
+            "scope": "read",
+            "token_endpoint_auth_method": "none",
+        })
+        .to_string()
+        .as_bytes(),
     );
     assert_eq!(
         (status, body["error"].as_str()),
-        (401, Some("invalid_client")),
+        (400, Some("invalid_client_metadata")),
         "{body}"
     );
 
@@ -734,7 +731,7 @@ fn revoking_an_actor_token_ends_the_tokens_that_named_it() {
 
 #[test]
 fn disabling_or_deleting_the_subject_tokens_client_ends_exchanged_tokens() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&["--device-scope", "read"]);
     let admin = format!("Bearer {}", server.admin_token("devices:admin"));
     let (b, b_secret) = exchanger(&server, "read");
     let (c, c_secret) = exchanger(&server, "read");

@@ -79,3 +79,19 @@ fn missing_tpm_wrong_ca_and_unknown_client_are_one_line_each() {
     device.tpm.restart().unwrap();
     device.agent_ok(&["enroll"]);
 }
+
+#[test]
+fn a_look_alike_loopback_issuer_is_refused() {
+    let server = TestServer::start();
+    let mut device = Device::provision(&server);
+    // Plain http is allowed only to a loopback host; these only look like one.
+    for issuer in [
+        "http://localhost.attacker.invalid",
+        "http://localhost@attacker.invalid",
+        "http://127.0.0.1.attacker.invalid:8443",
+    ] {
+        device.edit_config(|c| c.issuer = issuer.into());
+        let line = one_error_line(&device.run_agent(&["token"]));
+        assert!(line.contains("must be an https URL"), "{issuer}: {line}");
+    }
+}

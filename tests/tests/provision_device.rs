@@ -159,23 +159,31 @@ fn an_unreachable_server_fails_the_device_with_one_line() {
 }
 
 #[test]
-fn refuses_a_world_readable_station_file() {
+fn refuses_a_station_file_others_can_read() {
     use std::os::unix::fs::PermissionsExt as _;
     let server = TestServer::start();
     let station = TestStation::register(&server, "devices:provision");
-    std::fs::set_permissions(&station.credentials, std::fs::Permissions::from_mode(0o644)).unwrap();
     let device = TestDevice::new("HM-PERM-1");
-    let out = station.provision_device(&device, &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("readable by every user") && stderr.contains("chmod 600"),
-        "{stderr}"
-    );
     let secret = std::fs::read_to_string(&station.credentials).unwrap();
     let secret: Value = serde_json::from_str(&secret).unwrap();
-    assert!(!stderr.contains(secret["client_secret"].as_str().unwrap()));
+    // World-readable, and group-readable (0640, which the review found accepted).
+    for mode in [0o644, 0o640] {
+        std::fs::set_permissions(&station.credentials, std::fs::Permissions::from_mode(mode))
+            .unwrap();
+        let out = station.provision_device(&device, &[]);
+        assert_eq!(out.status.code(), Some(2), "{mode:o}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("only the owner may read them") && stderr.contains("chmod 600"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(secret["client_secret"].as_str().unwrap()));
+    }
+    assert!(
+        device.unsealed_secret().is_none(),
+        "nothing was provisioned"
+    );
 }
 
 #[test]

@@ -9,6 +9,8 @@ use crate::oauth::RequestCtx;
 
 /// Longest caller-supplied request id we keep.
 const MAX_REQUEST_ID: usize = 64;
+/// Longest endpoint path kept for assertion audiences; ours are short.
+const MAX_ENDPOINT_PATH: usize = 64;
 
 /// The client's address as the router worked it out from the peer and trusted proxies'
 /// `X-Forwarded-For` (see [`super::forwarded`]).
@@ -48,10 +50,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             })
             .map(str::to_owned)
             .unwrap_or_else(|| crate::secret::random_id(9));
+        // Only our own routes reach a handler, so the path names one of our endpoints.
+        let endpoint = Some(parts.uri.path())
+            .filter(|p| p.len() <= MAX_ENDPOINT_PATH)
+            .map(str::to_owned);
         Ok(Ctx(RequestCtx {
             now: crate::unix_now(),
             request_id,
             source,
+            endpoint,
         }))
     }
 }

@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 
 use crate::oauth::registration::BearerError;
 use crate::oauth::OAuthError;
+use crate::untrusted::{clip_to, MAX_REASON_CHARS};
 
 /// An OAuth error on its way out.
 #[derive(Debug)]
@@ -24,9 +25,14 @@ impl IntoResponse for OAuthResponse {
         match &e {
             OAuthError::Internal(detail) => tracing::error!(%detail, "internal error"),
             OAuthError::InvalidClient { reason } => {
+                let reason = clip_to(reason, MAX_REASON_CHARS);
                 tracing::info!(%reason, "client authentication failed")
             }
-            other => tracing::debug!(error = %other, "request refused"),
+            other => {
+                let error = other.to_string();
+                let error = clip_to(&error, MAX_REASON_CHARS);
+                tracing::debug!(%error, "request refused")
+            }
         }
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let mut resp = json_response(status, &e.body());
@@ -120,6 +126,58 @@ pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> axum::response::Respons
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Every error the API answers is JSON of one shape, `{"error", "error_description"}`, whoever
+/// produced it: axum's own rejections (a path that does not decode, a wrong method, a body of
+/// the wrong type) come as text or with no body, and are rewritten here. HTML (the verification
+/// page) and JSON pass through untouched.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        s if s.is_server_error() => "server_error",
+        _ => "invalid_request",
+    };
+    let mut json = serde_json::json!({ "error": code });
+    if !status.is_server_error() {
+        // axum's rejection text says what was wrong; it may quote the request, so clipped.
+        let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let text = text.trim();
+        let description = if text.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("request refused")
+                .to_owned()
+        } else {
+            clip_to(text, 200).into_owned()
+        };
+        json["error_description"] = description.into();
+    }
+    let mut resp = json_response(status, &json);
+    for name in [header::ALLOW, header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
+            resp.headers_mut().insert(name, value.clone());
+        }
+    }
     resp
 }
 

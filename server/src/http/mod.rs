@@ -66,6 +66,7 @@ pub fn router(oauth: AuthServer, settings: &ServeSettings) -> Router {
         .merge(users::router())
         .merge(web)
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

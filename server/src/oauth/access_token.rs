@@ -37,6 +37,11 @@ pub struct AccessClaims {
     /// Why the token was requested, when the request said (`purpose` at the token endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// The grant the token came from: the refresh-token family of a device authorization. A
+    /// token carrying it is active only while that family is unrevoked, so revoking a refresh
+    /// token (RFC 7009 §2.1) or replaying a spent one ends the grant's access tokens too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// An `act` claim (RFC 8693 §4.1): who acts, and in `act` the actor before it.
@@ -127,6 +132,9 @@ pub enum TokenRejection {
     /// only from live tokens, so it is not trusted.
     #[error("exchanged token without a recorded lineage")]
     LineageUnknown,
+    /// The grant it came from (its refresh-token family) was revoked.
+    #[error("its grant was revoked")]
+    GrantRevoked,
     /// A token it was exchanged from (subject or actor, at any remove) was revoked.
     #[error("a token it was exchanged from is revoked")]
     SourceRevoked,
@@ -166,6 +174,7 @@ impl AuthServer {
             scope: scope.to_owned(),
             act: None,
             purpose: None,
+            sid: None,
         }
     }
 
@@ -242,12 +251,25 @@ impl AuthServer {
         if client.is_none_or(|c| c.disabled) {
             return Err(TokenRejection::ClientGone);
         }
+        if let Some(family) = &claims.sid {
+            if self.grant_revoked(family)? {
+                return Err(TokenRejection::GrantRevoked);
+            }
+        }
         // Only a token exchange (RFC 8693 §4.1) sets `act`; every other token stops here.
         let lineage = match claims.act {
             None => None,
             Some(_) => Some(self.live_lineage(&claims.jti)?),
         };
         Ok((claims, lineage))
+    }
+
+    /// Whether the refresh-token family `family` was revoked. A family forgotten after it
+    /// expired is not revoked: it outlives every access token minted from it.
+    fn grant_revoked(&self, family: &str) -> Result<bool, TokenRejection> {
+        self.refresh_tokens
+            .refresh_family_revoked(family)
+            .map_err(|e| TokenRejection::Storage(e.to_string()))
     }
 
     /// The recorded lineage of the exchanged token `jti`, provided every ancestor is unrevoked
@@ -272,6 +294,11 @@ impl AuthServer {
                 .map_err(storage)?
             {
                 return Err(TokenRejection::SourceRevoked);
+            }
+            if let Some(family) = &ancestor.sid {
+                if self.grant_revoked(family)? {
+                    return Err(TokenRejection::SourceRevoked);
+                }
             }
             let client = self.clients.client(&ancestor.client_id).map_err(storage)?;
             if client.is_none_or(|c| c.disabled) {

@@ -13,6 +13,7 @@ use super::jws::Unverified;
 use super::{AuthServer, OAuthError, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::{AuthMethod, Client};
+use crate::untrusted::fingerprint;
 
 /// RFC 7523 §2.2 `client_assertion_type`.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -174,10 +175,10 @@ enum Audience {
 }
 
 impl Audience {
-    fn contains(&self, wanted: &str) -> bool {
+    fn any(&self, wanted: impl Fn(&str) -> bool) -> bool {
         match self {
-            Audience::One(a) => a == wanted,
-            Audience::Many(all) => all.iter().any(|a| a == wanted),
+            Audience::One(a) => wanted(a),
+            Audience::Many(all) => all.iter().any(|a| wanted(a)),
         }
     }
 }
@@ -222,7 +223,14 @@ impl AuthServer {
             let claimed =
                 claimed.or_else(|| unnamed_assertion.as_deref().and_then(claimed_assertion_sub));
             if let Some(id) = claimed {
-                event = event.client(id);
+                // A name that is no client may be a secret typed into the wrong field: keep
+                // only its fingerprint.
+                let known = self
+                    .clients
+                    .client(&id)
+                    .map_err(OAuthError::internal)?
+                    .is_some();
+                event = event.client(if known { id } else { fingerprint(&id) });
             }
             self.record(ctx, event).await?;
         }
@@ -235,9 +243,25 @@ impl AuthServer {
         allow_public: bool,
         ctx: &RequestCtx,
     ) -> Result<Arc<Client>, OAuthError> {
+        let by_header = matches!(presented, Presented::Basic { .. });
         match presented {
             Presented::Basic { client_id, secret } | Presented::Post { client_id, secret } => {
                 let client = self.active_client(&client_id)?;
+                // RFC 7591 §2: the client registered one method; the other is refused, so a
+                // secret meant for a header is never accepted from a body (or the reverse).
+                // A device on its factory secret is `client_secret_basic`.
+                let used = if by_header {
+                    AuthMethod::ClientSecretBasic
+                } else {
+                    AuthMethod::ClientSecretPost
+                };
+                if client.secret_hash.is_some() && client.auth_method != used {
+                    return Err(OAuthError::invalid_client(format!(
+                        "client {client_id} is registered for {} but used {}",
+                        client.auth_method.as_str(),
+                        used.as_str()
+                    )));
+                }
                 match &client.secret_hash {
                     Some(hash) if hash.matches(&secret) => Ok(client),
                     Some(_) => Err(OAuthError::invalid_client(format!(
@@ -280,7 +304,8 @@ impl AuthServer {
                 "client {client_id} is disabled"
             ))),
             None => Err(OAuthError::invalid_client(format!(
-                "unknown client {client_id}"
+                "unknown client {}",
+                fingerprint(client_id)
             ))),
         }
     }
@@ -294,7 +319,8 @@ impl AuthServer {
         assertion: &str,
         ctx: &RequestCtx,
     ) -> Result<Arc<Client>, OAuthError> {
-        let (mut client, by_pending_key) = self.verify_assertion(body_id, assertion, ctx.now)?;
+        let (mut client, by_pending_key) =
+            self.verify_assertion(body_id, assertion, ctx.endpoint.as_deref(), ctx.now)?;
         if by_pending_key {
             client = self.promote_pending_key(&client, ctx)?;
         }
@@ -313,7 +339,7 @@ impl AuthServer {
         assertion: &str,
         now: u64,
     ) -> Result<Arc<Client>, OAuthError> {
-        self.verify_assertion(body_id, assertion, now)
+        self.verify_assertion(body_id, assertion, None, now)
             .map(|(client, _)| client)
     }
 
@@ -323,6 +349,7 @@ impl AuthServer {
         &self,
         body_id: Option<&str>,
         assertion: &str,
+        endpoint: Option<&str>,
         now: u64,
     ) -> Result<(Arc<Client>, bool), OAuthError> {
         let jws = Unverified::parse(assertion)
@@ -381,11 +408,14 @@ impl AuthServer {
                 "client assertion iss is not the client_id",
             ));
         }
-        if !claims
-            .aud
-            .as_ref()
-            .is_some_and(|a| a.contains(&s.token_endpoint) || a.contains(&s.issuer))
-        {
+        // RFC 7523 §3: the token endpoint's URL identifies us; so do the issuer (RFC 8414) and
+        // the URL of the endpoint being called, which stock libraries send (Authlib does).
+        let names_us = |aud: &str| {
+            aud == s.token_endpoint
+                || aud == s.issuer
+                || endpoint.is_some_and(|path| aud.strip_prefix(s.issuer.as_str()) == Some(path))
+        };
+        if !claims.aud.as_ref().is_some_and(|a| a.any(names_us)) {
             return Err(OAuthError::invalid_client(
                 "client assertion aud does not name this server",
             ));

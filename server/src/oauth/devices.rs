@@ -14,7 +14,7 @@ use crate::secret::{random_id, Secret};
 use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::{AuthMethod, Client, Deletion, Device, KeyAlg};
 
-/// Scopes a device gets when its registration names none.
+/// The default `device_scopes`: the scopes any device may hold.
 pub const DEFAULT_DEVICE_SCOPES: [&str; 1] = ["device"];
 
 /// `POST /admin/devices` body.
@@ -27,7 +27,8 @@ pub struct DeviceRegistration {
     pub model: String,
     /// Lowercase hex SHA-256 of the EK's SubjectPublicKeyInfo DER.
     pub ek_fingerprint: String,
-    /// Scopes the device may be granted; default `["device"]`.
+    /// Scopes the device may be granted, all within the server's `device_scopes`; default: all
+    /// of `device_scopes`.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
 }
@@ -128,12 +129,25 @@ impl AuthServer {
         if !valid_fingerprint(&ek_fingerprint) {
             return Err(bad("ek_fingerprint must be 64 hex digits (SHA-256)"));
         }
+        let allowed = &self.settings.device_scopes;
         let scopes = match req.scopes {
-            None => DEFAULT_DEVICE_SCOPES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            Some(list) => scope::parse(&list.join(" ")).map_err(|_| bad("malformed scopes"))?,
+            None => allowed.clone(),
+            Some(list) => {
+                let list = scope::parse(&list.join(" "))?;
+                // A station must not mint a device that holds more than a device may: the
+                // factory secret it receives would otherwise get those scopes (an admin scope
+                // asked for here made a station an administrator).
+                if let Some(extra) = list.iter().find(|s| !allowed.contains(s)) {
+                    return Err(OAuthError::InvalidScope(
+                        format!(
+                            "scope {} is not one of the server's device_scopes",
+                            crate::untrusted::clip(extra)
+                        )
+                        .into(),
+                    ));
+                }
+                list
+            }
         };
         let client_id = random_id(16);
         let secret = Secret::generate();
@@ -202,6 +216,34 @@ impl AuthServer {
                 })
             }
         }
+    }
+
+    /// The scopes `client` may be granted now: its registration's, and for a device only those
+    /// also in the server's `device_scopes`, so a device registered with more (before the set
+    /// was enforced, or before it shrank) loses the rest at its next token request. The device
+    /// registry is consulted only when the client holds a scope outside the set.
+    pub fn allowed_scopes<'c>(
+        &self,
+        client: &'c Client,
+    ) -> Result<std::borrow::Cow<'c, [String]>, OAuthError> {
+        let set = &self.settings.device_scopes;
+        if client.scopes.iter().all(|s| set.contains(s))
+            || self
+                .devices
+                .device(&client.client_id)
+                .map_err(OAuthError::internal)?
+                .is_none()
+        {
+            return Ok(std::borrow::Cow::Borrowed(&client.scopes));
+        }
+        Ok(std::borrow::Cow::Owned(
+            client
+                .scopes
+                .iter()
+                .filter(|s| set.contains(s))
+                .cloned()
+                .collect(),
+        ))
     }
 
     /// A device by client_id, as shown to operators.

@@ -51,6 +51,8 @@ pub struct Settings {
     pub max_assertion_lifetime: u64,
     /// Most nested `act` levels a token exchange may produce (RFC 8693 §4.1).
     pub max_delegation_depth: usize,
+    /// The scopes any device may hold (`device_scopes`); never an admin scope.
+    pub device_scopes: Vec<String>,
     /// The device authorization grant, refresh tokens and the verification page.
     pub device: device_flow::DeviceSettings,
 }
@@ -66,8 +68,12 @@ impl Settings {
             issuer,
             access_token_ttl: 300,
             clock_skew: 30,
-            max_assertion_lifetime: 300,
+            max_assertion_lifetime: crate::config::DEFAULT_MAX_ASSERTION_LIFETIME,
             max_delegation_depth: crate::config::DEFAULT_MAX_DELEGATION_DEPTH,
+            device_scopes: devices::DEFAULT_DEVICE_SCOPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -110,6 +116,9 @@ pub struct RequestCtx {
     pub request_id: String,
     /// Peer address, when known.
     pub source: Option<std::net::IpAddr>,
+    /// The path of the endpoint called (`/oauth2/introspect`), when served over HTTP: a client
+    /// assertion may name that endpoint's URL as its `aud` (RFC 7523 §3).
+    pub endpoint: Option<String>,
 }
 
 impl RequestCtx {
@@ -119,6 +128,7 @@ impl RequestCtx {
             now,
             request_id: crate::secret::random_id(9),
             source: None,
+            endpoint: None,
         }
     }
 }
@@ -130,8 +140,23 @@ impl AuthServer {
         self.commit.commit().await.map_err(OAuthError::internal)
     }
 
-    /// Append without waiting; the caller commits before it answers.
+    /// Append without waiting; the caller commits before it answers. Every field that may hold
+    /// a value from a request is clipped here ([`crate::untrusted`]), whoever built the event.
     pub fn append_audit(&self, ctx: &RequestCtx, mut event: AuditEvent) -> Result<(), OAuthError> {
+        use crate::untrusted::{clip, clip_to, MAX_REASON_CHARS};
+        for value in [&mut event.actor, &mut event.subject, &mut event.client]
+            .into_iter()
+            .flatten()
+        {
+            if let std::borrow::Cow::Owned(clipped) = clip(value) {
+                *value = clipped;
+            }
+        }
+        if let Some(reason) = &mut event.reason {
+            if let std::borrow::Cow::Owned(clipped) = clip_to(reason, MAX_REASON_CHARS) {
+                *reason = clipped;
+            }
+        }
         self.metrics.observe_event(&event);
         event.request_id = Some(ctx.request_id.clone());
         event.source = ctx.source.map(|ip| ip.to_string());

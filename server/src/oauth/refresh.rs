@@ -12,16 +12,18 @@ use crate::store::grants::{RefreshToken, Rotation, TokenHash};
 impl AuthServer {
     /// Issue the first refresh token of a new family, for a fresh grant. The write is durable at
     /// the caller's next commit.
+    /// Returns the token and its family, the `sid` of the grant's access tokens.
     pub(super) fn start_refresh_family(
         &self,
         client_id: &str,
         sub: &str,
         scope: &str,
         now: u64,
-    ) -> Result<String, OAuthError> {
+    ) -> Result<(String, String), OAuthError> {
         let token = Secret::generate();
+        let family = random_id(16);
         let record = RefreshToken {
-            family: random_id(16),
+            family: family.clone(),
             client_id: client_id.to_owned(),
             sub: sub.to_owned(),
             scope: scope.to_owned(),
@@ -32,7 +34,7 @@ impl AuthServer {
         self.refresh_tokens
             .insert_refresh_token(&TokenHash::of(token.expose()), &record)
             .map_err(OAuthError::internal)?;
-        Ok(token.expose().to_owned())
+        Ok((token.expose().to_owned(), family))
     }
 
     /// RFC 6749 §6: exchange a refresh token for a new access token and a new refresh token.
@@ -89,10 +91,13 @@ impl AuthServer {
                 "the user of this refresh token is gone or disabled",
             ));
         }
+        // What the client may hold now bounds the family too: a device whose scopes shrank
+        // since the grant refreshes only what is left.
+        let allowed = self.allowed_scopes(&client)?;
         let original: Vec<String> = current
             .scope
             .split(' ')
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && allowed.iter().any(|a| a == s))
             .map(str::to_owned)
             .collect();
         // §6: the new scope may narrow the original, never widen it.
@@ -132,8 +137,9 @@ impl AuthServer {
             Rotation::FamilyRevoked => return Err(invalid("refresh token was revoked")),
             _ => return Err(invalid("unknown refresh token")),
         }
-        let (access_token, claims) =
-            self.mint_access_token(&current.sub, &client.client_id, &granted, ctx.now);
+        let mut claims = self.access_claims(&current.sub, &client.client_id, &granted, ctx.now);
+        claims.sid = Some(current.family.clone());
+        let access_token = self.sign_access_token(&claims);
         let event = issued_event(grant::REFRESH_TOKEN, &claims);
         let event = AuditEvent {
             reason: event

@@ -188,6 +188,10 @@ pub fn client_from_metadata(
         // RFC 6749 §4.4: the client credentials grant is for confidential clients only.
         return Err(bad("a public client cannot use client_credentials"));
     }
+    if auth_method == AuthMethod::None && grant_types.iter().any(|g| g == grant::TOKEN_EXCHANGE) {
+        // RFC 8693 §2.1 / §5: the exchanging party acts for others; it must authenticate.
+        return Err(bad("a public client cannot use token exchange"));
+    }
     let scopes = match meta.scope.as_deref() {
         None => Vec::new(),
         Some(s) => scope::parse(s).map_err(|_| bad("malformed scope"))?,

@@ -11,14 +11,33 @@ pub fn is_scope_token(token: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
-/// Parse a scope parameter into its tokens, in order, without repeats.
+/// Most scope-tokens one scope parameter may name. Real requests name a handful; the bound keeps
+/// the work per request small whatever a client sends.
+pub const MAX_SCOPE_TOKENS: usize = 64;
+/// Longest scope-token accepted, in bytes.
+pub const MAX_SCOPE_TOKEN_LEN: usize = 128;
+
+/// Parse a scope parameter into its tokens, in order, without repeats. At most
+/// [`MAX_SCOPE_TOKENS`] tokens of at most [`MAX_SCOPE_TOKEN_LEN`] bytes each; linear in the
+/// input's length.
 pub fn parse(scope: &str) -> Result<Vec<String>, OAuthError> {
     let mut out: Vec<String> = Vec::new();
-    for token in scope.split(' ') {
+    let mut seen = std::collections::HashSet::new();
+    for (n, token) in scope.split(' ').enumerate() {
+        if n >= MAX_SCOPE_TOKENS {
+            return Err(OAuthError::InvalidScope(
+                format!("more than {MAX_SCOPE_TOKENS} scopes").into(),
+            ));
+        }
+        if token.len() > MAX_SCOPE_TOKEN_LEN {
+            return Err(OAuthError::InvalidScope(
+                format!("a scope is longer than {MAX_SCOPE_TOKEN_LEN} characters").into(),
+            ));
+        }
         if !is_scope_token(token) {
             return Err(OAuthError::InvalidScope("malformed scope".into()));
         }
-        if !out.iter().any(|t| t == token) {
+        if seen.insert(token) {
             out.push(token.to_owned());
         }
     }
@@ -62,6 +81,20 @@ mod tests {
             grant(Some("a c"), &allowed()),
             Err(OAuthError::InvalidScope(_))
         ));
+    }
+
+    #[test]
+    fn huge_scopes_are_refused_quickly() {
+        // 10,500 distinct tokens (62 KB): quadratic dedup took seconds per request.
+        let many: Vec<String> = (0..10_500).map(|i| format!("s{i}")).collect();
+        assert!(matches!(
+            parse(&many.join(" ")),
+            Err(OAuthError::InvalidScope(_))
+        ));
+        let at_limit: Vec<String> = (0..MAX_SCOPE_TOKENS).map(|i| format!("s{i}")).collect();
+        assert_eq!(parse(&at_limit.join(" ")).unwrap().len(), MAX_SCOPE_TOKENS);
+        assert!(parse(&"a".repeat(MAX_SCOPE_TOKEN_LEN)).is_ok());
+        assert!(parse(&"a".repeat(MAX_SCOPE_TOKEN_LEN + 1)).is_err());
     }
 
     #[test]

@@ -72,7 +72,8 @@ impl AuthServer {
                 "client is not registered for client_credentials".into(),
             ));
         }
-        let granted = scope::grant(form.get("scope"), &client.scopes)?.join(" ");
+        let allowed = self.allowed_scopes(&client)?;
+        let granted = scope::grant(form.get("scope"), &allowed)?.join(" ");
         let purpose = token_exchange::purpose(form)?;
         let mut claims =
             self.access_claims(&client.client_id, &client.client_id, &granted, ctx.now);
@@ -141,10 +142,8 @@ impl AuthServer {
     ) -> Result<(), OAuthError> {
         let caller = self.authenticate(presented, true, ctx).await?;
         let token = form.require("token")?;
-        match form.get("token_type_hint") {
-            None | Some("access_token") | Some("refresh_token") => {}
-            Some(_) => return Err(OAuthError::UnsupportedTokenType),
-        }
+        // RFC 7009 §2.2.1: the hint only speeds up the lookup; an unknown hint is ignored and
+        // every type is searched, so a token is never left valid because of a hint.
         let claims = match self.validate_access_token(token, ctx.now) {
             Ok(c) => c,
             Err(super::access_token::TokenRejection::Storage(e)) => {

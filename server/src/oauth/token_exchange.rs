@@ -250,7 +250,8 @@ impl AuthServer {
             return Err(invalid("delegation chain too deep".into()));
         }
 
-        let granted = narrowed_scope(form.get("scope"), &subject, &client.scopes)?;
+        let allowed = self.allowed_scopes(client)?;
+        let granted = narrowed_scope(form.get("scope"), &subject, &allowed)?;
 
         // A purpose narrows what a token is for; an exchange may keep it, never change it.
         if let (Some(held), Some(asked)) = (&subject.purpose, &purpose_param) {
@@ -320,11 +321,13 @@ fn lineage(
     ancestors.push(Ancestor {
         jti: subject.jti.clone(),
         client_id: subject.client_id.clone(),
+        sid: subject.sid.clone(),
     });
     if let Some(actor) = actor {
         ancestors.push(Ancestor {
             jti: actor.jti.clone(),
             client_id: actor.client_id.clone(),
+            sid: actor.sid.clone(),
         });
     }
     ancestors.extend(prior);
@@ -379,6 +382,7 @@ mod tests {
             scope: scope.into(),
             act,
             purpose: None,
+            sid: None,
         }
     }
 
@@ -413,6 +417,7 @@ mod tests {
         let ancestor = |jti: &str, client_id: &str| Ancestor {
             jti: jti.into(),
             client_id: client_id.into(),
+            sid: None,
         };
         let mut subject = claims("a", None);
         subject.jti = "s".into();

@@ -167,6 +167,8 @@ pub trait RefreshTokenStore: Send + Sync {
         next_record: &RefreshToken,
         now: u64,
     ) -> Result<Rotation, StoreError>;
+    /// Whether the family was revoked (false for a family unknown or forgotten).
+    fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError>;
     /// Revoke a whole family. False if there is no such family.
     fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError>;
     /// Drop tokens and families that expired before `now`.

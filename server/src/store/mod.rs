@@ -128,6 +128,9 @@ pub struct Ancestor {
     pub jti: String,
     /// The client it was issued to.
     pub client_id: String,
+    /// Its `sid`: the refresh-token family it came from, whose revocation ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// The append-only, hash-chained audit log.

@@ -165,7 +165,8 @@ impl AuthServer {
                 "client is not registered for the device_code grant".into(),
             ));
         }
-        let granted = scope::grant(form.get("scope"), &client.scopes)?;
+        let allowed = self.allowed_scopes(&client)?;
+        let granted = scope::grant(form.get("scope"), &allowed)?;
         let s = &self.settings.device;
         let device_code = Secret::generate();
         let hash = TokenHash::of(device_code.expose());
@@ -252,10 +253,11 @@ impl AuthServer {
             }
         };
         let granted = stored.scope.join(" ");
-        let (access_token, claims) =
-            self.mint_access_token(&user, &client.client_id, &granted, ctx.now);
-        let refresh_token =
+        let (refresh_token, family) =
             self.start_refresh_family(&client.client_id, &user, &granted, ctx.now)?;
+        let mut claims = self.access_claims(&user, &client.client_id, &granted, ctx.now);
+        claims.sid = Some(family);
+        let access_token = self.sign_access_token(&claims);
         // record() commits: the spent device code, the refresh token and the audit entry are
         // durable together before the tokens leave.
         self.record(ctx, issued_event(grant::DEVICE_CODE, &claims))

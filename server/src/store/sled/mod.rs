@@ -8,6 +8,7 @@ mod users;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -68,7 +69,18 @@ pub struct SledStore {
     web_sessions: sled::Tree,
     /// Decoded clients, so the hot path neither reads nor parses a record per request.
     client_cache: RwLock<HashMap<String, Arc<Client>>>,
+    /// Bumped, under the cache's write lock, by every invalidation. A lookup that missed the
+    /// cache fills it only if no invalidation happened since before it read the record: a
+    /// record read just before an update must not be cached after the update cleared it.
+    cache_generation: AtomicU64,
+    /// Test hook run between a cache miss's read and its fill, to force that interleaving.
+    #[cfg(test)]
+    fill_hook: std::sync::Mutex<Option<FillHook>>,
 }
+
+/// See [`SledStore::fill_hook`].
+#[cfg(test)]
+type FillHook = Box<dyn FnMut(&SledStore) + Send>;
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,6 +130,9 @@ impl SledStore {
             web_sessions: tree("web_sessions")?,
             db,
             client_cache: RwLock::new(HashMap::new()),
+            cache_generation: AtomicU64::new(0),
+            #[cfg(test)]
+            fill_hook: std::sync::Mutex::new(None),
         })
     }
 
@@ -134,9 +149,10 @@ impl SledStore {
     }
 
     fn forget_cached(&self, client_id: &str) {
-        if let Ok(mut cache) = self.client_cache.write() {
-            cache.remove(client_id);
-        }
+        // A poisoned lock only means a reader panicked; the map itself is intact.
+        let mut cache = self.client_cache.write().unwrap_or_else(|p| p.into_inner());
+        self.cache_generation.fetch_add(1, Ordering::SeqCst);
+        cache.remove(client_id);
     }
 }
 
@@ -150,6 +166,7 @@ impl ClientStore for SledStore {
         {
             return Ok(Some(hit));
         }
+        let generation = self.cache_generation.load(Ordering::SeqCst);
         let Some(bytes) = self
             .clients
             .get(client_id)
@@ -161,8 +178,22 @@ impl ClientStore for SledStore {
             return Ok(None);
         };
         let client = Arc::new(from_json::<Client>(&bytes, "client")?);
+        #[cfg(test)]
+        {
+            let hook = self
+                .fill_hook
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(mut hook) = hook {
+                hook(self);
+            }
+        }
         if let Ok(mut cache) = self.client_cache.write() {
-            cache.insert(client_id.to_owned(), client.clone());
+            // Checked under the lock every invalidation takes: no update can slip in between.
+            if self.cache_generation.load(Ordering::SeqCst) == generation {
+                cache.insert(client_id.to_owned(), client.clone());
+            }
         }
         Ok(Some(client))
     }
@@ -391,6 +422,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_racing_an_update_never_caches_the_old_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.insert_new_client(&client("dev")).unwrap());
+        // The lookup misses the cache and reads the live record; before it fills the cache,
+        // an operator disables the client.
+        *store.fill_hook.lock().unwrap() = Some(Box::new(|s: &SledStore| {
+            s.update_client("dev", &mut |c| {
+                c.disabled = true;
+                true
+            })
+            .unwrap();
+        }));
+        let raced = store.client("dev").unwrap().unwrap();
+        assert!(
+            !raced.disabled,
+            "the racing lookup read the record before the update"
+        );
+        // Every later lookup sees the update: the stale record was not cached.
+        assert!(store.client("dev").unwrap().unwrap().disabled);
+        assert!(store.client("dev").unwrap().unwrap().disabled);
+    }
+
+    #[test]
     fn assertion_jti_is_accepted_once_per_client() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
@@ -418,6 +473,7 @@ mod tests {
                 .map(|(jti, client_id)| crate::store::Ancestor {
                     jti: (*jti).into(),
                     client_id: (*client_id).into(),
+                    sid: None,
                 })
                 .collect(),
         }

@@ -154,6 +154,22 @@ impl RefreshTokenStore for SledStore {
         }))
     }
 
+    fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        let Some(bytes) = self
+            .refresh_tokens
+            .get(family_key(family))
+            .map_err(read_err)?
+        else {
+            return Ok(false);
+        };
+        let f: RefreshFamily =
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
+                what: "refresh token",
+                source,
+            })?;
+        Ok(f.revoked_at.is_some())
+    }
+
     fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError> {
         let fkey = family_key(family);
         tx_result(self.refresh_tokens.transaction(|tx| {
