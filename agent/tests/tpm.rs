@@ -344,3 +344,26 @@ fn foreign_object_at_a_hallmark_handle_is_reported_not_overwritten() {
         assert!(err.to_string().contains("0x81000010"), "{err}");
     }
 }
+
+#[test]
+fn key_public_area_is_the_tpm2b_public_the_tpm_names() {
+    let sim = Swtpm::temp_manufactured().unwrap();
+    let mut tpm = Tpm::open(&sim.tcti()).unwrap();
+    let empty = tpm.key_public_area(KeySlot::B).unwrap_err();
+    assert!(
+        matches!(empty, TpmError::SlotEmpty { slot: KeySlot::B }),
+        "{empty}"
+    );
+    tpm.create_device_key(KeySlot::B).unwrap();
+    let area = tpm.key_public_area(KeySlot::B).unwrap();
+    // TPM2B_PUBLIC: a big-endian u16 size, then exactly that many bytes of TPMT_PUBLIC,
+    // starting with type TPM_ALG_ECC (0x0023) and nameAlg TPM_ALG_SHA256 (0x000B).
+    let size = usize::from(u16::from_be_bytes([area[0], area[1]]));
+    assert_eq!(size, area.len() - 2);
+    assert_eq!(&area[2..6], &[0x00, 0x23, 0x00, 0x0B]);
+    // The TPM's Name of the key is nameAlg || SHA-256(TPMT_PUBLIC) over these very bytes
+    // (TPM 2.0 Part 1 §16).
+    let mut name = vec![0x00, 0x0B];
+    name.extend_from_slice(&Sha256::digest(&area[2..]));
+    assert_eq!(tpm.key_name(KeySlot::B).unwrap(), name);
+}

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod accounts;
+pub mod attest;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -11,7 +11,7 @@
 use sha2::{Digest as _, Sha256};
 use tss_esapi::abstraction::ek::{create_ek_public_from_default_template, retrieve_ek_pubcert};
 use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
-use tss_esapi::handles::ObjectHandle;
+use tss_esapi::handles::{KeyHandle, ObjectHandle};
 use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -57,33 +57,76 @@ impl EndorsementKey {
     }
 }
 
+/// The RSA EK loaded for use: the persistent object at 0x81010001, or a transient copy
+/// recreated from the endorsement seed. Give it back with [`Tpm::release_ek`].
+pub(crate) enum LoadedEk {
+    /// ESAPI's record of the persistent EK; closed, not flushed, after use.
+    Persistent(ObjectHandle),
+    /// A transient EK made by TPM2_CreatePrimary; flushed after use (swtpm has three object
+    /// slots).
+    Transient(KeyHandle),
+}
+
+impl LoadedEk {
+    /// The handle to pass to TPM commands.
+    pub(crate) fn key_handle(&self) -> KeyHandle {
+        match self {
+            LoadedEk::Persistent(object) => KeyHandle::from(*object),
+            LoadedEk::Transient(key) => *key,
+        }
+    }
+}
+
 impl Tpm {
     /// Reads the endorsement key's public part and its certificate.
     pub fn endorsement_key(&mut self) -> Result<EndorsementKey, TpmError> {
-        let template = create_ek_public_from_default_template(AsymmetricAlgorithm::Rsa, None)
-            .map_err(|source| TpmError::Structure {
-                what: "EK template",
-                source,
-            })?;
-        let public = match self.open_persistent(EK_HANDLE_RSA)? {
-            Some((object, public)) if templates::matches(&public, &template) => {
-                self.close(object);
-                public
-            }
-            other => {
-                if let Some((object, _)) = other {
-                    self.close(object);
-                }
-                self.create_ek(template)?
-            }
-        };
+        let (ek, public) = self.load_ek()?;
+        self.release_ek(ek);
         Ok(EndorsementKey {
             spki_der: spki(&public)?,
             certificate: self.ek_certificate()?,
         })
     }
 
-    fn create_ek(&mut self, template: Public) -> Result<Public, TpmError> {
+    /// Loads the RSA EK and returns it with its public area: the persistent one at
+    /// 0x81010001 when it was made from the default template, else a transient one recreated
+    /// from that template (same seed and template, same key: Part 1 §27.4). The caller gives
+    /// it back with [`Tpm::release_ek`], on every path.
+    pub(crate) fn load_ek(&mut self) -> Result<(LoadedEk, Public), TpmError> {
+        let template = create_ek_public_from_default_template(AsymmetricAlgorithm::Rsa, None)
+            .map_err(|source| TpmError::Structure {
+                what: "EK template",
+                source,
+            })?;
+        match self.open_persistent(EK_HANDLE_RSA)? {
+            Some((object, public)) if templates::matches(&public, &template) => {
+                Ok((LoadedEk::Persistent(object), public))
+            }
+            other => {
+                if let Some((object, _)) = other {
+                    self.close(object);
+                }
+                let (key, public) = self.create_ek(template)?;
+                Ok((LoadedEk::Transient(key), public))
+            }
+        }
+    }
+
+    /// Releases an EK from [`Tpm::load_ek`]: flushes a transient one, closes ESAPI's record of
+    /// a persistent one.
+    pub(crate) fn release_ek(&mut self, ek: LoadedEk) {
+        match ek {
+            LoadedEk::Persistent(object) => self.close(object),
+            LoadedEk::Transient(key) => {
+                // A failed flush leaves an object that `flush_stale` reclaims at the next open.
+                let _ = self
+                    .ctx
+                    .execute_without_session(|ctx| ctx.flush_context(ObjectHandle::from(key)));
+            }
+        }
+    }
+
+    fn create_ek(&mut self, template: Public) -> Result<(KeyHandle, Public), TpmError> {
         let created = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
@@ -94,10 +137,7 @@ impl Tpm {
                     source,
                 }),
             )?;
-        let _ = self.ctx.execute_without_session(|ctx| {
-            ctx.flush_context(ObjectHandle::from(created.key_handle))
-        });
-        Ok(created.out_public)
+        Ok((created.key_handle, created.out_public))
     }
 
     fn ek_certificate(&mut self) -> Result<Option<Vec<u8>>, TpmError> {

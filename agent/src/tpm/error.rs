@@ -219,6 +219,35 @@ pub enum TpmError {
         /// The TSS error.
         source: tss_esapi::Error,
     },
+    /// The TPM refused to activate a credential: the challenge's integrity check failed or
+    /// its seed did not decrypt (Part 3 §12.5: TPM_RC_INTEGRITY, TPM_RC_VALUE, TPM_RC_SIZE on
+    /// credentialBlob or secret; libtpms says TPM_RC_FAILURE for a seed that does not decrypt
+    /// and stays healthy). It was made for another key or another TPM's EK, or altered.
+    #[error(
+        "the TPM could not activate the credential for the key in slot {slot}: integrity check \
+         failed (the challenge was made for another key or another TPM, or was altered)"
+    )]
+    CredentialRejected {
+        /// The slot of the key the credential was to be activated for.
+        slot: KeySlot,
+    },
+    /// TPM2_ActivateCredential failed for another reason.
+    #[error("cannot activate a credential with the device key in slot {slot}")]
+    ActivateCredential {
+        /// The slot.
+        slot: KeySlot,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
+    /// TPM2_PolicySecret with the endorsement hierarchy failed, so the EK cannot be used.
+    #[error(
+        "the TPM refused to authorize use of the endorsement key (TPM2_PolicySecret with the \
+         endorsement hierarchy, whose auth value Hallmark needs empty)"
+    )]
+    EndorsementPolicy {
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
     /// A TSS structure could not be built or converted (a bug, or a TPM answer out of range).
     #[error("cannot build a TPM structure: {what}")]
     Structure {
@@ -298,6 +327,31 @@ pub(crate) fn is_bad_auth(err: &tss_esapi::Error) -> bool {
     }
 }
 
+/// Whether `err` is the TPM refusing a credential challenge itself: a format-one error on
+/// parameter 1 (credentialBlob) or 2 (secret) of TPM2_ActivateCredential (Part 2 §6.6.3:
+/// bit 7 format one, bit 6 parameter, bits 8–11 its number).
+pub(crate) fn is_credential_rejected(err: &tss_esapi::Error) -> bool {
+    let tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) = err else {
+        return false;
+    };
+    let raw = rc.0;
+    let is_parameter = raw & 0x040 != 0;
+    let number = (raw >> 8) & 0xf;
+    layer(Tss2ResponseCode::FormatOne(*rc)) == TPM_LAYER
+        && is_parameter
+        && (number == 1 || number == 2)
+}
+
+/// Whether `err` is the TPM's own TPM_RC_FAILURE (Part 2 §6.6.2: format zero, 0x101).
+pub(crate) fn is_tpm_failure(err: &tss_esapi::Error) -> bool {
+    match err {
+        tss_esapi::Error::Tss2Error(code) => {
+            layer(*code) == TPM_LAYER && code.kind() == Some(Tss2ResponseCodeKind::Failure)
+        }
+        tss_esapi::Error::WrapperError(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +385,15 @@ mod tests {
         assert!(!is_missing_handle(&tss(0x0007_018b)));
         let signing = diagnose("t", "sign", tss(0x1df), other);
         assert!(matches!(signing, TpmError::Sign { .. }));
+        // TPM_RC_INTEGRITY on parameter 1 and TPM_RC_VALUE on parameter 2 are a refused
+        // credential; the same on a handle, or from the ESAPI layer, are not.
+        assert!(is_credential_rejected(&tss(0x1df)));
+        assert!(is_credential_rejected(&tss(0x2c4)));
+        assert!(!is_credential_rejected(&tss(0x19f)));
+        assert!(!is_credential_rejected(&tss(0x0007_01df)));
+        assert!(!is_credential_rejected(&tss(0x3c4)));
+        // TPM_RC_FAILURE (RC_VER1 + 0x001), not the same code from another layer.
+        assert!(is_tpm_failure(&tss(0x101)));
+        assert!(!is_tpm_failure(&tss(0x0007_0101)));
     }
 }

@@ -12,8 +12,10 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Digest, HashScheme, HashcheckTicket, MaxBuffer, Public, Signature, SignatureScheme,
+    Digest, HashScheme, HashcheckTicket, MaxBuffer, Name, Public, PublicBuffer, Signature,
+    SignatureScheme,
 };
+use tss_esapi::traits::Marshall as _;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
 use super::{templates, KeySlot, Tpm, TpmError};
@@ -202,6 +204,48 @@ impl Tpm {
         DeviceKey::from_public(slot, &public).map(Some)
     }
 
+    /// The marshalled TPM2B_PUBLIC (TPM 2.0 Part 2 §12.2.5: big-endian u16 size, then the
+    /// TPMT_PUBLIC) of the key in `slot`, as TPM2_ReadPublic returns it: what the server
+    /// vets and names for credential activation.
+    pub fn key_public_area(&mut self, slot: KeySlot) -> Result<Vec<u8>, TpmError> {
+        let (public, _) = self.read_device_key(slot)?;
+        let buffer = PublicBuffer::try_from(public).map_err(|source| TpmError::Structure {
+            what: "TPM2B_PUBLIC of a device key",
+            source,
+        })?;
+        buffer.marshall().map_err(|source| TpmError::Structure {
+            what: "TPM2B_PUBLIC of a device key",
+            source,
+        })
+    }
+
+    /// The Name of the key in `slot` as the TPM computes it (TPM 2.0 Part 1 §16: nameAlg ||
+    /// H(TPMT_PUBLIC)), from TPM2_ReadPublic.
+    pub fn key_name(&mut self, slot: KeySlot) -> Result<Vec<u8>, TpmError> {
+        let (_, name) = self.read_device_key(slot)?;
+        Ok(name.value().to_vec())
+    }
+
+    /// Reads the public area and Name of the Hallmark device key in `slot`.
+    fn read_device_key(&mut self, slot: KeySlot) -> Result<(Public, Name), TpmError> {
+        let Some((object, public)) = self.open_persistent(slot.handle())? else {
+            return Err(TpmError::SlotEmpty { slot });
+        };
+        let read = self
+            .ctx
+            .execute_without_session(|ctx| ctx.read_public(KeyHandle::from(object)));
+        self.close(object);
+        check_device_key(slot, &public)?;
+        let (public, name, _) =
+            read.map_err(
+                self.fail("read a device key", |source| TpmError::ReadPublic {
+                    handle: slot.handle(),
+                    source,
+                }),
+            )?;
+        Ok((public, name))
+    }
+
     /// Erases the key in `slot`; erasing an empty slot succeeds.
     pub fn erase_device_key(&mut self, slot: KeySlot) -> Result<(), TpmError> {
         let Some((object, public)) = self.open_persistent(slot.handle())? else {
@@ -283,7 +327,7 @@ impl Tpm {
 }
 
 /// Refuses to treat anything but a Hallmark device key as one.
-fn check_device_key(slot: KeySlot, public: &Public) -> Result<(), TpmError> {
+pub(crate) fn check_device_key(slot: KeySlot, public: &Public) -> Result<(), TpmError> {
     let template = templates::device_key()?;
     let is_p256 = matches!(
         public,

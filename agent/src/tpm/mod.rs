@@ -16,6 +16,7 @@
 //! only ciphertext. Every object Hallmark creates is `noDA`: a bug cannot push the TPM into
 //! dictionary-attack lockout.
 
+mod activate;
 mod der;
 mod ek;
 mod error;
