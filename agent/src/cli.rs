@@ -147,6 +147,12 @@ fn status(
     writeln!(out, "credential: {credential}")?;
     if let Some(kid) = kid {
         writeln!(out, "kid:        {kid}")?;
+        let attestation = match status.key_attestation {
+            "attested" => "attested (the server proved by credential activation that the key is in this TPM)",
+            "unattested" => "unattested (the server accepted the key without proof that it is in this TPM)",
+            _ => "unknown (not recorded on this device)",
+        };
+        writeln!(out, "key:        {attestation}")?;
     }
     if let Some(at) = status.key_created_at {
         writeln!(out, "key made:   {}", date(at))?;

@@ -166,6 +166,10 @@ pub struct Status {
     /// next look). `None` when nothing is scheduled (`rekey_interval_days` 0, no key yet, or a
     /// key whose age the next start records). During an interrupted rekey: now.
     pub next_rekey_at: Option<i64>,
+    /// What the server said of the key's attestation when it accepted it: `attested` (proven
+    /// by credential activation to live in this TPM), `unattested` (accepted without that
+    /// proof), or `unknown` (no key yet, a server that does not say, or not recorded here).
+    pub key_attestation: &'static str,
 }
 
 /// Hook called with every [`Event`].

@@ -12,6 +12,8 @@ use serde::Serialize;
 
 /// File holding the rotation state (JSON).
 pub const ROTATION_FILE: &str = "rotation.json";
+/// File holding what the server said of the current key's attestation (JSON).
+pub const ATTESTATION_FILE: &str = "attestation.json";
 /// File holding the refresh token sealed by the TPM (a `SealedBlob`).
 pub const REFRESH_FILE: &str = "refresh_token.sealed";
 

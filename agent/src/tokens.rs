@@ -277,10 +277,16 @@ impl Agent {
             (false, Some(_)) => "key",
             (false, None) => "none",
         };
-        let jwk = match slot {
-            Some(s) => Some(self.device_key(s)?.jwk_json()),
+        let key = match slot {
+            Some(s) => Some(self.device_key(s)?),
             None => None,
         };
+        let key_attestation = match key.as_ref().and_then(|k| self.key_attestation(&k.kid)) {
+            Some(true) => "attested",
+            Some(false) => "unattested",
+            None => "unknown",
+        };
+        let jwk = key.map(|k| k.jwk_json());
         let refresh_token_stored = self
             .state
             .read(REFRESH_FILE)
@@ -307,6 +313,7 @@ impl Agent {
             refresh_token_stored,
             key_created_at,
             next_rekey_at,
+            key_attestation,
         })
     }
 

@@ -169,6 +169,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub device_scopes: Vec<String>,
+    /// Whether a device's new key must prove it lives in the device's TPM: required or off
+    /// (default required).
+    #[arg(long, env = "HALLMARK_ATTESTATION", value_name = "required|off")]
+    pub attestation: Option<String>,
+    /// PEM bundle of TPM manufacturers' CA certificates EK certificates must chain to; when
+    /// set, every device registration must carry an EK certificate.
+    #[arg(long, env = "HALLMARK_EK_ROOTS", value_name = "PEM")]
+    pub ek_roots: Option<PathBuf>,
     /// Device flow, refresh token and verification-page settings.
     #[command(flatten)]
     pub device_flow: Box<DeviceFlowArgs>,
@@ -196,6 +204,8 @@ impl ServeArgs {
             trusted_proxies: (!self.trusted_proxies.is_empty())
                 .then(|| self.trusted_proxies.clone()),
             device_scopes: (!self.device_scopes.is_empty()).then(|| self.device_scopes.clone()),
+            attestation: self.attestation.clone(),
+            ek_roots: self.ek_roots.clone(),
             device_code_expires_in: self.device_flow.device_code_expires_in,
             device_poll_interval: self.device_flow.device_poll_interval,
             refresh_token_ttl: self.device_flow.refresh_token_ttl,

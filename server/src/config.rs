@@ -77,6 +77,13 @@ pub struct ConfigLayer {
     /// Reverse proxies whose `X-Forwarded-For` names the client: IP addresses and CIDR blocks.
     /// Default none: the header is ignored and the TCP peer is the client.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Whether a device's new key must prove it lives in the device's TPM (credential
+    /// activation): `required` or `off`. Default `required`.
+    pub attestation: Option<String>,
+    /// A PEM bundle of the TPM manufacturers' CA certificates (root and intermediate) an EK
+    /// certificate must chain to; when set, every registration must carry one. Default none:
+    /// the station's word for a device's EK is trusted.
+    pub ek_roots: Option<PathBuf>,
     /// The scopes any device may hold; a registration asking for others is refused, and a
     /// device registered with others is granted only these. Never an admin scope. Default
     /// `["device"]`.
@@ -135,6 +142,8 @@ impl ConfigLayer {
             // A list is replaced whole, not merged: a higher layer says the complete set.
             trusted_proxies: top.trusted_proxies.or(self.trusted_proxies),
             device_scopes: top.device_scopes.or(self.device_scopes),
+            attestation: top.attestation.or(self.attestation),
+            ek_roots: top.ek_roots.or(self.ek_roots),
             device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
             device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),
             refresh_token_ttl: top.refresh_token_ttl.or(self.refresh_token_ttl),
@@ -331,6 +340,18 @@ impl ServeSettings {
         let mut oauth = Settings::for_issuer(&issuer);
         if let Some(scopes) = layer.device_scopes {
             oauth.device_scopes = device_scopes(scopes)?;
+        }
+        if let Some(mode) = &layer.attestation {
+            oauth.attestation = mode.parse().map_err(invalid)?;
+        }
+        if let Some(path) = &layer.ek_roots {
+            let pem = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let roots = crate::attest::EkRoots::from_pem(&pem)
+                .map_err(|e| invalid(format!("ek_roots {}: {e}", path.display())))?;
+            oauth.ek_roots = Some(std::sync::Arc::new(roots));
         }
         oauth.access_token_ttl = ttl;
         oauth.clock_skew = skew;

@@ -9,7 +9,7 @@ pub mod device;
 
 use std::fmt;
 
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -323,45 +323,125 @@ pub(crate) fn post_form(
         })
 }
 
-/// Registers the public JWK of a new device key as pending (Hallmark's
-/// `device_credentials_endpoint`), authenticated by the device's current credential: the
+/// What the server made of a presented device key.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KeyRegistration {
+    /// The key is pending: its first `private_key_jwt` use makes it the credential.
+    Pending {
+        /// Its kid.
+        kid: String,
+        /// Whether the server attested it (credential activation); `None` if it did not say.
+        attested: Option<bool>,
+    },
+    /// The server wants proof that the key lives in this TPM: a credential-activation
+    /// challenge (TPM 2.0 Part 1 §24) to answer with [`answer_key_challenge`].
+    Challenge(KeyChallenge),
+}
+
+/// A credential-activation challenge for a new key.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct KeyChallenge {
+    /// The contents of the TPM2B_ID_OBJECT.
+    pub credential_blob: Vec<u8>,
+    /// The contents of the TPM2B_ENCRYPTED_SECRET.
+    pub encrypted_secret: Vec<u8>,
+}
+
+/// Presents the public JWK and TPM public area (TPM2B_PUBLIC) of a new device key at Hallmark's
+/// `device_credentials_endpoint`, authenticated by the device's current credential: the
 /// factory secret (`Authorization: Basic`) on first boot, or a `private_key_jwt` assertion of
 /// its current key for a key-to-key rotation (the RFC 7523 §2.2 parameters as JSON members
-/// beside `jwk`). Returns the `kid`.
+/// beside `jwk`). The server answers that the key is pending, or with a challenge.
 pub fn register_key(
     http: &Http,
     endpoint: &str,
     auth: &ClientAuth,
     jwk: &serde_json::Value,
-) -> Result<String, OAuthError> {
-    let (authorization, body) = registration(auth, jwk);
+    tpm_public: &[u8],
+) -> Result<KeyRegistration, OAuthError> {
+    present_key(http, endpoint, auth, jwk, ("tpm_public", tpm_public))
+}
+
+/// Answers a [`KeyChallenge`] with the secret the TPM recovered; the key is pending after.
+pub fn answer_key_challenge(
+    http: &Http,
+    endpoint: &str,
+    auth: &ClientAuth,
+    jwk: &serde_json::Value,
+    activated_secret: &[u8],
+) -> Result<KeyRegistration, OAuthError> {
+    present_key(
+        http,
+        endpoint,
+        auth,
+        jwk,
+        ("activated_secret", activated_secret),
+    )
+}
+
+fn present_key(
+    http: &Http,
+    endpoint: &str,
+    auth: &ClientAuth,
+    jwk: &serde_json::Value,
+    (name, value): (&str, &[u8]),
+) -> Result<KeyRegistration, OAuthError> {
+    let (authorization, mut body) = registration(auth, jwk);
+    body.insert(name.into(), URL_SAFE_NO_PAD.encode(value).into());
     let resp = http
-        .post_json(endpoint, authorization.as_deref(), &body)
+        .post_json(
+            endpoint,
+            authorization.as_deref(),
+            &serde_json::Value::Object(body),
+        )
         .map_err(|source| OAuthError::Request {
             endpoint: endpoint.to_owned(),
             source,
         })?;
     let value: serde_json::Value = parse_success(endpoint, &resp)?;
-    match value.get("kid").and_then(|k| k.as_str()) {
-        Some(kid) => Ok(kid.to_owned()),
-        None => Err(OAuthError::BadResponse {
-            endpoint: endpoint.to_owned(),
-            status: resp.status,
-            reason: "no kid in the answer".into(),
-        }),
+    let bad = |reason: &str| OAuthError::BadResponse {
+        endpoint: endpoint.to_owned(),
+        status: resp.status,
+        reason: reason.to_owned(),
+    };
+    let bytes = |member: &str| -> Result<Vec<u8>, OAuthError> {
+        value
+            .get(member)
+            .and_then(|v| v.as_str())
+            .and_then(|v| URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).ok())
+            .ok_or_else(|| bad(&format!("a challenge without a base64url {member}")))
+    };
+    match value.get("status").and_then(|s| s.as_str()) {
+        Some("challenge") => Ok(KeyRegistration::Challenge(KeyChallenge {
+            credential_blob: bytes("credential_blob")?,
+            encrypted_secret: bytes("encrypted_secret")?,
+        })),
+        // A server from before attestation answers `pending` without saying more.
+        _ => match value.get("kid").and_then(|k| k.as_str()) {
+            Some(kid) => Ok(KeyRegistration::Pending {
+                kid: kid.to_owned(),
+                attested: value.get("attested").and_then(|a| a.as_bool()),
+            }),
+            None => Err(bad("no kid in the answer")),
+        },
     }
 }
 
 /// The `Authorization` header and JSON body of a key registration: `{"jwk": …}`, plus the
 /// assertion parameters when the client authenticates with one.
-fn registration(auth: &ClientAuth, jwk: &serde_json::Value) -> (Option<String>, serde_json::Value) {
+fn registration(
+    auth: &ClientAuth,
+    jwk: &serde_json::Value,
+) -> (Option<String>, serde_json::Map<String, serde_json::Value>) {
     let (authorization, extra) = auth.apply();
     let mut body = serde_json::Map::new();
     body.insert("jwk".into(), jwk.clone());
     for (name, value) in extra {
         body.insert(name.into(), value.into());
     }
-    (authorization, serde_json::Value::Object(body))
+    (authorization, body)
 }
 
 /// Parses a 2xx JSON body as `T`, or an RFC 6749 §5.2 error body into [`OAuthError::Rejected`].
@@ -440,7 +520,7 @@ mod tests {
         };
         let (authorization, body) = registration(&secret, &jwk);
         assert_eq!(authorization, Some(basic("dev", "s3cret")));
-        assert_eq!(body, serde_json::json!({"jwk": jwk}));
+        assert_eq!(serde_json::Value::Object(body), serde_json::json!({"jwk": jwk}));
         // Rekey: the old key's assertion as RFC 7523 §2.2 parameters beside the JWK.
         let assertion = ClientAuth::Assertion {
             client_id: "dev".into(),
@@ -449,7 +529,7 @@ mod tests {
         let (authorization, body) = registration(&assertion, &jwk);
         assert_eq!(authorization, None);
         assert_eq!(
-            body,
+            serde_json::Value::Object(body),
             serde_json::json!({
                 "jwk": jwk,
                 "client_id": "dev",

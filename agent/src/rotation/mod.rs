@@ -3,10 +3,16 @@
 //! ("rekey") in [`rekey`].
 //!
 //! ```text
-//! Factory ──create key in free slot──▶ KeyCreated{slot} ──register JWK (factory secret)──▶
+//! Factory ──create key in free slot──▶ KeyCreated{slot} ──register JWK + TPM public area
+//! (factory secret); answer the server's credential-activation challenge with the TPM──▶
 //! Registered{slot,kid} ──private_key_jwt token request (server promotes)──▶ Proven{slot,kid}
 //! ──erase factory secret, erase other slot──▶ Done{slot,kid}
 //! ```
+//!
+//! The challenge (TPM 2.0 Part 1 §24) is how the server knows the key lives in the TPM it
+//! registered at the factory: it encrypts a secret to that TPM's endorsement key, bound to the
+//! new key's Name, and only TPM2_ActivateCredential in that TPM with that key loaded recovers
+//! it. It is not persisted: a challenge lost to a crash is simply asked for again.
 //!
 //! The TPM's inventory is the truth and the state file (`rotation.json`, replaced atomically)
 //! is the memory of what the server has seen. Every step is idempotent, so after a crash
@@ -29,8 +35,8 @@ pub(crate) mod schedule;
 use serde::{Deserialize, Serialize};
 
 use self::rekey::Rekey;
-use crate::oauth::{self, ErrorCode, OAuthError};
-use crate::store::ROTATION_FILE;
+use crate::oauth::{self, ErrorCode, KeyRegistration, OAuthError};
+use crate::store::{ATTESTATION_FILE, ROTATION_FILE};
 use crate::tpm::{DeviceKey, Inventory, KeySlot};
 use crate::{Agent, AgentError, Credential, Event};
 
@@ -121,6 +127,15 @@ impl RotationState {
     }
 }
 
+/// What the server said of a key's attestation when it accepted it (`attestation.json`).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyAttestation {
+    kid: String,
+    /// `Some(true)`: proven by credential activation to live in this TPM; `Some(false)`:
+    /// accepted without; `None`: the server did not say.
+    attested: Option<bool>,
+}
+
 /// A completed rotation step, reported as [`Event::Rotation`] right after it happened and
 /// before anything else (the test-only fault hook kills the process at these points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +145,11 @@ pub enum RotationStep {
     CreateKey,
     /// `KeyCreated` was persisted.
     PersistKeyCreated,
+    /// The server answered the key with a credential-activation challenge; the TPM has not
+    /// answered it yet.
+    Challenged,
+    /// The TPM recovered the challenge's secret; the server has not seen the answer yet.
+    Activated,
     /// The server accepted the JWK as pending; the state file does not know yet.
     Register,
     /// `Registered` was persisted.
@@ -148,6 +168,10 @@ pub enum RotationStep {
     RekeyPersistIntent,
     /// Rekey: the new key was created in the free slot.
     RekeyCreateKey,
+    /// Rekey: the server answered the new key with a credential-activation challenge.
+    RekeyChallenged,
+    /// Rekey: the TPM recovered the challenge's secret; the server has not seen it yet.
+    RekeyActivated,
     /// Rekey: the server accepted the new JWK as pending (authenticated by the old key); the
     /// state file does not know yet.
     RekeyRegister,
@@ -166,9 +190,11 @@ pub enum RotationStep {
 
 impl RotationStep {
     /// Every first-boot step, in order (a key-to-key rotation's are [`RotationStep::REKEY`]).
-    pub const ALL: [RotationStep; 9] = [
+    pub const ALL: [RotationStep; 11] = [
         RotationStep::CreateKey,
         RotationStep::PersistKeyCreated,
+        RotationStep::Challenged,
+        RotationStep::Activated,
         RotationStep::Register,
         RotationStep::PersistRegistered,
         RotationStep::Prove,
@@ -179,9 +205,11 @@ impl RotationStep {
     ];
 
     /// Every step of a key-to-key rotation ([`crate::Agent::rekey`]), in order.
-    pub const REKEY: [RotationStep; 8] = [
+    pub const REKEY: [RotationStep; 10] = [
         RotationStep::RekeyPersistIntent,
         RotationStep::RekeyCreateKey,
+        RotationStep::RekeyChallenged,
+        RotationStep::RekeyActivated,
         RotationStep::RekeyRegister,
         RotationStep::RekeyPersistRegistered,
         RotationStep::RekeyProve,
@@ -195,6 +223,8 @@ impl RotationStep {
         match self {
             RotationStep::CreateKey => "create_key",
             RotationStep::PersistKeyCreated => "persist_key_created",
+            RotationStep::Challenged => "challenged",
+            RotationStep::Activated => "activated",
             RotationStep::Register => "register",
             RotationStep::PersistRegistered => "persist_registered",
             RotationStep::Prove => "prove",
@@ -204,6 +234,8 @@ impl RotationStep {
             RotationStep::Done => "done",
             RotationStep::RekeyPersistIntent => "rekey_persist_intent",
             RotationStep::RekeyCreateKey => "rekey_create_key",
+            RotationStep::RekeyChallenged => "rekey_challenged",
+            RotationStep::RekeyActivated => "rekey_activated",
             RotationStep::RekeyRegister => "rekey_register",
             RotationStep::RekeyPersistRegistered => "rekey_persist_registered",
             RotationStep::RekeyProve => "rekey_prove",
@@ -420,17 +452,98 @@ impl Agent {
         Ok(Credential::Key { slot, kid })
     }
 
-    /// Registers the key's JWK with the factory secret. `Ok(false)`: the server refused the
+    /// Registers the key with the factory secret. `Ok(false)`: the server refused the
     /// factory secret, which it does once it has promoted a key — the proof decides.
     fn register(&mut self, endpoint: &str, key: &DeviceKey) -> Result<bool, AgentError> {
-        let auth = oauth::ClientAuth::Secret {
-            client_id: self.config.client_id.clone(),
-            secret: self.factory_secret()?,
-        };
-        match oauth::register_key(&self.http, endpoint, &auth, &key.jwk_json()) {
-            Ok(_) => Ok(true),
+        let steps = [RotationStep::Challenged, RotationStep::Activated];
+        match self.present_key(endpoint, &Credential::Factory, key, steps)? {
+            Ok(()) => Ok(true),
             Err(e) if e.code() == Some(&ErrorCode::InvalidClient) => Ok(false),
             Err(source) => Err(AgentError::RegisterKey { source }),
+        }
+    }
+
+    /// Presents `key` (its JWK and TPM public area) at the device-credentials endpoint,
+    /// authenticated by `current`, and answers a credential-activation challenge with the TPM
+    /// if the server sends one (reporting `steps` on the way). The inner error is the
+    /// server's refusal; what the server said of the key's attestation is recorded for
+    /// `status`.
+    pub(crate) fn present_key(
+        &mut self,
+        endpoint: &str,
+        current: &Credential,
+        key: &DeviceKey,
+        steps: [RotationStep; 2],
+    ) -> Result<Result<(), OAuthError>, AgentError> {
+        let jwk = key.jwk_json();
+        let mut tpm = self.tpm()?;
+        let tpm_public = tpm.key_public_area(key.slot).map_err(tpm_err)?;
+        drop(tpm);
+        let sent = self.send_authenticated(
+            current,
+            |http, auth| oauth::register_key(http, endpoint, auth, &jwk, &tpm_public),
+            refused,
+        )?;
+        let challenge = match sent {
+            Ok(KeyRegistration::Challenge(c)) => c,
+            Ok(KeyRegistration::Pending { attested, .. }) => {
+                self.record_attestation(key, attested)?;
+                return Ok(Ok(()));
+            }
+            Err(e) => return Ok(Err(e)),
+        };
+        self.step(steps[0]);
+        let mut tpm = self.tpm()?;
+        let secret = tpm
+            .activate_credential(
+                key.slot,
+                &challenge.credential_blob,
+                &challenge.encrypted_secret,
+            )
+            .map_err(tpm_err)?;
+        drop(tpm);
+        self.step(steps[1]);
+        let sent = self.send_authenticated(
+            current,
+            |http, auth| oauth::answer_key_challenge(http, endpoint, auth, &jwk, &secret),
+            refused,
+        )?;
+        match sent {
+            Ok(KeyRegistration::Pending { attested, .. }) => {
+                self.record_attestation(key, attested.or(Some(true)))?;
+                Ok(Ok(()))
+            }
+            Ok(KeyRegistration::Challenge(_)) => Ok(Err(OAuthError::BadResponse {
+                endpoint: endpoint.to_owned(),
+                status: 200,
+                reason: "a second challenge for an answered one".into(),
+            })),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Remembers what the server said of `key`'s attestation, for `status`.
+    fn record_attestation(
+        &mut self,
+        key: &DeviceKey,
+        attested: Option<bool>,
+    ) -> Result<(), AgentError> {
+        let record = KeyAttestation {
+            kid: key.kid.clone(),
+            attested,
+        };
+        self.state
+            .write_json(ATTESTATION_FILE, &record)
+            .map_err(|source| AgentError::State { source })
+    }
+
+    /// What the server said of the attestation of the key `kid`, if this agent recorded it.
+    pub(crate) fn key_attestation(&self, kid: &str) -> Option<bool> {
+        let record: KeyAttestation = self.state.read_json(ATTESTATION_FILE).ok()??;
+        if record.kid == kid {
+            record.attested
+        } else {
+            None
         }
     }
 
@@ -603,6 +716,8 @@ mod tests {
             [
                 "create_key",
                 "persist_key_created",
+                "challenged",
+                "activated",
                 "register",
                 "persist_registered",
                 "prove",
@@ -617,6 +732,8 @@ mod tests {
             [
                 "rekey_persist_intent",
                 "rekey_create_key",
+                "rekey_challenged",
+                "rekey_activated",
                 "rekey_register",
                 "rekey_persist_registered",
                 "rekey_prove",

@@ -202,13 +202,8 @@ impl Agent {
         old: &Credential,
         key: &DeviceKey,
     ) -> Result<Registration, AgentError> {
-        let jwk = key.jwk_json();
-        let sent = self.send_authenticated(
-            old,
-            |http, auth| oauth::register_key(http, endpoint, auth, &jwk),
-            refused,
-        )?;
-        match sent {
+        let steps = [RotationStep::RekeyChallenged, RotationStep::RekeyActivated];
+        match self.present_key(endpoint, old, key, steps)? {
             Ok(_) => Ok(Registration::Accepted),
             Err(e) if refused(&e) => Ok(Registration::Refused),
             Err(source) => Err(AgentError::RegisterKey { source }),

@@ -185,6 +185,12 @@ pub enum CredentialError {
     },
 }
 
+/// Whether `spki_der` is an EK challenges can be made against (an RSA-2048
+/// SubjectPublicKeyInfo), so that a registration can be refused before any rotation needs it.
+pub fn check_ek_public(spki_der: &[u8]) -> Result<(), CredentialError> {
+    ek_public_key(spki_der).map(|_| ())
+}
+
 /// Parses and checks the EK: an RSA-2048 SubjectPublicKeyInfo.
 fn ek_public_key(spki_der: &[u8]) -> Result<RsaPublicKey, CredentialError> {
     let spki =

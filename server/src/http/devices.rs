@@ -16,7 +16,7 @@ use super::caller::{Caller, DevicesAdmin, DevicesProvision};
 use super::ctx::Ctx;
 use super::error::{json_bytes, json_response, OAuthResponse};
 use crate::oauth::client_auth::Presented;
-use crate::oauth::devices::{DeviceRegistration, Registered, Withdrawal};
+use crate::oauth::devices::{DeviceRegistration, KeyAnswer, KeyPresentation, Registered, Withdrawal};
 use crate::oauth::form::Form;
 use crate::oauth::OAuthError;
 
@@ -26,6 +26,7 @@ pub(super) fn router() -> Router<super::State> {
         .route("/admin/devices/{client_id}", get(show).delete(remove))
         .route("/admin/devices/{client_id}/disable", post(disable))
         .route("/admin/devices/{client_id}/withdraw", post(withdraw))
+        .route("/admin/devices/{client_id}/ek", post(attest_ek))
         .route("/oauth2/device-credentials", post(rotate))
 }
 
@@ -83,19 +84,84 @@ async fn register(
 }
 
 #[derive(Deserialize)]
-struct SerialQuery {
+struct DevicesQuery {
     serial: Option<String>,
+    attested: Option<bool>,
+    after: Option<String>,
+    limit: Option<usize>,
 }
 
+/// Most devices one listing returns.
+const MAX_LIST: usize = 1000;
+
+/// `GET /admin/devices?serial=S` (one device), or a listing: `?attested=false` (devices whose
+/// EK or key is not attested), `after` (a client_id) and `limit` (default 100, at most 1000);
+/// `next` names the `after` of the following page.
 async fn find_by_serial(
     State(state): State<super::State>,
     _caller: Caller<DevicesAdmin>,
-    query: Result<Query<SerialQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<DevicesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(serial) = query.ok().and_then(|q| q.0.serial) else {
-        return OAuthResponse(OAuthError::InvalidRequest("give ?serial=S".into())).into_response();
+    let Ok(Query(query)) = query else {
+        return OAuthResponse(OAuthError::InvalidRequest(
+            "give ?serial=S, or ?attested=true|false&after=ID&limit=N".into(),
+        ))
+        .into_response();
     };
-    match state.oauth.device_view_by_serial(&serial) {
+    if let Some(serial) = query.serial {
+        return match state.oauth.device_view_by_serial(&serial) {
+            Ok(Some(v)) => json_bytes(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()),
+            Ok(None) => not_found(),
+            Err(e) => OAuthResponse(e).into_response(),
+        };
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let after = query.after.unwrap_or_default();
+    match state.oauth.device_views(&after, limit, query.attested) {
+        Ok((devices, next)) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({"devices": devices, "next": next}),
+        ),
+        Err(e) => OAuthResponse(e).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EkAttestation {
+    ek_public: String,
+    #[serde(default)]
+    ek_certificate: Option<String>,
+}
+
+/// A station supplies a legacy device's EK public key (see
+/// [`crate::oauth::AuthServer::attest_device_ek`]).
+async fn attest_ek(
+    State(state): State<super::State>,
+    Ctx(ctx): Ctx,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let req: EkAttestation = match json_body(&headers, body) {
+        Ok(r) => r,
+        Err(e) => return OAuthResponse(e).into_response(),
+    };
+    let result = state
+        .oauth
+        .attest_device_ek(
+            &client_id,
+            &req.ek_public,
+            req.ek_certificate.as_deref(),
+            caller.client_id(),
+            &ctx,
+        )
+        .await;
+    match result {
         Ok(Some(v)) => json_bytes(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()),
         Ok(None) => not_found(),
         Err(e) => OAuthResponse(e).into_response(),
@@ -164,9 +230,10 @@ async fn withdraw(
     }
 }
 
-/// The rotation body: `{"jwk": …}` as JSON (client authentication by Basic, or
-/// `client_assertion_type`/`client_assertion` members), or a form with a `jwk` parameter holding
-/// the JWK's JSON next to the usual client authentication parameters.
+/// The rotation body: `{"jwk": …, "tpm_public": …}` or `{"jwk": …, "activated_secret": …}` as
+/// JSON (client authentication by Basic, or `client_assertion_type`/`client_assertion`
+/// members), or a form with those parameters (`jwk` holding the JWK's JSON) next to the usual
+/// client authentication parameters. `tpm_public` and `activated_secret` are base64url.
 async fn rotate(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
@@ -188,9 +255,21 @@ async fn rotate(
                 .remove("jwk")
                 .ok_or_else(|| OAuthError::InvalidRequest("missing member: jwk".into()))?;
             let mut pairs = Vec::new();
-            for name in ["client_id", "client_assertion_type", "client_assertion"] {
-                if let Some(v) = doc.get(name).and_then(|v| v.as_str()) {
-                    pairs.push((name.to_owned(), v.to_owned()));
+            for name in [
+                "client_id",
+                "client_assertion_type",
+                "client_assertion",
+                "tpm_public",
+                "activated_secret",
+            ] {
+                match doc.get(name) {
+                    Some(serde_json::Value::String(v)) => pairs.push((name.to_owned(), v.clone())),
+                    Some(_) => {
+                        return Err(OAuthError::InvalidRequest(
+                            format!("{name} must be a string").into(),
+                        ))
+                    }
+                    None => {}
                 }
             }
             (Form::from_pairs(pairs)?, jwk)
@@ -200,20 +279,52 @@ async fn rotate(
                 .map_err(|_| OAuthError::InvalidRequest("jwk is not JSON".into()))?;
             (form, jwk)
         };
+        let bytes = |name: &'static str| -> Result<Option<Vec<u8>>, OAuthError> {
+            use base64::Engine as _;
+            form.get(name)
+                .map(|v| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(v.trim_end_matches('='))
+                        .map_err(|_| OAuthError::InvalidRequest(format!("{name} is not base64url").into()))
+                })
+                .transpose()
+        };
+        let presentation = KeyPresentation {
+            jwk,
+            tpm_public: bytes("tpm_public")?,
+            activated_secret: bytes("activated_secret")?,
+        };
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let presented = Presented::from_request(authorization, &mut form)?;
         state
             .oauth
-            .register_pending_key(presented, &jwk, &ctx)
+            .present_device_key(presented, presentation, &ctx)
             .await
     }
     .await;
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     match result {
-        Ok(kid) => json_response(
+        Ok(KeyAnswer::Pending { kid, attested }) => json_response(
             StatusCode::OK,
-            &serde_json::json!({"status": "pending", "kid": kid}),
+            &serde_json::json!({"status": "pending", "kid": kid, "attested": attested}),
+        ),
+        Ok(KeyAnswer::Challenge {
+            kid,
+            credential_blob,
+            encrypted_secret,
+            expires_in,
+        }) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "challenge",
+                "kid": kid,
+                "credential_blob": b64(&credential_blob),
+                "encrypted_secret": b64(&encrypted_secret),
+                "expires_in": expires_in,
+            }),
         ),
         Err(e) => OAuthResponse(e).into_response(),
     }

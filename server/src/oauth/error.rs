@@ -36,6 +36,10 @@ pub enum OAuthError {
     /// RFC 7591 §3.2.2 `invalid_client_metadata`.
     #[error("invalid_client_metadata: {0}")]
     InvalidClientMetadata(Cow<'static, str>),
+    /// `invalid_ek_certificate` (Hallmark's device registration): the EK certificate is
+    /// missing where `ek_roots` requires one, or does not certify the EK, or does not chain.
+    #[error("invalid_ek_certificate: {0}")]
+    InvalidEkCertificate(Cow<'static, str>),
     /// RFC 7009 §2.2.1 `unsupported_token_type`.
     #[error("unsupported_token_type")]
     UnsupportedTokenType,
@@ -71,6 +75,7 @@ impl OAuthError {
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::InvalidTarget(_) => "invalid_target",
             OAuthError::InvalidClientMetadata(_) => "invalid_client_metadata",
+            OAuthError::InvalidEkCertificate(_) => "invalid_ek_certificate",
             OAuthError::UnsupportedTokenType => "unsupported_token_type",
             OAuthError::AuthorizationPending => "authorization_pending",
             OAuthError::SlowDown => "slow_down",
@@ -99,7 +104,8 @@ impl OAuthError {
             | OAuthError::UnsupportedGrantType(d)
             | OAuthError::InvalidScope(d)
             | OAuthError::InvalidTarget(d)
-            | OAuthError::InvalidClientMetadata(d) => Some(d),
+            | OAuthError::InvalidClientMetadata(d)
+            | OAuthError::InvalidEkCertificate(d) => Some(d),
             OAuthError::InvalidClient { .. } => Some("client authentication failed"),
             OAuthError::PayloadTooLarge => Some("request body too large"),
             OAuthError::AuthorizationPending => {

@@ -53,6 +53,12 @@ pub struct Settings {
     pub max_delegation_depth: usize,
     /// The scopes any device may hold (`device_scopes`); never an admin scope.
     pub device_scopes: Vec<String>,
+    /// Whether a device's new key must prove, by credential activation, that it lives in the
+    /// TPM registered for the device.
+    pub attestation: Attestation,
+    /// The TPM manufacturers' CAs an EK certificate must chain to (`ek_roots`); `None`: the
+    /// station's word for the EK is trusted.
+    pub ek_roots: Option<Arc<crate::attest::EkRoots>>,
     /// The device authorization grant, refresh tokens and the verification page.
     pub device: device_flow::DeviceSettings,
 }
@@ -74,6 +80,34 @@ impl Settings {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            attestation: Attestation::Required,
+            ek_roots: None,
+        }
+    }
+}
+
+/// `attestation`: whether rotation demands proof that a new key lives in the device's TPM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Attestation {
+    /// Every new device key must answer a credential-activation challenge made against the
+    /// EK registered for the device (TPM 2.0 Part 1 §24); a device without a registered EK
+    /// public key cannot rotate until a station re-attests it.
+    #[default]
+    Required,
+    /// New device keys are accepted on the device's current credential alone (the state
+    /// before attestation existed; for servers whose devices have no TPM EK to attest with).
+    Off,
+}
+
+impl std::str::FromStr for Attestation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "required" => Ok(Attestation::Required),
+            "off" => Ok(Attestation::Off),
+            other => Err(format!("attestation must be required or off, not {other:?}")),
         }
     }
 }

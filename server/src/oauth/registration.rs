@@ -225,6 +225,7 @@ pub fn client_from_metadata(
         created_at: now,
         disabled: false,
         pending_key: None,
+        key_challenge: None,
     };
     Ok((client, secret))
 }
@@ -314,6 +315,7 @@ pub fn parse_jwk(jwk: &serde_json::Value) -> Result<ClientKey, OAuthError> {
         alg,
         public,
         jwk: stored,
+        attested: false,
     })
 }
 

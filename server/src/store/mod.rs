@@ -159,6 +159,42 @@ pub struct Device {
     pub registered_by: String,
     /// When.
     pub registered_at: u64,
+    /// The EK's SubjectPublicKeyInfo DER (its SHA-256 is `ek_fingerprint`): what credential
+    /// activation encrypts to. Absent for devices registered before attestation existed,
+    /// until a station re-attests them.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
+    pub ek_public: Option<Vec<u8>>,
+    /// What became of the EK certificate at registration.
+    #[serde(default)]
+    pub ek_certificate: EkCertificateCheck,
+    /// The EK certificate's issuer (RFC 4514), when one was presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_issuer: Option<String>,
+}
+
+/// What was checked of a device's EK certificate when it was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum EkCertificateCheck {
+    /// It certifies the EK and chains to a configured `ek_roots` CA.
+    Verified,
+    /// It certifies the EK; no `ek_roots` were configured to check its issuer against.
+    NotChecked,
+    /// None was presented.
+    #[default]
+    Absent,
+}
+
+impl EkCertificateCheck {
+    /// The name the admin API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EkCertificateCheck::Verified => "verified",
+            EkCertificateCheck::NotChecked => "not-checked",
+            EkCertificateCheck::Absent => "absent",
+        }
+    }
 }
 
 /// The device registry.
@@ -186,6 +222,17 @@ pub trait DeviceStore: Send + Sync {
         client_id: &str,
         allow: &DeletionCheck<'_>,
     ) -> Result<Deletion, StoreError>;
+    /// Change a device record atomically: `change` sees the current record and returns whether
+    /// it changed it; it may run more than once under contention. The record as stored
+    /// afterwards, or `None` if there is no such device. The serial and EK fingerprint, which
+    /// the indexes hold, must not change.
+    fn update_device(
+        &self,
+        client_id: &str,
+        change: &mut dyn FnMut(&mut Device) -> bool,
+    ) -> Result<Option<Device>, StoreError>;
+    /// Up to `limit` devices whose client_id sorts after `after`, in client_id order.
+    fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError>;
 }
 
 /// A condition on a device and its client (absent if already gone) for
@@ -270,6 +317,22 @@ pub struct ClientKey {
     pub public: Vec<u8>,
     /// The JWK as registered (public members only).
     pub jwk: serde_json::Value,
+    /// The server proved by credential activation that the key lives in the device's TPM
+    /// (TPM 2.0 Part 1 §24). Only device keys are ever attested.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attested: bool,
+}
+
+/// A credential-activation challenge a device must answer before its new key becomes pending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChallenge {
+    /// The key it is for, as it will be registered (attested once answered).
+    pub key: ClientKey,
+    /// SHA-256 of the credential the TPM must recover; the credential itself is not kept.
+    #[serde(with = "b64")]
+    pub answer_hash: Vec<u8>,
+    /// When it stops being accepted.
+    pub expires_at: u64,
 }
 
 /// A registered client.
@@ -301,12 +364,32 @@ pub struct Client {
     /// `private_key_jwt` authentication with it makes it the only credential.
     #[serde(default)]
     pub pending_key: Option<ClientKey>,
+    /// The open credential-activation challenge of a rotation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_challenge: Option<KeyChallenge>,
 }
 
 impl Client {
     /// Whether the client registered this grant type.
     pub fn allows_grant(&self, grant_type: &str) -> bool {
         self.grant_types.iter().any(|g| g == grant_type)
+    }
+}
+
+mod b64_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => super::b64::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::b64")] Vec<u8>);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
     }
 }
 

@@ -123,4 +123,54 @@ impl DeviceStore for SledStore {
         }
         Ok(outcome)
     }
+
+    fn update_device(
+        &self,
+        client_id: &str,
+        change: &mut dyn FnMut(&mut Device) -> bool,
+    ) -> Result<Option<Device>, StoreError> {
+        loop {
+            let Some(current) =
+                self.devices
+                    .get(client_id)
+                    .map_err(|source| StoreError::Read {
+                        what: "device",
+                        source,
+                    })?
+            else {
+                return Ok(None);
+            };
+            let mut device = decode(&current)?;
+            if !change(&mut device) {
+                return Ok(Some(device));
+            }
+            let bytes = serde_json::to_vec(&device).unwrap_or_default();
+            let swapped = self
+                .devices
+                .compare_and_swap(client_id.as_bytes(), Some(&current), Some(bytes))
+                .map_err(|source| StoreError::Write {
+                    what: "device",
+                    source,
+                })?;
+            if swapped.is_ok() {
+                return Ok(Some(device));
+            }
+            // Changed in between: start again from the new version.
+        }
+    }
+
+    fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError> {
+        let start = std::ops::Bound::Excluded(after.as_bytes().to_vec());
+        self.devices
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|source| StoreError::Read {
+                    what: "device",
+                    source,
+                })?;
+                decode(&bytes)
+            })
+            .collect()
+    }
 }

@@ -399,6 +399,7 @@ mod tests {
             created_at: 1,
             disabled: false,
             pending_key: None,
+            key_challenge: None,
         }
     }
 

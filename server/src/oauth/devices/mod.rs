@@ -1,18 +1,19 @@
-//! The device registry and first-boot credential rotation (DESIGN "Life of a device"): a station
-//! registers a device and receives its one-time factory secret; the device later registers a
-//! TPM-resident key as *pending*, and its first `private_key_jwt` authentication with that key
-//! makes it the device's only credential.
+//! The device registry (DESIGN "Life of a device"): a station registers a device with its TPM's
+//! endorsement key (public key, and certificate where the TPM has one, checked against the
+//! operator's `ek_roots`) and receives its one-time factory secret; operators look devices up,
+//! disable and delete them. The device's own key rotation is in [`rotation`].
 
-use std::sync::Arc;
+pub mod rotation;
 
 use serde::{Deserialize, Serialize};
 
-use super::client_auth::Presented;
-use super::registration::parse_jwk;
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
+use crate::attest::check_ek_certificate;
 use crate::secret::{random_id, Secret};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::{AuthMethod, Client, Deletion, Device, KeyAlg};
+use crate::store::{AuthMethod, Client, Deletion, Device, EkCertificateCheck};
+
+pub use rotation::{KeyAnswer, KeyPresentation, CHALLENGE_LIFETIME};
 
 /// The default `device_scopes`: the scopes any device may hold.
 pub const DEFAULT_DEVICE_SCOPES: [&str; 1] = ["device"];
@@ -27,6 +28,14 @@ pub struct DeviceRegistration {
     pub model: String,
     /// Lowercase hex SHA-256 of the EK's SubjectPublicKeyInfo DER.
     pub ek_fingerprint: String,
+    /// The EK's SubjectPublicKeyInfo DER, base64url: what rotation challenges are made
+    /// against. Its SHA-256 must be `ek_fingerprint`.
+    #[serde(default)]
+    pub ek_public: Option<String>,
+    /// The EK certificate (DER, base64url), where the TPM has one; it must certify
+    /// `ek_public`, and with `ek_roots` set it is required and must chain to them.
+    #[serde(default)]
+    pub ek_certificate: Option<String>,
     /// Scopes the device may be granted, all within the server's `device_scopes`; default: all
     /// of `device_scopes`.
     #[serde(default)]
@@ -77,6 +86,34 @@ pub struct DeviceView {
     pub pending_kid: Option<String>,
     /// Scopes it may be granted.
     pub scopes: Vec<String>,
+    /// What is proven of its hardware.
+    pub attestation: AttestationView,
+}
+
+/// The `attestation` member of a device view.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AttestationView {
+    /// Whether the EK's public key is registered (challenges can be made against it).
+    pub ek_public: bool,
+    /// `verified` (chains to `ek_roots`), `not-checked` (certifies the EK; no `ek_roots`
+    /// configured) or `absent`.
+    pub ek_certificate: &'static str,
+    /// The EK certificate's issuer, when one was presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ek_issuer: Option<String>,
+    /// `attested` when the device's key (or, during rotation, its pending key) was proven by
+    /// credential activation to live in the registered TPM; `unattested` otherwise.
+    pub key: &'static str,
+}
+
+impl DeviceView {
+    /// Whether the device is fully attested: its EK is registered and its key (if it has
+    /// one yet) was proven to live in that TPM. `GET /admin/devices?attested=false` lists the
+    /// others.
+    pub fn attested(&self) -> bool {
+        self.attestation.ek_public
+            && (self.credential == "factory" || self.attestation.key == "attested")
+    }
 }
 
 /// How long after registering a device its station may withdraw it: 15 minutes.
@@ -110,7 +147,87 @@ fn valid_fingerprint(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A registration's endorsement key, checked.
+struct CheckedEk {
+    public: Option<Vec<u8>>,
+    certificate: EkCertificateCheck,
+    issuer: Option<String>,
+}
+
 impl AuthServer {
+    /// The EK a registration (or re-attestation) presents, checked: `ek_public` hashes to the
+    /// fingerprint and is a key credential activation can use; the certificate, if any,
+    /// certifies it and, with `ek_roots`, chains to them (then it is required).
+    fn checked_ek(
+        &self,
+        fingerprint: &str,
+        ek_public: Option<&str>,
+        ek_certificate: Option<&str>,
+        ctx: &RequestCtx,
+    ) -> Result<CheckedEk, OAuthError> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let bad_cert = |why: String| OAuthError::InvalidEkCertificate(why.into());
+        let roots = self.settings.ek_roots.as_deref();
+        let Some(public) = ek_public else {
+            if ek_certificate.is_some() {
+                return Err(OAuthError::InvalidRequest(
+                    "ek_certificate needs ek_public".into(),
+                ));
+            }
+            if roots.is_some() {
+                return Err(bad_cert(
+                    "an EK certificate is required: this server checks EKs against ek_roots"
+                        .into(),
+                ));
+            }
+            return Ok(CheckedEk {
+                public: None,
+                certificate: EkCertificateCheck::Absent,
+                issuer: None,
+            });
+        };
+        let public = b64.decode(public.trim_end_matches('=')).map_err(|_| {
+            OAuthError::InvalidRequest("ek_public is not base64url".into())
+        })?;
+        if hex::encode(sha2::Sha256::digest(&public)) != fingerprint {
+            return Err(OAuthError::InvalidRequest(
+                "ek_fingerprint is not the SHA-256 of ek_public".into(),
+            ));
+        }
+        crate::attest::credential::check_ek_public(&public)
+            .map_err(|e| OAuthError::InvalidRequest(e.to_string().into()))?;
+        let (certificate, issuer) = match ek_certificate {
+            None if roots.is_some() => {
+                return Err(bad_cert(
+                    "an EK certificate is required: this server checks EKs against ek_roots"
+                        .into(),
+                ))
+            }
+            None => (EkCertificateCheck::Absent, None),
+            Some(cert) => {
+                let der = b64.decode(cert.trim_end_matches('=')).map_err(|_| {
+                    bad_cert("ek_certificate is not base64url".into())
+                })?;
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ctx.now);
+                let issuer = check_ek_certificate(&der, &public, roots, at)
+                    .map_err(|e| bad_cert(e.to_string()))?;
+                let check = if roots.is_some() {
+                    EkCertificateCheck::Verified
+                } else {
+                    EkCertificateCheck::NotChecked
+                };
+                (check, Some(issuer))
+            }
+        };
+        Ok(CheckedEk {
+            public: Some(public),
+            certificate,
+            issuer,
+        })
+    }
+
     /// Register a device for `station`; durable and audited before it returns.
     pub async fn register_device(
         &self,
@@ -129,6 +246,22 @@ impl AuthServer {
         if !valid_fingerprint(&ek_fingerprint) {
             return Err(bad("ek_fingerprint must be 64 hex digits (SHA-256)"));
         }
+        let ek = match self.checked_ek(
+            &ek_fingerprint,
+            req.ek_public.as_deref(),
+            req.ek_certificate.as_deref(),
+            ctx,
+        ) {
+            Ok(ek) => ek,
+            Err(e) => {
+                let event = AuditEvent::new("device.registered", Outcome::Failure)
+                    .actor(station)
+                    .subject(&req.serial)
+                    .reason(format!("ek={ek_fingerprint}: {}", e.description().unwrap_or("refused")));
+                self.record(ctx, event).await?;
+                return Err(e);
+            }
+        };
         let allowed = &self.settings.device_scopes;
         let scopes = match req.scopes {
             None => allowed.clone(),
@@ -166,6 +299,7 @@ impl AuthServer {
             created_at: ctx.now,
             disabled: false,
             pending_key: None,
+            key_challenge: None,
         };
         let device = Device {
             client_id: client_id.clone(),
@@ -174,14 +308,20 @@ impl AuthServer {
             ek_fingerprint,
             registered_by: station.to_owned(),
             registered_at: ctx.now,
+            ek_public: ek.public,
+            ek_certificate: ek.certificate,
+            ek_issuer: ek.issuer,
         };
         let event = AuditEvent::new("device.registered", Outcome::Success)
             .actor(station)
             .subject(&device.serial)
             .client(&client_id)
             .reason(format!(
-                "model={} ek={}",
-                device.model, device.ek_fingerprint
+                "model={} ek={} ek_public={} ek_certificate={}",
+                device.model,
+                device.ek_fingerprint,
+                if device.ek_public.is_some() { "yes" } else { "no" },
+                device.ek_certificate.as_str()
             ));
         match self
             .devices
@@ -299,7 +439,127 @@ impl AuthServer {
             key_kid: client.keys.first().and_then(|k| k.kid.clone()),
             pending_kid: client.pending_key.as_ref().and_then(|k| k.kid.clone()),
             scopes: client.scopes.clone(),
+            attestation: AttestationView {
+                ek_public: d.ek_public.is_some(),
+                ek_certificate: d.ek_certificate.as_str(),
+                ek_issuer: d.ek_issuer,
+                key: if client
+                    .keys
+                    .first()
+                    .or(client.pending_key.as_ref())
+                    .is_some_and(|k| k.attested)
+                {
+                    "attested"
+                } else {
+                    "unattested"
+                },
+            },
         }))
+    }
+
+    /// Devices whose client_id sorts after `after`, at most `limit`, optionally only those
+    /// (not) fully attested; and the client_id to continue after, if the scan stopped early.
+    pub fn device_views(
+        &self,
+        after: &str,
+        limit: usize,
+        attested: Option<bool>,
+    ) -> Result<(Vec<DeviceView>, Option<String>), OAuthError> {
+        // Scan in pages so a filter that matches little still returns within a bound of work.
+        const SCAN: usize = 10_000;
+        let batch = self
+            .devices
+            .devices(after, SCAN)
+            .map_err(OAuthError::internal)?;
+        let scanned_all = batch.len() < SCAN;
+        let mut views = Vec::new();
+        let mut last = None;
+        for device in batch {
+            last = Some(device.client_id.clone());
+            if let Some(view) = self.view(device)? {
+                if attested.is_none_or(|want| view.attested() == want) {
+                    views.push(view);
+                    if views.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        let next = if views.len() == limit || !scanned_all {
+            last
+        } else {
+            None
+        };
+        Ok((views, next))
+    }
+
+    /// `POST /admin/devices/{client_id}/ek`: a station supplies the EK public key (and
+    /// certificate) of a device registered before attestation existed, so that it can rotate
+    /// under `attestation = "required"`. The key must hash to the fingerprint registered at
+    /// the factory, so this adds no trust the registration did not already carry; a device
+    /// that has an EK public key keeps it.
+    pub async fn attest_device_ek(
+        &self,
+        client_id: &str,
+        ek_public: &str,
+        ek_certificate: Option<&str>,
+        station: &str,
+        ctx: &RequestCtx,
+    ) -> Result<Option<DeviceView>, OAuthError> {
+        let Some(device) = self
+            .devices
+            .device(client_id)
+            .map_err(OAuthError::internal)?
+        else {
+            return Ok(None);
+        };
+        let event = AuditEvent::new("device.ek_attested", Outcome::Success)
+            .actor(station)
+            .subject(&device.serial)
+            .client(client_id);
+        let ek = match self.checked_ek(
+            &device.ek_fingerprint,
+            Some(ek_public),
+            ek_certificate,
+            ctx,
+        ) {
+            Ok(ek) => ek,
+            Err(e) => {
+                let event = AuditEvent {
+                    outcome: Outcome::Failure,
+                    ..event
+                }
+                .reason(e.description().unwrap_or("refused").to_owned());
+                self.record(ctx, event).await?;
+                return Err(e);
+            }
+        };
+        let mut kept = false;
+        let updated = self
+            .devices
+            .update_device(client_id, &mut |d| {
+                if d.ek_public.is_some() {
+                    kept = true;
+                    return false;
+                }
+                d.ek_public = ek.public.clone();
+                d.ek_certificate = ek.certificate;
+                d.ek_issuer = ek.issuer.clone();
+                true
+            })
+            .map_err(OAuthError::internal)?;
+        let Some(updated) = updated else {
+            return Ok(None);
+        };
+        if !kept {
+            let event = event.reason(format!(
+                "ek={} ek_certificate={}",
+                updated.ek_fingerprint,
+                updated.ek_certificate.as_str()
+            ));
+            self.record(ctx, event).await?;
+        }
+        self.view(updated)
     }
 
     /// Disable a device: it authenticates nowhere and its tokens introspect as inactive.
@@ -412,129 +672,6 @@ impl AuthServer {
             }
         }
     }
-
-    /// `POST /oauth2/device-credentials`: a device, authenticated by its current credential,
-    /// registers the public JWK of a new TPM-resident key as pending. Idempotent for the same
-    /// key; a different key replaces the earlier pending one.
-    pub async fn register_pending_key(
-        &self,
-        presented: Presented,
-        jwk: &serde_json::Value,
-        ctx: &RequestCtx,
-    ) -> Result<String, OAuthError> {
-        let client = self.authenticate(presented, false, ctx).await?;
-        if self
-            .devices
-            .device(&client.client_id)
-            .map_err(OAuthError::internal)?
-            .is_none()
-        {
-            return Err(OAuthError::UnauthorizedClient(
-                "only registered devices rotate credentials".into(),
-            ));
-        }
-        let mut key = parse_jwk(jwk).map_err(|e| {
-            OAuthError::InvalidRequest(e.description().unwrap_or("bad jwk").to_owned().into())
-        })?;
-        if key.alg != KeyAlg::ES256 {
-            return Err(OAuthError::InvalidRequest(
-                "device keys are ES256 (EC P-256)".into(),
-            ));
-        }
-        let kid = key
-            .kid
-            .clone()
-            .unwrap_or_else(|| ec_thumbprint(&key.public));
-        key.kid = Some(kid.clone());
-        key.jwk["kid"] = kid.clone().into();
-        if client.keys.iter().any(|k| k.public == key.public) {
-            return Err(OAuthError::InvalidRequest(
-                "this key is already the device's credential".into(),
-            ));
-        }
-        let mut replaced = None;
-        let written = self
-            .clients
-            .update_client(&client.client_id, &mut |c| {
-                if c.pending_key
-                    .as_ref()
-                    .is_some_and(|p| p.public == key.public)
-                {
-                    return false;
-                }
-                replaced = c.pending_key.as_ref().and_then(|p| p.kid.clone());
-                c.pending_key = Some(key.clone());
-                true
-            })
-            .map_err(OAuthError::internal)?;
-        if written.is_none() {
-            return Err(OAuthError::invalid_client("device deleted"));
-        }
-        let reason = match replaced {
-            Some(old) => format!("pending kid={kid} (replaces {old})"),
-            None => format!("pending kid={kid}"),
-        };
-        let event = AuditEvent::new("device.rotation_requested", Outcome::Success)
-            .actor(&client.client_id)
-            .subject(&client.client_id)
-            .client(&client.client_id)
-            .reason(reason);
-        self.record(ctx, event).await?;
-        Ok(kid)
-    }
-
-    /// The pending key just authenticated: make it the only credential, erasing the factory
-    /// secret and any older key. Durable when the caller's next commit returns.
-    pub(crate) fn promote_pending_key(
-        &self,
-        client: &Client,
-        ctx: &RequestCtx,
-    ) -> Result<Arc<Client>, OAuthError> {
-        let Some(pending) = client.pending_key.clone() else {
-            return Err(OAuthError::Internal(
-                "promotion without a pending key".into(),
-            ));
-        };
-        let updated = self
-            .clients
-            .update_client(&client.client_id, &mut |c| {
-                if c.pending_key.as_ref().map(|p| &p.public) != Some(&pending.public) {
-                    return false;
-                }
-                c.keys = vec![pending.clone()];
-                c.pending_key = None;
-                c.secret_hash = None;
-                c.auth_method = AuthMethod::PrivateKeyJwt;
-                true
-            })
-            .map_err(OAuthError::internal)?
-            .ok_or_else(|| OAuthError::invalid_client("device deleted during rotation"))?;
-        let kid = pending.kid.unwrap_or_default();
-        self.append_audit(
-            ctx,
-            AuditEvent::new("device.credential_promoted", Outcome::Success)
-                .actor(&client.client_id)
-                .subject(&client.client_id)
-                .client(&client.client_id)
-                .reason(format!("kid={kid}; factory secret and older keys erased")),
-        )?;
-        Ok(Arc::new(updated))
-    }
-}
-
-/// RFC 7638 thumbprint of a P-256 key given as a SEC1 uncompressed point.
-fn ec_thumbprint(point: &[u8]) -> String {
-    use sha2::Digest as _;
-    let (x, y) = point
-        .get(1..33)
-        .zip(point.get(33..65))
-        .unwrap_or((&[], &[]));
-    let canonical = format!(
-        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-        super::jws::b64(x),
-        super::jws::b64(y)
-    );
-    super::jws::b64(&sha2::Sha256::digest(canonical.as_bytes()))
 }
 
 #[cfg(test)]
