@@ -25,6 +25,7 @@ pub fn create_user(server: &TestServer, username: &str, password: &str) {
 }
 
 /// A browser session on the verification page.
+#[derive(Clone)]
 pub struct Browser {
     http: ureq::Agent,
     base: String,
@@ -47,6 +48,16 @@ impl Page {
 }
 
 impl Browser {
+    /// The session cookie (`name=value`) the browser holds, if any.
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
+    /// Hold this cookie (`name=value`) from now on, as a stolen or restored one would be.
+    pub fn set_cookie(&mut self, cookie: Option<String>) {
+        self.cookie = cookie;
+    }
+
     /// A browser that trusts only `server`'s CA and follows no redirects by itself (it needs
     /// the `Set-Cookie` of each response).
     pub fn new(server: &TestServer) -> Browser {

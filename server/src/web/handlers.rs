@@ -1,6 +1,7 @@
 //! Handlers of the verification page: show, sign in, enter a code, decide, sign out. Each POST
-//! needs the session's CSRF token; code entries and sign-ins are limited per session and per
-//! source address, and a lockout says how long it lasts.
+//! needs the caller's CSRF token; code entries and sign-ins are limited per session and per
+//! source address — each attempt is reserved against the limits before it is evaluated (see
+//! [`super::limits`]) — and a lockout says how long it lasts.
 
 use std::sync::Arc;
 
@@ -12,11 +13,12 @@ use axum::response::{Html, IntoResponse, Response};
 use maud::Markup;
 use serde::Deserialize;
 
-use super::limits::Failure;
+use super::limits::{Attempt, Lockout, Policy, Reservation};
 use super::pages::{self, Tone};
-use super::session::Session;
+use super::session::{self, Caller, Session};
+use super::visitor::Visitor;
 use super::WebState;
-use crate::accounts::Password;
+use crate::accounts::{Password, SignIn};
 use crate::http::ctx::Ctx;
 use crate::oauth::device_flow::{CodeLookup, CodeProblem, UserCode};
 use crate::oauth::{OAuthError, RequestCtx};
@@ -48,14 +50,27 @@ pub(super) async fn show(
     query: Result<Query<ShowQuery>, QueryRejection>,
 ) -> Response {
     let prefill = prefill(query.as_ref().ok().and_then(|q| q.user_code.as_deref()));
-    let result = Session::load_or_start(&st.oauth, &headers, ctx.now).map(|session| {
-        let markup = match &session.record.user {
-            None => pages::sign_in(&session.record.csrf, &prefill, None),
-            Some(user) => pages::enter_code(user, &session.record.csrf, &prefill, None),
-        };
-        page(StatusCode::OK, markup, Some(&session))
-    });
-    result.unwrap_or_else(internal)
+    let caller = match Caller::from_request(&st.oauth, &st.key, &headers, ctx.now) {
+        Ok(c) => c,
+        Err(e) => return internal(e),
+    };
+    match caller {
+        Some(Caller::SignedIn(s)) => page(
+            StatusCode::OK,
+            pages::enter_code(&s.user, &s.record.csrf, &prefill, None),
+        ),
+        Some(Caller::Visitor(v)) => page(StatusCode::OK, pages::sign_in(&v.csrf, &prefill, None)),
+        None => {
+            // Nothing is stored for a visitor: the cookie itself carries the CSRF token.
+            let v = Visitor::fresh(st.oauth.settings.device.session_ttl, ctx.now);
+            let mut resp = page(StatusCode::OK, pages::sign_in(&v.csrf, &prefill, None));
+            resp.headers_mut().append(
+                header::SET_COOKIE,
+                session::visitor_cookie(&v, &st.key, ctx.now),
+            );
+            resp
+        }
+    }
 }
 
 pub(super) async fn sign_in(
@@ -65,48 +80,53 @@ pub(super) async fn sign_in(
     body: Bytes,
 ) -> Response {
     let form = parse(&body);
-    let mut session = match checked_session(&st, &headers, &form, &ctx) {
-        Ok(Ok(s)) => s,
+    let caller = match checked_caller(&st, &headers, &form, &ctx) {
+        Ok(Ok(c)) => c,
         Ok(Err(refused)) => return refused,
         Err(e) => return internal(e),
     };
     let d = &st.oauth.settings.device;
+    let policy = Policy {
+        per_session: d.sign_in_failures_per_session,
+        per_source: d.sign_in_failures_per_source,
+        window: d.lockout_window,
+    };
     let code = prefill(form.user_code.as_deref());
-    let csrf = session.record.csrf.clone();
-    let locked = session
-        .record
-        .failed_sign_ins
-        .locked_for(d.sign_in_failures_per_session, d.lockout_window, ctx.now)
-        .or_else(|| {
-            st.sources.locked_for(
-                Failure::SignIn,
-                ctx.source,
-                d.sign_in_failures_per_source,
-                d.lockout_window,
-                ctx.now,
-            )
-        });
-    if let Some(wait) = locked {
-        let text = locked_text("failed sign-ins", "signing in", wait);
-        return with_retry_after(
-            page(
-                StatusCode::TOO_MANY_REQUESTS,
-                pages::sign_in(&csrf, &code, Some((Tone::Error, &text))),
-                None,
-            ),
-            wait,
-        );
-    }
+    let csrf = caller.csrf().to_owned();
+    // Counted before the password is checked, so concurrent attempts cannot pass the limit.
+    let reservation = match st.limits.reserve(
+        Attempt::SignIn,
+        &caller.limit_key(),
+        ctx.source,
+        policy,
+        ctx.now,
+    ) {
+        Ok(r) => r,
+        Err(lockout) => {
+            let text = locked_text("failed sign-ins", "signing in", lockout.wait);
+            return with_retry_after(
+                page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    pages::sign_in(&csrf, &code, Some((Tone::Error, &text))),
+                ),
+                lockout.wait,
+            );
+        }
+    };
     let name = form.username.unwrap_or_default();
     let password = form
         .password
         .unwrap_or_else(|| Password::new(String::new()));
     let result = async {
         match st.oauth.sign_in(&name, password, &ctx).await? {
-            Some(user) => {
-                // A new session id at sign-in: an id planted before it (session fixation) is worthless.
-                session.end(&st.oauth)?;
-                let fresh = Session::fresh(Some(user), d.session_ttl, ctx.now);
+            SignIn::Accepted(user) => {
+                st.limits.release(reservation);
+                // A new session id at sign-in: an id planted before it (session fixation) is
+                // worthless, and a visitor's cookie is replaced by the session's.
+                if let Caller::SignedIn(old) = &caller {
+                    old.end(&st.oauth)?;
+                }
+                let fresh = Session::fresh(user, d.session_ttl, ctx.now);
                 fresh.save(&st.oauth)?;
                 st.oauth
                     .commit
@@ -117,31 +137,34 @@ pub(super) async fn sign_in(
                     Some(c) => format!("/device?user_code={}", c.display()),
                     None => "/device".to_owned(),
                 };
-                Ok(redirect(&to, fresh.set_cookie()))
+                Ok(redirect(&to, Some(fresh.set_cookie())))
             }
-            None => {
-                session
-                    .record
-                    .failed_sign_ins
-                    .record(d.lockout_window, ctx.now);
-                let by_session =
-                    session.record.failed_sign_ins.count == d.sign_in_failures_per_session;
-                let by_source = st.sources.record(
-                    Failure::SignIn,
-                    ctx.source,
-                    d.sign_in_failures_per_source,
-                    d.lockout_window,
-                    ctx.now,
-                );
-                session.save(&st.oauth)?;
-                if by_session || by_source {
-                    audit_lockout(&st, &ctx, "user.sign_in_locked_out", None, by_session).await?;
-                }
+            SignIn::Busy => {
+                // Nothing was checked: the attempt does not count.
+                st.limits.release(reservation);
+                let text = "The server is busy. Please try again in a moment.";
+                Ok(with_retry_after(
+                    page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        pages::sign_in(&csrf, &code, Some((Tone::Error, text))),
+                    ),
+                    BUSY_RETRY_AFTER,
+                ))
+            }
+            SignIn::Refused => {
+                audit_if_limit_reached(
+                    &st,
+                    &ctx,
+                    "user.sign_in_locked_out",
+                    None,
+                    &reservation,
+                    policy,
+                )
+                .await?;
                 let text = "Wrong user name or password.";
                 Ok(page(
                     StatusCode::BAD_REQUEST,
                     pages::sign_in(&csrf, &code, Some((Tone::Error, text))),
-                    None,
                 ))
             }
         }
@@ -158,21 +181,28 @@ pub(super) async fn enter_code(
     let form = parse(&body);
     let input = form.user_code.clone().unwrap_or_default();
     let result = async {
-        let (mut session, user) = match signed_in(&st, &headers, &form, &ctx)? {
-            Ok(pair) => pair,
+        let session = match signed_in(&st, &headers, &form, &ctx)? {
+            Ok(s) => s,
             Err(refused) => return Ok(refused),
         };
-        if let Some(refused) = code_lockout(&st, &session, &user, &input, &ctx) {
-            return Ok(refused);
-        }
-        match st.oauth.look_up_user_code(&input, &user, &ctx).await? {
-            CodeLookup::Found(request) => Ok(page(
-                StatusCode::OK,
-                pages::consent(&user, &session.record.csrf, &request, ctx.now),
-                None,
-            )),
+        let reservation = match reserve_code(&st, &session, &input, &ctx) {
+            Ok(r) => r,
+            Err(refused) => return Ok(*refused),
+        };
+        match st
+            .oauth
+            .look_up_user_code(&input, &session.user, &ctx)
+            .await?
+        {
+            CodeLookup::Found(request) => {
+                st.limits.release(reservation);
+                Ok(page(
+                    StatusCode::OK,
+                    pages::consent(&session.user, &session.record.csrf, &request, ctx.now),
+                ))
+            }
             CodeLookup::Problem(problem) => {
-                code_failed(&st, &mut session, &user, &input, problem, &ctx).await
+                code_failed(&st, &session, &input, problem, reservation, &ctx).await
             }
         }
     };
@@ -188,8 +218,8 @@ pub(super) async fn decide(
     let form = parse(&body);
     let input = form.user_code.clone().unwrap_or_default();
     let result = async {
-        let (mut session, user) = match signed_in(&st, &headers, &form, &ctx)? {
-            Ok(pair) => pair,
+        let session = match signed_in(&st, &headers, &form, &ctx)? {
+            Ok(s) => s,
             Err(refused) => return Ok(refused),
         };
         let approve = match form.decision.as_deref() {
@@ -198,24 +228,35 @@ pub(super) async fn decide(
             _ => return Ok(refuse(StatusCode::BAD_REQUEST, "Choose Approve or Deny.")),
         };
         // Deciding names a code too, so it counts against the same limits as entering one.
-        if let Some(refused) = code_lockout(&st, &session, &user, &input, &ctx) {
-            return Ok(refused);
-        }
+        let reservation = match reserve_code(&st, &session, &input, &ctx) {
+            Ok(r) => r,
+            Err(refused) => return Ok(*refused),
+        };
         let Some(code) = UserCode::parse(&input) else {
-            return code_failed(&st, &mut session, &user, &input, CodeProblem::Unknown, &ctx).await;
+            return code_failed(
+                &st,
+                &session,
+                &input,
+                CodeProblem::Unknown,
+                reservation,
+                &ctx,
+            )
+            .await;
         };
         match st
             .oauth
-            .decide_device_request(&code, &user, approve, &ctx)
+            .decide_device_request(&code, &session.user, approve, &ctx)
             .await?
         {
-            CodeLookup::Found(request) => Ok(page(
-                StatusCode::OK,
-                pages::decided(&user, &session.record.csrf, &request, approve),
-                None,
-            )),
+            CodeLookup::Found(request) => {
+                st.limits.release(reservation);
+                Ok(page(
+                    StatusCode::OK,
+                    pages::decided(&session.user, &session.record.csrf, &request, approve),
+                ))
+            }
             CodeLookup::Problem(problem) => {
-                code_failed(&st, &mut session, &user, &input, problem, &ctx).await
+                code_failed(&st, &session, &input, problem, reservation, &ctx).await
             }
         }
     };
@@ -229,26 +270,38 @@ pub(super) async fn sign_out(
     body: Bytes,
 ) -> Response {
     let form = parse(&body);
-    match checked_session(&st, &headers, &form, &ctx) {
-        Ok(Ok(session)) => match session.end(&st.oauth) {
-            Ok(()) => redirect("/device", Session::clear_cookie()),
-            Err(e) => internal(e),
-        },
-        Ok(Err(refused)) => refused,
-        Err(e) => internal(e),
-    }
+    let result = async {
+        match checked_caller(&st, &headers, &form, &ctx)? {
+            Ok(Caller::SignedIn(session)) => {
+                session.end(&st.oauth)?;
+                // Durable before the answer: a crash must not bring the session back.
+                st.oauth
+                    .commit
+                    .commit()
+                    .await
+                    .map_err(OAuthError::internal)?;
+                Ok(redirect("/device", Some(session::clear_cookie())))
+            }
+            Ok(Caller::Visitor(_)) => Ok(redirect("/device", None)),
+            Err(refused) => Ok(refused),
+        }
+    };
+    result.await.unwrap_or_else(internal)
 }
 
-/// The request's session if its CSRF token matches, else the refusal page.
-fn checked_session(
+/// Seconds a sign-in turned away for lack of a password-check slot is told to wait.
+const BUSY_RETRY_AFTER: u64 = 1;
+
+/// The request's caller if its CSRF token matches, else the refusal page.
+fn checked_caller(
     st: &WebState,
     headers: &HeaderMap,
     form: &PageForm,
     ctx: &RequestCtx,
-) -> Result<Result<Session, Response>, OAuthError> {
-    let session = Session::from_request(&st.oauth, headers, ctx.now)?;
-    Ok(match session {
-        Some(s) if s.csrf_matches(form.csrf.as_deref()) => Ok(s),
+) -> Result<Result<Caller, Response>, OAuthError> {
+    let caller = Caller::from_request(&st.oauth, &st.key, headers, ctx.now)?;
+    Ok(match caller {
+        Some(c) if c.csrf_matches(form.csrf.as_deref()) => Ok(c),
         _ => {
             tracing::info!(request_id = %ctx.request_id, "verification page form refused: missing session or CSRF token");
             Err(refuse(
@@ -259,97 +312,82 @@ fn checked_session(
     })
 }
 
-/// [`checked_session`] for a signed-in person; otherwise the sign-in page.
+/// [`checked_caller`] for a signed-in person; otherwise the sign-in page.
 fn signed_in(
     st: &WebState,
     headers: &HeaderMap,
     form: &PageForm,
     ctx: &RequestCtx,
-) -> Result<Result<(Session, String), Response>, OAuthError> {
-    let session = match checked_session(st, headers, form, ctx)? {
-        Ok(s) => s,
-        Err(refused) => return Ok(Err(refused)),
-    };
-    match session.record.user.clone() {
-        Some(user) => Ok(Ok((session, user))),
-        None => {
+) -> Result<Result<Session, Response>, OAuthError> {
+    match checked_caller(st, headers, form, ctx)? {
+        Ok(Caller::SignedIn(s)) => Ok(Ok(s)),
+        Ok(Caller::Visitor(v)) => {
             let code = prefill(form.user_code.as_deref());
             let text = "Please sign in first.";
-            let markup = pages::sign_in(&session.record.csrf, &code, Some((Tone::Info, text)));
-            Ok(Err(page(StatusCode::UNAUTHORIZED, markup, None)))
+            let markup = pages::sign_in(&v.csrf, &code, Some((Tone::Info, text)));
+            Ok(Err(page(StatusCode::UNAUTHORIZED, markup)))
         }
+        Err(refused) => Ok(Err(refused)),
     }
 }
 
-/// The lockout page, if this session or address entered too many wrong codes.
-fn code_lockout(
+fn code_policy(st: &WebState) -> Policy {
+    let d = &st.oauth.settings.device;
+    Policy {
+        per_session: d.code_failures_per_session,
+        per_source: d.code_failures_per_source,
+        window: d.lockout_window,
+    }
+}
+
+/// Reserve one code attempt for this session, or the lockout page.
+fn reserve_code(
     st: &WebState,
     session: &Session,
-    user: &str,
     input: &str,
     ctx: &RequestCtx,
-) -> Option<Response> {
-    let d = &st.oauth.settings.device;
-    let wait = session
-        .record
-        .failed_codes
-        .locked_for(d.code_failures_per_session, d.lockout_window, ctx.now)
-        .or_else(|| {
-            st.sources.locked_for(
-                Failure::Code,
-                ctx.source,
-                d.code_failures_per_source,
-                d.lockout_window,
-                ctx.now,
-            )
-        })?;
-    let text = locked_text("wrong codes", "code entry", wait);
-    let markup = pages::enter_code(
-        user,
-        &session.record.csrf,
-        &prefill(Some(input)),
-        Some((Tone::Error, &text)),
-    );
-    Some(with_retry_after(
-        page(StatusCode::TOO_MANY_REQUESTS, markup, None),
-        wait,
-    ))
+) -> Result<Reservation, Box<Response>> {
+    st.limits
+        .reserve(
+            Attempt::Code,
+            &session.limit_key(),
+            ctx.source,
+            code_policy(st),
+            ctx.now,
+        )
+        .map_err(|lockout: Lockout| {
+            let text = locked_text("wrong codes", "code entry", lockout.wait);
+            let markup = pages::enter_code(
+                &session.user,
+                &session.record.csrf,
+                &prefill(Some(input)),
+                Some((Tone::Error, &text)),
+            );
+            Box::new(with_retry_after(
+                page(StatusCode::TOO_MANY_REQUESTS, markup),
+                lockout.wait,
+            ))
+        })
 }
 
-/// Count a wrong, expired or used code against the session and the address, and say what was
-/// wrong.
+/// A wrong, expired or used code: its reservation stays counted; say what was wrong.
 async fn code_failed(
     st: &WebState,
-    session: &mut Session,
-    user: &str,
+    session: &Session,
     input: &str,
     problem: CodeProblem,
+    reservation: Reservation,
     ctx: &RequestCtx,
 ) -> Result<Response, OAuthError> {
-    let d = &st.oauth.settings.device;
-    session
-        .record
-        .failed_codes
-        .record(d.lockout_window, ctx.now);
-    let by_session = session.record.failed_codes.count == d.code_failures_per_session;
-    let by_source = st.sources.record(
-        Failure::Code,
-        ctx.source,
-        d.code_failures_per_source,
-        d.lockout_window,
-        ctx.now,
-    );
-    session.save(&st.oauth)?;
-    if by_session || by_source {
-        audit_lockout(
-            st,
-            ctx,
-            "device.code_entry_locked_out",
-            Some(user),
-            by_session,
-        )
-        .await?;
-    }
+    audit_if_limit_reached(
+        st,
+        ctx,
+        "device.code_entry_locked_out",
+        Some(&session.user),
+        &reservation,
+        code_policy(st),
+    )
+    .await?;
     let text = match problem {
         CodeProblem::Expired => {
             "That code has expired. Start again on your device to get a new code."
@@ -360,21 +398,28 @@ async fn code_failed(
         _ => "That code is not valid. Check it against the code on your device and try again.",
     };
     let markup = pages::enter_code(
-        user,
+        &session.user,
         &session.record.csrf,
         &prefill(Some(input)),
         Some((Tone::Error, text)),
     );
-    Ok(page(StatusCode::BAD_REQUEST, markup, None))
+    Ok(page(StatusCode::BAD_REQUEST, markup))
 }
 
-async fn audit_lockout(
+/// Audit the failure that filled a limit (once per lockout, not per refused attempt).
+async fn audit_if_limit_reached(
     st: &WebState,
     ctx: &RequestCtx,
     event: &str,
     user: Option<&str>,
-    by_session: bool,
+    reservation: &Reservation,
+    policy: Policy,
 ) -> Result<(), OAuthError> {
+    let by_session = reservation.session_count == policy.per_session;
+    let by_source = reservation.source_count == policy.per_source;
+    if !(by_session || by_source) {
+        return Ok(());
+    }
     let mut e = AuditEvent::new(event, Outcome::Failure).reason(if by_session {
         "failure limit reached for the session"
     } else {
@@ -407,18 +452,13 @@ fn parse(body: &[u8]) -> PageForm {
     serde_urlencoded::from_bytes(body).unwrap_or_default()
 }
 
-/// An HTML page; a new session's cookie goes with it.
-fn page(status: StatusCode, markup: Markup, session: Option<&Session>) -> Response {
-    let mut resp = (status, Html(markup.into_string())).into_response();
-    if let Some(s) = session.filter(|s| s.is_new) {
-        resp.headers_mut()
-            .append(header::SET_COOKIE, s.set_cookie());
-    }
-    resp
+/// An HTML page.
+fn page(status: StatusCode, markup: Markup) -> Response {
+    (status, Html(markup.into_string())).into_response()
 }
 
 fn refuse(status: StatusCode, text: &str) -> Response {
-    page(status, pages::message("Cannot continue", text), None)
+    page(status, pages::message("Cannot continue", text))
 }
 
 fn with_retry_after(mut resp: Response, wait: u64) -> Response {
@@ -428,7 +468,7 @@ fn with_retry_after(mut resp: Response, wait: u64) -> Response {
 }
 
 /// 303 See Other: after a POST, the browser GETs `to`.
-fn redirect(to: &str, cookie: HeaderValue) -> Response {
+fn redirect(to: &str, cookie: Option<HeaderValue>) -> Response {
     let mut resp = StatusCode::SEE_OTHER.into_response();
     let h = resp.headers_mut();
     // Only paths we built from validated parts reach here.
@@ -436,7 +476,9 @@ fn redirect(to: &str, cookie: HeaderValue) -> Response {
         header::LOCATION,
         HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/device")),
     );
-    h.append(header::SET_COOKIE, cookie);
+    if let Some(c) = cookie {
+        h.append(header::SET_COOKIE, c);
+    }
     resp
 }
 
@@ -448,6 +490,5 @@ fn internal(e: OAuthError) -> Response {
             "Something went wrong",
             "The server could not complete this step. Please try again.",
         ),
-        None,
     )
 }

@@ -6,6 +6,7 @@ mod handlers;
 pub mod limits;
 pub mod pages;
 pub mod session;
+pub mod visitor;
 
 use std::sync::Arc;
 
@@ -30,16 +31,22 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 pub struct WebState {
     /// The protocol core.
     pub oauth: AuthServer,
-    /// Failure counters per source address.
-    pub sources: limits::SourceLimits,
+    /// Failure counters with reservations, per session and per source address.
+    pub limits: limits::Limits,
+    /// The MAC key of anonymous visitors' cookies.
+    pub key: Arc<visitor::CookieKey>,
 }
 
 /// The page's routes, with their own state, ready to merge into the API router (whatever its
 /// state type).
-pub fn router<S: Clone + Send + Sync + 'static>(oauth: AuthServer) -> Router<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(
+    oauth: AuthServer,
+    key: Arc<visitor::CookieKey>,
+) -> Router<S> {
     let state = Arc::new(WebState {
         oauth,
-        sources: limits::SourceLimits::default(),
+        limits: limits::Limits::default(),
+        key,
     });
     Router::new()
         .route("/device", get(handlers::show).post(handlers::enter_code))

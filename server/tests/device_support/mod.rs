@@ -41,6 +41,12 @@ pub struct InProcess {
 impl InProcess {
     /// A fresh data directory served with `overrides` over the defaults.
     pub fn start(overrides: ConfigLayer) -> Self {
+        Self::start_with_slots(overrides, None)
+    }
+
+    /// [`InProcess::start`] with this many password-check slots instead of one per core, so a
+    /// test can let many Argon2 runs overlap.
+    pub fn start_with_slots(overrides: ConfigLayer, password_slots: Option<usize>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         datadir::init(&InitOptions {
@@ -50,8 +56,12 @@ impl InProcess {
         })
         .unwrap();
         let settings = ServeSettings::resolve(&data_dir, None, overrides).unwrap();
-        let oauth = hallmark_server::serve::build(&settings).unwrap().oauth;
-        let app = hallmark_server::http::router(oauth.clone(), &settings);
+        let mut built = hallmark_server::serve::build(&settings).unwrap();
+        if let Some(n) = password_slots {
+            built.oauth.password_checks = hallmark_server::accounts::PasswordChecks::new(n);
+        }
+        let app = hallmark_server::http::router(&built, &settings);
+        let oauth = built.oauth.clone();
         InProcess {
             _dir: dir,
             data_dir,
@@ -194,6 +204,7 @@ impl Page {
 }
 
 /// A browser without JavaScript: keeps the session cookie, follows no redirect unless asked.
+#[derive(Clone)]
 pub struct Browser {
     app: Router,
     pub cookie: Option<String>,
