@@ -53,7 +53,7 @@ pub fn router(built: &Built, settings: &ServeSettings) -> Router {
     let trusted = Arc::new(settings.trusted_proxies.clone());
     let metadata_json = discovery::metadata(&oauth.settings);
     let registry = oauth.metrics.registry();
-    let web = crate::web::router(oauth.clone(), built.page_key.clone());
+    let web = crate::web::router(oauth.clone(), built.page_key.clone(), settings.page.clone());
     let state = Arc::new(AppState {
         oauth,
         metadata_json,

@@ -51,6 +51,10 @@ pub struct WebSession {
     pub created_at: u64,
     /// When it stops working.
     pub expires_at: u64,
+    /// User codes (normalised) this session entered through the code form, newest last: the
+    /// consent and outcome pages show only these.
+    #[serde(default)]
+    pub codes: Vec<String>,
 }
 
 impl std::fmt::Debug for WebSession {
@@ -94,6 +98,7 @@ mod tests {
             user: None,
             created_at: 0,
             expires_at: 1,
+            codes: vec![],
         };
         assert!(!format!("{s:?}").contains("csrf-value"));
     }

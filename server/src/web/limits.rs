@@ -1,12 +1,19 @@
-//! Failure limits of the verification page: wrong user codes and failed sign-ins, counted per
-//! session and per source address (RFC 8628 §5.1: the user code's small space must be protected
-//! by rate limiting).
+//! Failure limits of the verification page: codes that match no request and failed sign-ins
+//! (RFC 8628 §5.1: the user code's small space must be protected by rate limiting).
 //!
 //! An attempt is *reserved* — counted — before it is evaluated, atomically with the check that
-//! it is allowed, and released only when it succeeds. So concurrent requests can never each see
-//! a count below the limit and all be evaluated: whatever the interleaving, at most `limit`
-//! attempts that failed (or are still running) exist per window. A reservation that is neither
+//! it may run, and released only when it turns out not to be a failure. So concurrent requests
+//! can never each see a count below a limit and all be evaluated. A reservation that is neither
 //! released nor kept explicitly (a request cancelled mid-check) stays counted.
+//!
+//! Sign-ins are held to a limit per browser and one per source address. Code entry is held to
+//! the person's *own* limits — per session and per account — and to *shared* ones: per source
+//! address (a slow-down, then a pause) and for the whole server. The shared limits apply only
+//! to an account that has itself entered [`SHARED_LIMITS_AFTER`] codes matching no request in the
+//! window, so a person who was not guessing is never slowed down or refused because of others at
+//! the same address (an office behind one NAT), while guessing stays bounded: per window at most
+//! `per_account` guesses per account, and at most `global + SHARED_LIMITS_AFTER × accounts` in
+//! all (see the README for the arithmetic).
 //!
 //! Held in memory, per process: a restart clears the counters.
 
@@ -18,12 +25,17 @@ use crate::store::grants::TokenHash;
 
 /// Keys tracked before expired windows are swept.
 const SWEEP_AT: usize = 50_000;
+/// An account's own wrong codes in a window before the shared (address, server) limits apply
+/// to it: two typos are human, a third starts to look like guessing.
+pub const SHARED_LIMITS_AFTER: u32 = 3;
+/// The longest slow-down, seconds.
+pub const MAX_SLOWDOWN: u64 = 10;
 
 /// What is being attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Attempt {
-    /// Entering (or deciding on) a user code.
+    /// Entering a user code.
     Code,
     /// Signing in with a user name and password.
     SignIn,
@@ -35,8 +47,12 @@ pub enum Attempt {
 pub enum LockedBy {
     /// This browser session's own failures.
     Session,
-    /// Failures from the source address (all its sessions).
+    /// The signed-in account's own failures, all its sessions.
+    Account,
+    /// Failures from the source address (all its sessions and accounts).
     Source,
+    /// Failures on the whole server.
+    Global,
 }
 
 /// An attempt that may not run now.
@@ -51,11 +67,11 @@ pub struct Lockout {
 /// Failures counted in a fixed window: `limit` failures lock until the window that began with
 /// the first of them ends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FailureWindow {
-    /// Failures (and reserved attempts) in the current window.
-    pub count: u32,
+struct FailureWindow {
+    /// Failures (and attempts still running) in the current window.
+    count: u32,
     /// When the current window began.
-    pub since: u64,
+    since: u64,
 }
 
 impl FailureWindow {
@@ -69,13 +85,13 @@ impl FailureWindow {
     }
 
     /// Seconds until the lock lifts, if `limit` failures happened in the window still running.
-    pub fn locked_for(&self, limit: u32, window: u64, now: u64) -> Option<u64> {
+    fn locked_for(&self, limit: u32, window: u64, now: u64) -> Option<u64> {
         let ends = self.since.saturating_add(window);
         (self.current(window, now) >= limit).then(|| ends.saturating_sub(now).max(1))
     }
 
     /// Count one attempt at `now`, starting a new window if the last one ended.
-    pub fn record(&mut self, window: u64, now: u64) {
+    fn record(&mut self, window: u64, now: u64) {
         if now >= self.since.saturating_add(window) {
             *self = FailureWindow {
                 count: 0,
@@ -86,26 +102,91 @@ impl FailureWindow {
     }
 }
 
-/// One counter an attempt is checked against and counted in.
+/// One counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     /// A browser: a signed-in session (hash of its id) or a visitor (hash of its CSRF token).
     Session(Attempt, TokenHash),
+    /// A signed-in account.
+    Account(Attempt, String),
     /// A source address bucket (see [`bucket`]).
     Source(Attempt, IpAddr),
+    /// The whole server.
+    Global(Attempt),
 }
 
-/// An attempt counted against its limits; give it back with [`Limits::release`] if it
-/// succeeded. Dropping it keeps it counted.
+/// A counter an attempt is held to: refused when `count >= limit`, if `enforced`.
 #[derive(Debug)]
-#[must_use = "a reservation is released on success, or kept as a failure"]
+struct Check {
+    key: Key,
+    limit: u32,
+    enforced: bool,
+    by: LockedBy,
+}
+
+/// The counts of one reserved attempt, itself included (0 for a counter that does not apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// This session's.
+    pub session: u32,
+    /// This account's.
+    pub account: u32,
+    /// This source address's.
+    pub source: u32,
+    /// The server's.
+    pub global: u32,
+}
+
+/// An attempt counted against its limits; give it back with [`Limits::release`] if it was not
+/// a failure. Dropping it keeps it counted.
+#[derive(Debug)]
+#[must_use = "a reservation is released when the attempt was no failure, or kept as one"]
 pub struct Reservation {
     /// Each key counted, with the window it was counted in.
     counted: Vec<(Key, u64)>,
-    /// The session's failures in this window, this attempt included.
-    pub session_count: u32,
-    /// The source address's failures in this window, this attempt included (0 if unknown).
-    pub source_count: u32,
+    /// The counts with this attempt.
+    pub counts: Counts,
+    /// Seconds to wait before evaluating it (the slow-down of a busy address), 0 mostly.
+    pub delay: u64,
+}
+
+/// The sign-in limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInPolicy {
+    /// Failures per browser per window.
+    pub per_session: u32,
+    /// Failures per source address per window.
+    pub per_source: u32,
+    /// The window, seconds.
+    pub window: u64,
+}
+
+/// The code-entry limits.
+#[derive(Debug, Clone, Copy)]
+pub struct CodePolicy {
+    /// Wrong codes per session per window.
+    pub per_session: u32,
+    /// Wrong codes per account per window, all sessions and addresses.
+    pub per_account: u32,
+    /// Wrong codes from one address per window after which suspect accounts there are slowed.
+    pub slowdown_per_source: u32,
+    /// Wrong codes from one address per window after which suspect accounts there are paused.
+    pub per_source: u32,
+    /// Wrong codes on the server per window after which suspect accounts are paused.
+    pub global: u32,
+    /// The window, seconds.
+    pub window: u64,
+}
+
+/// Who enters a code.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeCaller<'a> {
+    /// The session's limit key.
+    pub session: &'a TokenHash,
+    /// The signed-in account.
+    pub account: &'a str,
+    /// The client address, when known.
+    pub source: Option<IpAddr>,
 }
 
 /// Failure windows of the page, by key.
@@ -114,72 +195,63 @@ pub struct Limits {
     windows: Mutex<HashMap<Key, FailureWindow>>,
 }
 
-/// The limits one attempt is held to.
-#[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    /// Failures per session per window.
-    pub per_session: u32,
-    /// Failures per source address per window.
-    pub per_source: u32,
-    /// The window, seconds.
-    pub window: u64,
-}
+type Map = HashMap<Key, FailureWindow>;
 
 impl Limits {
-    /// Reserve one `kind` attempt by `session` from `source`: refused if either limit is
-    /// reached (counting attempts still running), otherwise counted against both at once.
-    pub fn reserve(
+    /// Reserve one sign-in by `session` from `source`: refused if either limit is reached
+    /// (attempts still running included), otherwise counted against both at once.
+    pub fn reserve_sign_in(
         &self,
-        kind: Attempt,
         session: &TokenHash,
         source: Option<IpAddr>,
-        policy: Policy,
+        p: SignInPolicy,
         now: u64,
     ) -> Result<Reservation, Lockout> {
-        let mut checks = vec![(
-            Key::Session(kind, *session),
-            policy.per_session,
-            LockedBy::Session,
-        )];
-        if let Some(ip) = source {
-            checks.push((
-                Key::Source(kind, bucket(ip)),
-                policy.per_source,
-                LockedBy::Source,
-            ));
+        let mut map = self.map(p.window, now);
+        let checks = sign_in_checks(session, source, p);
+        if let Some(l) = first_lockout(&map, &checks, p.window, now) {
+            return Err(l);
         }
-        // A poisoned map only means another request panicked mid-update of a counter.
-        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, w| now < w.since.saturating_add(policy.window));
-        }
-        for (key, limit, by) in &checks {
-            if let Some(wait) = map
-                .get(key)
-                .and_then(|w| w.locked_for(*limit, policy.window, now))
-            {
-                return Err(Lockout { by: *by, wait });
-            }
-        }
-        let mut counted = Vec::with_capacity(checks.len());
-        let (mut session_count, mut source_count) = (0, 0);
-        for (key, _, by) in checks {
-            let w = map.entry(key.clone()).or_default();
-            w.record(policy.window, now);
-            match by {
-                LockedBy::Session => session_count = w.count,
-                LockedBy::Source => source_count = w.count,
-            }
-            counted.push((key, w.since));
-        }
-        Ok(Reservation {
-            counted,
-            session_count,
-            source_count,
-        })
+        Ok(count(&mut map, checks, p.window, now, 0))
     }
 
-    /// Give back a reservation whose attempt succeeded (or was never evaluated).
+    /// Whether `session` at `source` is locked out of signing in now.
+    pub fn sign_in_lockout(
+        &self,
+        session: &TokenHash,
+        source: Option<IpAddr>,
+        p: SignInPolicy,
+        now: u64,
+    ) -> Option<Lockout> {
+        let map = self.map(p.window, now);
+        first_lockout(&map, &sign_in_checks(session, source, p), p.window, now)
+    }
+
+    /// Reserve one code entry: refused by the caller's own limits, or — for an account that
+    /// has itself failed [`SHARED_LIMITS_AFTER`] times — by the shared ones; otherwise counted
+    /// against all at once, with the slow-down to apply.
+    pub fn reserve_code(
+        &self,
+        who: CodeCaller<'_>,
+        p: CodePolicy,
+        now: u64,
+    ) -> Result<Reservation, Lockout> {
+        let mut map = self.map(p.window, now);
+        let (checks, delay) = code_checks(&map, who, p, now);
+        if let Some(l) = first_lockout(&map, &checks, p.window, now) {
+            return Err(l);
+        }
+        Ok(count(&mut map, checks, p.window, now, delay))
+    }
+
+    /// Whether `who` is locked out of code entry now.
+    pub fn code_lockout(&self, who: CodeCaller<'_>, p: CodePolicy, now: u64) -> Option<Lockout> {
+        let map = self.map(p.window, now);
+        let (checks, _) = code_checks(&map, who, p, now);
+        first_lockout(&map, &checks, p.window, now)
+    }
+
+    /// Give back a reservation whose attempt was no failure (or was never evaluated).
     pub fn release(&self, reservation: Reservation) {
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         for (key, since) in reservation.counted {
@@ -192,32 +264,104 @@ impl Limits {
         }
     }
 
-    /// Seconds until `session` (or `source`) may try `kind` again, if it is locked out now.
-    pub fn locked(
-        &self,
-        kind: Attempt,
-        session: &TokenHash,
-        source: Option<IpAddr>,
-        policy: Policy,
-        now: u64,
-    ) -> Option<Lockout> {
-        let map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let by_session = map
-            .get(&Key::Session(kind, *session))
-            .and_then(|w| w.locked_for(policy.per_session, policy.window, now))
-            .map(|wait| Lockout {
-                by: LockedBy::Session,
-                wait,
-            });
-        by_session.or_else(|| {
-            let ip = bucket(source?);
-            map.get(&Key::Source(kind, ip))
-                .and_then(|w| w.locked_for(policy.per_source, policy.window, now))
-                .map(|wait| Lockout {
-                    by: LockedBy::Source,
-                    wait,
-                })
-        })
+    fn map(&self, window: u64, now: u64) -> std::sync::MutexGuard<'_, Map> {
+        // A poisoned map only means another request panicked mid-update of a counter.
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, w| now < w.since.saturating_add(window));
+        }
+        map
+    }
+}
+
+fn sign_in_checks(session: &TokenHash, source: Option<IpAddr>, p: SignInPolicy) -> Vec<Check> {
+    let mut checks = vec![Check {
+        key: Key::Session(Attempt::SignIn, *session),
+        limit: p.per_session,
+        enforced: true,
+        by: LockedBy::Session,
+    }];
+    if let Some(ip) = source {
+        checks.push(Check {
+            key: Key::Source(Attempt::SignIn, bucket(ip)),
+            limit: p.per_source,
+            enforced: true,
+            by: LockedBy::Source,
+        });
+    }
+    checks
+}
+
+/// The checks of a code entry, and its slow-down in seconds.
+fn code_checks(map: &Map, who: CodeCaller<'_>, p: CodePolicy, now: u64) -> (Vec<Check>, u64) {
+    let current = |key: &Key| map.get(key).map_or(0, |w| w.current(p.window, now));
+    let account = Key::Account(Attempt::Code, who.account.to_owned());
+    let suspect = current(&account) >= SHARED_LIMITS_AFTER;
+    let mut checks = vec![
+        Check {
+            key: Key::Session(Attempt::Code, *who.session),
+            limit: p.per_session,
+            enforced: true,
+            by: LockedBy::Session,
+        },
+        Check {
+            key: account,
+            limit: p.per_account,
+            enforced: true,
+            by: LockedBy::Account,
+        },
+    ];
+    let mut delay = 0;
+    if let Some(ip) = who.source {
+        let key = Key::Source(Attempt::Code, bucket(ip));
+        let from_source = current(&key);
+        if suspect && from_source >= p.slowdown_per_source {
+            let over = u64::from(from_source - p.slowdown_per_source) + 1;
+            delay = over.min(MAX_SLOWDOWN);
+        }
+        checks.push(Check {
+            key,
+            limit: p.per_source,
+            enforced: suspect,
+            by: LockedBy::Source,
+        });
+    }
+    checks.push(Check {
+        key: Key::Global(Attempt::Code),
+        limit: p.global,
+        enforced: suspect,
+        by: LockedBy::Global,
+    });
+    (checks, delay)
+}
+
+/// The first enforced check whose limit is reached.
+fn first_lockout(map: &Map, checks: &[Check], window: u64, now: u64) -> Option<Lockout> {
+    checks.iter().filter(|c| c.enforced).find_map(|c| {
+        let wait = map.get(&c.key)?.locked_for(c.limit, window, now)?;
+        Some(Lockout { by: c.by, wait })
+    })
+}
+
+/// Count one attempt against every check.
+fn count(map: &mut Map, checks: Vec<Check>, window: u64, now: u64, delay: u64) -> Reservation {
+    let mut counted = Vec::with_capacity(checks.len());
+    let mut counts = Counts::default();
+    for c in checks {
+        let w = map.entry(c.key.clone()).or_default();
+        w.record(window, now);
+        match c.by {
+            LockedBy::Session => counts.session = w.count,
+            LockedBy::Account => counts.account = w.count,
+            LockedBy::Source => counts.source = w.count,
+            LockedBy::Global => counts.global = w.count,
+        }
+        counted.push((c.key, w.since));
+    }
+    Reservation {
+        counted,
+        counts,
+        delay,
     }
 }
 
@@ -237,121 +381,4 @@ fn bucket(ip: IpAddr) -> IpAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POLICY: Policy = Policy {
-        per_session: 2,
-        per_source: 3,
-        window: 60,
-    };
-
-    fn ip(s: &str) -> Option<IpAddr> {
-        Some(s.parse().unwrap())
-    }
-
-    #[test]
-    fn reservations_count_before_the_outcome_is_known() {
-        let limits = Limits::default();
-        let s = TokenHash::of("session");
-        // Two attempts in flight reach the session's limit of two: a third is refused at once,
-        // before either of the first two finished.
-        let a = limits
-            .reserve(Attempt::Code, &s, ip("192.0.2.1"), POLICY, 100)
-            .unwrap();
-        let b = limits
-            .reserve(Attempt::Code, &s, ip("192.0.2.1"), POLICY, 100)
-            .unwrap();
-        assert_eq!(b.session_count, 2);
-        let refused = limits
-            .reserve(Attempt::Code, &s, ip("192.0.2.1"), POLICY, 101)
-            .unwrap_err();
-        assert_eq!(
-            refused,
-            Lockout {
-                by: LockedBy::Session,
-                wait: 59
-            }
-        );
-        // One succeeded: its slot comes back.
-        limits.release(a);
-        let c = limits
-            .reserve(Attempt::Code, &s, ip("192.0.2.1"), POLICY, 102)
-            .unwrap();
-        drop((b, c));
-        // Sign-ins are counted apart from codes.
-        assert!(limits
-            .reserve(Attempt::SignIn, &s, ip("192.0.2.1"), POLICY, 102)
-            .is_ok());
-    }
-
-    #[test]
-    fn the_source_limit_spans_sessions_and_the_window_ends() {
-        let limits = Limits::default();
-        for n in 0..3 {
-            let s = TokenHash::of(&format!("s{n}"));
-            let _kept = limits
-                .reserve(Attempt::SignIn, &s, ip("192.0.2.9"), POLICY, 100)
-                .unwrap();
-        }
-        let fresh = TokenHash::of("fresh");
-        let refused = limits
-            .reserve(Attempt::SignIn, &fresh, ip("192.0.2.9"), POLICY, 110)
-            .unwrap_err();
-        assert_eq!(refused.by, LockedBy::Source);
-        assert_eq!(
-            limits.locked(Attempt::SignIn, &fresh, ip("192.0.2.9"), POLICY, 110),
-            Some(refused)
-        );
-        assert!(limits
-            .reserve(Attempt::SignIn, &fresh, ip("192.0.2.10"), POLICY, 110)
-            .is_ok());
-        assert!(limits
-            .reserve(Attempt::SignIn, &fresh, ip("192.0.2.9"), POLICY, 160)
-            .is_ok());
-    }
-
-    #[test]
-    fn a_release_after_the_window_turned_over_changes_nothing() {
-        let limits = Limits::default();
-        let s = TokenHash::of("s");
-        let old = limits
-            .reserve(Attempt::Code, &s, None, POLICY, 100)
-            .unwrap();
-        let _new = limits
-            .reserve(Attempt::Code, &s, None, POLICY, 170)
-            .unwrap();
-        limits.release(old);
-        let _again = limits
-            .reserve(Attempt::Code, &s, None, POLICY, 171)
-            .unwrap();
-        assert!(limits
-            .reserve(Attempt::Code, &s, None, POLICY, 172)
-            .is_err());
-    }
-
-    #[test]
-    fn ipv6_addresses_share_their_64() {
-        let limits = Limits::default();
-        let policy = Policy {
-            per_source: 1,
-            ..POLICY
-        };
-        let s = TokenHash::of("s");
-        let _kept = limits
-            .reserve(Attempt::SignIn, &s, ip("2001:db8:1:2::1"), policy, 0)
-            .unwrap();
-        let other = TokenHash::of("other");
-        assert!(limits
-            .reserve(
-                Attempt::SignIn,
-                &other,
-                ip("2001:db8:1:2:ffff::9"),
-                policy,
-                1
-            )
-            .is_err());
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(bucket(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-    }
-}
+mod tests;

@@ -4,10 +4,12 @@
 //! SameSite=Lax`; and the CSRF token every form echoes.
 
 use axum::http::{header, HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::visitor::{CookieKey, Visitor};
+use crate::oauth::device_flow::UserCode;
 use crate::oauth::{AuthServer, OAuthError};
 use crate::secret::{random_id, Secret};
 use crate::store::grants::TokenHash;
@@ -16,6 +18,8 @@ use crate::store::users::WebSession;
 /// The cookie's name. `__Host-` makes the browser refuse it unless it is `Secure`, has
 /// `Path=/` and no `Domain`, so no sibling host or plain-HTTP page can plant one.
 pub const COOKIE: &str = "__Host-hallmark-session";
+/// User codes a session remembers having entered.
+const MAX_CODES: usize = 8;
 
 /// A signed-in session: the cookie value (held only here and in the browser) and its record.
 pub struct Session {
@@ -44,6 +48,7 @@ impl Session {
                 user: Some(user.clone()),
                 created_at: now,
                 expires_at: now.saturating_add(ttl),
+                codes: Vec::new(),
             },
             user,
         }
@@ -86,6 +91,32 @@ impl Session {
     /// The hash of the id: the store's key, and what the failure limits count under.
     pub fn limit_key(&self) -> TokenHash {
         TokenHash::of(&self.id)
+    }
+
+    /// The tag a device grant records for the session that decided on it: derived from the
+    /// id's hash, so it names the session without being able to open it.
+    pub fn decision_tag(&self) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"hallmark decided-in v1\0")
+            .chain_update(self.limit_key().0)
+            .finalize();
+        hex::encode(&digest[..16])
+    }
+
+    /// Whether this session entered `code` through the code form.
+    pub fn entered(&self, code: &UserCode) -> bool {
+        self.record.codes.iter().any(|c| c == code.as_str())
+    }
+
+    /// Note that this session entered `code` (keeping the newest few); false if it had.
+    pub fn remember(&mut self, code: &UserCode) -> bool {
+        if self.entered(code) {
+            return false;
+        }
+        self.record.codes.push(code.as_str().to_owned());
+        let excess = self.record.codes.len().saturating_sub(MAX_CODES);
+        self.record.codes.drain(..excess);
+        true
     }
 
     /// The `Set-Cookie` value that hands this session to the browser.
@@ -217,6 +248,30 @@ mod tests {
             }
             assert!(!c.contains("Domain"));
         }
+    }
+
+    #[test]
+    fn a_session_remembers_its_newest_codes_and_tags_its_decisions() {
+        let mut s = Session::fresh("ann".into(), 600, 0);
+        let codes: Vec<UserCode> = (0..10u8)
+            .map(|i| {
+                UserCode::parse(&format!(
+                    "BCDFGHJ{}",
+                    char::from(b"BCDFGHJKLM"[usize::from(i)])
+                ))
+                .unwrap()
+            })
+            .collect();
+        assert!(s.remember(&codes[0]));
+        assert!(!s.remember(&codes[0]));
+        for c in &codes[1..] {
+            s.remember(c);
+        }
+        assert!(!s.entered(&codes[1]) && s.entered(&codes[2]) && s.entered(&codes[9]));
+        assert_eq!(s.record.codes.len(), 8);
+        let other = Session::fresh("ann".into(), 600, 0);
+        assert_eq!(s.decision_tag().len(), 32);
+        assert_ne!(s.decision_tag(), other.decision_tag());
     }
 
     #[test]

@@ -104,6 +104,7 @@ mod tests {
             user: Some("ann".into()),
             created_at: 0,
             expires_at,
+            codes: vec![],
         };
         let (old, new) = (TokenHash::of("old"), TokenHash::of("new"));
         store.put_web_session(&old, &s(10)).unwrap();
