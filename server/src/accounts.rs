@@ -1,16 +1,18 @@
 //! The people who approve devices: accounts created by the operator (`user add`, `POST
 //! /admin/users`), passwords hashed with Argon2id, and the sign-in check of the verification page.
 //!
-//! Argon2id is deliberately slow (~20 ms here), so hashing and checking run on the blocking pool,
-//! and an unknown name costs the same as a wrong password so that timing does not reveal which
-//! names exist.
+//! Argon2id is deliberately slow (~20 ms here) and takes 19 MiB per run, so hashing and checking
+//! run on the blocking pool, at most [`PasswordChecks`] at once (one per core: more would only
+//! queue for the CPU while holding memory); an unknown name costs the same as a wrong password so
+//! that timing does not reveal which names exist.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
 use crate::oauth::{AuthServer, OAuthError, RequestCtx};
@@ -49,6 +51,54 @@ pub enum AccountError {
     /// The database could not be opened or written (is the server still running?).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+/// The slots for Argon2id runs: a request that finds none free is turned away at once (the
+/// page answers 503 with `Retry-After`) instead of waiting in a queue without bound, so memory
+/// stays at about 19 MiB per slot however many sign-ins arrive together.
+#[derive(Debug, Clone)]
+pub struct PasswordChecks {
+    slots: Arc<Semaphore>,
+}
+
+impl PasswordChecks {
+    /// `slots` concurrent runs (at least one).
+    pub fn new(slots: usize) -> Self {
+        PasswordChecks {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+        }
+    }
+
+    /// One slot per core this process may use.
+    pub fn per_core() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, usize::from))
+    }
+
+    /// A free slot, if there is one now.
+    fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot, waiting for one (for authenticated callers only: the admin API).
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, AccountError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AccountError::Task)
+    }
+}
+
+/// What a sign-in attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignIn {
+    /// The password matched an enabled account: its canonical name.
+    Accepted(String),
+    /// Wrong name or password, or a disabled account (audited).
+    Refused,
+    /// Every password-check slot was busy: nothing was checked, nothing audited.
+    Busy,
 }
 
 /// A password as a request carried it: zeroed on drop, never printed.
@@ -204,7 +254,14 @@ impl AuthServer {
         ctx: &RequestCtx,
     ) -> Result<UserView, OAuthError> {
         let now = ctx.now;
+        let slot = self
+            .password_checks
+            .slot()
+            .await
+            .map_err(OAuthError::internal)?;
         let user = tokio::task::spawn_blocking(move || {
+            // The slot is held until the hash is made, even if the request is dropped.
+            let _slot = slot;
             new_user(&new.username, new.password.expose(), now)
         })
         .await
@@ -229,23 +286,34 @@ impl AuthServer {
         })
     }
 
-    /// Check a sign-in. Failures are audited (`user.sign_in_failed`), successes too
-    /// (`user.signed_in`). Returns the canonical user name on success.
+    /// Check a sign-in, if a password-check slot is free. Failures are audited
+    /// (`user.sign_in_failed`), successes too (`user.signed_in`): one entry per password
+    /// checked.
     pub async fn sign_in(
         &self,
         name: &str,
         password: Password,
         ctx: &RequestCtx,
-    ) -> Result<Option<String>, OAuthError> {
+    ) -> Result<SignIn, OAuthError> {
+        let Some(slot) = self.password_checks.try_slot() else {
+            self.metrics.password_checks_busy.inc();
+            return Ok(SignIn::Busy);
+        };
         let username = normalize_username(name).ok();
         let user = match &username {
             Some(n) => self.users.user(n).map_err(OAuthError::internal)?,
             None => None,
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        let matches = tokio::task::spawn_blocking(move || match &stored {
-            Some(hash) => password_matches(hash, password.expose()),
-            None => password_matches(decoy_hash(), password.expose()),
+        self.metrics.password_checks.inc();
+        let matches = tokio::task::spawn_blocking(move || {
+            // Moved in, so the slot is held until Argon2 finishes even if the request (and so
+            // this future) is dropped: a client that disconnects cannot free its slot early.
+            let _slot = slot;
+            match &stored {
+                Some(hash) => password_matches(hash, password.expose()),
+                None => password_matches(decoy_hash(), password.expose()),
+            }
         })
         .await
         .map_err(|_| OAuthError::internal(AccountError::Task))?;
@@ -275,7 +343,10 @@ impl AuthServer {
             event = event.actor(&u.username).subject(&u.username);
         }
         self.record(ctx, event).await?;
-        Ok(if ok { user.map(|u| u.username) } else { None })
+        Ok(match user {
+            Some(u) if ok => SignIn::Accepted(u.username),
+            _ => SignIn::Refused,
+        })
     }
 }
 

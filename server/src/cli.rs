@@ -210,10 +210,20 @@ impl ServeArgs {
             device_poll_interval: self.device_flow.device_poll_interval,
             refresh_token_ttl: self.device_flow.refresh_token_ttl,
             code_failures_per_session: self.device_flow.code_failures_per_session,
+            code_failures_per_account: self.device_flow.code_failures_per_account,
             code_failures_per_source: self.device_flow.code_failures_per_source,
+            code_slowdown_per_source: self.device_flow.code_slowdown_per_source,
+            code_failures_global: self.device_flow.code_failures_global,
             sign_in_failures_per_session: self.device_flow.sign_in_failures_per_session,
             sign_in_failures_per_source: self.device_flow.sign_in_failures_per_source,
             lockout_window: self.device_flow.lockout_window,
+            scope_descriptions: (!self.device_flow.scope_descriptions.is_empty()).then(|| {
+                self.device_flow
+                    .scope_descriptions
+                    .iter()
+                    .cloned()
+                    .collect()
+            }),
         }
     }
 }
@@ -231,12 +241,25 @@ pub struct DeviceFlowArgs {
     /// Refresh token lifetime in seconds (default 30 days).
     #[arg(long, env = "HALLMARK_REFRESH_TOKEN_TTL")]
     pub refresh_token_ttl: Option<u64>,
-    /// Wrong user codes per verification-page session per lockout window (default 5).
+    /// User codes matching no request per verification-page session per lockout window
+    /// (default 5).
     #[arg(long, env = "HALLMARK_CODE_FAILURES_PER_SESSION")]
     pub code_failures_per_session: Option<u32>,
-    /// Wrong user codes per source address per lockout window (default 20).
+    /// User codes matching no request per account per lockout window (default 10).
+    #[arg(long, env = "HALLMARK_CODE_FAILURES_PER_ACCOUNT")]
+    pub code_failures_per_account: Option<u32>,
+    /// User codes matching no request per source address per lockout window before accounts
+    /// there that guessed themselves are paused (default 50).
     #[arg(long, env = "HALLMARK_CODE_FAILURES_PER_SOURCE")]
     pub code_failures_per_source: Option<u32>,
+    /// User codes matching no request per source address per lockout window before such
+    /// accounts are slowed down (default 20).
+    #[arg(long, env = "HALLMARK_CODE_SLOWDOWN_PER_SOURCE")]
+    pub code_slowdown_per_source: Option<u32>,
+    /// User codes matching no request on the whole server per lockout window before accounts
+    /// that guessed themselves are paused (default 200).
+    #[arg(long, env = "HALLMARK_CODE_FAILURES_GLOBAL")]
+    pub code_failures_global: Option<u32>,
     /// Failed sign-ins per verification-page session per lockout window (default 5).
     #[arg(long, env = "HALLMARK_SIGN_IN_FAILURES_PER_SESSION")]
     pub sign_in_failures_per_session: Option<u32>,
@@ -246,6 +269,16 @@ pub struct DeviceFlowArgs {
     /// Lockout window in seconds (default 900).
     #[arg(long, env = "HALLMARK_LOCKOUT_WINDOW")]
     pub lockout_window: Option<u64>,
+    /// Plain words for a scope on the consent page, SCOPE=TEXT (all languages); repeat for
+    /// more (the variable takes one per line). Adds to the config files' table.
+    #[arg(
+        long = "scope-description",
+        env = "HALLMARK_SCOPE_DESCRIPTIONS",
+        value_name = "SCOPE=TEXT",
+        value_delimiter = '\n',
+        value_parser = crate::web::scopes::parse_flag
+    )]
+    pub scope_descriptions: Vec<(String, crate::web::scopes::RawDescription)>,
 }
 
 #[cfg(test)]
@@ -274,6 +307,22 @@ mod tests {
             l.trusted_proxies.as_deref(),
             Some(&["10.0.0.0/8".to_owned(), "::1".into(), "192.0.2.7".into()][..])
         );
+    }
+
+    #[test]
+    fn scope_descriptions_come_as_scope_equals_text() {
+        let l = serve_layer(&[
+            "--scope-description",
+            "api:read=Read your data, all of it",
+            "--scope-description",
+            "api:write=Change it",
+        ]);
+        let d = l.scope_descriptions.unwrap();
+        assert_eq!(
+            d["api:read"],
+            crate::web::scopes::RawDescription::Text("Read your data, all of it".into())
+        );
+        assert_eq!(d.len(), 2);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `HALLMARK_*` environment → flags (clap merges the last two). Raw layers become one validated
 //! [`ServeSettings`] here, at the edge.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,8 @@ use crate::datadir::{CONFIG_FILE, TLS_DIR};
 use crate::http::forwarded::TrustedProxies;
 use crate::oauth::device_flow::DeviceSettings;
 use crate::oauth::Settings;
+use crate::web::scopes::{RawDescription, ScopeDescriptions};
+use crate::web::PageSettings;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -95,10 +98,22 @@ pub struct ConfigLayer {
     pub device_poll_interval: Option<u64>,
     /// Lifetime of each refresh token in seconds, 60 to 31536000. Default 2592000 (30 days).
     pub refresh_token_ttl: Option<u64>,
-    /// Wrong user codes one verification-page session may enter per lockout window. Default 5.
+    /// User codes matching no request that one verification-page session may enter per lockout
+    /// window. Default 5.
     pub code_failures_per_session: Option<u32>,
-    /// Wrong user codes one source address may enter per lockout window. Default 20.
+    /// User codes matching no request that one account may enter per lockout window, all its
+    /// sessions and addresses together. Default 10.
+    pub code_failures_per_account: Option<u32>,
+    /// User codes matching no request from one source address per lockout window after which an
+    /// account there that has itself entered 3 such codes is paused. Default 50.
     pub code_failures_per_source: Option<u32>,
+    /// User codes matching no request from one source address per lockout window after which
+    /// each further code entry of such an account is slowed down (1 s more each, up to 10 s;
+    /// capped at `code_failures_per_source`). Default 20.
+    pub code_slowdown_per_source: Option<u32>,
+    /// User codes matching no request on the whole server per lockout window after which every
+    /// account that has itself entered 3 such codes is paused. Default 200.
+    pub code_failures_global: Option<u32>,
     /// Failed sign-ins one verification-page session may make per lockout window. Default 5.
     pub sign_in_failures_per_session: Option<u32>,
     /// Failed sign-ins one source address may make per lockout window. Default 20.
@@ -106,6 +121,10 @@ pub struct ConfigLayer {
     /// The window the failure limits count in, and so the longest lockout, 1 to 86400 s.
     /// Default 900.
     pub lockout_window: Option<u64>,
+    /// Plain words for scopes on the consent page: scope → text, or scope → { language →
+    /// text } (`en`, `de`). Default none (the page shows the identifiers). A higher layer adds
+    /// to a lower one's table and replaces the scopes it names.
+    pub scope_descriptions: Option<BTreeMap<String, RawDescription>>,
 }
 
 impl ConfigLayer {
@@ -150,9 +169,16 @@ impl ConfigLayer {
             code_failures_per_session: top
                 .code_failures_per_session
                 .or(self.code_failures_per_session),
+            code_failures_per_account: top
+                .code_failures_per_account
+                .or(self.code_failures_per_account),
             code_failures_per_source: top
                 .code_failures_per_source
                 .or(self.code_failures_per_source),
+            code_slowdown_per_source: top
+                .code_slowdown_per_source
+                .or(self.code_slowdown_per_source),
+            code_failures_global: top.code_failures_global.or(self.code_failures_global),
             sign_in_failures_per_session: top
                 .sign_in_failures_per_session
                 .or(self.sign_in_failures_per_session),
@@ -160,6 +186,14 @@ impl ConfigLayer {
                 .sign_in_failures_per_source
                 .or(self.sign_in_failures_per_source),
             lockout_window: top.lockout_window.or(self.lockout_window),
+            // A table: each scope is its own setting, so the layers' tables are merged.
+            scope_descriptions: match (self.scope_descriptions, top.scope_descriptions) {
+                (Some(mut below), Some(above)) => {
+                    below.extend(above);
+                    Some(below)
+                }
+                (below, above) => above.or(below),
+            },
         }
     }
 }
@@ -229,6 +263,8 @@ pub struct ServeSettings {
     pub trusted_proxies: TrustedProxies,
     /// What the protocol logic needs.
     pub oauth: Settings,
+    /// The verification page's own settings.
+    pub page: PageSettings,
 }
 
 impl ServeSettings {
@@ -337,6 +373,9 @@ impl ServeSettings {
         }
         let trusted_proxies = TrustedProxies::parse(layer.trusted_proxies.unwrap_or_default())
             .map_err(|e| invalid(format!("trusted_proxies: {e}")))?;
+        let scope_descriptions =
+            ScopeDescriptions::parse(&layer.scope_descriptions.unwrap_or_default())
+                .map_err(|e| invalid(format!("scope_descriptions: {e}")))?;
         let mut oauth = Settings::for_issuer(&issuer);
         if let Some(scopes) = layer.device_scopes {
             oauth.device_scopes = device_scopes(scopes)?;
@@ -378,6 +417,7 @@ impl ServeSettings {
             key_publish_ahead,
             trusted_proxies,
             oauth,
+            page: PageSettings { scope_descriptions },
         })
     }
 }
@@ -411,7 +451,7 @@ struct DeviceFlowLayer {
     expires_in: Option<u64>,
     interval: Option<u64>,
     refresh_token_ttl: Option<u64>,
-    limits: [Option<u32>; 4],
+    limits: [Option<u32>; 7],
     lockout_window: Option<u64>,
 }
 
@@ -423,7 +463,10 @@ impl DeviceFlowLayer {
             refresh_token_ttl: layer.refresh_token_ttl,
             limits: [
                 layer.code_failures_per_session,
+                layer.code_failures_per_account,
                 layer.code_failures_per_source,
+                layer.code_slowdown_per_source,
+                layer.code_failures_global,
                 layer.sign_in_failures_per_session,
                 layer.sign_in_failures_per_source,
             ],
@@ -477,7 +520,13 @@ impl DeviceFlowLayer {
                 "code_failures_per_session",
                 &mut d.code_failures_per_session,
             ),
+            (
+                "code_failures_per_account",
+                &mut d.code_failures_per_account,
+            ),
             ("code_failures_per_source", &mut d.code_failures_per_source),
+            ("code_slowdown_per_source", &mut d.code_slowdown_per_source),
+            ("code_failures_global", &mut d.code_failures_global),
             (
                 "sign_in_failures_per_session",
                 &mut d.sign_in_failures_per_session,
@@ -616,6 +665,26 @@ mod tests {
     }
 
     #[test]
+    fn scope_descriptions_merge_per_scope_and_are_checked() {
+        let base = layer(
+            "issuer = \"https://a.example\"\n[scope_descriptions]\n\"a:read\" = \"Read a\"\n\"b\" = { en = \"B\", de = \"B auf Deutsch\" }",
+        );
+        let top = layer("[scope_descriptions]\n\"a:read\" = \"Read all of a\"\n\"c\" = \"C\"");
+        let s = ServeSettings::from_layer(Path::new("/d"), base.under(top)).unwrap();
+        let d = &s.page.scope_descriptions;
+        use crate::web::i18n::Lang;
+        assert_eq!(d.describe("a:read", Lang::En), Some("Read all of a"));
+        assert_eq!(d.describe("b", Lang::De), Some("B auf Deutsch"));
+        assert_eq!(d.describe("c", Lang::De), Some("C"));
+        assert_eq!(d.len(), 3);
+        let bad =
+            layer("issuer = \"https://a.example\"\n[scope_descriptions]\n\"a\" = { fr = \"x\" }");
+        let e = ServeSettings::from_layer(Path::new("/d"), bad).unwrap_err();
+        assert!(e.to_string().starts_with("scope_descriptions: a:"), "{e}");
+        assert!(toml::from_str::<ConfigLayer>("scope_descriptions = 3").is_err());
+    }
+
+    #[test]
     fn a_bad_trusted_proxy_is_named() {
         for (bad, named) in [
             ("[\"10.0.0.0/8\", \"proxy.example\"]", "proxy.example"),
@@ -654,6 +723,8 @@ mod tests {
             "device_poll_interval = 0",
             "device_code_expires_in = 5",
             "code_failures_per_source = 0",
+            "code_failures_per_account = 0",
+            "code_failures_global = 0",
             "lockout_window = 0",
         ] {
             let l = layer(&format!("issuer = \"https://a.example\"\n{bad}"));

@@ -1,5 +1,6 @@
 //! The data directory: what `init` puts in it (database, signing keys, TLS material, base
-//! configuration) and the atomic, private file writes everything secret goes through.
+//! configuration, the page's cookie key) and the atomic, private file writes everything secret
+//! goes through.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -74,6 +75,9 @@ pub enum InitError {
     /// The database could not be created.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The verification page's cookie key could not be made.
+    #[error(transparent)]
+    PageKey(#[from] crate::web::visitor::CookieKeyError),
 }
 
 /// Validate an issuer (RFC 8414 §2: https, no query or fragment). Plain http is accepted only
@@ -136,6 +140,7 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     let mut keys = KeyFile::default();
     keys.add_new(now, now);
     keys.save(dir)?;
+    crate::web::visitor::CookieKey::load_or_create(dir)?;
 
     let mut hosts = opts.hosts.clone();
     if let Some(host) = url::Url::parse(&issuer)
@@ -291,6 +296,11 @@ mod tests {
         let out = init(&opts).unwrap();
         assert!(out.ca_cert.exists());
         let mode = std::fs::metadata(opts.data_dir.join(crate::keys::KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(opts.data_dir.join(crate::web::visitor::KEY_FILE))
             .unwrap()
             .permissions()
             .mode();

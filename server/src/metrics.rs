@@ -1,6 +1,6 @@
 //! Prometheus metrics (OpenMetrics text at `GET /metrics`): requests by endpoint and status,
 //! tokens issued by grant, audited events, client authentication failures, the group-commit
-//! queue depth and storage flush latency.
+//! queue depth and storage flush latency, password checks run and turned away.
 
 use std::sync::atomic::AtomicI64;
 
@@ -53,6 +53,10 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// Writes made durable per flush.
     pub flush_batch: Histogram,
+    /// Password hashes checked (Argon2id runs at sign-in).
+    pub password_checks: Counter,
+    /// Sign-ins turned away because every password-check slot was busy.
+    pub password_checks_busy: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +70,8 @@ impl Default for Metrics {
             // 50 µs .. ~1.6 s
             flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            password_checks: Counter::default(),
+            password_checks_busy: Counter::default(),
         }
     }
 }
@@ -108,6 +114,16 @@ impl Metrics {
             "storage_flush_batch",
             "Requests made durable per storage flush",
             self.flush_batch.clone(),
+        );
+        r.register(
+            "password_checks",
+            "Passwords checked against their Argon2id hash at sign-in",
+            self.password_checks.clone(),
+        );
+        r.register(
+            "password_checks_busy",
+            "Sign-ins refused with 503 because every password-check slot was busy",
+            self.password_checks_busy.clone(),
         );
         r
     }

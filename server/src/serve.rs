@@ -14,6 +14,7 @@ use crate::oauth::{AuthServer, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::{Durability, GroupCommit, SledStore, StoreError, TokenStore};
 use crate::tls::TlsError;
+use crate::web::visitor::{CookieKey, CookieKeyError};
 
 /// How often expired revocation and replay records are dropped.
 const PURGE_INTERVAL: Duration = Duration::from_secs(300);
@@ -35,6 +36,9 @@ pub enum ServeError {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The verification page's cookie key could not be loaded or made.
+    #[error(transparent)]
+    PageKey(#[from] CookieKeyError),
     /// The listen address could not be bound or the server failed.
     #[error("cannot serve on {addr}")]
     Listen {
@@ -50,6 +54,8 @@ pub enum ServeError {
 pub struct Built {
     /// The protocol core.
     pub oauth: AuthServer,
+    /// The MAC key of the verification page's cookies.
+    pub page_key: Arc<CookieKey>,
     store: Arc<SledStore>,
 }
 
@@ -57,6 +63,8 @@ pub struct Built {
 pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
     let store = Arc::new(SledStore::open(&settings.data_dir.join(DB_DIR))?);
     let ring = KeyRing::build(&KeyFile::load(&settings.data_dir)?, crate::unix_now())?;
+    // Data directories from before the key existed get one now.
+    let page_key = Arc::new(CookieKey::load_or_create(&settings.data_dir)?);
     let metrics = crate::metrics::Metrics::default();
     let oauth = AuthServer {
         settings: Arc::new(settings.oauth.clone()),
@@ -71,14 +79,19 @@ pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         refresh_tokens: store.clone(),
         users: store.clone(),
         sessions: store.clone(),
+        password_checks: crate::accounts::PasswordChecks::per_core(),
     };
-    Ok(Built { oauth, store })
+    Ok(Built {
+        oauth,
+        page_key,
+        store,
+    })
 }
 
 /// Serve until SIGTERM or SIGINT.
 pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
     let built = build(&settings)?;
-    let app = crate::http::router(built.oauth.clone(), &settings)
+    let app = crate::http::router(&built, &settings)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let purge_store = built.store.clone();
     let purge = tokio::spawn(async move {

@@ -25,10 +25,14 @@ pub fn create_user(server: &TestServer, username: &str, password: &str) {
 }
 
 /// A browser session on the verification page.
+#[derive(Clone)]
 pub struct Browser {
     http: ureq::Agent,
     base: String,
+    /// The session cookie, `name=value`.
     cookie: Option<String>,
+    /// The flash cookie a POST leaves for the page it redirects to, `name=value`.
+    flash: Option<String>,
 }
 
 /// A page as the browser saw it.
@@ -47,6 +51,16 @@ impl Page {
 }
 
 impl Browser {
+    /// The session cookie (`name=value`) the browser holds, if any.
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
+    /// Hold this cookie (`name=value`) from now on, as a stolen or restored one would be.
+    pub fn set_cookie(&mut self, cookie: Option<String>) {
+        self.cookie = cookie;
+    }
+
     /// A browser that trusts only `server`'s CA and follows no redirects by itself (it needs
     /// the `Set-Cookie` of each response).
     pub fn new(server: &TestServer) -> Browser {
@@ -66,14 +80,15 @@ impl Browser {
             http,
             base: server.issuer.clone(),
             cookie: None,
+            flash: None,
         }
     }
 
     /// GET a path (following redirects by hand).
     pub fn get(&mut self, path: &str) -> Page {
         let mut req = self.http.get(&format!("{}{path}", self.base));
-        if let Some(c) = &self.cookie {
-            req = req.header("Cookie", c);
+        if let Some(c) = self.cookie_header() {
+            req = req.header("Cookie", &c);
         }
         let page = self.read(req.call());
         self.follow(page)
@@ -82,8 +97,8 @@ impl Browser {
     /// POST a form to a path (following redirects by hand).
     pub fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let mut req = self.http.post(&format!("{}{path}", self.base));
-        if let Some(c) = &self.cookie {
-            req = req.header("Cookie", c);
+        if let Some(c) = self.cookie_header() {
+            req = req.header("Cookie", &c);
         }
         let page = self.read(req.send_form(form.iter().copied()));
         self.follow(page)
@@ -143,11 +158,12 @@ impl Browser {
                 .unwrap()
                 .trim()
                 .to_owned();
-            // An expiring cookie (sign-out) is removed.
-            if pair.ends_with('=') {
-                self.cookie = None;
+            // An expiring cookie (sign-out, a flash read) is removed.
+            let kept = (!pair.ends_with('=')).then_some(pair.clone());
+            if pair.starts_with("__Host-hallmark-flash=") {
+                self.flash = kept;
             } else {
-                self.cookie = Some(pair);
+                self.cookie = kept;
             }
         }
         let location = resp
@@ -159,6 +175,16 @@ impl Browser {
             location,
             html: resp.body_mut().read_to_string().unwrap(),
         }
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        let all: Vec<&str> = self
+            .cookie
+            .iter()
+            .chain(&self.flash)
+            .map(String::as_str)
+            .collect();
+        (!all.is_empty()).then(|| all.join("; "))
     }
 
     fn follow(&mut self, page: Page) -> Page {

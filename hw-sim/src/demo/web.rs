@@ -137,18 +137,16 @@ impl Web {
         let cookie = signed_in.unwrap_or(cookie);
         let (_, _, html) = self.get(&start, Some(&cookie))?;
         let token = csrf(&html)?;
-        let (status, _, consent) = self.post(
+        // Each form answers with a redirect (post/redirect/get): follow it as a browser would.
+        let consent = self.submit(
             "/device",
             &cookie,
             &[("csrf", &token), ("user_code", user_code)],
         )?;
-        if status != 200 {
-            return Err(format!(
-                "entering the code answered {status}: {}",
-                text_of(&consent)
-            ));
+        if !consent.contains("id=\"approve\"") {
+            return Err(format!("entering the code led to: {}", text_of(&consent)));
         }
-        let (status, _, decided) = self.post(
+        let decided = self.submit(
             "/device/decision",
             &cookie,
             &[
@@ -157,11 +155,8 @@ impl Web {
                 ("decision", "approve"),
             ],
         )?;
-        if status != 200 {
-            return Err(format!(
-                "approving answered {status}: {}",
-                text_of(&decided)
-            ));
+        if !decided.contains("id=\"result\"") {
+            return Err(format!("approving led to: {}", text_of(&decided)));
         }
         let summary = text_of(&consent);
         Ok(summary.chars().take(200).collect())
@@ -173,6 +168,32 @@ impl Web {
             req = req.header("Cookie", &format!("{SESSION_COOKIE}={c}"));
         }
         page(req.call())
+    }
+
+    /// POST a form and GET the page its 303 names; that page's body.
+    fn submit(&self, path: &str, cookie: &str, form: &[(&str, &str)]) -> Result<String, String> {
+        let mut resp = self
+            .http
+            .post(&self.url(path))
+            .header("Cookie", &format!("{SESSION_COOKIE}={cookie}"))
+            .send_form(form.iter().copied())
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let to = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match (status, to) {
+            (303, Some(to)) => Ok(self.get(&to, Some(cookie))?.2),
+            _ => {
+                let body = resp
+                    .body_mut()
+                    .read_to_string()
+                    .map_err(|e| e.to_string())?;
+                Err(format!("{path} answered {status}: {}", text_of(&body)))
+            }
+        }
     }
 
     fn post(&self, path: &str, cookie: &str, form: &[(&str, &str)]) -> Result<Page, String> {

@@ -21,6 +21,7 @@ use crate::config::ServeSettings;
 use crate::http::ctx::ClientAddr;
 use crate::http::forwarded::TrustedProxies;
 use crate::oauth::AuthServer;
+use crate::serve::Built;
 
 /// Longest time a request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -46,12 +47,13 @@ impl std::fmt::Debug for AppState {
 /// Shared state handle.
 pub type State = Arc<AppState>;
 
-/// The whole HTTP API, with the body limit and trusted proxies of `settings`.
-pub fn router(oauth: AuthServer, settings: &ServeSettings) -> Router {
+/// The whole HTTP API of a built server, with the body limit and trusted proxies of `settings`.
+pub fn router(built: &Built, settings: &ServeSettings) -> Router {
+    let oauth = built.oauth.clone();
     let trusted = Arc::new(settings.trusted_proxies.clone());
     let metadata_json = discovery::metadata(&oauth.settings);
     let registry = oauth.metrics.registry();
-    let web = crate::web::router(oauth.clone());
+    let web = crate::web::router(oauth.clone(), built.page_key.clone(), settings.page.clone());
     let state = Arc::new(AppState {
         oauth,
         metadata_json,

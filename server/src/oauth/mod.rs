@@ -139,6 +139,8 @@ pub struct AuthServer {
     pub users: Arc<dyn crate::store::UserStore>,
     /// Verification-page sessions.
     pub sessions: Arc<dyn crate::store::SessionStore>,
+    /// Slots for Argon2id runs (sign-ins, new users).
+    pub password_checks: crate::accounts::PasswordChecks,
 }
 
 /// Who is asking, when, from where: what an audit entry and a rate limit need from a request.

@@ -75,6 +75,10 @@ pub struct DeviceGrant {
     pub last_poll: Option<u64>,
     /// Where it stands.
     pub state: GrantState,
+    /// An opaque tag of the verification-page session that approved or denied it, so that
+    /// session is told "approved" again and any other "already decided".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_in: Option<String>,
 }
 
 /// Pending device authorization requests.
@@ -175,12 +179,20 @@ pub trait RefreshTokenStore: Send + Sync {
     fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError>;
 }
 
-/// Drop every expired device grant, refresh token and verification-page session; how many.
+/// How long a device grant is kept after it expires, seconds: while it is kept, the
+/// verification page can tell a person that a code expired or was already used instead of
+/// calling it "not valid" (which counts as a guess).
+pub const DEVICE_GRANT_RETENTION: u64 = 3600;
+
+/// Drop every expired device grant (after [`DEVICE_GRANT_RETENTION`]), refresh token and
+/// verification-page session; how many.
 pub fn purge_expired<S>(store: &S, now: u64) -> Result<usize, StoreError>
 where
     S: DeviceGrantStore + RefreshTokenStore + super::SessionStore + ?Sized,
 {
-    Ok(store.purge_device_grants(now)?
-        + store.purge_refresh_tokens(now)?
-        + store.purge_web_sessions(now)?)
+    Ok(
+        store.purge_device_grants(now.saturating_sub(DEVICE_GRANT_RETENTION))?
+            + store.purge_refresh_tokens(now)?
+            + store.purge_web_sessions(now)?,
+    )
 }

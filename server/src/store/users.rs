@@ -1,6 +1,5 @@
 //! Records and storage traits of the people who approve devices: user accounts (passwords as
-//! Argon2id PHC strings) and their browser sessions on the verification page, with the failure
-//! counters that lock out guessing.
+//! Argon2id PHC strings) and their signed-in browser sessions on the verification page.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,37 +37,9 @@ pub trait UserStore: Send + Sync {
     fn insert_new_user(&self, user: &User) -> Result<bool, StoreError>;
 }
 
-/// Failures counted in a fixed window: `limit` failures lock until the window that began with
-/// the first of them ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureWindow {
-    /// Failures in the current window.
-    pub count: u32,
-    /// When the current window began.
-    pub since: u64,
-}
-
-impl FailureWindow {
-    /// Seconds until the lock lifts, if `limit` failures happened in the window still running.
-    pub fn locked_for(&self, limit: u32, window: u64, now: u64) -> Option<u64> {
-        let ends = self.since.saturating_add(window);
-        (self.count >= limit && now < ends).then(|| ends - now)
-    }
-
-    /// Count one failure at `now`, starting a new window if the last one ended.
-    pub fn record(&mut self, window: u64, now: u64) {
-        if now >= self.since.saturating_add(window) {
-            *self = FailureWindow {
-                count: 0,
-                since: now,
-            };
-        }
-        self.count = self.count.saturating_add(1);
-    }
-}
-
-/// A browser session on the verification page. The cookie holds 256 random bits; the store
-/// only their hash.
+/// A signed-in browser session on the verification page (anonymous visitors are never stored).
+/// The cookie holds 256 random bits; the store only their hash. Failure counters are kept in
+/// memory by the page (`web::limits`), not here.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebSession {
     /// Anti-CSRF token every form of this session must echo.
@@ -80,12 +51,10 @@ pub struct WebSession {
     pub created_at: u64,
     /// When it stops working.
     pub expires_at: u64,
-    /// Wrong user codes entered in this session.
+    /// User codes (normalised) this session entered through the code form, newest last: the
+    /// consent and outcome pages show only these.
     #[serde(default)]
-    pub failed_codes: FailureWindow,
-    /// Failed sign-ins in this session.
-    #[serde(default)]
-    pub failed_sign_ins: FailureWindow,
+    pub codes: Vec<String>,
 }
 
 impl std::fmt::Debug for WebSession {
@@ -107,30 +76,13 @@ pub trait SessionStore: Send + Sync {
     fn delete_web_session(&self, id: &TokenHash) -> Result<(), StoreError>;
     /// Drop sessions that expired before `now`.
     fn purge_web_sessions(&self, now: u64) -> Result<usize, StoreError>;
+    /// How many sessions are stored (for operators and tests: anonymous visits must add none).
+    fn web_session_count(&self) -> Result<usize, StoreError>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn window_locks_at_the_limit_and_lifts_when_it_ends() {
-        let mut w = FailureWindow::default();
-        for t in 100..103 {
-            assert_eq!(w.locked_for(3, 60, t), None);
-            w.record(60, t);
-        }
-        assert_eq!(w.locked_for(3, 60, 103), Some(57));
-        assert_eq!(w.locked_for(3, 60, 160), None);
-        w.record(60, 170);
-        assert_eq!(
-            w,
-            FailureWindow {
-                count: 1,
-                since: 170
-            }
-        );
-    }
 
     #[test]
     fn debug_hides_hashes_and_csrf() {
@@ -146,8 +98,7 @@ mod tests {
             user: None,
             created_at: 0,
             expires_at: 1,
-            failed_codes: FailureWindow::default(),
-            failed_sign_ins: FailureWindow::default(),
+            codes: vec![],
         };
         assert!(!format!("{s:?}").contains("csrf-value"));
     }

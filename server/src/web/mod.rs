@@ -1,11 +1,16 @@
 //! The verification page at `/device` (RFC 8628 §3.3): a person signs in, enters or confirms the
 //! user code, sees which device asks for what, and approves or denies. Server-rendered HTML
-//! without JavaScript; every response carries a strict CSP and the framing and referrer headers.
+//! without JavaScript, in the browser's language; every response carries a strict CSP and the
+//! framing and referrer headers.
 
+mod flash;
 mod handlers;
+pub mod i18n;
 pub mod limits;
 pub mod pages;
+pub mod scopes;
 pub mod session;
+pub mod visitor;
 
 use std::sync::Arc;
 
@@ -20,45 +25,71 @@ use crate::oauth::AuthServer;
 /// Largest form the page accepts; its forms are a few hundred bytes.
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
-/// Content-Security-Policy of every page: our stylesheet, our forms, nothing else — no script at
-/// all, no framing (also `X-Frame-Options: DENY` for older browsers).
+/// Content-Security-Policy of every page: our stylesheet and icon, our forms, nothing else — no
+/// script at all, no framing (also `X-Frame-Options: DENY` for older browsers).
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                    frame-ancestors 'none'; base-uri 'none'";
+
+/// Settings of the page itself (the limits are in [`crate::oauth::device_flow::DeviceSettings`]).
+#[derive(Debug, Clone, Default)]
+pub struct PageSettings {
+    /// Plain words for scopes on the consent page.
+    pub scope_descriptions: scopes::ScopeDescriptions,
+}
 
 /// What the page's handlers share.
 #[derive(Debug)]
 pub struct WebState {
     /// The protocol core.
     pub oauth: AuthServer,
-    /// Failure counters per source address.
-    pub sources: limits::SourceLimits,
+    /// Failure counters with reservations.
+    pub limits: limits::Limits,
+    /// The MAC key of anonymous visitors' and flash cookies.
+    pub key: Arc<visitor::CookieKey>,
+    /// Plain words for scopes.
+    pub scopes: scopes::ScopeDescriptions,
 }
 
 /// The page's routes, with their own state, ready to merge into the API router (whatever its
 /// state type).
-pub fn router<S: Clone + Send + Sync + 'static>(oauth: AuthServer) -> Router<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(
+    oauth: AuthServer,
+    key: Arc<visitor::CookieKey>,
+    page: PageSettings,
+) -> Router<S> {
     let state = Arc::new(WebState {
         oauth,
-        sources: limits::SourceLimits::default(),
+        limits: limits::Limits::default(),
+        key,
+        scopes: page.scope_descriptions,
     });
     Router::new()
         .route("/device", get(handlers::show).post(handlers::enter_code))
+        .route("/device/consent", get(handlers::consent))
+        .route("/device/done", get(handlers::done))
         .route("/device/sign-in", post(handlers::sign_in))
         .route("/device/decision", post(handlers::decide))
         .route("/device/sign-out", post(handlers::sign_out))
         .route("/device/style.css", get(stylesheet))
+        .route("/device/icon.svg", get(icon))
+        .route("/favicon.ico", get(icon))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::map_response(security_headers))
         .with_state(state)
 }
 
 async fn stylesheet() -> Response {
-    let mut resp = pages::STYLESHEET.into_response();
+    asset(pages::STYLESHEET, "text/css; charset=utf-8")
+}
+
+async fn icon() -> Response {
+    asset(pages::ICON_SVG, "image/svg+xml")
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut resp = body.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=3600"),

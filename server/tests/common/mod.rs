@@ -373,6 +373,23 @@ impl TestServer {
         self.child.is_some()
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A line of the server process's `/proc/PID/status` in KiB (e.g. `VmHWM`, its peak
+    /// resident memory).
+    pub fn proc_status_kib(&self, field: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid().unwrap())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
     /// GET; (status, headers, body text).
     pub fn get_full(&self, path: &str) -> (u16, ureq::http::HeaderMap, String) {
         let mut r = self.http.get(&self.url(path)).call().unwrap();

@@ -41,6 +41,12 @@ pub struct InProcess {
 impl InProcess {
     /// A fresh data directory served with `overrides` over the defaults.
     pub fn start(overrides: ConfigLayer) -> Self {
+        Self::start_with_slots(overrides, None)
+    }
+
+    /// [`InProcess::start`] with this many password-check slots instead of one per core, so a
+    /// test can let many Argon2 runs overlap.
+    pub fn start_with_slots(overrides: ConfigLayer, password_slots: Option<usize>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         datadir::init(&InitOptions {
@@ -50,8 +56,12 @@ impl InProcess {
         })
         .unwrap();
         let settings = ServeSettings::resolve(&data_dir, None, overrides).unwrap();
-        let oauth = hallmark_server::serve::build(&settings).unwrap().oauth;
-        let app = hallmark_server::http::router(oauth.clone(), &settings);
+        let mut built = hallmark_server::serve::build(&settings).unwrap();
+        if let Some(n) = password_slots {
+            built.oauth.password_checks = hallmark_server::accounts::PasswordChecks::new(n);
+        }
+        let app = hallmark_server::http::router(&built, &settings);
+        let oauth = built.oauth.clone();
         InProcess {
             _dir: dir,
             data_dir,
@@ -137,7 +147,7 @@ impl InProcess {
     pub async fn decide(&self, user_code: &str, user: &str, approve: bool, at: u64) -> CodeLookup {
         let code = UserCode::parse(user_code).unwrap();
         self.oauth
-            .decide_device_request(&code, user, approve, &RequestCtx::at(at))
+            .decide_device_request(&code, user, None, approve, &RequestCtx::at(at))
             .await
             .unwrap()
     }
@@ -152,8 +162,10 @@ impl InProcess {
         Browser {
             app: self.app.clone(),
             cookie: None,
+            flash: None,
             source: format!("{source}:40000").parse().unwrap(),
             forwarded_for: None,
+            accept_language: None,
         }
     }
 }
@@ -172,6 +184,8 @@ pub struct Page {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: String,
+    /// For a page reached by following a POST's redirect: that POST's status and `Location`.
+    pub via: Option<(u16, String)>,
 }
 
 impl Page {
@@ -193,13 +207,20 @@ impl Page {
     }
 }
 
-/// A browser without JavaScript: keeps the session cookie, follows no redirect unless asked.
+/// A browser without JavaScript: keeps its cookies, follows no redirect unless asked
+/// ([`Browser::submit`]).
+#[derive(Clone)]
 pub struct Browser {
     app: Router,
+    /// The session cookie, `name=value`.
     pub cookie: Option<String>,
+    /// The flash cookie a POST left for the next page, `name=value`.
+    pub flash: Option<String>,
     pub source: SocketAddr,
     /// `X-Forwarded-For` sent with every request, as a proxy (or a liar) would.
     pub forwarded_for: Option<String>,
+    /// `Accept-Language` sent with every request.
+    pub accept_language: Option<String>,
 }
 
 impl Browser {
@@ -218,6 +239,32 @@ impl Browser {
         self.send(req).await
     }
 
+    /// GET `path` and follow its redirects (at most a few).
+    pub async fn get_following(&mut self, path: &str) -> Page {
+        let mut page = self.get(path).await;
+        for _ in 0..4 {
+            if page.status != 303 {
+                break;
+            }
+            let to = page.headers[header::LOCATION].to_str().unwrap().to_owned();
+            page = self.get(&to).await;
+        }
+        page
+    }
+
+    /// POST a form and follow its redirect, as a browser does (post/redirect/get); the page it
+    /// lands on, with the POST's status in `via`.
+    pub async fn submit(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let after = self.post(path, form).await;
+        if after.status != 303 {
+            return after;
+        }
+        let to = after.headers[header::LOCATION].to_str().unwrap().to_owned();
+        let mut page = self.get(&to).await;
+        page.via = Some((after.status, to));
+        page
+    }
+
     /// Open the page (with a code in the URL, if given) and sign in; the page after the redirect.
     pub async fn sign_in(&mut self, user: &str, password: &str, user_code: &str) -> Page {
         let path = if user_code.is_empty() {
@@ -227,36 +274,30 @@ impl Browser {
         };
         let start = self.get(&path).await;
         let csrf = start.csrf();
-        let after = self
-            .post(
-                "/device/sign-in",
-                &[
-                    ("csrf", &csrf),
-                    ("username", user),
-                    ("password", password),
-                    ("user_code", user_code),
-                ],
-            )
-            .await;
-        if after.status != 303 {
-            return after;
-        }
-        let to = after.headers[header::LOCATION].to_str().unwrap().to_owned();
-        self.get(&to).await
+        self.submit(
+            "/device/sign-in",
+            &[
+                ("csrf", &csrf),
+                ("username", user),
+                ("password", password),
+                ("user_code", user_code),
+            ],
+        )
+        .await
     }
 
-    /// Enter `code` on a code-entry page `from`.
+    /// Enter `code` on a code-entry page `from`; the page the redirect lands on.
     pub async fn enter_code(&mut self, from: &Page, code: &str) -> Page {
         let csrf = from.csrf();
-        self.post("/device", &[("csrf", &csrf), ("user_code", code)])
+        self.submit("/device", &[("csrf", &csrf), ("user_code", code)])
             .await
     }
 
-    /// Press Approve or Deny on a consent page.
+    /// Press Approve or Deny on a consent page; the page the redirect lands on.
     pub async fn decide(&mut self, consent: &Page, code: &str, approve: bool) -> Page {
         let csrf = consent.csrf();
         let decision = if approve { "approve" } else { "deny" };
-        self.post(
+        self.submit(
             "/device/decision",
             &[("csrf", &csrf), ("user_code", code), ("decision", decision)],
         )
@@ -269,14 +310,26 @@ impl Browser {
             req.headers_mut()
                 .insert("x-forwarded-for", xff.parse().unwrap());
         }
-        if let Some(c) = &self.cookie {
-            req.headers_mut().insert(header::COOKIE, c.parse().unwrap());
+        if let Some(lang) = &self.accept_language {
+            req.headers_mut()
+                .insert(header::ACCEPT_LANGUAGE, lang.parse().unwrap());
+        }
+        let mut cookies: Vec<String> = self.cookie.iter().cloned().collect();
+        cookies.extend(self.flash.clone());
+        if !cookies.is_empty() {
+            req.headers_mut()
+                .insert(header::COOKIE, cookies.join("; ").parse().unwrap());
         }
         let resp = self.app.clone().oneshot(req).await.unwrap();
         for v in resp.headers().get_all(header::SET_COOKIE) {
             let pair = v.to_str().unwrap().split(';').next().unwrap();
-            let (_, value) = pair.split_once('=').unwrap();
-            self.cookie = (!value.is_empty()).then(|| pair.to_owned());
+            let (name, value) = pair.split_once('=').unwrap();
+            let kept = (!value.is_empty()).then(|| pair.to_owned());
+            if name == "__Host-hallmark-flash" {
+                self.flash = kept;
+            } else {
+                self.cookie = kept;
+            }
         }
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -287,6 +340,7 @@ impl Browser {
             status,
             headers,
             body: String::from_utf8(bytes.to_vec()).unwrap(),
+            via: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::secret::Secret;
 use crate::store::grants::{DeviceGrant, GrantState, TokenHash};
 
 pub use self::user_code::{UserCode, USER_CODE_ALPHABET, USER_CODE_LEN};
-pub use self::verification::{CodeLookup, CodeProblem, PendingRequest};
+pub use self::verification::{CodeLookup, CodeProblem, Decision, PendingRequest};
 
 /// RFC 8628 §3.5: each `slow_down` adds 5 seconds to the interval.
 pub const SLOW_DOWN_STEP: u64 = 5;
@@ -43,10 +43,18 @@ pub struct DeviceSettings {
     pub refresh_token_ttl: u64,
     /// Verification-page session lifetime, seconds.
     pub session_ttl: u64,
-    /// Wrong codes one session may enter per window.
+    /// Codes matching no request one session may enter per window.
     pub code_failures_per_session: u32,
-    /// Wrong codes one source address may enter per window.
+    /// Codes matching no request one account may enter per window.
+    pub code_failures_per_account: u32,
+    /// Codes matching no request from one source address per window before accounts there
+    /// that guessed themselves are paused.
     pub code_failures_per_source: u32,
+    /// Codes matching no request from one source address per window before such accounts are
+    /// slowed down.
+    pub code_slowdown_per_source: u32,
+    /// Codes matching no request on the server per window before such accounts are paused.
+    pub code_failures_global: u32,
     /// Failed sign-ins one session may make per window.
     pub sign_in_failures_per_session: u32,
     /// Failed sign-ins one source address may make per window.
@@ -66,7 +74,10 @@ impl DeviceSettings {
             refresh_token_ttl: DEFAULT_REFRESH_TOKEN_TTL,
             session_ttl: 1800,
             code_failures_per_session: 5,
-            code_failures_per_source: 20,
+            code_failures_per_account: 10,
+            code_failures_per_source: 50,
+            code_slowdown_per_source: 20,
+            code_failures_global: 200,
             sign_in_failures_per_session: 5,
             sign_in_failures_per_source: 20,
             lockout_window: 900,
@@ -179,6 +190,7 @@ impl AuthServer {
             interval: s.interval,
             last_poll: None,
             state: GrantState::Pending,
+            decided_in: None,
         };
         let mut user_code = None;
         for _ in 0..USER_CODE_DRAWS {
@@ -287,6 +299,7 @@ mod tests {
             interval,
             last_poll,
             state: GrantState::Pending,
+            decided_in: None,
         }
     }
 

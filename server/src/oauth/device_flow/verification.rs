@@ -1,5 +1,8 @@
 //! The person's side of the device flow (RFC 8628 §3.3): look up what they typed, show which
 //! device asks for what, record their approval or denial. Used by the verification page.
+//!
+//! A decision records which browser session made it (an opaque tag), so the page can tell the
+//! person who pressed Approve twice that it worked, and anyone else that it was already decided.
 
 use super::UserCode;
 use crate::oauth::{AuthServer, OAuthError, RequestCtx};
@@ -7,7 +10,7 @@ use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::grants::{DeviceGrant, GrantState, TokenHash};
 use crate::store::Device;
 
-/// A pending request as the verification page shows it.
+/// A request as the verification page shows it.
 #[derive(Debug, Clone)]
 pub struct PendingRequest {
     /// Its user code.
@@ -28,12 +31,10 @@ pub struct PendingRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CodeProblem {
-    /// Malformed, or no request has it.
+    /// Malformed, or no request has it: the only problem that can be a guess.
     Unknown,
-    /// The request expired.
+    /// The request expired before anyone decided.
     Expired,
-    /// The request was already approved or denied.
-    Used,
 }
 
 impl CodeProblem {
@@ -41,9 +42,21 @@ impl CodeProblem {
         match self {
             CodeProblem::Unknown => "unknown code",
             CodeProblem::Expired => "expired code",
-            CodeProblem::Used => "code already used",
         }
     }
+}
+
+/// A request someone already approved or denied.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// What was decided on.
+    pub request: PendingRequest,
+    /// Approved (else denied).
+    pub approved: bool,
+    /// The account that decided.
+    pub user: String,
+    /// Whether the browser session asking now is the one that decided.
+    pub same_session: bool,
 }
 
 /// What looking up (or deciding on) a user code found.
@@ -52,54 +65,61 @@ impl CodeProblem {
 pub enum CodeLookup {
     /// A pending request (after a decision: the request the decision was recorded for).
     Found(Box<PendingRequest>),
+    /// The request was decided already (or, after a decision, by someone else first).
+    Decided(Box<Decision>),
     /// Nothing to act on.
     Problem(CodeProblem),
 }
 
 impl AuthServer {
-    /// RFC 8628 §3.3: what a person typed on the verification page. Failures are audited
-    /// (`device.code_rejected`); `actor` is the signed-in user.
+    /// RFC 8628 §3.3: what a person typed on the verification page. Codes that cannot be acted
+    /// on are audited (`device.code_rejected`); `actor` is the signed-in user, `session` the tag
+    /// of their browser session.
     pub async fn look_up_user_code(
         &self,
         input: &str,
         actor: &str,
+        session: Option<&str>,
         ctx: &RequestCtx,
     ) -> Result<CodeLookup, OAuthError> {
         let found = match UserCode::parse(input) {
-            Some(code) => self.pending_request(&code, ctx.now)?,
-            None => Err(CodeProblem::Unknown),
+            Some(code) => self.device_request(&code, session, ctx.now)?,
+            None => CodeLookup::Problem(CodeProblem::Unknown),
         };
-        match found {
-            Ok((_, request)) => Ok(CodeLookup::Found(Box::new(request))),
-            Err(problem) => {
-                let event = AuditEvent::new("device.code_rejected", Outcome::Failure)
-                    .actor(actor)
-                    .reason(problem.as_str());
-                self.record(ctx, event).await?;
-                Ok(CodeLookup::Problem(problem))
-            }
+        let reason = match &found {
+            CodeLookup::Problem(p) => Some(p.as_str()),
+            CodeLookup::Decided(d) if !d.same_session => Some("code already used"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            let event = AuditEvent::new("device.code_rejected", Outcome::Failure)
+                .actor(actor)
+                .reason(reason);
+            self.record(ctx, event).await?;
         }
+        Ok(found)
     }
 
-    /// The person approves or denies the request holding `code`. Recorded only while the
-    /// request is pending and unexpired; audited (`device.approved` / `device.denied`) and
-    /// durable before this returns.
+    /// The person approves or denies the request holding `code`, from browser session
+    /// `session`. Recorded only while the request is pending and unexpired; audited
+    /// (`device.approved` / `device.denied`) and durable before this returns. A request already
+    /// decided comes back as [`CodeLookup::Decided`].
     pub async fn decide_device_request(
         &self,
         code: &UserCode,
         user: &str,
+        session: Option<&str>,
         approve: bool,
         ctx: &RequestCtx,
     ) -> Result<CodeLookup, OAuthError> {
-        let (hash, request) = match self.pending_request(code, ctx.now)? {
-            Ok(found) => found,
-            Err(problem) => return Ok(CodeLookup::Problem(problem)),
+        let Some((hash, _, request)) = self.find(code)? else {
+            return Ok(CodeLookup::Problem(CodeProblem::Unknown));
         };
-        let mut problem = None;
+        let mut seen = None;
         self.device_grants
             .update_device_grant(&hash, &mut |g| {
-                problem = grant_problem(g, ctx.now);
-                if problem.is_some() {
+                seen = Some(g.clone());
+                if !matches!(g.state, GrantState::Pending) || ctx.now >= g.expires_at {
                     return None;
                 }
                 let (user, at) = (user.to_owned(), ctx.now);
@@ -108,12 +128,23 @@ impl AuthServer {
                 } else {
                     GrantState::Denied { user, at }
                 };
-                Some(DeviceGrant { state, ..g.clone() })
+                Some(DeviceGrant {
+                    state,
+                    decided_in: session.map(str::to_owned),
+                    ..g.clone()
+                })
             })
             .map_err(OAuthError::internal)?;
-        if let Some(p) = problem {
-            // Someone decided between our look-up and our write.
-            return Ok(CodeLookup::Problem(p));
+        // The record as it was when our change was (or was not) applied.
+        let Some(before) = seen else {
+            return Ok(CodeLookup::Problem(CodeProblem::Unknown));
+        };
+        let request = PendingRequest {
+            expires_at: before.expires_at,
+            ..request
+        };
+        if let Some(answer) = settled(&before, request.clone(), session, ctx.now) {
+            return Ok(answer);
         }
         let (name, verb) = if approve {
             ("device.approved", "approved")
@@ -129,30 +160,41 @@ impl AuthServer {
         Ok(CodeLookup::Found(Box::new(request)))
     }
 
-    /// The pending request holding `code` (with its device code's hash), and what the page
-    /// shows about its client; or why there is none.
-    fn pending_request(
+    /// Where the request holding `code` stands, seen from browser session `session`; nothing
+    /// is written or audited.
+    pub fn device_request(
         &self,
         code: &UserCode,
+        session: Option<&str>,
         now: u64,
-    ) -> Result<Result<(TokenHash, PendingRequest), CodeProblem>, OAuthError> {
+    ) -> Result<CodeLookup, OAuthError> {
+        let Some((_, grant, request)) = self.find(code)? else {
+            return Ok(CodeLookup::Problem(CodeProblem::Unknown));
+        };
+        Ok(settled(&grant, request.clone(), session, now)
+            .unwrap_or_else(|| CodeLookup::Found(Box::new(request))))
+    }
+
+    /// The request holding `code` (with its device code's hash) and what the page shows about
+    /// its client, whatever its state; `None` if there is none or its client is disabled.
+    fn find(
+        &self,
+        code: &UserCode,
+    ) -> Result<Option<(TokenHash, DeviceGrant, PendingRequest)>, OAuthError> {
         let Some((hash, grant)) = self
             .device_grants
             .device_grant_by_user_code(code.as_str())
             .map_err(OAuthError::internal)?
         else {
-            return Ok(Err(CodeProblem::Unknown));
+            return Ok(None);
         };
-        if let Some(problem) = grant_problem(&grant, now) {
-            return Ok(Err(problem));
-        }
         let client = self
             .clients
             .client(&grant.client_id)
             .map_err(OAuthError::internal)?;
         let Some(client) = client.filter(|c| !c.disabled) else {
             // A device disabled since it asked is nothing to approve.
-            return Ok(Err(CodeProblem::Unknown));
+            return Ok(None);
         };
         let device = self
             .devices
@@ -160,54 +202,108 @@ impl AuthServer {
             .map_err(OAuthError::internal)?;
         let request = PendingRequest {
             user_code: code.clone(),
-            client_id: grant.client_id,
+            client_id: grant.client_id.clone(),
             client_name: client.client_name.clone(),
             device,
-            scope: grant.scope,
+            scope: grant.scope.clone(),
             expires_at: grant.expires_at,
         };
-        Ok(Ok((hash, request)))
+        Ok(Some((hash, grant, request)))
     }
 }
 
-/// Why a stored request cannot be decided on now, if it cannot.
-fn grant_problem(grant: &DeviceGrant, now: u64) -> Option<CodeProblem> {
-    match grant.state {
-        GrantState::Pending if now >= grant.expires_at => Some(CodeProblem::Expired),
-        GrantState::Pending => None,
-        _ => Some(CodeProblem::Used),
-    }
+/// What a request that can no longer be decided on says, if it cannot: decided (by whom, seen
+/// from `session`) or expired.
+fn settled(
+    grant: &DeviceGrant,
+    request: PendingRequest,
+    session: Option<&str>,
+    now: u64,
+) -> Option<CodeLookup> {
+    let (approved, user) = match &grant.state {
+        GrantState::Pending if now >= grant.expires_at => {
+            return Some(CodeLookup::Problem(CodeProblem::Expired))
+        }
+        GrantState::Pending => return None,
+        GrantState::Approved { user, .. } | GrantState::Redeemed { user, .. } => (true, user),
+        GrantState::Denied { user, .. } => (false, user),
+    };
+    let same_session = session.is_some() && grant.decided_in.as_deref() == session;
+    Some(CodeLookup::Decided(Box::new(Decision {
+        request,
+        approved,
+        user: user.clone(),
+        same_session,
+    })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pending(interval: u64, last_poll: Option<u64>) -> DeviceGrant {
+    fn grant(state: GrantState, decided_in: Option<&str>) -> DeviceGrant {
         DeviceGrant {
             user_code: "BCDFGHJK".into(),
             client_id: "dev".into(),
             scope: vec!["a".into()],
             created_at: 100,
             expires_at: 700,
-            interval,
-            last_poll,
-            state: GrantState::Pending,
+            interval: 5,
+            last_poll: None,
+            state,
+            decided_in: decided_in.map(str::to_owned),
+        }
+    }
+
+    fn request() -> PendingRequest {
+        PendingRequest {
+            user_code: UserCode::parse("BCDFGHJK").unwrap(),
+            client_id: "dev".into(),
+            client_name: None,
+            device: None,
+            scope: vec![],
+            expires_at: 700,
         }
     }
 
     #[test]
     fn only_pending_unexpired_requests_can_be_decided() {
-        assert_eq!(grant_problem(&pending(5, None), 699), None);
-        assert_eq!(
-            grant_problem(&pending(5, None), 700),
-            Some(CodeProblem::Expired)
+        assert!(settled(&grant(GrantState::Pending, None), request(), None, 699).is_none());
+        assert!(matches!(
+            settled(&grant(GrantState::Pending, None), request(), None, 700),
+            Some(CodeLookup::Problem(CodeProblem::Expired))
+        ));
+    }
+
+    #[test]
+    fn a_decision_knows_the_session_that_made_it() {
+        let redeemed = grant(
+            GrantState::Redeemed {
+                user: "ann".into(),
+                at: 1,
+            },
+            Some("tag-a"),
         );
-        let mut g = pending(5, None);
-        g.state = GrantState::Redeemed {
-            user: "ann".into(),
-            at: 1,
+        // Even after expiry, and after the device took its tokens.
+        for (session, same) in [(Some("tag-a"), true), (Some("tag-b"), false), (None, false)] {
+            let Some(CodeLookup::Decided(d)) = settled(&redeemed, request(), session, 900) else {
+                panic!("not decided");
+            };
+            assert_eq!(
+                (d.approved, d.user.as_str(), d.same_session),
+                (true, "ann", same)
+            );
+        }
+        let denied = grant(
+            GrantState::Denied {
+                user: "bob".into(),
+                at: 1,
+            },
+            None,
+        );
+        let Some(CodeLookup::Decided(d)) = settled(&denied, request(), None, 10) else {
+            panic!("not decided");
         };
-        assert_eq!(grant_problem(&g, 1), Some(CodeProblem::Used));
+        assert!(!d.approved && !d.same_session, "no tag matches no tag");
     }
 }

@@ -155,6 +155,7 @@ mod tests {
             interval: 5,
             last_poll: None,
             state: GrantState::Pending,
+            decided_in: None,
         }
     }
 

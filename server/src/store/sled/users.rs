@@ -69,12 +69,15 @@ impl SessionStore for SledStore {
         }
         Ok(purged)
     }
+
+    fn web_session_count(&self) -> Result<usize, StoreError> {
+        Ok(self.web_sessions.len())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::users::FailureWindow;
 
     #[test]
     fn users_are_created_once() {
@@ -101,14 +104,15 @@ mod tests {
             user: Some("ann".into()),
             created_at: 0,
             expires_at,
-            failed_codes: FailureWindow::default(),
-            failed_sign_ins: FailureWindow::default(),
+            codes: vec![],
         };
         let (old, new) = (TokenHash::of("old"), TokenHash::of("new"));
         store.put_web_session(&old, &s(10)).unwrap();
         store.put_web_session(&new, &s(1000)).unwrap();
         assert_eq!(store.web_session(&new).unwrap(), Some(s(1000)));
+        assert_eq!(store.web_session_count().unwrap(), 2);
         assert_eq!(store.purge_web_sessions(500).unwrap(), 1);
+        assert_eq!(store.web_session_count().unwrap(), 1);
         assert!(store.web_session(&old).unwrap().is_none());
         store.delete_web_session(&new).unwrap();
         assert!(store.web_session(&new).unwrap().is_none());
