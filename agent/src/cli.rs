@@ -148,8 +148,12 @@ fn status(
     if let Some(kid) = kid {
         writeln!(out, "kid:        {kid}")?;
         let attestation = match status.key_attestation {
-            "attested" => "attested (the server proved by credential activation that the key is in this TPM)",
-            "unattested" => "unattested (the server accepted the key without proof that it is in this TPM)",
+            "attested" => {
+                "attested (the server proved by credential activation that the key is in this TPM)"
+            }
+            "unattested" => {
+                "unattested (the server accepted the key without proof that it is in this TPM)"
+            }
             _ => "unknown (not recorded on this device)",
         };
         writeln!(out, "key:        {attestation}")?;

@@ -73,6 +73,8 @@ pub struct Summary {
     pub provisioned: usize,
     /// Already provisioned, left alone.
     pub already_provisioned: usize,
+    /// Already provisioned; the EK public key its registration lacked was supplied.
+    pub reattested: usize,
     /// Reset and provisioned again.
     pub reprovisioned: usize,
     /// Refused: serial belongs to another TPM.
@@ -94,13 +96,15 @@ pub struct Summary {
 impl Summary {
     /// Whether every device ended provisioned.
     pub fn all_succeeded(&self) -> bool {
-        self.provisioned + self.already_provisioned + self.reprovisioned == self.total
+        self.provisioned + self.already_provisioned + self.reattested + self.reprovisioned
+            == self.total
     }
 
     fn count(&mut self, outcome: Outcome) {
         let slot = match outcome {
             Outcome::Provisioned => &mut self.provisioned,
             Outcome::AlreadyProvisioned => &mut self.already_provisioned,
+            Outcome::Reattested => &mut self.reattested,
             Outcome::Reprovisioned => &mut self.reprovisioned,
             Outcome::Conflict => &mut self.conflict,
             Outcome::NeedsReset => &mut self.needs_reset,

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use base64::Engine as _;
-use hallmark_agent::tpm::{Tpm, TpmError};
+use hallmark_agent::tpm::{EndorsementKey, Tpm, TpmError};
 use zeroize::Zeroizing;
 
 use crate::config_out::{self, ConfigOutError, DeviceConfig};
@@ -84,6 +84,14 @@ pub enum DeviceError {
     /// Registration failed.
     #[error("cannot register the device")]
     Register {
+        /// The station's error.
+        source: StationError,
+    },
+    /// Supplying the EK public key of an earlier registration failed.
+    #[error("cannot give the server the EK public key of registration {client_id}")]
+    Reattest {
+        /// The registration.
+        client_id: String,
         /// The station's error.
         source: StationError,
     },
@@ -253,17 +261,17 @@ impl Station {
             tcti: spec.tcti.clone(),
             source,
         })?;
-        let fingerprint = tpm
+        let ek = tpm
             .endorsement_key()
-            .map_err(|source| DeviceError::ReadEk { source })?
-            .fingerprint();
+            .map_err(|source| DeviceError::ReadEk { source })?;
+        let fingerprint = ek.fingerprint();
         report.ek_fingerprint = Some(fingerprint.clone());
         let inventory = tpm
             .inventory()
             .map_err(|source| DeviceError::Inventory { source })?;
         let holds_credential = inventory.factory_secret || inventory.slot_a || inventory.slot_b;
 
-        let registration = self.register(spec, &fingerprint)?;
+        let registration = self.register(spec, &ek)?;
         let (client_id, secret) = match registration {
             Registration::Created {
                 client_id,
@@ -275,6 +283,7 @@ impl Station {
             Registration::Exists {
                 client_id,
                 ek_fingerprint,
+                ek_public,
             } => {
                 if !ek_fingerprint.eq_ignore_ascii_case(&fingerprint) {
                     return Err(DeviceError::Conflict {
@@ -285,8 +294,21 @@ impl Station {
                 report.client_id = Some(client_id.clone());
                 if holds_credential {
                     drop(tpm);
+                    // Registered before attestation: give the server the EK it needs to
+                    // attest this device's keys (it must hash to the registered fingerprint).
+                    let reattested = !ek_public
+                        && self.client.attest_ek(&client_id, &ek).map_err(|source| {
+                            DeviceError::Reattest {
+                                client_id: client_id.clone(),
+                                source,
+                            }
+                        })?;
                     report.config = Some(self.write_config(spec, &client_id, false)?);
-                    return Ok(Outcome::AlreadyProvisioned);
+                    return Ok(if reattested {
+                        Outcome::Reattested
+                    } else {
+                        Outcome::AlreadyProvisioned
+                    });
                 }
                 if !self.reset_lost {
                     return Err(DeviceError::NeedsReset { client_id });
@@ -297,7 +319,7 @@ impl Station {
                         client_id: client_id.clone(),
                         source,
                     })?;
-                match self.register(spec, &fingerprint)? {
+                match self.register(spec, &ek)? {
                     Registration::Created {
                         client_id,
                         factory_secret,
@@ -334,9 +356,13 @@ impl Station {
         Ok(Outcome::Provisioned)
     }
 
-    fn register(&self, spec: &DeviceSpec, fingerprint: &str) -> Result<Registration, DeviceError> {
+    fn register(
+        &self,
+        spec: &DeviceSpec,
+        ek: &EndorsementKey,
+    ) -> Result<Registration, DeviceError> {
         self.client
-            .register_device(&spec.serial, &spec.model, fingerprint)
+            .register_device(&spec.serial, &spec.model, ek)
             .map_err(|source| DeviceError::Register { source })
     }
 

@@ -18,6 +18,9 @@ pub enum Outcome {
     /// The server knows this serial with this EK and the TPM holds its credential (the factory
     /// secret, or the device key after first boot): left alone.
     AlreadyProvisioned,
+    /// Already provisioned, but registered before attestation without its EK public key: the
+    /// station supplied it, so the server can now attest the device's keys.
+    Reattested,
     /// The device's earlier registration had lost its secret; the station deleted it
     /// (`--reset-lost`) and provisioned the device afresh.
     Reprovisioned,
@@ -37,7 +40,10 @@ impl Outcome {
     pub fn is_success(self) -> bool {
         matches!(
             self,
-            Outcome::Provisioned | Outcome::AlreadyProvisioned | Outcome::Reprovisioned
+            Outcome::Provisioned
+                | Outcome::AlreadyProvisioned
+                | Outcome::Reattested
+                | Outcome::Reprovisioned
         )
     }
 
@@ -46,6 +52,7 @@ impl Outcome {
         match self {
             Outcome::Provisioned => "provisioned",
             Outcome::AlreadyProvisioned => "already-provisioned",
+            Outcome::Reattested => "re-attested",
             Outcome::Reprovisioned => "reprovisioned",
             Outcome::Conflict => "conflict",
             Outcome::NeedsReset => "needs-reset",

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use hallmark_agent::tpm::EndorsementKey;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -92,6 +93,16 @@ fn check_owner_only(path: &Path) -> Result<(), StationError> {
 #[cfg(not(unix))]
 fn check_owner_only(_: &Path) -> Result<(), StationError> {
     Ok(())
+}
+
+/// The `ek_public` and `ek_certificate` members of a registration: base64url DER.
+fn ek_members(ek: &EndorsementKey) -> Vec<(&'static str, String)> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut members = vec![("ek_public", b64.encode(&ek.spki_der))];
+    if let Some(cert) = &ek.certificate {
+        members.push(("ek_certificate", b64.encode(cert)));
+    }
+    members
 }
 
 /// What went wrong between the station and the server.
@@ -201,6 +212,9 @@ pub enum Registration {
         client_id: String,
         /// The EK fingerprint it was registered with.
         ek_fingerprint: String,
+        /// Whether the server holds the EK's public key (registrations from before attestation
+        /// do not, and cannot rotate until a station supplies it).
+        ek_public: bool,
     },
 }
 
@@ -219,10 +233,12 @@ impl fmt::Debug for Registration {
             Registration::Exists {
                 client_id,
                 ek_fingerprint,
+                ek_public,
             } => f
                 .debug_struct("Exists")
                 .field("client_id", client_id)
                 .field("ek_fingerprint", ek_fingerprint)
+                .field("ek_public", ek_public)
                 .finish(),
         }
     }
@@ -299,16 +315,20 @@ impl StationClient {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// `POST /admin/devices`: registers a device, or learns that its serial exists.
+    /// `POST /admin/devices`: registers a device with its TPM's endorsement key (fingerprint,
+    /// public key and, where the TPM has one, certificate), or learns that its serial exists.
     pub fn register_device(
         &self,
         serial: &str,
         model: &str,
-        ek_fingerprint: &str,
+        ek: &EndorsementKey,
     ) -> Result<Registration, StationError> {
         let url = format!("{}/admin/devices", self.server);
-        let body =
-            serde_json::json!({"serial": serial, "model": model, "ek_fingerprint": ek_fingerprint});
+        let mut body = serde_json::json!({"serial": serial, "model": model});
+        body["ek_fingerprint"] = ek.fingerprint().into();
+        for (name, value) in ek_members(ek) {
+            body[name] = value.into();
+        }
         let (status, json) = self.with_token(PROVISION_SCOPE, |token| {
             let resp = self
                 .http
@@ -332,12 +352,43 @@ impl StationClient {
             409 if field("error").as_deref() == Some("device_exists") => Ok(Registration::Exists {
                 client_id: field("client_id").ok_or_else(|| missing("client_id"))?,
                 ek_fingerprint: field("ek_fingerprint").ok_or_else(|| missing("ek_fingerprint"))?,
+                // A server from before attestation does not say; it has no use for the key.
+                ek_public: json
+                    .get("ek_public")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(true),
             }),
             409 if field("error").as_deref() == Some("ek_in_use") => Ok(Registration::EkInUse {
                 client_id: field("client_id").ok_or_else(|| missing("client_id"))?,
                 serial: field("serial").ok_or_else(|| missing("serial"))?,
             }),
             _ => Err(refused("device registration", status, &json)),
+        }
+    }
+
+    /// `POST /admin/devices/{client_id}/ek` (scope `devices:provision`): supplies the EK public
+    /// key (and certificate) of a device registered without them, so that the server can
+    /// attest its keys; `false` if the server no longer has the device.
+    pub fn attest_ek(&self, client_id: &str, ek: &EndorsementKey) -> Result<bool, StationError> {
+        let url = format!("{}/admin/devices/{client_id}/ek", self.server);
+        let body = serde_json::Value::Object(
+            ek_members(ek)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into()))
+                .collect(),
+        );
+        let (status, json) = self.with_token(PROVISION_SCOPE, |token| {
+            let resp = self
+                .http
+                .post(&url)
+                .header("Authorization", &format!("Bearer {}", token.as_str()))
+                .send_json(&body);
+            read_json(&url, resp)
+        })?;
+        match status {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(refused("re-attesting the EK", status, &json)),
         }
     }
 

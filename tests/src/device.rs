@@ -72,17 +72,22 @@ impl Device {
             .expect("read EK");
         let serial = format!("HM-TEST-{}", &ek.fingerprint()[..12]);
         let token = server.admin_token("devices:provision");
+        // As the provisioner registers: the EK's fingerprint, public key and certificate, so
+        // the server can attest the device's keys.
+        let mut registration = serde_json::json!({
+            "serial": serial,
+            "model": "test-gateway",
+            "ek_fingerprint": ek.fingerprint(),
+            "ek_public": URL_SAFE_NO_PAD.encode(&ek.spki_der),
+        });
+        if let Some(cert) = &ek.certificate {
+            registration["ek_certificate"] = URL_SAFE_NO_PAD.encode(cert).into();
+        }
         let (status, body) = server.post_raw(
             "/admin/devices",
             "application/json",
             Some(&format!("Bearer {token}")),
-            serde_json::json!({
-                "serial": serial,
-                "model": "test-gateway",
-                "ek_fingerprint": ek.fingerprint(),
-            })
-            .to_string()
-            .as_bytes(),
+            registration.to_string().as_bytes(),
         );
         assert_eq!(status, 201, "register device: {body}");
         let client_id = body["client_id"].as_str().unwrap().to_owned();

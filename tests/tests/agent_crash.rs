@@ -49,6 +49,8 @@ macro_rules! crash_tests {
 crash_tests! {
     crash_after_create_key => "create_key",
     crash_after_persist_key_created => "persist_key_created",
+    crash_after_challenged => "challenged",
+    crash_after_activated => "activated",
     crash_after_register => "register",
     crash_after_persist_registered => "persist_registered",
     crash_after_prove => "prove",

@@ -372,6 +372,8 @@ macro_rules! crash_tests {
 crash_tests! {
     crash_after_rekey_persist_intent => ("rekey_persist_intent", "rekeying"),
     crash_after_rekey_create_key => ("rekey_create_key", "rekeying"),
+    crash_after_rekey_challenged => ("rekey_challenged", "rekeying"),
+    crash_after_rekey_activated => ("rekey_activated", "rekeying"),
     crash_after_rekey_register => ("rekey_register", "rekeying"),
     crash_after_rekey_persist_registered => ("rekey_persist_registered", "rekey_registered"),
     crash_after_rekey_prove => ("rekey_prove", "rekey_registered"),

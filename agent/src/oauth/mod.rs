@@ -520,7 +520,10 @@ mod tests {
         };
         let (authorization, body) = registration(&secret, &jwk);
         assert_eq!(authorization, Some(basic("dev", "s3cret")));
-        assert_eq!(serde_json::Value::Object(body), serde_json::json!({"jwk": jwk}));
+        assert_eq!(
+            serde_json::Value::Object(body),
+            serde_json::json!({"jwk": jwk})
+        );
         // Rekey: the old key's assertion as RFC 7523 §2.2 parameters beside the JWK.
         let assertion = ClientAuth::Assertion {
             client_id: "dev".into(),

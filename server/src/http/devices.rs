@@ -16,7 +16,9 @@ use super::caller::{Caller, DevicesAdmin, DevicesProvision};
 use super::ctx::Ctx;
 use super::error::{json_bytes, json_response, OAuthResponse};
 use crate::oauth::client_auth::Presented;
-use crate::oauth::devices::{DeviceRegistration, KeyAnswer, KeyPresentation, Registered, Withdrawal};
+use crate::oauth::devices::{
+    DeviceRegistration, KeyAnswer, KeyPresentation, Registered, Withdrawal,
+};
 use crate::oauth::form::Form;
 use crate::oauth::OAuthError;
 
@@ -67,6 +69,7 @@ async fn register(
                 "error_description": "this serial is already registered",
                 "client_id": d.client_id,
                 "ek_fingerprint": d.ek_fingerprint,
+                "ek_public": d.ek_public.is_some(),
             }),
         ),
         Ok(Registered::EkInUse(d)) => json_response(
@@ -285,7 +288,9 @@ async fn rotate(
                 .map(|v| {
                     base64::engine::general_purpose::URL_SAFE_NO_PAD
                         .decode(v.trim_end_matches('='))
-                        .map_err(|_| OAuthError::InvalidRequest(format!("{name} is not base64url").into()))
+                        .map_err(|_| {
+                            OAuthError::InvalidRequest(format!("{name} is not base64url").into())
+                        })
                 })
                 .transpose()
         };

@@ -107,7 +107,9 @@ impl std::str::FromStr for Attestation {
         match s {
             "required" => Ok(Attestation::Required),
             "off" => Ok(Attestation::Off),
-            other => Err(format!("attestation must be required or off, not {other:?}")),
+            other => Err(format!(
+                "attestation must be required or off, not {other:?}"
+            )),
         }
     }
 }

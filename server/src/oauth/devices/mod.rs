@@ -178,8 +178,7 @@ impl AuthServer {
             }
             if roots.is_some() {
                 return Err(bad_cert(
-                    "an EK certificate is required: this server checks EKs against ek_roots"
-                        .into(),
+                    "an EK certificate is required: this server checks EKs against ek_roots".into(),
                 ));
             }
             return Ok(CheckedEk {
@@ -188,9 +187,9 @@ impl AuthServer {
                 issuer: None,
             });
         };
-        let public = b64.decode(public.trim_end_matches('=')).map_err(|_| {
-            OAuthError::InvalidRequest("ek_public is not base64url".into())
-        })?;
+        let public = b64
+            .decode(public.trim_end_matches('='))
+            .map_err(|_| OAuthError::InvalidRequest("ek_public is not base64url".into()))?;
         if hex::encode(sha2::Sha256::digest(&public)) != fingerprint {
             return Err(OAuthError::InvalidRequest(
                 "ek_fingerprint is not the SHA-256 of ek_public".into(),
@@ -201,15 +200,14 @@ impl AuthServer {
         let (certificate, issuer) = match ek_certificate {
             None if roots.is_some() => {
                 return Err(bad_cert(
-                    "an EK certificate is required: this server checks EKs against ek_roots"
-                        .into(),
+                    "an EK certificate is required: this server checks EKs against ek_roots".into(),
                 ))
             }
             None => (EkCertificateCheck::Absent, None),
             Some(cert) => {
-                let der = b64.decode(cert.trim_end_matches('=')).map_err(|_| {
-                    bad_cert("ek_certificate is not base64url".into())
-                })?;
+                let der = b64
+                    .decode(cert.trim_end_matches('='))
+                    .map_err(|_| bad_cert("ek_certificate is not base64url".into()))?;
                 let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ctx.now);
                 let issuer = check_ek_certificate(&der, &public, roots, at)
                     .map_err(|e| bad_cert(e.to_string()))?;
@@ -257,7 +255,10 @@ impl AuthServer {
                 let event = AuditEvent::new("device.registered", Outcome::Failure)
                     .actor(station)
                     .subject(&req.serial)
-                    .reason(format!("ek={ek_fingerprint}: {}", e.description().unwrap_or("refused")));
+                    .reason(format!(
+                        "ek={ek_fingerprint}: {}",
+                        e.description().unwrap_or("refused")
+                    ));
                 self.record(ctx, event).await?;
                 return Err(e);
             }
@@ -320,7 +321,11 @@ impl AuthServer {
                 "model={} ek={} ek_public={} ek_certificate={}",
                 device.model,
                 device.ek_fingerprint,
-                if device.ek_public.is_some() { "yes" } else { "no" },
+                if device.ek_public.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                },
                 device.ek_certificate.as_str()
             ));
         match self
@@ -517,12 +522,8 @@ impl AuthServer {
             .actor(station)
             .subject(&device.serial)
             .client(client_id);
-        let ek = match self.checked_ek(
-            &device.ek_fingerprint,
-            Some(ek_public),
-            ek_certificate,
-            ctx,
-        ) {
+        let ek = match self.checked_ek(&device.ek_fingerprint, Some(ek_public), ek_certificate, ctx)
+        {
             Ok(ek) => ek,
             Err(e) => {
                 let event = AuditEvent {

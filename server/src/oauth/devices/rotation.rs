@@ -139,7 +139,12 @@ impl AuthServer {
         };
         if area.sec1_point()[..] != key.public[..] {
             return self
-                .refuse(client, &kid, "tpm_public does not describe the key in jwk", ctx)
+                .refuse(
+                    client,
+                    &kid,
+                    "tpm_public does not describe the key in jwk",
+                    ctx,
+                )
                 .await;
         }
         let mut credential = zeroize::Zeroizing::new([0u8; CREDENTIAL_LEN]);
@@ -203,7 +208,12 @@ impl AuthServer {
         if ctx.now >= open.expires_at {
             self.close_challenge(client, open)?;
             return self
-                .refuse(client, &kid, "the challenge expired; present the key again for a new one", ctx)
+                .refuse(
+                    client,
+                    &kid,
+                    "the challenge expired; present the key again for a new one",
+                    ctx,
+                )
                 .await;
         }
         let right: bool = Sha256::digest(secret).ct_eq(&open.answer_hash[..]).into();
@@ -233,11 +243,18 @@ impl AuthServer {
         if now.pending_key.as_ref().map(|p| &p.public) != Some(&attested.public) {
             // Another request replaced the challenge in between; this answer is for the old one.
             return self
-                .refuse(client, &kid, "the challenge was replaced; present the key again", ctx)
+                .refuse(
+                    client,
+                    &kid,
+                    "the challenge was replaced; present the key again",
+                    ctx,
+                )
                 .await;
         }
         let reason = match replaced {
-            Some(old) => format!("pending kid={kid} attested by credential activation (replaces {old})"),
+            Some(old) => {
+                format!("pending kid={kid} attested by credential activation (replaces {old})")
+            }
             None => format!("pending kid={kid} attested by credential activation"),
         };
         let event = AuditEvent::new("device.rotation_requested", Outcome::Success)

@@ -130,13 +130,13 @@ impl DeviceStore for SledStore {
         change: &mut dyn FnMut(&mut Device) -> bool,
     ) -> Result<Option<Device>, StoreError> {
         loop {
-            let Some(current) =
-                self.devices
-                    .get(client_id)
-                    .map_err(|source| StoreError::Read {
-                        what: "device",
-                        source,
-                    })?
+            let Some(current) = self
+                .devices
+                .get(client_id)
+                .map_err(|source| StoreError::Read {
+                    what: "device",
+                    source,
+                })?
             else {
                 return Ok(None);
             };

@@ -210,6 +210,9 @@ mod tests {
             ek_fingerprint: "ab".into(),
             registered_by: "station".into(),
             registered_at: 0,
+            ek_public: None,
+            ek_certificate: Default::default(),
+            ek_issuer: None,
         }
     }
 
