@@ -113,6 +113,20 @@ impl LocalCa {
         self.dir.join("issuercert.pem")
     }
 
+    /// The CA that signs the EK certificates of [`crate::Swtpm::temp_manufactured`] and
+    /// [`crate::Swtpm::temp_manufactured_unique`] TPMs: the "TPM manufacturer" of tests.
+    pub fn shared() -> Result<LocalCa, ManufactureError> {
+        cached_ca()
+    }
+
+    /// The bundle an operator gives the server as `ek_roots` for TPMs of this CA: its root and
+    /// issuing CA certificates (PEM), once the first TPM is manufactured.
+    pub fn ek_roots_pem(&self) -> io::Result<String> {
+        let root = fs::read_to_string(self.root_certificate_pem())?;
+        let issuer = fs::read_to_string(self.issuer_certificate_pem())?;
+        Ok(format!("{root}{issuer}"))
+    }
+
     /// The CA's root certificate (PEM), once the first TPM is manufactured.
     pub fn root_certificate_pem(&self) -> PathBuf {
         self.dir.join("swtpm-localca-rootca-cert.pem")

@@ -52,7 +52,7 @@ impl Outcome {
         match self {
             Outcome::Provisioned => "provisioned",
             Outcome::AlreadyProvisioned => "already-provisioned",
-            Outcome::Reattested => "re-attested",
+            Outcome::Reattested => "reattested",
             Outcome::Reprovisioned => "reprovisioned",
             Outcome::Conflict => "conflict",
             Outcome::NeedsReset => "needs-reset",

@@ -291,7 +291,8 @@ fn disabled_and_deleted_devices_lose_their_tokens() {
 
 #[test]
 fn rotation_keeps_the_old_credential_until_the_new_key_proves_itself() {
-    let server = TestServer::start();
+    // The mechanics of rotation with a software key; attestation has its own tests.
+    let server = TestServer::start_with(&["--attestation", "off"]);
     let provision = server.admin_token("devices:provision");
     let admin = server.admin_token("devices:admin");
     let (_, dev) = register(&server, &provision, "HM-ROT", &ek(4));
@@ -538,7 +539,8 @@ fn metrics_count_requests_tokens_and_failures() {
 
 #[test]
 fn a_station_withdraws_only_its_own_unrotated_registrations() {
-    let mut server = TestServer::start();
+    // Rotates with a software key: attestation is off here (see the attestation tests).
+    let mut server = TestServer::start_with(&["--attestation", "off"]);
     let provision = server.admin_token("devices:provision");
     let admin_only = server.admin_token("devices:admin");
     let (other_id, other_secret) =

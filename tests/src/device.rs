@@ -46,6 +46,9 @@ pub struct DeviceOptions {
     pub scopes: Vec<String>,
     /// Issuer written into the config (default: the server's).
     pub issuer: Option<String>,
+    /// Register the EK's public key and certificate (default), or only its fingerprint, as
+    /// stations did before attestation existed.
+    pub register_ek: bool,
 }
 
 impl Default for DeviceOptions {
@@ -54,6 +57,7 @@ impl Default for DeviceOptions {
             flow: Flow::ClientCredentials,
             scopes: Vec::new(),
             issuer: None,
+            register_ek: true,
         }
     }
 }
@@ -78,10 +82,12 @@ impl Device {
             "serial": serial,
             "model": "test-gateway",
             "ek_fingerprint": ek.fingerprint(),
-            "ek_public": URL_SAFE_NO_PAD.encode(&ek.spki_der),
         });
-        if let Some(cert) = &ek.certificate {
-            registration["ek_certificate"] = URL_SAFE_NO_PAD.encode(cert).into();
+        if options.register_ek {
+            registration["ek_public"] = URL_SAFE_NO_PAD.encode(&ek.spki_der).into();
+            if let Some(cert) = &ek.certificate {
+                registration["ek_certificate"] = URL_SAFE_NO_PAD.encode(cert).into();
+            }
         }
         let (status, body) = server.post_raw(
             "/admin/devices",
