@@ -71,6 +71,28 @@ pub fn run(options: Options) -> Result<(), DemoError> {
         Workdir::new(options.keep).map_err(|e| step_error("create a work dir")(e.to_string()))?;
     let dir = work.path().to_path_buf();
 
+    heading(&format!(
+        "{DEVICES} simulated devices (their manufacturer's CA signs each EK certificate)"
+    ));
+    let fleet_dir = dir.join("fleet");
+    let fleet =
+        FleetGuard::up(&fleet_dir, DEVICES).map_err(|e| step_error("fleet up")(one_line(&e)))?;
+    for d in fleet.devices() {
+        println!("  {} {} (swtpm pid {})", d.serial, d.tcti, d.pid);
+    }
+    check(&stop)?;
+
+    // The server trusts the fleet's "TPM manufacturer": every registration must carry an EK
+    // certificate that chains to it (the strongest mode).
+    let ek_roots = dir.join("ek-roots.pem");
+    let bundle = fleet_ek_roots(&fleet_dir)?;
+    std::fs::write(&ek_roots, bundle)
+        .map_err(|e| step_error("write ek-roots.pem")(e.to_string()))?;
+    println!(
+        "  TPM manufacturer CA for the server: {}",
+        ek_roots.display()
+    );
+
     heading("Authorization server");
     let port = web::free_port().map_err(step_error("find a free port"))?;
     let issuer = format!("https://localhost:{port}");
@@ -109,6 +131,8 @@ pub fn run(options: Options) -> Result<(), DemoError> {
             .args(["serve", "--data-dir"])
             .arg(&data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--ek-roots")
+            .arg(&ek_roots)
             .stdout(Stdio::null())
             .stderr(log),
         "hallmark-server serve",
@@ -117,6 +141,7 @@ pub fn run(options: Options) -> Result<(), DemoError> {
     web.wait_ready(Duration::from_secs(30), &stop)
         .map_err(step_error("start the server"))?;
     println!("  serving {issuer} (TLS, CA {})", ca_cert.display());
+    println!("  attestation required; EK certificates checked against the TPM manufacturer CA");
 
     heading("Factory station");
     let station = web
@@ -130,15 +155,6 @@ pub fn run(options: Options) -> Result<(), DemoError> {
         station["client_id"].as_str().unwrap_or("?"),
         station_file.display()
     );
-
-    heading(&format!("{DEVICES} simulated devices"));
-    let fleet_dir = dir.join("fleet");
-    let fleet =
-        FleetGuard::up(&fleet_dir, DEVICES).map_err(|e| step_error("fleet up")(one_line(&e)))?;
-    for d in fleet.devices() {
-        println!("  {} {} (swtpm pid {})", d.serial, d.tcti, d.pid);
-    }
-    check(&stop)?;
 
     heading("Provisioning (hallmark-provision batch)");
     let report = dir.join("report.jsonl");
@@ -183,6 +199,20 @@ pub fn run(options: Options) -> Result<(), DemoError> {
             "  {} enrolled: {}",
             d.serial,
             String::from_utf8_lossy(&enrolled).trim()
+        );
+        let view = report_client(&report, &d.serial)
+            .ok_or_else(|| step_error("read the report")(format!("no line for {}", d.serial)))
+            .and_then(|id| {
+                web.device_view(&admin_id, &admin_secret, &id)
+                    .map_err(step_error("look the device up"))
+            })?;
+        let a = &view["attestation"];
+        println!(
+            "  {} attestation: EK certificate {} (issuer {}), key {} by credential activation",
+            d.serial,
+            a["ek_certificate"].as_str().unwrap_or("?"),
+            a["ek_issuer"].as_str().unwrap_or("-"),
+            a["key"].as_str().unwrap_or("?")
         );
         let token = output(
             Command::new(&bins.agent).args(["--config", &config, "token"]),
@@ -367,6 +397,23 @@ fn run_with_stdin(cmd: &mut Command, input: &str, step: &'static str) -> Result<
         ));
     }
     Ok(())
+}
+
+/// The client_id the provisioning report gives `serial`.
+fn report_client(report: &Path, serial: &str) -> Option<String> {
+    std::fs::read_to_string(report)
+        .ok()?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["serial"] == serial)
+        .and_then(|v| v["client_id"].as_str().map(str::to_owned))
+}
+
+/// The fleet CA's root and issuing certificates: the `ek_roots` bundle for its TPMs.
+fn fleet_ek_roots(fleet_dir: &Path) -> Result<String, DemoError> {
+    let fail = |e: String| step_error("read the fleet's CA")(e);
+    let ca = crate::LocalCa::at(&fleet_dir.join("ca")).map_err(|e| fail(e.to_string()))?;
+    ca.ek_roots_pem().map_err(|e| fail(e.to_string()))
 }
 
 /// What `hallmark-agent login` shows a person: the user code, the verification URI and the QR

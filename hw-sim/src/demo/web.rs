@@ -111,6 +111,39 @@ impl Web {
         )
     }
 
+    /// `GET /admin/devices/{client_id}` with the admin client (scope `devices:admin`): what the
+    /// server knows of the device, `attestation` included.
+    pub(super) fn device_view(
+        &self,
+        admin_id: &str,
+        admin_secret: &str,
+        client_id: &str,
+    ) -> Result<Value, String> {
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{admin_id}:{admin_secret}"));
+        let mut r = self
+            .http
+            .post(&self.url("/oauth2/token"))
+            .header("Authorization", &format!("Basic {basic}"))
+            .send_form([
+                ("grant_type", "client_credentials"),
+                ("scope", "devices:admin"),
+            ])
+            .map_err(|e| e.to_string())?;
+        let token: Value = r.body_mut().read_json().map_err(|e| e.to_string())?;
+        let token = token["access_token"].as_str().ok_or("no admin token")?;
+        let mut r = self
+            .http
+            .get(&self.url(&format!("/admin/devices/{client_id}")))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .map_err(|e| e.to_string())?;
+        if r.status() != 200 {
+            return Err(format!("GET /admin/devices answered {}", r.status()));
+        }
+        r.body_mut().read_json().map_err(|e| e.to_string())
+    }
+
     /// Signs in on `/device`, opens the code, and approves it; the consent page's summary line.
     pub(super) fn approve(
         &self,
