@@ -557,3 +557,53 @@ fn every_api_error_is_json() {
         "{status} {body}"
     );
 }
+
+#[test]
+fn authlib_private_key_jwt_works_at_every_endpoint() {
+    // Authlib's assertions live an hour: the operator allows that.
+    let server = TestServer::start_with(&["--max-assertion-lifetime", "3600"]);
+    let key = ClientKey::es256();
+    let id = server.register_jwt_client("api:read", &[(&key, None)]);
+    let ClientKey::Es256 { pkcs8, .. } = &key else {
+        unreachable!("an ES256 key")
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    );
+    let key_path = server.dir.path().join("client-key.pem");
+    std::fs::write(&key_path, pem).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/authlib_private_key_jwt.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&server.issuer)
+        .arg(&server.ca_cert)
+        .arg(&id)
+        .arg(&key_path)
+        .output()
+        .expect("python3 (scripts/install-deps installs it with Authlib)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "Authlib is missing: run scripts/install-deps (pip install authlib requests)\n{stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result,
+        json!({"token_type": "Bearer", "introspect_status": 200, "active": true,
+               "revoke_status": 200, "active_after_revoke": false}),
+        "{stderr}\n{}",
+        server.log()
+    );
+}
