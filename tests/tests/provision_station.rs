@@ -6,11 +6,18 @@ use std::time::Duration;
 
 use hallmark_e2e::server::TestServer;
 use hallmark_e2e::station::TestStation;
+use hallmark_agent::tpm::EndorsementKey;
 use hallmark_provision::station::Registration;
 use hallmark_provision::{StationClient, StationCredentials};
 
-fn fingerprint(n: u8) -> String {
-    format!("{n:02x}").repeat(32)
+/// An RSA-2048 endorsement key made in software: the station's registrations need a real key.
+fn endorsement_key() -> EndorsementKey {
+    use rsa::pkcs8::EncodePublicKey as _;
+    let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+    EndorsementKey {
+        spki_der: key.to_public_key().to_public_key_der().unwrap().to_vec(),
+        certificate: None,
+    }
 }
 
 #[test]
@@ -25,10 +32,11 @@ fn the_station_token_is_reused_then_renewed_before_it_expires() {
         StationCredentials::load(&station.credentials).unwrap(),
     )
     .unwrap();
+    let eks: Vec<EndorsementKey> = (0..4).map(|_| endorsement_key()).collect();
     let register = |n: u8| {
         let serial = format!("HM-RENEW-{n}");
         match client
-            .register_device(&serial, "m", &fingerprint(n))
+            .register_device(&serial, "m", &eks[usize::from(n) - 1])
             .unwrap()
         {
             Registration::Created { .. } => {}
