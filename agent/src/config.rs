@@ -73,9 +73,16 @@ pub struct AgentConfig {
     /// beside the config file.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Unix socket on which `run` serves tokens (mode 0600). Default `agent.sock` in `state_dir`.
+    /// Unix socket on which `run` serves tokens. Default `agent.sock` in `state_dir`.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// Uids, besides the agent's own and root, that may ask the socket for a token (checked
+    /// with `SO_PEERCRED`; the socket is then mode 0666 and this list is the gate). Default
+    /// empty: the agent's uid and root only, mode 0600. A socket inside `state_dir` (mode
+    /// 0700) cannot be reached by other uids, so naming any requires `socket` elsewhere. Left
+    /// out of the file when empty, so configs read by agents older than the field still load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socket_allowed_uids: Vec<u32>,
     /// TPM handles the provisioner used.
     #[serde(default)]
     pub handles: Handles,
@@ -192,6 +199,7 @@ impl AgentConfig {
             Some(s) => base.join(s),
             None => config.state_dir.join("agent.sock"),
         });
+        config.check_socket_reach().map_err(invalid)?;
         Ok(config)
     }
 
@@ -206,6 +214,26 @@ impl AgentConfig {
         self.socket
             .clone()
             .unwrap_or_else(|| self.state_dir.join("agent.sock"))
+    }
+
+    /// Other uids allowed on a socket they cannot reach would fail on the device with a bare
+    /// "permission denied"; say so at start instead.
+    fn check_socket_reach(&self) -> Result<(), String> {
+        let own = rustix::process::geteuid().as_raw();
+        let others = self
+            .socket_allowed_uids
+            .iter()
+            .any(|&uid| uid != 0 && uid != own);
+        let socket = self.socket_path();
+        if others && socket.starts_with(&self.state_dir) {
+            return Err(format!(
+                "socket_allowed_uids names other users, but the socket {} is inside state_dir \
+                 (mode 0700), where they cannot reach it: set socket to a path in a directory \
+                 they can enter, e.g. /run/hallmark-agent/agent.sock",
+                socket.display()
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -266,6 +294,7 @@ mod tests {
             flow: Flow::ClientCredentials,
             state_dir: "state".into(),
             socket: None,
+            socket_allowed_uids: Vec::new(),
             handles: Handles::default(),
             serial: Some("HM-1".into()),
             rekey_interval_days: RekeyInterval::NEVER,
@@ -366,6 +395,42 @@ mod tests {
                 AgentConfig::load(&path).unwrap().rekey_interval_days,
                 RekeyInterval::days(days).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn socket_allowed_uids_are_optional_and_need_a_reachable_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let old = sample().to_toml();
+        assert!(!old.contains("socket_allowed_uids"), "{old}");
+        std::fs::write(&path, &old).unwrap();
+        assert!(AgentConfig::load(&path)
+            .unwrap()
+            .socket_allowed_uids
+            .is_empty());
+        // Other users cannot enter the 0700 state directory, so a socket there is refused…
+        std::fs::write(&path, format!("socket_allowed_uids = [4242]\n{old}")).unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("/run/hallmark-agent/agent.sock"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // …unless only root is named, who can enter anything.
+        std::fs::write(&path, format!("socket_allowed_uids = [0]\n{old}")).unwrap();
+        assert!(AgentConfig::load(&path).is_ok());
+        // Elsewhere it loads, and round-trips through the provisioner's writer.
+        let mut config = sample();
+        config.socket = Some("/run/hallmark-agent/agent.sock".into());
+        config.socket_allowed_uids = vec![4242, 4243];
+        std::fs::write(&path, config.to_toml()).unwrap();
+        let loaded = AgentConfig::load(&path).unwrap();
+        assert_eq!(loaded.socket_allowed_uids, vec![4242, 4243]);
+        assert_eq!(
+            loaded.socket_path(),
+            PathBuf::from("/run/hallmark-agent/agent.sock")
+        );
+        for bad in ["-1", "\"www-data\"", "[\"1000\"]", "1000"] {
+            std::fs::write(&path, format!("socket_allowed_uids = {bad}\n{old}")).unwrap();
+            assert!(AgentConfig::load(&path).is_err(), "{bad}");
         }
     }
 

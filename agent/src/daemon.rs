@@ -3,13 +3,14 @@
 //! jitter) shared with `enroll`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::rotation::schedule::RekeyDue;
-use crate::socket::{SharedToken, TokenSocket};
+use crate::socket::{AllowedPeers, Refusals, SharedToken, TokenSocket};
 use crate::{Agent, AgentError, Credential, Event};
 
 /// First retry delay.
@@ -44,7 +45,9 @@ impl Agent {
         self.state
             .ensure()
             .map_err(|source| AgentError::State { source })?;
-        let socket = TokenSocket::bind(&path).map_err(|source| {
+        let peers = AllowedPeers::new(&self.config.socket_allowed_uids);
+        let allowed_uids = peers.uids();
+        let socket = TokenSocket::bind(&path, peers).map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 AgentError::AlreadyRunning {
                     path: path.display().to_string(),
@@ -57,21 +60,28 @@ impl Agent {
             }
         })?;
         let shared: SharedToken = Arc::new(Mutex::new(None));
+        let (refused, refusals) = mpsc::channel();
         let server = {
             let (token, stop) = (shared.clone(), stop.clone());
-            std::thread::spawn(move || socket.serve(token, stop))
+            std::thread::spawn(move || socket.serve(token, stop, refused))
         };
         self.emit(Event::Serving {
             socket: path.display().to_string(),
+            allowed_uids,
         });
-        let result = self.keep_fresh(&shared, &stop);
+        let result = self.keep_fresh(&shared, &stop, &refusals);
         stop.store(true, Ordering::Relaxed);
         // The socket thread only sleeps and writes; it cannot panic short of a bug.
         let _ = server.join();
         result
     }
 
-    fn keep_fresh(&mut self, shared: &SharedToken, stop: &AtomicBool) -> Result<(), AgentError> {
+    fn keep_fresh(
+        &mut self,
+        shared: &SharedToken,
+        stop: &AtomicBool,
+        refusals: &Receiver<Refusals>,
+    ) -> Result<(), AgentError> {
         let mut backoff = Backoff::new();
         let mut next = Instant::now();
         let mut ever = false;
@@ -80,6 +90,9 @@ impl Agent {
         let mut healthy = false;
         let mut rekey = RekeyTimer::new(self.config.rekey_interval_days.duration().is_some());
         while !stop.load(Ordering::Relaxed) {
+            while let Ok(Refusals { uid, count }) = refusals.try_recv() {
+                self.emit(Event::SocketRefused { uid, count });
+            }
             let now = Instant::now();
             if now < next {
                 match rekey.next {

@@ -115,8 +115,11 @@ impl Http {
                 path: ca_pem.display().to_string(),
             });
         }
+        // ring, named here rather than through ureq's `rustls` feature, which would also link
+        // webpki-roots: ~150 public CAs this client never trusts.
         let tls = TlsConfig::builder()
             .root_certs(RootCerts::Specific(Arc::new(certs)))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .build();
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)

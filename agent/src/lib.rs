@@ -68,6 +68,16 @@ pub enum Event {
     Serving {
         /// The socket path.
         socket: String,
+        /// The uids that may use it: the agent's own, root and `socket_allowed_uids`.
+        allowed_uids: Vec<u32>,
+    },
+    /// Processes of a uid not in the socket's allow-list connected and were answered
+    /// `forbidden`. Reported at most once a minute.
+    SocketRefused {
+        /// The uid most recently refused.
+        uid: u32,
+        /// Refusals since the previous report.
+        count: u64,
     },
     /// The device clock is far from the server's (more than a minute); assertions carry the
     /// server's time instead. Reported once per offset, not per request.

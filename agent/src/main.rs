@@ -85,7 +85,23 @@ fn log(event: &Event) {
             "hallmark-agent: {error}; retrying in {:.1} s",
             after.as_secs_f64()
         ),
-        Event::Serving { socket } => eprintln!("hallmark-agent: serving tokens on {socket}"),
+        Event::Serving {
+            socket,
+            allowed_uids,
+        } => {
+            let uids: Vec<String> = allowed_uids.iter().map(u32::to_string).collect();
+            eprintln!(
+                "hallmark-agent: serving tokens on {socket} to uids {}",
+                uids.join(", ")
+            )
+        }
+        Event::SocketRefused { uid, count: 1 } => {
+            eprintln!("hallmark-agent: socket: refused a process of uid {uid} (not allowed)")
+        }
+        Event::SocketRefused { uid, count } => eprintln!(
+            "hallmark-agent: socket: refused {count} connections since the last report, the \
+             latest from uid {uid} (not allowed)"
+        ),
         Event::ClockOffset { offset_s } => eprintln!(
             "hallmark-agent: device clock is {} s {} the server; correcting assertion times",
             offset_s.unsigned_abs(),

@@ -38,6 +38,7 @@ impl DeviceConfig {
             flow: Flow::default(),
             state_dir: PathBuf::from("state"),
             socket: None,
+            socket_allowed_uids: Vec::new(),
             handles: Handles::default(),
             serial: Some(self.serial.clone()),
             rekey_interval_days: RekeyInterval::NEVER,

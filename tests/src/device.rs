@@ -116,6 +116,7 @@ impl Device {
             flow: options.flow,
             state_dir: "state".into(),
             socket: None,
+            socket_allowed_uids: Vec::new(),
             handles: Handles::default(),
             serial: Some(serial.clone()),
             rekey_interval_days: RekeyInterval::NEVER,

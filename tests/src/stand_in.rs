@@ -94,6 +94,7 @@ pub fn write_stand_in_config(
         flow: Flow::ClientCredentials,
         state_dir: "state".into(),
         socket: None,
+        socket_allowed_uids: Vec::new(),
         handles: Handles::default(),
         serial: None,
         rekey_interval_days: RekeyInterval::NEVER,

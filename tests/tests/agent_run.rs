@@ -47,7 +47,7 @@ fn run_serves_fresh_tokens_on_the_socket_across_a_server_restart() {
     std::thread::sleep(Duration::from_secs(8));
     assert!(matches!(
         fetch(&device.socket_path()).unwrap(),
-        Answer::Unavailable { .. }
+        Answer::Error { error, .. } if error == "unavailable"
     ));
     server.spawn();
     let third = device.wait_for_socket_token(Duration::from_secs(60), |t| t != second);
