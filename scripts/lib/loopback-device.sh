@@ -7,6 +7,7 @@
 # The agent is not run here: the caller runs whichever build it measures or tests.
 #
 #   hm_device_up WORK BIN_DIR   sets HM_CONFIG (agent.toml), HM_ISSUER, HM_CA, HM_DEVICE_DIR
+#                               and HM_ADMIN ("client_id:secret" of the server's admin client)
 #   hm_device_down              stops what hm_device_up started (also on EXIT: see the trap)
 
 hm_server_pid=""
@@ -34,6 +35,7 @@ hm_device_up() {
   HM_CA=$(hm_json ca_cert <<<"$init")
   admin_id=$(hm_json admin_client_id <<<"$init")
   admin_secret=$(hm_json admin_client_secret <<<"$init")
+  HM_ADMIN="$admin_id:$admin_secret"
   "$hm_bin/hallmark-server" serve --data-dir "$work/server" --listen "127.0.0.1:$port" \
     >/dev/null 2>"$work/server.log" &
   hm_server_pid=$!
@@ -68,7 +70,20 @@ hm_device_up() {
     device --serial HM-LOOPBACK-1 --model loopback --tcti "$tcti" --config-out "$HM_CONFIG" \
     >"$work/provision.json"
   hm_log "provisioned: $(cat "$work/provision.json")"
-  export HM_CONFIG HM_ISSUER HM_CA HM_DEVICE_DIR
+  export HM_CONFIG HM_ISSUER HM_CA HM_DEVICE_DIR HM_ADMIN
+}
+
+# hm_check_token TOKEN: the server says (RFC 7662, asked by the admin client) that TOKEN is
+# active and was issued to the provisioned device.
+hm_check_token() {
+  local client_id verdict
+  client_id=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["client_id"])' "$HM_CONFIG")
+  verdict=$(curl -fsS --cacert "$HM_CA" -u "$HM_ADMIN" "$HM_ISSUER/oauth2/introspect" \
+    -d "token=$1" | python3 -c 'import json, sys; d = json.load(sys.stdin); print(d.get("active"), d.get("client_id"))')
+  if [ "$verdict" != "True $client_id" ]; then
+    hm_log "not an active token of $client_id: $verdict"
+    return 1
+  fi
 }
 
 hm_device_down() {

@@ -245,9 +245,13 @@ impl Device {
         std::fs::read_to_string(self.dir.path().join("run.log")).unwrap_or_default()
     }
 
-    /// The token socket's path.
+    /// The token socket's path: `socket` from the config (relative to the device directory),
+    /// else `agent.sock` in the state directory.
     pub fn socket_path(&self) -> PathBuf {
-        self.dir.path().join("state").join("agent.sock")
+        match &self.config.socket {
+            Some(socket) => self.dir.path().join(socket),
+            None => self.dir.path().join("state").join("agent.sock"),
+        }
     }
 
     /// The state directory.
