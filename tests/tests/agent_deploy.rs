@@ -37,7 +37,11 @@ fn scratch_root(unit_text: &str) -> tempfile::TempDir {
     std::fs::write(etc.join("hallmark-agent.service"), unit_text).unwrap();
     let bin = root.path().join("usr/bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(hallmark_e2e::bin("hallmark-agent"), bin.join("hallmark-agent")).unwrap();
+    std::fs::copy(
+        hallmark_e2e::bin("hallmark-agent"),
+        bin.join("hallmark-agent"),
+    )
+    .unwrap();
     root
 }
 
@@ -63,7 +67,10 @@ fn the_unit_passes_systemd_analyze_verify_without_a_warning() {
     let unit = std::fs::read_to_string(deploy("hallmark-agent.service")).unwrap();
     let root = scratch_root(&unit);
     let (ok, printed) = verify(root.path());
-    assert!(ok && printed.is_empty(), "systemd-analyze verify: {printed}");
+    assert!(
+        ok && printed.is_empty(),
+        "systemd-analyze verify: {printed}"
+    );
 
     // The check is live: an unknown key is reported (verify still exits 0 for it, hence the
     // test on its output), and so is a missing binary.
@@ -72,7 +79,10 @@ fn the_unit_passes_systemd_analyze_verify_without_a_warning() {
     assert!(printed.contains("NoSuchKey"), "{printed}");
     std::fs::remove_file(root.path().join("usr/bin/hallmark-agent")).unwrap();
     let (ok, printed) = verify(root.path());
-    assert!(!ok && printed.contains("/usr/bin/hallmark-agent"), "{printed}");
+    assert!(
+        !ok && printed.contains("/usr/bin/hallmark-agent"),
+        "{printed}"
+    );
 }
 
 #[test]
