@@ -234,7 +234,7 @@ pub fn add_user_from(
     let now = crate::unix_now();
     let user = new_user(name, password, now)?;
     let store = crate::store::SledStore::open(&data_dir.join(crate::datadir::DB_DIR))?;
-    if !store.insert_new_user(&user)? {
+    if !crate::store::block_on(store.insert_new_user(&user))?? {
         return Err(AccountError::Exists(user.username));
     }
     let event = AuditEvent::new("user.created", Outcome::Success)
@@ -270,6 +270,7 @@ impl AuthServer {
         if !self
             .users
             .insert_new_user(&user)
+            .await
             .map_err(OAuthError::internal)?
         {
             return Err(OAuthError::InvalidRequest(
@@ -301,7 +302,7 @@ impl AuthServer {
         };
         let username = normalize_username(name).ok();
         let user = match &username {
-            Some(n) => self.users.user(n).map_err(OAuthError::internal)?,
+            Some(n) => self.users.user(n).await.map_err(OAuthError::internal)?,
             None => None,
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());

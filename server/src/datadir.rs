@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::keys::{KeyError, KeyFile};
 use crate::oauth::registration::{client_from_metadata, ClientMetadata, ADMIN_SCOPES};
 use crate::secret::Secret;
-use crate::store::{ClientStore, Durability, SledStore, StoreError};
+use crate::store::{Durability, SledStore, StoreError};
 use crate::tls::TlsError;
 
 /// Base configuration written by `init`; its presence marks a data directory as initialised.
@@ -189,7 +189,7 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     )
     .map_err(|e| InitError::Issuer(e.to_string()))?;
     let secret = secret.ok_or_else(|| InitError::Issuer("admin client got no secret".into()))?;
-    store.put_client(&admin)?;
+    store.put_client_now(&admin)?;
     store.flush()?;
 
     let listen_port = url::Url::parse(&issuer)
@@ -222,7 +222,8 @@ pub fn verify_audit(
     data_dir: &Path,
 ) -> Result<Result<u64, crate::store::audit::ChainBreak>, StoreError> {
     use crate::store::AuditLog as _;
-    SledStore::open(&data_dir.join(DB_DIR))?.verify()
+    let store = SledStore::open(&data_dir.join(DB_DIR))?;
+    crate::store::block_on(store.verify())?
 }
 
 /// `keys rotate`: add a key signing in `activate_in` seconds, prune dead ones; the new kid.

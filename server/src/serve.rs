@@ -100,10 +100,15 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             tick.tick().await;
             let store = purge_store.clone();
             let now = crate::unix_now();
+            // A scan over whole tables: on a blocking thread, not a request worker.
+            let handle = tokio::runtime::Handle::current();
             let purge = move || {
-                Ok::<_, StoreError>(
-                    store.purge_expired(now)? + crate::store::grants::purge_expired(&*store, now)?,
-                )
+                handle.block_on(async {
+                    Ok::<_, StoreError>(
+                        store.purge_expired(now).await?
+                            + crate::store::grants::purge_expired(&*store, now).await?,
+                    )
+                })
             };
             match tokio::task::spawn_blocking(purge).await {
                 Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired records dropped"),

@@ -93,6 +93,7 @@ async fn approved_request_is_redeemed_once_for_tokens_bound_to_the_user() {
     let claims = s
         .oauth
         .validate_access_token(&tokens.access_token, t + 6)
+        .await
         .unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.client_id.as_str()),
@@ -107,7 +108,7 @@ async fn approved_request_is_redeemed_once_for_tokens_bound_to_the_user() {
         CodeLookup::Decided(d) => assert!(d.approved && d.user == "ann" && !d.same_session),
         other => panic!("{other:?}"),
     }
-    let audit = s.audit();
+    let audit = s.audit().await;
     let approved = audit
         .iter()
         .find(|e| e.body.event.event == "device.approved")
@@ -163,6 +164,7 @@ async fn denial_answers_access_denied_and_expiry_expired_token() {
     );
     assert!(s
         .audit()
+        .await
         .iter()
         .any(|e| e.body.event.event == "device.denied"));
 
@@ -229,6 +231,7 @@ async fn refresh_rotates_and_a_replayed_token_revokes_its_family() {
     let claims = s
         .oauth
         .validate_access_token(&second.access_token, t + 60)
+        .await
         .unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.scope.as_str()),
@@ -277,7 +280,7 @@ async fn refresh_rotates_and_a_replayed_token_revokes_its_family() {
         s.refresh(&client, &rt4, t + 64).await.unwrap_err().code(),
         "invalid_grant"
     );
-    let audit = s.audit();
+    let audit = s.audit().await;
     let replay = audit
         .iter()
         .find(|e| e.body.event.event == "token.refresh_replayed")
@@ -444,7 +447,7 @@ async fn revoking_a_refresh_token_ends_its_family() {
             .code(),
         "invalid_grant"
     );
-    let audit = s.audit();
+    let audit = s.audit().await;
     let revoked = audit.iter().find(|e| {
         e.body.event.event == "token.revoked" && e.body.event.actor.as_deref() == Some(gid.as_str())
     });

@@ -177,15 +177,23 @@ fn user_add_reads_the_password_from_stdin_and_refuses_duplicates() {
 
     // The account works: sign in through the store's own check, offline.
     let store = hallmark_server::store::SledStore::open(&data_dir.join("db")).unwrap();
-    let user = hallmark_server::store::UserStore::user(&store, "ann")
-        .unwrap()
-        .unwrap();
+    let user =
+        hallmark_server::store::block_on(hallmark_server::store::UserStore::user(&store, "ann"))
+            .unwrap()
+            .unwrap()
+            .unwrap();
     assert!(user.password_hash.starts_with("$argon2id$"));
     assert!(hallmark_server::accounts::password_matches(
         &user.password_hash,
         "correct horse battery"
     ));
-    let entries = hallmark_server::store::AuditLog::entries(&store, 0, usize::MAX).unwrap();
+    let entries = hallmark_server::store::block_on(hallmark_server::store::AuditLog::entries(
+        &store,
+        0,
+        usize::MAX,
+    ))
+    .unwrap()
+    .unwrap();
     assert!(entries
         .iter()
         .any(|e| e.body.event.event == "user.created"

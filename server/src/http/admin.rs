@@ -53,7 +53,7 @@ async fn create_client(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<ClientsAdmin>::from_headers(&state, &headers) {
+    let caller = match Caller::<ClientsAdmin>::from_headers(&state, &headers).await {
         Ok(c) => c.claims,
         Err(e) => return e.into_response(),
     };
@@ -102,7 +102,7 @@ async fn audit_entries(
         .into_response();
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
-    match state.oauth.audit.entries(q.after.unwrap_or(0), limit) {
+    match state.oauth.audit.entries(q.after.unwrap_or(0), limit).await {
         Ok(entries) => {
             let next_after = entries.last().map(|e| e.body.seq);
             json_bytes(

@@ -97,7 +97,7 @@ async fn metrics(State(state): State<super::State>) -> impl IntoResponse {
 
 /// Ready when storage answers.
 async fn ready(State(state): State<super::State>) -> impl IntoResponse {
-    match state.oauth.clients.client("readiness-probe") {
+    match state.oauth.clients.client("readiness-probe").await {
         Ok(_) => (StatusCode::OK, "ready\n"),
         Err(e) => {
             tracing::error!(error = %e, "readiness check failed");

@@ -13,7 +13,7 @@ impl AuthServer {
     /// Issue the first refresh token of a new family, for a fresh grant. The write is durable at
     /// the caller's next commit.
     /// Returns the token and its family, the `sid` of the grant's access tokens.
-    pub(super) fn start_refresh_family(
+    pub(super) async fn start_refresh_family(
         &self,
         client_id: &str,
         sub: &str,
@@ -33,6 +33,7 @@ impl AuthServer {
         };
         self.refresh_tokens
             .insert_refresh_token(&TokenHash::of(token.expose()), &record)
+            .await
             .map_err(OAuthError::internal)?;
         Ok((token.expose().to_owned(), family))
     }
@@ -58,6 +59,7 @@ impl AuthServer {
         let Some((current, family_revoked)) = self
             .refresh_tokens
             .refresh_token(&presented_hash)
+            .await
             .map_err(OAuthError::internal)?
         else {
             return Err(invalid("unknown refresh token"));
@@ -85,6 +87,7 @@ impl AuthServer {
         let user = self
             .users
             .user(&current.sub)
+            .await
             .map_err(OAuthError::internal)?;
         if user.is_none_or(|u| u.disabled) {
             return Err(invalid(
@@ -93,7 +96,7 @@ impl AuthServer {
         }
         // What the client may hold now bounds the family too: a device whose scopes shrank
         // since the grant refreshes only what is left.
-        let allowed = self.allowed_scopes(&client)?;
+        let allowed = self.allowed_scopes(&client).await?;
         let original: Vec<String> = current
             .scope
             .split(' ')
@@ -117,6 +120,7 @@ impl AuthServer {
                 &next_record,
                 ctx.now,
             )
+            .await
             .map_err(OAuthError::internal)?;
         match rotation {
             Rotation::Rotated => {}
@@ -170,6 +174,7 @@ impl AuthServer {
         let Some((record, _)) = self
             .refresh_tokens
             .refresh_token(&TokenHash::of(token))
+            .await
             .map_err(OAuthError::internal)?
         else {
             return Ok(None);
@@ -194,6 +199,7 @@ impl AuthServer {
         if own {
             self.refresh_tokens
                 .revoke_refresh_family(&record.family, ctx.now)
+                .await
                 .map_err(OAuthError::internal)?;
         }
         self.record(ctx, event).await?;

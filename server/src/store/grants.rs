@@ -82,29 +82,30 @@ pub struct DeviceGrant {
 }
 
 /// Pending device authorization requests.
+#[async_trait::async_trait]
 pub trait DeviceGrantStore: Send + Sync {
     /// Store a new request under its device code's hash, claiming its user code. False, with
     /// nothing written, when that user code is already in use (the caller draws another).
-    fn insert_device_grant(
+    async fn insert_device_grant(
         &self,
         device_code: &TokenHash,
         grant: &DeviceGrant,
     ) -> Result<bool, StoreError>;
     /// The request holding this (normalised) user code, with its device code's hash.
-    fn device_grant_by_user_code(
+    async fn device_grant_by_user_code(
         &self,
         user_code: &str,
     ) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError>;
     /// Change a request atomically: `change` sees the current record and returns its replacement,
     /// or `None` to leave it; it may run more than once under contention. Returns the record as
     /// stored afterwards, or `None` if there is no such request.
-    fn update_device_grant(
+    async fn update_device_grant(
         &self,
         device_code: &TokenHash,
-        change: &mut dyn FnMut(&DeviceGrant) -> Option<DeviceGrant>,
+        change: &mut (dyn for<'g> FnMut(&'g DeviceGrant) -> Option<DeviceGrant> + Send),
     ) -> Result<Option<DeviceGrant>, StoreError>;
     /// Drop requests that expired before `now`, with their user codes.
-    fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError>;
+    async fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 /// One refresh token, stored under its hash. Every token descends from one device grant; the
@@ -153,18 +154,22 @@ pub enum Rotation {
 }
 
 /// Refresh tokens and their families.
+#[async_trait::async_trait]
 pub trait RefreshTokenStore: Send + Sync {
     /// A token and whether its family is revoked.
-    fn refresh_token(&self, token: &TokenHash) -> Result<Option<(RefreshToken, bool)>, StoreError>;
+    async fn refresh_token(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<(RefreshToken, bool)>, StoreError>;
     /// Store a token, creating its family if it is the first.
-    fn insert_refresh_token(
+    async fn insert_refresh_token(
         &self,
         token: &TokenHash,
         record: &RefreshToken,
     ) -> Result<(), StoreError>;
     /// Atomically spend `presented` and store `next` as its successor, or, if `presented` was
     /// spent already, revoke its family (RFC 9700 §4.14.2).
-    fn rotate_refresh_token(
+    async fn rotate_refresh_token(
         &self,
         presented: &TokenHash,
         next: &TokenHash,
@@ -172,11 +177,11 @@ pub trait RefreshTokenStore: Send + Sync {
         now: u64,
     ) -> Result<Rotation, StoreError>;
     /// Whether the family was revoked (false for a family unknown or forgotten).
-    fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError>;
+    async fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError>;
     /// Revoke a whole family. False if there is no such family.
-    fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError>;
+    async fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError>;
     /// Drop tokens and families that expired before `now`.
-    fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError>;
+    async fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 /// How long a device grant is kept after it expires, seconds: while it is kept, the
@@ -186,13 +191,13 @@ pub const DEVICE_GRANT_RETENTION: u64 = 3600;
 
 /// Drop every expired device grant (after [`DEVICE_GRANT_RETENTION`]), refresh token and
 /// verification-page session; how many.
-pub fn purge_expired<S>(store: &S, now: u64) -> Result<usize, StoreError>
+pub async fn purge_expired<S>(store: &S, now: u64) -> Result<usize, StoreError>
 where
     S: DeviceGrantStore + RefreshTokenStore + super::SessionStore + ?Sized,
 {
-    Ok(
-        store.purge_device_grants(now.saturating_sub(DEVICE_GRANT_RETENTION))?
-            + store.purge_refresh_tokens(now)?
-            + store.purge_web_sessions(now)?,
-    )
+    Ok(store
+        .purge_device_grants(now.saturating_sub(DEVICE_GRANT_RETENTION))
+        .await?
+        + store.purge_refresh_tokens(now).await?
+        + store.purge_web_sessions(now).await?)
 }

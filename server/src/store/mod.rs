@@ -60,6 +60,12 @@ pub enum StoreError {
         /// What the storage engine said.
         source: ::sled::Error,
     },
+    /// The offline commands' runtime for store calls could not start.
+    #[error("cannot start a runtime for the store")]
+    Runtime {
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A stored record could not be decoded.
     #[error("stored {what} record is corrupt")]
     Decode {
@@ -71,32 +77,34 @@ pub enum StoreError {
 }
 
 /// Registered OAuth clients.
+#[async_trait::async_trait]
 pub trait ClientStore: Send + Sync {
     /// The client with this id, if registered.
-    fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError>;
+    async fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError>;
     /// Create or replace a client record. Durable only after a [`GroupCommit::commit`].
-    fn put_client(&self, client: &Client) -> Result<(), StoreError>;
+    async fn put_client(&self, client: &Client) -> Result<(), StoreError>;
     /// Create a client only if its id is unused; false if it was taken.
-    fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError>;
+    async fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError>;
     /// Change a client atomically: `change` edits a copy of the current record and returns
     /// whether to write it; it may run more than once under contention. Returns the record as
     /// written (or as found, if `change` declined), `None` if there is no such client.
-    fn update_client(
+    async fn update_client(
         &self,
         client_id: &str,
-        change: &mut dyn FnMut(&mut Client) -> bool,
+        change: &mut (dyn for<'c> FnMut(&'c mut Client) -> bool + Send),
     ) -> Result<Option<Client>, StoreError>;
 }
 
 /// State about issued tokens and one-time values.
+#[async_trait::async_trait]
 pub trait TokenStore: Send + Sync {
     /// Mark an access token (by `jti`) revoked until `exp`, after which it is dead anyway.
-    fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError>;
+    async fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError>;
     /// Whether this access token was revoked.
-    fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
     /// Record a client assertion's `jti` (RFC 7523 §3 item 7) until `exp`. False if the same
     /// client already used it: a replay.
-    fn record_assertion_jti(
+    async fn record_assertion_jti(
         &self,
         client_id: &str,
         jti: &str,
@@ -104,11 +112,16 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Record what an exchanged access token (by `jti`) was derived from, until `until`, after
     /// which the token is dead anyway. Durable only after a [`GroupCommit::commit`].
-    fn record_lineage(&self, jti: &str, lineage: &Lineage, until: u64) -> Result<(), StoreError>;
+    async fn record_lineage(
+        &self,
+        jti: &str,
+        lineage: &Lineage,
+        until: u64,
+    ) -> Result<(), StoreError>;
     /// What an exchanged access token was derived from; `None` if nothing was recorded.
-    fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError>;
+    async fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError>;
     /// Drop revocation, replay and lineage records whose tokens expired before `now`.
-    fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
+    async fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 /// Every token an exchanged access token was derived from (RFC 8693 §2.1: its subject token,
@@ -134,14 +147,15 @@ pub struct Ancestor {
 }
 
 /// The append-only, hash-chained audit log.
+#[async_trait::async_trait]
 pub trait AuditLog: Send + Sync {
     /// Append an event at `time_ms`; durable after the next [`GroupCommit::commit`]. Returns the
     /// entry's sequence number.
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError>;
     /// Up to `limit` entries with sequence numbers above `after`, oldest first.
-    fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    async fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Check the whole chain: the number of entries, or the first broken one.
-    fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError>;
+    async fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError>;
 }
 
 /// A device registered by a factory station. Its credential lives on its [`Client`] record.
@@ -198,26 +212,27 @@ impl EkCertificateCheck {
 }
 
 /// The device registry.
+#[async_trait::async_trait]
 pub trait DeviceStore: Send + Sync {
     /// A device by client_id.
-    fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError>;
+    async fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError>;
     /// A device by serial.
-    fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError>;
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError>;
     /// Store a device and its client at once, claiming its serial and its EK fingerprint.
     /// `Err(existing)` when either is already registered (to this device or another): one TPM
     /// is one identity. Nothing is written then.
-    fn register_device(
+    async fn register_device(
         &self,
         device: &Device,
         client: &Client,
     ) -> Result<Result<(), Device>, StoreError>;
     /// Remove a device, its serial and its client at once. False if there was none.
-    fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
-        Ok(self.delete_device_if(client_id, &|_, _| Ok(()))? == Deletion::Deleted)
+    async fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
+        Ok(self.delete_device_if(client_id, &|_, _| Ok(())).await? == Deletion::Deleted)
     }
     /// [`DeviceStore::delete_device`] if `allow` approves the device and its client as they are
     /// inside the same transaction, so nothing can change between the check and the delete.
-    fn delete_device_if(
+    async fn delete_device_if(
         &self,
         client_id: &str,
         allow: &DeletionCheck<'_>,
@@ -226,18 +241,19 @@ pub trait DeviceStore: Send + Sync {
     /// it changed it; it may run more than once under contention. The record as stored
     /// afterwards, or `None` if there is no such device. The serial and EK fingerprint, which
     /// the indexes hold, must not change.
-    fn update_device(
+    async fn update_device(
         &self,
         client_id: &str,
-        change: &mut dyn FnMut(&mut Device) -> bool,
+        change: &mut (dyn for<'d> FnMut(&'d mut Device) -> bool + Send),
     ) -> Result<Option<Device>, StoreError>;
     /// Up to `limit` devices whose client_id sorts after `after`, in client_id order.
-    fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError>;
+    async fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError>;
 }
 
 /// A condition on a device and its client (absent if already gone) for
 /// [`DeviceStore::delete_device_if`]: `Err(why)` refuses.
-pub type DeletionCheck<'a> = dyn Fn(&Device, Option<&Client>) -> Result<(), &'static str> + 'a;
+pub type DeletionCheck<'a> =
+    dyn Fn(&Device, Option<&Client>) -> Result<(), &'static str> + Send + Sync + 'a;
 
 /// What a conditional delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +267,19 @@ pub enum Deletion {
     Refused(&'static str),
 }
 
+/// Run a store operation from synchronous code (the offline commands: `init`, `user add`,
+/// `audit verify`) on a small runtime of its own.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StoreError::Runtime { source })?;
+    Ok(runtime.block_on(future))
+}
+
 /// The one thing the group committer needs from a backend: make every write so far durable.
+/// Called on a blocking thread: a backend may block in it (or run async work with
+/// `Handle::block_on`).
 pub trait Durability: Send + Sync {
     /// Flush all writes made before this call to stable storage.
     fn flush(&self) -> Result<(), StoreError>;

@@ -557,8 +557,14 @@ impl TestServer {
             assert!(self.terminate().success(), "{}", self.log());
         }
         let store = hallmark_server::store::SledStore::open(&self.data_dir.join("db")).unwrap();
-        assert!(store.verify().unwrap().is_ok(), "audit chain intact");
-        store.entries(0, usize::MAX).unwrap()
+        let block_on = |f| hallmark_server::store::block_on(f).unwrap();
+        assert!(
+            block_on(store.verify()).unwrap().is_ok(),
+            "audit chain intact"
+        );
+        hallmark_server::store::block_on(store.entries(0, usize::MAX))
+            .unwrap()
+            .unwrap()
     }
 }
 

@@ -153,8 +153,8 @@ impl InProcess {
     }
 
     /// Every audit entry so far.
-    pub fn audit(&self) -> Vec<AuditEntry> {
-        self.oauth.audit.entries(0, usize::MAX).unwrap()
+    pub async fn audit(&self) -> Vec<AuditEntry> {
+        self.oauth.audit.entries(0, usize::MAX).await.unwrap()
     }
 
     /// A page client from `source`.

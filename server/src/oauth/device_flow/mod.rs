@@ -176,7 +176,7 @@ impl AuthServer {
                 "client is not registered for the device_code grant".into(),
             ));
         }
-        let allowed = self.allowed_scopes(&client)?;
+        let allowed = self.allowed_scopes(&client).await?;
         let granted = scope::grant(form.get("scope"), &allowed)?;
         let s = &self.settings.device;
         let device_code = Secret::generate();
@@ -199,6 +199,7 @@ impl AuthServer {
             if self
                 .device_grants
                 .insert_device_grant(&hash, &record)
+                .await
                 .map_err(OAuthError::internal)?
             {
                 user_code = Some(candidate);
@@ -243,6 +244,7 @@ impl AuthServer {
                 poll = p;
                 next
             })
+            .await
             .map_err(OAuthError::internal)?;
         let Some(stored) = stored else {
             return Err(OAuthError::InvalidGrant("unknown device_code".into()));
@@ -265,8 +267,9 @@ impl AuthServer {
             }
         };
         let granted = stored.scope.join(" ");
-        let (refresh_token, family) =
-            self.start_refresh_family(&client.client_id, &user, &granted, ctx.now)?;
+        let (refresh_token, family) = self
+            .start_refresh_family(&client.client_id, &user, &granted, ctx.now)
+            .await?;
         let mut claims = self.access_claims(&user, &client.client_id, &granted, ctx.now);
         claims.sid = Some(family);
         let access_token = self.sign_access_token(&claims);

@@ -116,6 +116,7 @@ impl SledAudit {
     }
 }
 
+#[async_trait::async_trait]
 impl AuditLog for SledStore {
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError> {
         let mut chain = self.audit.lock();
@@ -136,7 +137,7 @@ impl AuditLog for SledStore {
         Ok(seq)
     }
 
-    fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let want = after.saturating_add(1);
         let tree = &self.audit.tree;
         // Start at the segment holding `want`: the last one that starts at or before it.
@@ -171,7 +172,7 @@ impl AuditLog for SledStore {
         Ok(out)
     }
 
-    fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
+    async fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
         let (entries, head) = self.audit.stored()?;
         Ok(verify_chain(entries, head))
     }
@@ -219,8 +220,8 @@ mod tests {
     use crate::store::audit::Outcome;
     use crate::store::Durability;
 
-    #[test]
-    fn appends_chain_across_segments_and_survive_reopen() {
+    #[tokio::test]
+    async fn appends_chain_across_segments_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
@@ -253,18 +254,18 @@ mod tests {
             5
         );
         store.flush().unwrap();
-        assert_eq!(store.verify().unwrap(), Ok(5));
-        let page = store.entries(1, 3).unwrap();
+        assert_eq!(store.verify().await.unwrap(), Ok(5));
+        let page = store.entries(1, 3).await.unwrap();
         assert_eq!(
             page.iter().map(|e| e.body.seq).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
-        assert_eq!(store.entries(4, 10).unwrap().len(), 1);
-        assert!(store.entries(5, 10).unwrap().is_empty());
+        assert_eq!(store.entries(4, 10).await.unwrap().len(), 1);
+        assert!(store.entries(5, 10).await.unwrap().is_empty());
     }
 
-    #[test]
-    fn tampering_through_storage_is_caught() {
+    #[tokio::test]
+    async fn tampering_through_storage_is_caught() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         for _ in 0..4 {
@@ -276,11 +277,11 @@ mod tests {
                 .unwrap();
         }
         store.flush().unwrap();
-        let mut e = store.entries(1, 1).unwrap().remove(0);
+        let mut e = store.entries(1, 1).await.unwrap().remove(0);
         e.body.event.client = Some("mallory".into());
         store
             .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
             .unwrap();
-        assert_eq!(store.verify().unwrap().unwrap_err().seq, 2);
+        assert_eq!(store.verify().await.unwrap().unwrap_err().seq, 2);
     }
 }

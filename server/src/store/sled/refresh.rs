@@ -79,8 +79,12 @@ fn put_token(
     Ok(())
 }
 
+#[async_trait::async_trait]
 impl RefreshTokenStore for SledStore {
-    fn refresh_token(&self, token: &TokenHash) -> Result<Option<(RefreshToken, bool)>, StoreError> {
+    async fn refresh_token(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<(RefreshToken, bool)>, StoreError> {
         let Some(bytes) = self
             .refresh_tokens
             .get(token_key(token))
@@ -108,7 +112,7 @@ impl RefreshTokenStore for SledStore {
         Ok(Some((record, revoked)))
     }
 
-    fn insert_refresh_token(
+    async fn insert_refresh_token(
         &self,
         token: &TokenHash,
         record: &RefreshToken,
@@ -119,7 +123,7 @@ impl RefreshTokenStore for SledStore {
         )
     }
 
-    fn rotate_refresh_token(
+    async fn rotate_refresh_token(
         &self,
         presented: &TokenHash,
         next: &TokenHash,
@@ -154,7 +158,7 @@ impl RefreshTokenStore for SledStore {
         }))
     }
 
-    fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
+    async fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
         let Some(bytes) = self
             .refresh_tokens
             .get(family_key(family))
@@ -170,7 +174,7 @@ impl RefreshTokenStore for SledStore {
         Ok(f.revoked_at.is_some())
     }
 
-    fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError> {
+    async fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError> {
         let fkey = family_key(family);
         tx_result(self.refresh_tokens.transaction(|tx| {
             let Some(bytes) = tx.get(&fkey)? else {
@@ -185,7 +189,7 @@ impl RefreshTokenStore for SledStore {
         }))
     }
 
-    fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError> {
+    async fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
         for prefix in [TOKEN, FAMILY] {
             for entry in self.refresh_tokens.scan_prefix([prefix]) {
@@ -223,55 +227,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rotation_spends_once_and_replay_revokes_the_family() {
+    #[tokio::test]
+    async fn rotation_spends_once_and_replay_revokes_the_family() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let (t1, t2, t3) = (TokenHash::of("1"), TokenHash::of("2"), TokenHash::of("3"));
-        store.insert_refresh_token(&t1, &token("fam", 100)).unwrap();
+        store
+            .insert_refresh_token(&t1, &token("fam", 100))
+            .await
+            .unwrap();
         assert_eq!(
             store
                 .rotate_refresh_token(&t1, &t2, &token("fam", 200), 5)
+                .await
                 .unwrap(),
             Rotation::Rotated
         );
-        let (spent, revoked) = store.refresh_token(&t1).unwrap().unwrap();
+        let (spent, revoked) = store.refresh_token(&t1).await.unwrap().unwrap();
         assert_eq!((spent.spent_at, revoked), (Some(5), false));
         // t1 again: a replay. The family, t2 included, is revoked.
         assert_eq!(
             store
                 .rotate_refresh_token(&t1, &t3, &token("fam", 300), 6)
+                .await
                 .unwrap(),
             Rotation::Replayed
         );
-        assert!(store.refresh_token(&t2).unwrap().unwrap().1);
+        assert!(store.refresh_token(&t2).await.unwrap().unwrap().1);
         assert_eq!(
             store
                 .rotate_refresh_token(&t2, &t3, &token("fam", 300), 7)
+                .await
                 .unwrap(),
             Rotation::FamilyRevoked
         );
-        assert!(store.refresh_token(&t3).unwrap().is_none());
+        assert!(store.refresh_token(&t3).await.unwrap().is_none());
         assert_eq!(
             store
                 .rotate_refresh_token(&t3, &t1, &token("fam", 300), 7)
+                .await
                 .unwrap(),
             Rotation::Unknown
         );
     }
 
-    #[test]
-    fn families_are_revoked_and_purged() {
+    #[tokio::test]
+    async fn families_are_revoked_and_purged() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let (a, b) = (TokenHash::of("a"), TokenHash::of("b"));
-        store.insert_refresh_token(&a, &token("f1", 10)).unwrap();
-        store.insert_refresh_token(&b, &token("f2", 1000)).unwrap();
-        assert!(store.revoke_refresh_family("f2", 1).unwrap());
-        assert!(!store.revoke_refresh_family("nope", 1).unwrap());
-        assert!(store.refresh_token(&b).unwrap().unwrap().1);
-        assert_eq!(store.purge_refresh_tokens(500).unwrap(), 2);
-        assert!(store.refresh_token(&a).unwrap().is_none());
-        assert!(store.refresh_token(&b).unwrap().is_some());
+        store
+            .insert_refresh_token(&a, &token("f1", 10))
+            .await
+            .unwrap();
+        store
+            .insert_refresh_token(&b, &token("f2", 1000))
+            .await
+            .unwrap();
+        assert!(store.revoke_refresh_family("f2", 1).await.unwrap());
+        assert!(!store.revoke_refresh_family("nope", 1).await.unwrap());
+        assert!(store.refresh_token(&b).await.unwrap().unwrap().1);
+        assert_eq!(store.purge_refresh_tokens(500).await.unwrap(), 2);
+        assert!(store.refresh_token(&a).await.unwrap().is_none());
+        assert!(store.refresh_token(&b).await.unwrap().is_some());
     }
 }

@@ -30,7 +30,7 @@ pub(in crate::web) async fn enter_code(
     let form = parse(&body);
     let input = form.user_code.clone().unwrap_or_default();
     let result = async {
-        let mut session = match signed_in(&st, sp, &headers, &form, &ctx)? {
+        let mut session = match signed_in(&st, sp, &headers, &form, &ctx).await? {
             Ok(s) => s,
             Err(refused) => return Ok(refused),
         };
@@ -62,7 +62,7 @@ pub(in crate::web) async fn enter_code(
         {
             CodeLookup::Found(request) => {
                 st.limits.release(reservation);
-                remember(&st, &mut session, &request.user_code)?;
+                remember(&st, &mut session, &request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/consent", Some(&request.user_code)),
                     &[],
@@ -70,7 +70,7 @@ pub(in crate::web) async fn enter_code(
             }
             CodeLookup::Decided(d) => {
                 st.limits.release(reservation);
-                remember(&st, &mut session, &d.request.user_code)?;
+                remember(&st, &mut session, &d.request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/done", Some(&d.request.user_code)),
                     &[],
@@ -116,12 +116,13 @@ pub(in crate::web) async fn consent(
     let sp = Speak::of(&headers);
     let typed = query.as_ref().ok().and_then(|q| q.user_code.clone());
     let result = async {
-        let Some((session, code)) = entered(&st, &headers, typed.as_deref(), &ctx)? else {
+        let Some((session, code)) = entered(&st, &headers, typed.as_deref(), &ctx).await? else {
             return Ok(see_other(&start_with(typed.as_deref()), &[]));
         };
         match st
             .oauth
-            .device_request(&code, Some(&session.decision_tag()), ctx.now)?
+            .device_request(&code, Some(&session.decision_tag()), ctx.now)
+            .await?
         {
             CodeLookup::Found(request) => {
                 let scopes = st.scopes.lines(&request.scope, sp.lang);
@@ -147,14 +148,14 @@ pub(in crate::web) async fn consent(
 
 /// The signed-in session and the code in `typed`, if this session entered that code (the GET
 /// pages show nothing about a code the rate-limited POST did not see from this session).
-pub(super) fn entered(
+pub(super) async fn entered(
     st: &WebState,
     headers: &HeaderMap,
     typed: Option<&str>,
     ctx: &RequestCtx,
 ) -> Result<Option<(Session, UserCode)>, OAuthError> {
     let Some(Caller::SignedIn(session)) =
-        Caller::from_request(&st.oauth, &st.key, headers, ctx.now)?
+        Caller::from_request(&st.oauth, &st.key, headers, ctx.now).await?
     else {
         return Ok(None);
     };
@@ -166,9 +167,9 @@ pub(super) fn entered(
 
 /// Note that this session entered `code` (durable with the next commit; losing it only means
 /// entering the code again).
-fn remember(st: &WebState, session: &mut Session, code: &UserCode) -> Result<(), OAuthError> {
+async fn remember(st: &WebState, session: &mut Session, code: &UserCode) -> Result<(), OAuthError> {
     if session.remember(code) {
-        session.save(&st.oauth)?;
+        session.save(&st.oauth).await?;
     }
     Ok(())
 }

@@ -81,7 +81,7 @@ pub(super) async fn show(
     let sp = Speak::of(&headers);
     let from_query = query.as_ref().ok().and_then(|q| q.user_code.as_deref());
     let flash = Flash::from_request(&st.key, &headers, ctx.now);
-    let mut resp = match Caller::from_request(&st.oauth, &st.key, &headers, ctx.now) {
+    let mut resp = match Caller::from_request(&st.oauth, &st.key, &headers, ctx.now).await {
         Err(e) => internal(sp, e),
         Ok(None) => {
             // Nothing is stored for a visitor: the cookie itself carries the CSRF token.
@@ -267,14 +267,14 @@ fn code_policy(d: &DeviceSettings) -> CodePolicy {
 
 /// The request's caller if its CSRF token matches, else the refusal page (its way back keeps the
 /// code the form carried).
-fn checked_caller(
+async fn checked_caller(
     st: &WebState,
     sp: Speak,
     headers: &HeaderMap,
     form: &PageForm,
     ctx: &RequestCtx,
 ) -> Result<Result<Caller, Response>, OAuthError> {
-    let caller = Caller::from_request(&st.oauth, &st.key, headers, ctx.now)?;
+    let caller = Caller::from_request(&st.oauth, &st.key, headers, ctx.now).await?;
     Ok(match caller {
         Some(c) if c.csrf_matches(form.csrf.as_deref()) => Ok(c),
         _ => {
@@ -290,14 +290,14 @@ fn checked_caller(
 }
 
 /// [`checked_caller`] for a signed-in person; a visitor is sent to sign in, the code kept.
-fn signed_in(
+async fn signed_in(
     st: &WebState,
     sp: Speak,
     headers: &HeaderMap,
     form: &PageForm,
     ctx: &RequestCtx,
 ) -> Result<Result<Session, Response>, OAuthError> {
-    match checked_caller(st, sp, headers, form, ctx)? {
+    match checked_caller(st, sp, headers, form, ctx).await? {
         Ok(Caller::SignedIn(s)) => Ok(Ok(s)),
         Ok(Caller::Visitor(_)) => {
             let typed = form.user_code.as_deref().unwrap_or_default();

@@ -27,7 +27,7 @@ pub(in crate::web) async fn sign_in(
 ) -> Response {
     let sp = Speak::of(&headers);
     let form = parse(&body);
-    let caller = match checked_caller(&st, sp, &headers, &form, &ctx) {
+    let caller = match checked_caller(&st, sp, &headers, &form, &ctx).await {
         Ok(Ok(c)) => c,
         Ok(Err(refused)) => return refused,
         Err(e) => return internal(sp, e),
@@ -55,10 +55,10 @@ pub(in crate::web) async fn sign_in(
                 // A new session id at sign-in: an id planted before it (session fixation) is
                 // worthless, and the visitor's cookie is replaced by the session's.
                 if let Caller::SignedIn(old) = &caller {
-                    old.end(&st.oauth)?;
+                    old.end(&st.oauth).await?;
                 }
                 let fresh = Session::fresh(user, d.session_ttl, ctx.now);
-                fresh.save(&st.oauth)?;
+                fresh.save(&st.oauth).await?;
                 st.oauth
                     .commit
                     .commit()
@@ -106,9 +106,9 @@ pub(in crate::web) async fn sign_out(
     let sp = Speak::of(&headers);
     let form = parse(&body);
     let result = async {
-        match checked_caller(&st, sp, &headers, &form, &ctx)? {
+        match checked_caller(&st, sp, &headers, &form, &ctx).await? {
             Ok(Caller::SignedIn(session)) => {
-                session.end(&st.oauth)?;
+                session.end(&st.oauth).await?;
                 // Durable before the answer: a crash must not bring the session back.
                 st.oauth
                     .commit
