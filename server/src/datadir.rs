@@ -220,10 +220,10 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
 /// `audit verify`: check the audit chain of a stopped server's data directory.
 pub fn verify_audit(
     data_dir: &Path,
-) -> Result<Result<u64, crate::store::audit::ChainBreak>, StoreError> {
+) -> Result<Result<u64, Vec<crate::store::audit::ChainBreak>>, StoreError> {
     use crate::store::AuditLog as _;
     let store = SledStore::open(&data_dir.join(DB_DIR))?;
-    crate::store::block_on(store.verify())?
+    crate::store::block_on(async { store.verify().await })?
 }
 
 /// `keys rotate`: add a key signing in `activate_in` seconds, prune dead ones; the new kid.

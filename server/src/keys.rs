@@ -43,6 +43,12 @@ pub enum KeyError {
         /// What is wrong, never key material.
         reason: String,
     },
+    /// The database holding the keys failed.
+    #[error("signing keys in the database: {reason}")]
+    Store {
+        /// What failed.
+        reason: String,
+    },
     /// No key may sign now.
     #[error("no signing key is active; run `hallmark-server keys rotate`")]
     NoActiveKey,

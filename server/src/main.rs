@@ -63,7 +63,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
                 Err(broken) => {
-                    println!("{broken}");
+                    for chain in broken {
+                        println!("{chain}");
+                    }
                     std::process::exit(1);
                 }
             }

@@ -189,6 +189,7 @@ fn user_add_reads_the_password_from_stdin_and_refuses_duplicates() {
     ));
     let entries = hallmark_server::store::block_on(hallmark_server::store::AuditLog::entries(
         &store,
+        None,
         0,
         usize::MAX,
     ))

@@ -440,7 +440,7 @@ fn audit_log_is_readable_with_its_scope_and_verify_catches_tampering() {
     {
         use hallmark_server::store::AuditLog as _;
         let store = hallmark_server::store::SledStore::open(&server.data_dir.join("db")).unwrap();
-        let mut e = hallmark_server::store::block_on(store.entries(1, 1))
+        let mut e = hallmark_server::store::block_on(store.entries(None, 1, 1))
             .unwrap()
             .unwrap()
             .remove(0);

@@ -18,6 +18,7 @@ pub(super) fn router() -> Router<super::State> {
     Router::new()
         .route("/admin/clients", post(create_client))
         .route("/admin/audit", get(audit_entries))
+        .route("/admin/audit/chains", get(audit_chains))
 }
 
 /// Parse a JSON body into `T`, with RFC-style errors.
@@ -80,11 +81,24 @@ async fn create_client(
     }
 }
 
+/// `GET /admin/audit/chains` (scope `audit:read`): every chain's head — one on the embedded
+/// store, one per replica on PostgreSQL. Each is paged with `GET /admin/audit?chain=ID`.
+async fn audit_chains(State(state): State<super::State>, _caller: Caller<AuditRead>) -> Response {
+    match state.oauth.audit.chains().await {
+        Ok(chains) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({ "chains": chains })).unwrap_or_default(),
+        ),
+        Err(e) => OAuthResponse(OAuthError::internal(e)).into_response(),
+    }
+}
+
 /// Largest page of `GET /admin/audit`.
 const MAX_AUDIT_PAGE: usize = 1000;
 
 #[derive(serde::Deserialize)]
 struct AuditQuery {
+    chain: Option<String>,
     after: Option<u64>,
     limit: Option<usize>,
 }
@@ -102,7 +116,13 @@ async fn audit_entries(
         .into_response();
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
-    match state.oauth.audit.entries(q.after.unwrap_or(0), limit).await {
+    let chain = q.chain.as_deref();
+    match state
+        .oauth
+        .audit
+        .entries(chain, q.after.unwrap_or(0), limit)
+        .await
+    {
         Ok(entries) => {
             let next_after = entries.last().map(|e| e.body.seq);
             json_bytes(

@@ -4,6 +4,7 @@
 pub mod audit;
 mod commit;
 pub mod grants;
+pub mod pg;
 mod sled;
 pub mod users;
 
@@ -13,10 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretHash;
 
-use self::audit::{AuditEntry, AuditEvent, ChainBreak};
+use self::audit::{AuditEntry, AuditEvent, ChainBreak, ChainHead};
 
 pub use self::commit::{CommitError, GroupCommit};
 pub use self::grants::{DeviceGrantStore, RefreshTokenStore};
+pub use self::pg::{DatabaseUrl, PgStore};
 pub use self::sled::SledStore;
 pub use self::users::{SessionStore, UserStore};
 
@@ -60,6 +62,37 @@ pub enum StoreError {
         /// What the storage engine said.
         source: ::sled::Error,
     },
+    /// `database_url` is not a PostgreSQL connection string (it is never printed).
+    #[error("database_url is not a valid PostgreSQL URL or connection string")]
+    DatabaseUrl,
+    /// The database connection could not be set up (TLS roots, pool).
+    #[error("cannot set up the database connection: {reason}")]
+    DatabaseSetup {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database cannot be reached now: retry later.
+    #[error("the database is unavailable ({what}): {reason}")]
+    DatabaseUnavailable {
+        /// What was being done.
+        what: &'static str,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The database refused an operation.
+    #[error("database operation failed ({what})")]
+    Database {
+        /// What was being done.
+        what: &'static str,
+        /// What the driver said.
+        source: tokio_postgres::Error,
+    },
+    /// Another live process holds this replica's audit chain.
+    #[error("audit chain {chain} is in use by another running replica (was this data directory copied from a running one? give each replica its own: remove its replica-id file)")]
+    ChainInUse {
+        /// The chain.
+        chain: String,
+    },
     /// The offline commands' runtime for store calls could not start.
     #[error("cannot start a runtime for the store")]
     Runtime {
@@ -74,6 +107,36 @@ pub enum StoreError {
         /// What the decoder said.
         source: serde_json::Error,
     },
+}
+
+/// Everything a backend provides: what the server holds one of, as `Arc<dyn Store>`, and
+/// hands out per concern.
+pub trait Store:
+    ClientStore
+    + TokenStore
+    + AuditLog
+    + DeviceStore
+    + Durability
+    + DeviceGrantStore
+    + RefreshTokenStore
+    + UserStore
+    + SessionStore
+    + std::fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: ClientStore
+        + TokenStore
+        + AuditLog
+        + DeviceStore
+        + Durability
+        + DeviceGrantStore
+        + RefreshTokenStore
+        + UserStore
+        + SessionStore
+        + std::fmt::Debug
+{
 }
 
 /// Registered OAuth clients.
@@ -152,10 +215,19 @@ pub trait AuditLog: Send + Sync {
     /// Append an event at `time_ms`; durable after the next [`GroupCommit::commit`]. Returns the
     /// entry's sequence number.
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError>;
-    /// Up to `limit` entries with sequence numbers above `after`, oldest first.
-    async fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Check the whole chain: the number of entries, or the first broken one.
-    async fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError>;
+    /// Up to `limit` entries of `chain` (default: this process's own) with sequence numbers
+    /// above `after`, oldest first.
+    async fn entries(
+        &self,
+        chain: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The head of every chain the store keeps.
+    async fn chains(&self) -> Result<Vec<ChainHead>, StoreError>;
+    /// Check every chain: the number of entries, or the first broken entry of each broken
+    /// chain.
+    async fn verify(&self) -> Result<Result<u64, Vec<ChainBreak>>, StoreError>;
 }
 
 /// A device registered by a factory station. Its credential lives on its [`Client`] record.

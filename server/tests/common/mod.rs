@@ -562,7 +562,7 @@ impl TestServer {
             block_on(store.verify()).unwrap().is_ok(),
             "audit chain intact"
         );
-        hallmark_server::store::block_on(store.entries(0, usize::MAX))
+        hallmark_server::store::block_on(store.entries(None, 0, usize::MAX))
             .unwrap()
             .unwrap()
     }

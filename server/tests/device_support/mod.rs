@@ -154,7 +154,7 @@ impl InProcess {
 
     /// Every audit entry so far.
     pub async fn audit(&self) -> Vec<AuditEntry> {
-        self.oauth.audit.entries(0, usize::MAX).await.unwrap()
+        self.oauth.audit.entries(None, 0, usize::MAX).await.unwrap()
     }
 
     /// A page client from `source`.

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use super::SledStore;
 use crate::store::audit::{
-    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainedEvent, Head, StoredEntries,
+    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainHead, ChainedEvent, Head, StoredEntries,
     GENESIS_HASH,
 };
 use crate::store::{AuditLog, StoreError};
@@ -124,6 +124,7 @@ impl AuditLog for SledStore {
         let entry = ChainedEvent {
             seq,
             time_ms,
+            chain: None,
             event,
             prev_hash: chain.head.1.clone(),
         }
@@ -137,7 +138,12 @@ impl AuditLog for SledStore {
         Ok(seq)
     }
 
-    async fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn entries(
+        &self,
+        _chain: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let want = after.saturating_add(1);
         let tree = &self.audit.tree;
         // Start at the segment holding `want`: the last one that starts at or before it.
@@ -172,9 +178,18 @@ impl AuditLog for SledStore {
         Ok(out)
     }
 
-    async fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
+    async fn chains(&self) -> Result<Vec<ChainHead>, StoreError> {
+        let chain = self.audit.lock();
+        Ok(vec![ChainHead {
+            chain: None,
+            seq: chain.head.0,
+            hash: chain.head.1.clone(),
+        }])
+    }
+
+    async fn verify(&self) -> Result<Result<u64, Vec<ChainBreak>>, StoreError> {
         let (entries, head) = self.audit.stored()?;
-        Ok(verify_chain(entries, head))
+        Ok(verify_chain(entries, head).map_err(|b| vec![b]))
     }
 }
 
@@ -255,13 +270,13 @@ mod tests {
         );
         store.flush().unwrap();
         assert_eq!(store.verify().await.unwrap(), Ok(5));
-        let page = store.entries(1, 3).await.unwrap();
+        let page = store.entries(None, 1, 3).await.unwrap();
         assert_eq!(
             page.iter().map(|e| e.body.seq).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
-        assert_eq!(store.entries(4, 10).await.unwrap().len(), 1);
-        assert!(store.entries(5, 10).await.unwrap().is_empty());
+        assert_eq!(store.entries(None, 4, 10).await.unwrap().len(), 1);
+        assert!(store.entries(None, 5, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -277,11 +292,11 @@ mod tests {
                 .unwrap();
         }
         store.flush().unwrap();
-        let mut e = store.entries(1, 1).await.unwrap().remove(0);
+        let mut e = store.entries(None, 1, 1).await.unwrap().remove(0);
         e.body.event.client = Some("mallory".into());
         store
             .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
             .unwrap();
-        assert_eq!(store.verify().await.unwrap().unwrap_err().seq, 2);
+        assert_eq!(store.verify().await.unwrap().unwrap_err()[0].seq, 2);
     }
 }
