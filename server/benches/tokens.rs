@@ -26,21 +26,23 @@ struct Bench {
 fn server() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    datadir::init(&InitOptions {
-        data_dir: data_dir.clone(),
-        issuer: "https://localhost:8443".into(),
-        hosts: vec!["localhost".into()],
-    })
-    .unwrap();
-    let settings = ServeSettings::resolve(&data_dir, None, ConfigLayer::default()).unwrap();
-    // The group committer is a tokio task; the synchronous paths measured here never wait on it.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
+    runtime
+        .block_on(datadir::init(&InitOptions {
+            data_dir: data_dir.clone(),
+            issuer: "https://localhost:8443".into(),
+            hosts: vec!["localhost".into()],
+            database: None,
+        }))
+        .unwrap();
+    let settings = ServeSettings::resolve(&data_dir, None, ConfigLayer::default()).unwrap();
+    // The group committer is a tokio task; the paths measured here never wait on it.
     let built = runtime
-        .block_on(async { hallmark_server::serve::build(&settings) })
+        .block_on(hallmark_server::serve::build(&settings))
         .unwrap();
     Bench {
         oauth: built.oauth,

@@ -48,6 +48,12 @@ pub struct ConfigLayer {
     pub issuer: Option<String>,
     /// Address to listen on. Default `127.0.0.1:8443`.
     pub listen: Option<String>,
+    /// PostgreSQL connection string (`postgres://…`); unset: the embedded store in the data
+    /// directory. Replicas sharing one database are one server.
+    pub database_url: Option<String>,
+    /// PEM bundle of the CAs the database's TLS certificate must chain to. Default: the WebPKI
+    /// roots. (Unix-socket and `sslmode=disable` connections use no TLS.)
+    pub database_ca: Option<PathBuf>,
     /// PEM certificate chain. Default: the one `init` made, `DIR/tls/server.pem`.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key. Default `DIR/tls/server-key.pem`.
@@ -145,6 +151,8 @@ impl ConfigLayer {
         ConfigLayer {
             issuer: top.issuer.or(self.issuer),
             listen: top.listen.or(self.listen),
+            database_url: top.database_url.or(self.database_url),
+            database_ca: top.database_ca.or(self.database_ca),
             tls_cert: top.tls_cert.or(self.tls_cert),
             tls_key: top.tls_key.or(self.tls_key),
             insecure_http: top.insecure_http.or(self.insecure_http),
@@ -243,6 +251,8 @@ pub enum Transport {
 pub struct ServeSettings {
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The PostgreSQL database, if the server uses one instead of the embedded store.
+    pub database: Option<crate::backend::Database>,
     /// Listen address.
     pub listen: SocketAddr,
     /// TLS or plain loopback HTTP.
@@ -297,6 +307,13 @@ impl ServeSettings {
             .issuer
             .ok_or_else(|| invalid("no issuer configured".into()))?;
         let issuer = crate::datadir::validate_issuer(&issuer).map_err(invalid)?;
+        let database = match layer.database_url.filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => Some(crate::backend::Database {
+                url: crate::store::DatabaseUrl::parse(&url).map_err(|e| invalid(e.to_string()))?,
+                ca: layer.database_ca,
+            }),
+        };
         let listen_text = layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen_text
             .parse()
@@ -407,6 +424,7 @@ impl ServeSettings {
         device_flow.apply(&mut oauth.device)?;
         Ok(ServeSettings {
             data_dir: data_dir.to_owned(),
+            database,
             listen,
             transport,
             max_body_bytes,

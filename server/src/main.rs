@@ -30,11 +30,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => {
-            let out = datadir::init(&InitOptions {
+            let database = match args.database_url.filter(|u| !u.is_empty()) {
+                None => None,
+                Some(url) => Some(hallmark_server::backend::Database {
+                    url: hallmark_server::store::DatabaseUrl::parse(&url)?,
+                    ca: args.database_ca,
+                }),
+            };
+            let out = hallmark_server::store::block_on(datadir::init(&InitOptions {
                 data_dir: args.data_dir,
                 issuer: args.issuer,
                 hosts: args.hosts,
-            })?;
+                database,
+            }))??;
             let ca_cert = std::fs::canonicalize(&out.ca_cert).unwrap_or(out.ca_cert);
             println!(
                 "{}",

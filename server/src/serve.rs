@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
+use crate::backend::{BackendError, KeySource, Role};
 use crate::config::{ServeSettings, Transport};
 use crate::conn::Limiter;
-use crate::datadir::DB_DIR;
-use crate::keys::{KeyError, KeyFile, KeyRing, Keys};
+use crate::keys::{KeyError, KeyRing, Keys};
 use crate::oauth::{AuthServer, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::{Durability, GroupCommit, SledStore, StoreError, TokenStore};
+use crate::store::{GroupCommit, Store, StoreError};
 use crate::tls::TlsError;
 use crate::web::visitor::{CookieKey, CookieKeyError};
 
@@ -30,6 +30,9 @@ pub enum ServeError {
     /// Storage could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data directory's store could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// Signing keys could not be loaded.
     #[error(transparent)]
     Keys(#[from] KeyError),
@@ -56,13 +59,21 @@ pub struct Built {
     pub oauth: AuthServer,
     /// The MAC key of the verification page's cookies.
     pub page_key: Arc<CookieKey>,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
+    keys: Arc<KeySource>,
 }
 
 /// Open storage and keys, and start the group committer (needs a tokio runtime).
-pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
-    let store = Arc::new(SledStore::open(&settings.data_dir.join(DB_DIR))?);
-    let ring = KeyRing::build(&KeyFile::load(&settings.data_dir)?, crate::unix_now())?;
+pub async fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
+    let backend = crate::backend::open(
+        &settings.data_dir,
+        settings.database.as_ref(),
+        Role::Replica,
+    )
+    .await?;
+    let store = backend.store;
+    let keys = Arc::new(backend.keys);
+    let ring = KeyRing::build(&keys.load().await?, crate::unix_now())?;
     // Data directories from before the key existed get one now.
     let page_key = Arc::new(CookieKey::load_or_create(&settings.data_dir)?);
     let metrics = crate::metrics::Metrics::default();
@@ -80,17 +91,19 @@ pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         users: store.clone(),
         sessions: store.clone(),
         password_checks: crate::accounts::PasswordChecks::per_core(),
+        database: backend.database,
     };
     Ok(Built {
         oauth,
         page_key,
         store,
+        keys,
     })
 }
 
 /// Serve until SIGTERM or SIGINT.
 pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
-    let built = build(&settings)?;
+    let built = build(&settings).await?;
     let app = crate::http::router(&built, &settings)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let purge_store = built.store.clone();
@@ -117,7 +130,7 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             }
         }
     });
-    let key_task = spawn_key_maintenance(&settings, built.oauth.clone());
+    let key_task = spawn_key_maintenance(&settings, built.oauth.clone(), built.keys.clone());
     let addr = settings.listen;
     let listen_err = |source| ServeError::Listen { addr, source };
     let handle = axum_server::Handle::new();
@@ -165,8 +178,8 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
 fn spawn_key_maintenance(
     settings: &ServeSettings,
     oauth: AuthServer,
+    source: Arc<KeySource>,
 ) -> tokio::task::JoinHandle<()> {
-    let dir = settings.data_dir.clone();
     let period = settings.key_rotation_period;
     let ahead = settings.key_publish_ahead;
     // A retired key stays published while any token it signed may be presented.
@@ -175,26 +188,27 @@ fn spawn_key_maintenance(
         let mut tick = tokio::time::interval(KEY_CHECK_INTERVAL);
         loop {
             tick.tick().await;
-            let dir = dir.clone();
             let now = crate::unix_now();
-            let step = tokio::task::spawn_blocking(
-                move || -> Result<(KeyRing, Option<String>), KeyError> {
-                    let mut file = KeyFile::load(&dir)?;
-                    let due =
-                        period > 0 && file.newest_created_at().is_none_or(|t| t + period <= now);
-                    let rotated = if due {
-                        let kid = file.rotate(now, ahead, keep);
-                        file.save(&dir)?;
-                        Some(kid)
-                    } else {
-                        None
-                    };
-                    Ok((KeyRing::build(&file, now)?, rotated))
-                },
-            )
+            let step = async {
+                // Due is decided again under the store's lock: replicas rotating at once add
+                // one key.
+                let mut rotated = None;
+                source
+                    .update(&mut |file| {
+                        let due = period > 0
+                            && file.newest_created_at().is_none_or(|t| t + period <= now);
+                        if due {
+                            rotated = Some(file.rotate(now, ahead, keep));
+                        }
+                        due
+                    })
+                    .await?;
+                let file = source.load().await?;
+                Ok::<_, KeyError>((KeyRing::build(&file, now)?, rotated))
+            }
             .await;
             match step {
-                Ok(Ok((ring, rotated))) => {
+                Ok((ring, rotated)) => {
                     if let Some(kid) = rotated {
                         tracing::info!(%kid, "signing key rotated on schedule");
                         let event = AuditEvent::new("keys.rotated", Outcome::Success)
@@ -212,8 +226,7 @@ fn spawn_key_maintenance(
                         oauth.keys.replace(ring);
                     }
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "signing key maintenance failed"),
-                Err(e) => tracing::error!(error = %e, "signing key task failed"),
+                Err(e) => tracing::error!(error = %e, "signing key maintenance failed"),
             }
         }
     })

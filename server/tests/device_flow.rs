@@ -11,7 +11,7 @@ use hallmark_server::oauth::device_flow::{CodeLookup, CodeProblem, USER_CODE_ALP
 use hallmark_server::oauth::OAuthError;
 
 async fn server() -> (InProcess, String) {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     let client = s.device_client("Thermostat", "api:read api:write").await;
     s.add_user("ann", "correct horse battery").await;
     (s, client)
@@ -300,7 +300,8 @@ async fn refresh_tokens_are_bound_to_their_client_and_expire() {
     let s = InProcess::start(ConfigLayer {
         refresh_token_ttl: Some(120),
         ..ConfigLayer::default()
-    });
+    })
+    .await;
     let client = s.device_client("Thermostat", "api:read").await;
     let other = s.device_client("Other", "api:read").await;
     s.add_user("ann", "correct horse battery").await;
@@ -342,7 +343,7 @@ async fn refresh_tokens_are_bound_to_their_client_and_expire() {
 
 #[tokio::test]
 async fn clients_without_the_grant_are_refused() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     let meta = serde_json::from_value(serde_json::json!({"scope": "api:read"})).unwrap();
     let confidential = s
         .oauth
@@ -365,7 +366,7 @@ async fn clients_without_the_grant_are_refused() {
 async fn revoking_a_refresh_token_ends_its_family() {
     use device_support::{request, DEVICE_CODE};
     use hallmark_server::oauth::RequestCtx;
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     s.add_user("ann", "correct horse battery").await;
     let register = |meta: serde_json::Value| {
         let meta = serde_json::from_value(meta).unwrap();

@@ -13,7 +13,7 @@ use hallmark_server::store::grants::{DeviceGrant, GrantState, TokenHash};
 const PASSWORD: &str = "correct horse battery";
 
 async fn server(layer: ConfigLayer) -> (InProcess, String) {
-    let s = InProcess::start(layer);
+    let s = InProcess::start(layer).await;
     let client = s
         .device_client("Kitchen <Thermostat>", "api:read api:write")
         .await;

@@ -29,7 +29,7 @@ async fn register(s: &InProcess, serial: &str, ek: u8, at: u64) -> String {
 
 #[tokio::test]
 async fn withdrawal_is_possible_only_within_the_window() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     let t = now();
     let late = register(&s, "HM-LATE", 1, t).await;
     let ctx = RequestCtx::at(t + WITHDRAW_WINDOW + 1);

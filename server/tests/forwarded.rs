@@ -27,7 +27,7 @@ fn limits(trusted_proxies: Option<&[&str]>) -> ConfigLayer {
 }
 
 async fn server(layer: ConfigLayer) -> (InProcess, String) {
-    let s = InProcess::start(layer);
+    let s = InProcess::start(layer).await;
     let client = s.device_client("Hall sensor", "api:read").await;
     s.add_user("ann", PASSWORD).await;
     let a = s.authorize(&client, None, now()).await.unwrap();

@@ -53,7 +53,7 @@ async fn all_at_once(
 async fn concurrent_wrong_passwords_are_held_to_the_session_and_address_limits() {
     // Enough password-check slots that the slots never stand in for the limits: only the
     // reservation keeps the checks at the limit.
-    let s = InProcess::start_with_slots(ConfigLayer::default(), Some(64));
+    let s = InProcess::start_with_slots(ConfigLayer::default(), Some(64)).await;
     s.add_user("ann", PASSWORD).await;
     // 100 at once with one visitor's cookie and CSRF token: at most 5 are checked.
     let mut one = s.browser("192.0.2.60");
@@ -146,7 +146,8 @@ async fn password_checks_beyond_the_free_slots_are_turned_away() {
         sign_in_failures_per_session: Some(1000),
         sign_in_failures_per_source: Some(1000),
         ..ConfigLayer::default()
-    });
+    })
+    .await;
     s.add_user("ann", PASSWORD).await;
     let mut b = s.browser("192.0.2.62");
     let csrf = b.get("/device").await.csrf();
@@ -170,7 +171,7 @@ async fn password_checks_beyond_the_free_slots_are_turned_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_wrong_codes_are_held_to_the_session_limit() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     s.add_user("ann", PASSWORD).await;
     let mut b = s.browser("192.0.2.63");
     let entry = b.sign_in("ann", PASSWORD, "").await;
@@ -194,7 +195,7 @@ async fn parallel_wrong_codes_are_held_to_the_session_limit() {
 
 #[tokio::test]
 async fn anonymous_visits_store_nothing_and_their_cookie_cannot_be_forged() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     s.add_user("ann", PASSWORD).await;
     let sessions = || async { s.oauth.sessions.web_session_count().await.unwrap() };
     for _ in 0..300 {

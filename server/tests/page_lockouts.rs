@@ -17,7 +17,7 @@ const PASSWORD: &str = "correct horse battery";
 const SHARED_LIMITS_AFTER: usize = 3;
 
 async fn server(layer: ConfigLayer, users: &[&str]) -> (InProcess, String) {
-    let s = InProcess::start(layer);
+    let s = InProcess::start(layer).await;
     let client = s.device_client("Hall sensor", "api:read").await;
     for u in users {
         s.add_user(u, PASSWORD).await;

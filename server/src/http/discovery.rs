@@ -95,9 +95,18 @@ async fn metrics(State(state): State<super::State>) -> impl IntoResponse {
     )
 }
 
-/// Ready when storage answers.
+/// Ready when storage answers (on PostgreSQL, when the database answers a query now).
 async fn ready(State(state): State<super::State>) -> impl IntoResponse {
-    match state.oauth.clients.client("readiness-probe").await {
+    let probe = match &state.oauth.database {
+        Some(db) => db.ping().await,
+        None => state
+            .oauth
+            .clients
+            .client("readiness-probe")
+            .await
+            .map(|_| ()),
+    };
+    match probe {
         Ok(_) => (StatusCode::OK, "ready\n"),
         Err(e) => {
             tracing::error!(error = %e, "readiness check failed");

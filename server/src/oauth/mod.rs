@@ -141,6 +141,8 @@ pub struct AuthServer {
     pub users: Arc<dyn crate::store::UserStore>,
     /// Verification-page sessions.
     pub sessions: Arc<dyn crate::store::SessionStore>,
+    /// The PostgreSQL database, when the server uses one (for `/readyz`).
+    pub database: Option<Arc<crate::store::PgStore>>,
     /// Slots for Argon2id runs (sign-ins, new users).
     pub password_checks: crate::accounts::PasswordChecks,
 }

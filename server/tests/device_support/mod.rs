@@ -40,23 +40,25 @@ pub struct InProcess {
 
 impl InProcess {
     /// A fresh data directory served with `overrides` over the defaults.
-    pub fn start(overrides: ConfigLayer) -> Self {
-        Self::start_with_slots(overrides, None)
+    pub async fn start(overrides: ConfigLayer) -> Self {
+        Self::start_with_slots(overrides, None).await
     }
 
     /// [`InProcess::start`] with this many password-check slots instead of one per core, so a
     /// test can let many Argon2 runs overlap.
-    pub fn start_with_slots(overrides: ConfigLayer, password_slots: Option<usize>) -> Self {
+    pub async fn start_with_slots(overrides: ConfigLayer, password_slots: Option<usize>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         datadir::init(&InitOptions {
             data_dir: data_dir.clone(),
             issuer: "https://localhost:8443".into(),
             hosts: vec!["localhost".into()],
+            database: None,
         })
+        .await
         .unwrap();
         let settings = ServeSettings::resolve(&data_dir, None, overrides).unwrap();
-        let mut built = hallmark_server::serve::build(&settings).unwrap();
+        let mut built = hallmark_server::serve::build(&settings).await.unwrap();
         if let Some(n) = password_slots {
             built.oauth.password_checks = hallmark_server::accounts::PasswordChecks::new(n);
         }

@@ -70,6 +70,11 @@ impl DatabaseUrl {
         Ok(DatabaseUrl(url.to_owned()))
     }
 
+    /// The URL itself, for writing it where the operator asked (`init` into hallmark.toml).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
         self.0
             .parse::<tokio_postgres::Config>()
@@ -211,6 +216,10 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(db("lock the schema"))?;
+    // "already exists, skipping" notices are expected on every start after the first.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(db("prepare a migration"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version integer PRIMARY KEY,
