@@ -168,7 +168,13 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
     }
     purge.abort();
     key_task.abort();
-    built.store.flush()?;
+    // The last audit entries, on a blocking thread like every flush.
+    let store = built.store.clone();
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .map_err(|e| StoreError::DatabaseSetup {
+            reason: format!("final flush: {e}"),
+        })??;
     tracing::info!("stopped");
     Ok(())
 }

@@ -139,6 +139,32 @@ impl<T> Store for T where
 {
 }
 
+/// A failure counter's key: (kind, subject), e.g. `("code-account", "ann")`.
+pub type WindowKey = (String, String);
+
+/// Failures counted in a fixed window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Failures (and attempts still running) in the window.
+    pub count: u32,
+    /// When the window began (Unix seconds).
+    pub since: u64,
+}
+
+/// Failure counters that several processes share (the verification page's limits, so that
+/// they hold across replicas).
+#[async_trait::async_trait]
+pub trait WindowStore: Send + Sync + std::fmt::Debug {
+    /// Run `change` on the current windows of `keys` (absent ones start empty), atomically
+    /// with respect to every other update of any of them, and store what it leaves.
+    async fn update_windows(
+        &self,
+        keys: &[WindowKey],
+        change: &mut (dyn for<'m> FnMut(&'m mut std::collections::HashMap<WindowKey, Window>)
+                  + Send),
+    ) -> Result<(), StoreError>;
+}
+
 /// Registered OAuth clients.
 #[async_trait::async_trait]
 pub trait ClientStore: Send + Sync {

@@ -95,14 +95,52 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Run `hallmark-server init` into `data_dir` with this issuer; the parsed JSON it printed.
-pub fn init(data_dir: &Path, issuer: &str) -> Value {
-    let out = clean_command(server_bin())
-        .args(["init", "--data-dir"])
-        .arg(data_dir)
-        .args(["--issuer", issuer])
+/// The database the test's server should use: with `HALLMARK_TEST_BACKEND=postgres` (and
+/// `HALLMARK_TEST_PG`, the socket directory of a running cluster — `scripts/test` sets both),
+/// a fresh database there; otherwise `None`, the embedded store. One test body, two backends.
+pub fn test_database() -> Option<String> {
+    if std::env::var("HALLMARK_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let dir = std::env::var("HALLMARK_TEST_PG").expect(
+        "HALLMARK_TEST_BACKEND=postgres needs HALLMARK_TEST_PG: the socket directory of a cluster \
+         (scripts/pg-cluster start DIR; scripts/test does it)",
+    );
+    Some(fresh_database(&dir))
+}
+
+/// A new, empty database in the cluster listening in `socket_dir`; its connection string.
+pub fn fresh_database(socket_dir: &str) -> String {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    let name = format!(
+        "t_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let out = Command::new("psql")
+        .args(["-h", socket_dir, "-U", "postgres", "-qAt", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
         .output()
-        .unwrap();
+        .expect("psql (scripts/install-deps installs postgresql)");
+    assert!(
+        out.status.success(),
+        "create database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("host={socket_dir} user=postgres dbname={name}")
+}
+
+/// Run `hallmark-server init` into `data_dir` with this issuer (on the test's backend); the
+/// parsed JSON it printed.
+pub fn init(data_dir: &Path, issuer: &str) -> Value {
+    let mut cmd = clean_command(server_bin());
+    cmd.args(["init", "--data-dir"])
+        .arg(data_dir)
+        .args(["--issuer", issuer]);
+    if let Some(url) = test_database() {
+        cmd.args(["--database", &url]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "init failed: {}",
@@ -550,21 +588,52 @@ impl TestServer {
         jwks
     }
 
+    /// The signing keys, seeds included, wherever the server keeps them (its key file, or the
+    /// database), as the key file's JSON: for tests that forge tokens with the real key.
+    pub fn signing_keys(&self) -> Value {
+        let data_dir = self.data_dir.clone();
+        let file = hallmark_server::store::block_on(async move {
+            use hallmark_server::backend::{database_of, open, Role};
+            // The embedded store is locked while the server runs; its keys are in a file.
+            let Some(database) = database_of(&data_dir).unwrap() else {
+                return hallmark_server::keys::KeyFile::load(&data_dir).unwrap();
+            };
+            let backend = open(&data_dir, Some(&database), Role::Command)
+                .await
+                .unwrap();
+            backend.keys.load().await.unwrap()
+        })
+        .unwrap();
+        serde_json::to_value(&file).unwrap()
+    }
+
     /// Stop the server (SIGTERM, graceful) if it runs, and read its whole audit log in-process.
     pub fn audit_entries(&mut self) -> Vec<hallmark_server::store::audit::AuditEntry> {
-        use hallmark_server::store::AuditLog as _;
         if self.child.is_some() {
             assert!(self.terminate().success(), "{}", self.log());
         }
-        let store = hallmark_server::store::SledStore::open(&self.data_dir.join("db")).unwrap();
-        let block_on = |f| hallmark_server::store::block_on(f).unwrap();
-        assert!(
-            block_on(store.verify()).unwrap().is_ok(),
-            "audit chain intact"
-        );
-        hallmark_server::store::block_on(store.entries(None, 0, usize::MAX))
-            .unwrap()
-            .unwrap()
+        let data_dir = self.data_dir.clone();
+        hallmark_server::store::block_on(async move {
+            use hallmark_server::backend::{database_of, open, Role};
+            let database = database_of(&data_dir).unwrap();
+            let store = open(&data_dir, database.as_ref(), Role::Command)
+                .await
+                .unwrap()
+                .store;
+            assert!(store.verify().await.unwrap().is_ok(), "audit chain intact");
+            let mut all = Vec::new();
+            for head in store.chains().await.unwrap() {
+                all.extend(
+                    store
+                        .entries(head.chain.as_deref(), 0, usize::MAX)
+                        .await
+                        .unwrap(),
+                );
+            }
+            all.sort_by_key(|e| e.body.time_ms);
+            all
+        })
+        .unwrap()
     }
 }
 

@@ -22,6 +22,38 @@ use hallmark_server::store::audit::AuditEntry;
 use serde_json::json;
 use tower::ServiceExt as _;
 
+/// The test's backend (see `common::test_database`): a fresh PostgreSQL database when the
+/// suite runs on PostgreSQL, else the embedded store.
+fn test_database() -> Option<hallmark_server::backend::Database> {
+    if std::env::var("HALLMARK_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let dir = std::env::var("HALLMARK_TEST_PG").expect("HALLMARK_TEST_PG: a cluster's socket dir");
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    let name = format!(
+        "t_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let out = std::process::Command::new("psql")
+        .args(["-h", &dir, "-U", "postgres", "-qAt", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(hallmark_server::backend::Database {
+        url: hallmark_server::store::DatabaseUrl::parse(&format!(
+            "host={dir} user=postgres dbname={name}"
+        ))
+        .unwrap(),
+        ca: None,
+    })
+}
+
 /// The RFC 8628 grant type.
 pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -53,7 +85,7 @@ impl InProcess {
             data_dir: data_dir.clone(),
             issuer: "https://localhost:8443".into(),
             hosts: vec!["localhost".into()],
-            database: None,
+            database: test_database(),
         })
         .await
         .unwrap();

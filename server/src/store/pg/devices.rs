@@ -1,7 +1,7 @@
 //! The device registry in PostgreSQL: a device and its client written in one transaction, with
 //! the serial and the EK fingerprint unique, so one TPM is one identity across every replica.
 
-use super::{db, from_json, is_unique_violation, to_json, PgStore};
+use super::{db, from_json, is_unique_violation, key, to_json, PgStore};
 use crate::store::{Client, Deletion, DeletionCheck, Device, DeviceStore, StoreError};
 
 #[async_trait::async_trait]
@@ -12,7 +12,7 @@ impl DeviceStore for PgStore {
             .await?
             .query_opt(
                 "SELECT record FROM devices WHERE client_id = $1",
-                &[&client_id],
+                &[&key(client_id)],
             )
             .await
             .map_err(db("read a device"))?;
@@ -23,7 +23,10 @@ impl DeviceStore for PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt("SELECT record FROM devices WHERE serial = $1", &[&serial])
+            .query_opt(
+                "SELECT record FROM devices WHERE serial = $1",
+                &[&key(serial)],
+            )
             .await
             .map_err(db("read a device"))?;
         row.map(|r| from_json(r.get(0), "device")).transpose()
@@ -44,8 +47,8 @@ impl DeviceStore for PgStore {
                 "INSERT INTO devices (client_id, serial, ek_fingerprint, record)
                  VALUES ($1, $2, $3, $4)",
                 &[
-                    &device.client_id,
-                    &device.serial,
+                    &key(&device.client_id),
+                    &key(&device.serial),
                     &device.ek_fingerprint,
                     &to_json(device),
                 ],
@@ -65,7 +68,7 @@ impl DeviceStore for PgStore {
         }
         tx.execute(
             "INSERT INTO clients (client_id, record) VALUES ($1, $2)",
-            &[&client.client_id, &to_json(client)],
+            &[&key(&client.client_id), &to_json(client)],
         )
         .await
         .map_err(db("register a device"))?;
@@ -84,7 +87,7 @@ impl DeviceStore for PgStore {
         let Some(row) = tx
             .query_opt(
                 "SELECT record FROM devices WHERE client_id = $1 FOR UPDATE",
-                &[&client_id],
+                &[&key(client_id)],
             )
             .await
             .map_err(db("read a device"))?
@@ -95,7 +98,7 @@ impl DeviceStore for PgStore {
         let client = tx
             .query_opt(
                 "SELECT record FROM clients WHERE client_id = $1 FOR UPDATE",
-                &[&client_id],
+                &[&key(client_id)],
             )
             .await
             .map_err(db("read a client"))?
@@ -108,7 +111,7 @@ impl DeviceStore for PgStore {
             "DELETE FROM devices WHERE client_id = $1",
             "DELETE FROM clients WHERE client_id = $1",
         ] {
-            tx.execute(sql, &[&client_id])
+            tx.execute(sql, &[&key(client_id)])
                 .await
                 .map_err(db("delete a device"))?;
         }
@@ -127,7 +130,7 @@ impl DeviceStore for PgStore {
         let Some(row) = tx
             .query_opt(
                 "SELECT record FROM devices WHERE client_id = $1 FOR UPDATE",
-                &[&client_id],
+                &[&key(client_id)],
             )
             .await
             .map_err(db("read a device"))?
@@ -140,7 +143,7 @@ impl DeviceStore for PgStore {
         }
         tx.execute(
             "UPDATE devices SET record = $2 WHERE client_id = $1",
-            &[&client_id, &to_json(&device)],
+            &[&key(client_id), &to_json(&device)],
         )
         .await
         .map_err(db("update a device"))?;
@@ -154,7 +157,7 @@ impl DeviceStore for PgStore {
             .await?
             .query(
                 "SELECT record FROM devices WHERE client_id > $1 ORDER BY client_id LIMIT $2",
-                &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
+                &[&key(after), &i64::try_from(limit).unwrap_or(i64::MAX)],
             )
             .await
             .map_err(db("list devices"))?;
@@ -171,7 +174,7 @@ async fn conflicting(
         .query_opt(
             "SELECT record FROM devices WHERE serial = $1 OR ek_fingerprint = $2
              ORDER BY (serial = $1) DESC LIMIT 1",
-            &[&device.serial, &device.ek_fingerprint],
+            &[&key(&device.serial), &key(&device.ek_fingerprint)],
         )
         .await
         .map_err(db("read a device"))?;

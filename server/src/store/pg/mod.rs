@@ -290,6 +290,17 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
+/// A key from a request as a PostgreSQL `text` value: `text` cannot hold NUL, and a client id
+/// or `jti` from a request may. Backslash and NUL are escaped (`\\`, `\0`), so keys stay
+/// distinct, and the ids we make (base64url) are stored as they are.
+fn key(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\\', '\0']) {
+        std::borrow::Cow::Owned(value.replace('\\', "\\\\").replace('\0', "\\0"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Records are structs of strings, numbers and options: they always serialise.
     serde_json::to_string(value).unwrap_or_default()
@@ -324,7 +335,7 @@ impl ClientStore for PgStore {
             .await?
             .query_opt(
                 "SELECT record FROM clients WHERE client_id = $1",
-                &[&client_id],
+                &[&key(client_id)],
             )
             .await
             .map_err(db("read a client"))?;
@@ -353,7 +364,7 @@ impl ClientStore for PgStore {
             .execute(
                 "INSERT INTO clients (client_id, record) VALUES ($1, $2)
                  ON CONFLICT (client_id) DO UPDATE SET record = EXCLUDED.record",
-                &[&client.client_id, &to_json(client)],
+                &[&key(&client.client_id), &to_json(client)],
             )
             .await
             .map_err(db("write a client"))?;
@@ -368,7 +379,7 @@ impl ClientStore for PgStore {
             .execute(
                 "INSERT INTO clients (client_id, record) VALUES ($1, $2)
                  ON CONFLICT (client_id) DO NOTHING",
-                &[&client.client_id, &to_json(client)],
+                &[&key(&client.client_id), &to_json(client)],
             )
             .await
             .map_err(db("write a client"))?;
@@ -386,7 +397,7 @@ impl ClientStore for PgStore {
         let Some(row) = tx
             .query_opt(
                 "SELECT record FROM clients WHERE client_id = $1 FOR UPDATE",
-                &[&client_id],
+                &[&key(client_id)],
             )
             .await
             .map_err(db("read a client"))?
@@ -399,7 +410,7 @@ impl ClientStore for PgStore {
         }
         tx.execute(
             "UPDATE clients SET record = $2 WHERE client_id = $1",
-            &[&client_id, &to_json(&client)],
+            &[&key(client_id), &to_json(&client)],
         )
         .await
         .map_err(db("update a client"))?;
@@ -417,7 +428,7 @@ impl TokenStore for PgStore {
             .execute(
                 "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)
                  ON CONFLICT (jti) DO NOTHING",
-                &[&jti, &to_i64(exp)],
+                &[&key(jti), &to_i64(exp)],
             )
             .await
             .map_err(db("revoke a token"))?;
@@ -428,7 +439,7 @@ impl TokenStore for PgStore {
         Ok(self
             .conn()
             .await?
-            .query_opt("SELECT 1 FROM revoked_tokens WHERE jti = $1", &[&jti])
+            .query_opt("SELECT 1 FROM revoked_tokens WHERE jti = $1", &[&key(jti)])
             .await
             .map_err(db("read a revocation"))?
             .is_some())
@@ -447,7 +458,7 @@ impl TokenStore for PgStore {
             .execute(
                 "INSERT INTO assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3)
                  ON CONFLICT (client_id, jti) DO NOTHING",
-                &[&client_id, &jti, &to_i64(exp)],
+                &[&key(client_id), &key(jti), &to_i64(exp)],
             )
             .await
             .map_err(db("record an assertion jti"))?;
@@ -466,7 +477,7 @@ impl TokenStore for PgStore {
                 "INSERT INTO token_lineage (jti, record, expires_at) VALUES ($1, $2, $3)
                  ON CONFLICT (jti) DO UPDATE SET record = EXCLUDED.record,
                                                  expires_at = EXCLUDED.expires_at",
-                &[&jti, &to_json(lineage), &to_i64(until)],
+                &[&key(jti), &to_json(lineage), &to_i64(until)],
             )
             .await
             .map_err(db("record a lineage"))?;
@@ -477,7 +488,10 @@ impl TokenStore for PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt("SELECT record FROM token_lineage WHERE jti = $1", &[&jti])
+            .query_opt(
+                "SELECT record FROM token_lineage WHERE jti = $1",
+                &[&key(jti)],
+            )
             .await
             .map_err(db("read a lineage"))?;
         row.map(|r| from_json(r.get(0), "lineage")).transpose()
@@ -496,7 +510,75 @@ impl TokenStore for PgStore {
                 .await
                 .map_err(db("purge expired records"))?;
         }
+        // No failure window is longer than a day.
+        purged += conn
+            .execute(
+                "DELETE FROM failure_windows WHERE since < $1",
+                &[&(now - 86_400)],
+            )
+            .await
+            .map_err(db("purge failure counters"))?;
         Ok(usize::try_from(purged).unwrap_or(usize::MAX))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::WindowStore for PgStore {
+    async fn update_windows(
+        &self,
+        keys: &[super::WindowKey],
+        change: &mut (dyn for<'m> FnMut(&'m mut HashMap<super::WindowKey, super::Window>) + Send),
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db("count a failure"))?;
+        // Rows are created, then locked in one order, so concurrent updates cannot deadlock.
+        let mut sorted: Vec<&super::WindowKey> = keys.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut windows = HashMap::new();
+        for (kind, subject) in sorted {
+            tx.execute(
+                "INSERT INTO failure_windows (kind, subject, since, count) VALUES ($1, $2, 0, 0)
+                 ON CONFLICT (kind, subject) DO NOTHING",
+                &[kind, &key(subject)],
+            )
+            .await
+            .map_err(db("count a failure"))?;
+            let row = tx
+                .query_one(
+                    "SELECT since, count FROM failure_windows
+                     WHERE kind = $1 AND subject = $2 FOR UPDATE",
+                    &[kind, &key(subject)],
+                )
+                .await
+                .map_err(db("count a failure"))?;
+            windows.insert(
+                (kind.clone(), subject.clone()),
+                super::Window {
+                    since: from_i64(row.get(0)),
+                    count: u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
+                },
+            );
+        }
+        let before = windows.clone();
+        change(&mut windows);
+        for ((kind, subject), w) in &windows {
+            if before.get(&(kind.clone(), subject.clone())) == Some(w) {
+                continue;
+            }
+            tx.execute(
+                "UPDATE failure_windows SET since = $3, count = $4 WHERE kind = $1 AND subject = $2",
+                &[
+                    kind,
+                    &key(subject),
+                    &to_i64(w.since),
+                    &i32::try_from(w.count).unwrap_or(i32::MAX),
+                ],
+            )
+            .await
+            .map_err(db("count a failure"))?;
+        }
+        tx.commit().await.map_err(db("count a failure"))
     }
 }
 
@@ -511,6 +593,14 @@ impl Durability for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_with_nul_or_backslash_are_escaped_distinctly() {
+        assert_eq!(key("abc-_"), "abc-_");
+        assert_eq!(key("a\0b"), "a\\0b");
+        assert_ne!(key("a\0b"), key("a\\0b"));
+        assert!(!key("\0\0").contains('\0'));
+    }
 
     #[test]
     fn urls_are_checked_and_never_printed() {

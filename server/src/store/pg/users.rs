@@ -1,6 +1,6 @@
 //! People who approve devices, and their signed-in verification-page sessions, in PostgreSQL.
 
-use super::{db, from_json, to_i64, to_json, PgStore};
+use super::{db, from_json, key, to_i64, to_json, PgStore};
 use crate::store::grants::TokenHash;
 use crate::store::users::{SessionStore, User, UserStore, WebSession};
 use crate::store::StoreError;
@@ -11,7 +11,10 @@ impl UserStore for PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt("SELECT record FROM users WHERE username = $1", &[&username])
+            .query_opt(
+                "SELECT record FROM users WHERE username = $1",
+                &[&key(username)],
+            )
             .await
             .map_err(db("read a user"))?;
         row.map(|r| from_json(r.get(0), "user")).transpose()
@@ -24,7 +27,7 @@ impl UserStore for PgStore {
             .execute(
                 "INSERT INTO users (username, record) VALUES ($1, $2)
                  ON CONFLICT (username) DO NOTHING",
-                &[&user.username, &to_json(user)],
+                &[&key(&user.username), &to_json(user)],
             )
             .await
             .map_err(db("create a user"))?;

@@ -42,7 +42,12 @@ pub(in crate::web) async fn enter_code(
             source: ctx.source,
         };
         // Counted before the code is looked up, so parallel guesses cannot pass the limit.
-        let reservation = match st.limits.reserve_code(who, policy, ctx.now) {
+        let reservation = match st
+            .limits
+            .reserve_code(who, policy, ctx.now)
+            .await
+            .map_err(OAuthError::internal)?
+        {
             Ok(r) => r,
             Err(_) => {
                 // The page it redirects to explains the pause.
@@ -61,7 +66,10 @@ pub(in crate::web) async fn enter_code(
             .await?
         {
             CodeLookup::Found(request) => {
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
                 remember(&st, &mut session, &request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/consent", Some(&request.user_code)),
@@ -69,7 +77,10 @@ pub(in crate::web) async fn enter_code(
                 ))
             }
             CodeLookup::Decided(d) => {
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
                 remember(&st, &mut session, &d.request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/done", Some(&d.request.user_code)),
@@ -77,7 +88,10 @@ pub(in crate::web) async fn enter_code(
                 ))
             }
             CodeLookup::Problem(CodeProblem::Expired) => {
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
                 Ok(expired(&st, &ctx))
             }
             CodeLookup::Problem(_) => {

@@ -86,15 +86,15 @@ pub(super) async fn show(
         Ok(None) => {
             // Nothing is stored for a visitor: the cookie itself carries the CSRF token.
             let v = Visitor::fresh(st.oauth.settings.device.session_ttl, ctx.now);
-            let mut resp = sign_in_page(&st, sp, &v, from_query, None, &ctx);
+            let mut resp = sign_in_page(&st, sp, &v, from_query, None, &ctx).await;
             resp.headers_mut().append(
                 header::SET_COOKIE,
                 session::visitor_cookie(&v, &st.key, ctx.now),
             );
             resp
         }
-        Ok(Some(Caller::Visitor(v))) => sign_in_page(&st, sp, &v, from_query, flash, &ctx),
-        Ok(Some(Caller::SignedIn(s))) => code_page(&st, sp, &s, from_query, flash, &ctx),
+        Ok(Some(Caller::Visitor(v))) => sign_in_page(&st, sp, &v, from_query, flash, &ctx).await,
+        Ok(Some(Caller::SignedIn(s))) => code_page(&st, sp, &s, from_query, flash, &ctx).await,
     };
     if flash::present(&headers) {
         resp.headers_mut()
@@ -103,7 +103,7 @@ pub(super) async fn show(
     resp
 }
 
-fn sign_in_page(
+async fn sign_in_page(
     st: &WebState,
     sp: Speak,
     v: &Visitor,
@@ -113,10 +113,15 @@ fn sign_in_page(
 ) -> Response {
     let t = sp.t;
     let d = &st.oauth.settings.device;
-    if let Some(l) =
-        st.limits
-            .sign_in_lockout(&v.limit_key(), ctx.source, sign_in_policy(d), ctx.now)
-    {
+    let lockout = st
+        .limits
+        .sign_in_lockout(&v.limit_key(), ctx.source, sign_in_policy(d), ctx.now)
+        .await;
+    let lockout = match lockout {
+        Ok(l) => l,
+        Err(e) => return internal(sp, OAuthError::internal(e)),
+    };
+    if let Some(l) = lockout {
         let reason = match l.by {
             LockedBy::Session => t.sign_in_paused_session,
             _ => t.sign_in_paused_source,
@@ -162,7 +167,7 @@ fn sign_in_page(
     page(sp, StatusCode::OK, markup)
 }
 
-fn code_page(
+async fn code_page(
     st: &WebState,
     sp: Speak,
     s: &Session,
@@ -178,7 +183,11 @@ fn code_page(
         account: &s.user,
         source: ctx.source,
     };
-    if let Some(l) = st.limits.code_lockout(who, code_policy(d), ctx.now) {
+    let lockout = match st.limits.code_lockout(who, code_policy(d), ctx.now).await {
+        Ok(l) => l,
+        Err(e) => return internal(sp, OAuthError::internal(e)),
+    };
+    if let Some(l) = lockout {
         let not_checked = flash
             .as_ref()
             .is_some_and(|f| f.notice == FlashNotice::CodeNotChecked);

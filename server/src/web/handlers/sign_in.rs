@@ -37,12 +37,15 @@ pub(in crate::web) async fn sign_in(
     let code = prefill(form.user_code.as_deref());
     let back = start_with(form.user_code.as_deref());
     // Counted before the password is checked, so concurrent attempts cannot pass the limit.
-    let Ok(reservation) =
-        st.limits
-            .reserve_sign_in(&caller.limit_key(), ctx.source, policy, ctx.now)
-    else {
+    let reservation = match st
+        .limits
+        .reserve_sign_in(&caller.limit_key(), ctx.source, policy, ctx.now)
+        .await
+    {
+        Ok(Ok(r)) => r,
         // The page it redirects to explains the pause.
-        return see_other(&back, &[]);
+        Ok(Err(_)) => return see_other(&back, &[]),
+        Err(e) => return internal(sp, OAuthError::internal(e)),
     };
     let name = form.username.unwrap_or_default();
     let password = form
@@ -51,7 +54,10 @@ pub(in crate::web) async fn sign_in(
     let result = async {
         match st.oauth.sign_in(&name, password, &ctx).await? {
             SignIn::Accepted(user) => {
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
                 // A new session id at sign-in: an id planted before it (session fixation) is
                 // worthless, and the visitor's cookie is replaced by the session's.
                 if let Caller::SignedIn(old) = &caller {
@@ -69,7 +75,10 @@ pub(in crate::web) async fn sign_in(
             SignIn::Busy => {
                 // Nothing was checked: the attempt does not count, and nothing changed, so
                 // this answer needs no redirect.
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
                 let markup = pages::sign_in(
                     sp.t,
                     &pages::SignInView {
