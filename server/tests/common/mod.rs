@@ -203,6 +203,62 @@ impl TestServer {
         server
     }
 
+    /// `n` replicas of one server on the PostgreSQL database `database_url`: `init` once, the
+    /// data directory copied before any replica's first start (as an operator does with
+    /// `cp -a`), each replica on its own port, all with the first one's issuer.
+    pub fn start_replicas(n: usize, database_url: &str, extra: &[&str]) -> Vec<TestServer> {
+        let first_dir = tempfile::tempdir().unwrap();
+        let first_data = first_dir.path().join("data");
+        let first_port = free_port();
+        let issuer = format!("https://localhost:{first_port}");
+        let out = clean_command(server_bin())
+            .args(["init", "--data-dir"])
+            .arg(&first_data)
+            .args(["--issuer", &issuer, "--database", database_url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut dirs = vec![(first_dir, first_data, first_port)];
+        for _ in 1..n {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let status = Command::new("cp")
+                .args(["-a"])
+                .arg(&dirs[0].1)
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            dirs.push((dir, data, free_port()));
+        }
+        dirs.into_iter()
+            .map(|(dir, data_dir, port)| {
+                let ca_cert = data_dir.join("tls/ca.pem");
+                let http = client_for(&std::fs::read(&ca_cert).unwrap());
+                let mut server = TestServer {
+                    dir,
+                    data_dir,
+                    port,
+                    issuer: issuer.clone(),
+                    ca_cert,
+                    admin_id: out["admin_client_id"].as_str().unwrap().to_owned(),
+                    admin_secret: out["admin_client_secret"].as_str().unwrap().to_owned(),
+                    child: None,
+                    http,
+                    extra_args: extra.iter().map(|s| s.to_string()).collect(),
+                    envs: Vec::new(),
+                };
+                server.spawn();
+                server
+            })
+            .collect()
+    }
+
     /// Start the process (again) on the same data directory and port.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
@@ -286,7 +342,7 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
+        format!("https://localhost:{}{path}", self.port)
     }
 
     /// GET; (status, JSON body or Null).
