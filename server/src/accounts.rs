@@ -270,7 +270,7 @@ impl AuthServer {
         if !self
             .users
             .insert_new_user(&user)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             return Err(OAuthError::InvalidRequest(
                 AccountError::Exists(user.username).to_string().into(),
@@ -301,7 +301,7 @@ impl AuthServer {
         };
         let username = normalize_username(name).ok();
         let user = match &username {
-            Some(n) => self.users.user(n).map_err(OAuthError::internal)?,
+            Some(n) => self.users.user(n).map_err(OAuthError::from)?,
             None => None,
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());

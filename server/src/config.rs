@@ -37,6 +37,11 @@ pub const DEFAULT_KEY_PUBLISH_AHEAD: u64 = 600;
 pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 3;
 /// Default furthest-ahead `exp` of a client assertion: 5 minutes.
 pub const DEFAULT_MAX_ASSERTION_LIFETIME: u64 = 300;
+/// Default time between recovery attempts while storage fails (also the `Retry-After` of the
+/// 503s meanwhile): 2 seconds.
+pub const DEFAULT_STORAGE_RETRY_INTERVAL: u64 = 2;
+/// Default time between the audit checkpoints the server logs: 1 hour.
+pub const DEFAULT_AUDIT_CHECKPOINT_INTERVAL: u64 = 3600;
 /// Largest `max_delegation_depth` accepted.
 pub const MAX_DELEGATION_DEPTH_LIMIT: usize = 16;
 
@@ -80,6 +85,12 @@ pub struct ConfigLayer {
     /// Reverse proxies whose `X-Forwarded-For` names the client: IP addresses and CIDR blocks.
     /// Default none: the header is ignored and the TCP peer is the client.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Seconds between attempts to recover failing storage, 1 to 60; also the `Retry-After`
+    /// of the 503s that writes get meanwhile. Default 2.
+    pub storage_retry_interval: Option<u64>,
+    /// Seconds between the signed audit checkpoints the server logs (one at start, then one
+    /// per interval), 10 to 86400; 0 = none. Default 3600.
+    pub audit_checkpoint_interval: Option<u64>,
     /// Whether a device's new key must prove it lives in the device's TPM (credential
     /// activation): `required` or `off`. Default `required`.
     pub attestation: Option<String>,
@@ -98,6 +109,10 @@ pub struct ConfigLayer {
     pub device_poll_interval: Option<u64>,
     /// Lifetime of each refresh token in seconds, 60 to 31536000. Default 2592000 (30 days).
     pub refresh_token_ttl: Option<u64>,
+    /// Seconds after its rotation during which a refresh token is still accepted once, answered
+    /// with the same successor (for a response lost in transit), 0 to 300; 0 = never. Any
+    /// other reuse revokes the family. Default 30.
+    pub refresh_token_grace: Option<u64>,
     /// User codes matching no request that one verification-page session may enter per lockout
     /// window. Default 5.
     pub code_failures_per_session: Option<u32>,
@@ -160,12 +175,17 @@ impl ConfigLayer {
             max_assertion_lifetime: top.max_assertion_lifetime.or(self.max_assertion_lifetime),
             // A list is replaced whole, not merged: a higher layer says the complete set.
             trusted_proxies: top.trusted_proxies.or(self.trusted_proxies),
+            storage_retry_interval: top.storage_retry_interval.or(self.storage_retry_interval),
+            audit_checkpoint_interval: top
+                .audit_checkpoint_interval
+                .or(self.audit_checkpoint_interval),
             device_scopes: top.device_scopes.or(self.device_scopes),
             attestation: top.attestation.or(self.attestation),
             ek_roots: top.ek_roots.or(self.ek_roots),
             device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
             device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),
             refresh_token_ttl: top.refresh_token_ttl.or(self.refresh_token_ttl),
+            refresh_token_grace: top.refresh_token_grace.or(self.refresh_token_grace),
             code_failures_per_session: top
                 .code_failures_per_session
                 .or(self.code_failures_per_session),
@@ -261,6 +281,10 @@ pub struct ServeSettings {
     pub key_publish_ahead: u64,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// Time between recovery attempts while storage fails; the 503s' `Retry-After`.
+    pub storage_retry_interval: std::time::Duration,
+    /// Time between logged audit checkpoints; `None`: none are logged.
+    pub audit_checkpoint_interval: Option<std::time::Duration>,
     /// What the protocol logic needs.
     pub oauth: Settings,
     /// The verification page's own settings.
@@ -371,6 +395,22 @@ impl ServeSettings {
                 "max delegation depth {max_delegation_depth} is outside 1..={MAX_DELEGATION_DEPTH_LIMIT}"
             )));
         }
+        let storage_retry_interval = layer
+            .storage_retry_interval
+            .unwrap_or(DEFAULT_STORAGE_RETRY_INTERVAL);
+        if !(1..=60).contains(&storage_retry_interval) {
+            return Err(invalid(format!(
+                "storage retry interval {storage_retry_interval} s is outside 1..=60"
+            )));
+        }
+        let audit_checkpoint_interval = layer
+            .audit_checkpoint_interval
+            .unwrap_or(DEFAULT_AUDIT_CHECKPOINT_INTERVAL);
+        if audit_checkpoint_interval != 0 && !(10..=86_400).contains(&audit_checkpoint_interval) {
+            return Err(invalid(format!(
+                "audit checkpoint interval {audit_checkpoint_interval} s is outside 10..=86400 (0 = off)"
+            )));
+        }
         let trusted_proxies = TrustedProxies::parse(layer.trusted_proxies.unwrap_or_default())
             .map_err(|e| invalid(format!("trusted_proxies: {e}")))?;
         let scope_descriptions =
@@ -416,6 +456,9 @@ impl ServeSettings {
             key_rotation_period,
             key_publish_ahead,
             trusted_proxies,
+            storage_retry_interval: std::time::Duration::from_secs(storage_retry_interval),
+            audit_checkpoint_interval: (audit_checkpoint_interval > 0)
+                .then(|| std::time::Duration::from_secs(audit_checkpoint_interval)),
             oauth,
             page: PageSettings { scope_descriptions },
         })
@@ -451,6 +494,7 @@ struct DeviceFlowLayer {
     expires_in: Option<u64>,
     interval: Option<u64>,
     refresh_token_ttl: Option<u64>,
+    refresh_token_grace: Option<u64>,
     limits: [Option<u32>; 7],
     lockout_window: Option<u64>,
 }
@@ -461,6 +505,7 @@ impl DeviceFlowLayer {
             expires_in: layer.device_code_expires_in,
             interval: layer.device_poll_interval,
             refresh_token_ttl: layer.refresh_token_ttl,
+            refresh_token_grace: layer.refresh_token_grace,
             limits: [
                 layer.code_failures_per_session,
                 layer.code_failures_per_account,
@@ -508,6 +553,12 @@ impl DeviceFlowLayer {
             self.refresh_token_ttl,
             60..=31_536_000,
             &mut d.refresh_token_ttl,
+        )?;
+        in_range(
+            "refresh_token_grace",
+            self.refresh_token_grace,
+            0..=300,
+            &mut d.refresh_token_grace,
         )?;
         in_range(
             "lockout_window",

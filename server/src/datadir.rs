@@ -217,12 +217,21 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     })
 }
 
-/// `audit verify`: check the audit chain of a stopped server's data directory.
+/// `audit verify`: check the audit chain of a stopped server's data directory, then each
+/// checkpoint against it (see [`crate::checkpoint`]). The entries, and the checkpoints that
+/// matched; an error names the first broken entry or the first checkpoint that failed.
 pub fn verify_audit(
     data_dir: &Path,
-) -> Result<Result<u64, crate::store::audit::ChainBreak>, StoreError> {
-    use crate::store::AuditLog as _;
-    SledStore::open(&data_dir.join(DB_DIR))?.verify()
+    checkpoints: &[PathBuf],
+) -> Result<(u64, Vec<crate::checkpoint::Matched>), crate::checkpoint::CheckpointError> {
+    let store = SledStore::open(&data_dir.join(DB_DIR))?;
+    let key_file = KeyFile::load(data_dir)?;
+    // The issuer `init` wrote; checkpoints must be this server's.
+    let issuer = crate::config::ConfigLayer::load(&data_dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|layer| layer.issuer)
+        .unwrap_or_default();
+    crate::checkpoint::Verifier::new(&store, &key_file, issuer)?.verify(checkpoints)
 }
 
 /// `keys rotate`: add a key signing in `activate_in` seconds, prune dead ones; the new kid.

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod attest;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod conn;

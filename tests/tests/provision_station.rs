@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use hallmark_agent::tpm::EndorsementKey;
 use hallmark_e2e::server::TestServer;
 use hallmark_e2e::station::TestStation;
-use hallmark_agent::tpm::EndorsementKey;
 use hallmark_provision::station::Registration;
 use hallmark_provision::{StationClient, StationCredentials};
 

@@ -228,7 +228,7 @@ impl AuthServer {
                 let known = self
                     .clients
                     .client(&id)
-                    .map_err(OAuthError::internal)?
+                    .map_err(OAuthError::from)?
                     .is_some();
                 event = event.client(if known { id } else { fingerprint(&id) });
             }
@@ -294,11 +294,7 @@ impl AuthServer {
     }
 
     fn active_client(&self, client_id: &str) -> Result<Arc<Client>, OAuthError> {
-        match self
-            .clients
-            .client(client_id)
-            .map_err(OAuthError::internal)?
-        {
+        match self.clients.client(client_id).map_err(OAuthError::from)? {
             Some(c) if !c.disabled => Ok(c),
             Some(_) => Err(OAuthError::invalid_client(format!(
                 "client {client_id} is disabled"
@@ -325,7 +321,7 @@ impl AuthServer {
             client = self.promote_pending_key(&client, ctx)?;
         }
         // The jti must be on disk before we act on the assertion, or a crash could let a replay in.
-        self.commit.commit().await.map_err(OAuthError::internal)?;
+        self.commit_for(ctx).await?;
         Ok(client)
     }
 
@@ -449,7 +445,7 @@ impl AuthServer {
         let first_use = self
             .tokens
             .record_assertion_jti(client_id, &jti, keep_until)
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if !first_use {
             return Err(OAuthError::invalid_client(format!(
                 "client assertion jti replayed by {client_id}"

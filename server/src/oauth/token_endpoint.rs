@@ -182,7 +182,7 @@ impl AuthServer {
                 &claims.jti,
                 claims.exp.saturating_add(self.settings.clock_skew) + 1,
             )
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         self.record(ctx, event).await
     }
 }

@@ -119,7 +119,7 @@ impl AuthServer {
                             .saturating_add(self.settings.clock_skew)
                             .saturating_add(1),
                     )
-                    .map_err(OAuthError::internal)?;
+                    .map_err(OAuthError::from)?;
                 let depth = claims.delegation_depth();
                 let actor = actor.map_or_else(
                     || "actor=client".to_owned(),

@@ -4,6 +4,7 @@
 pub mod audit;
 mod commit;
 pub mod grants;
+pub mod health;
 mod sled;
 pub mod users;
 
@@ -17,6 +18,7 @@ use self::audit::{AuditEntry, AuditEvent, ChainBreak};
 
 pub use self::commit::{CommitError, GroupCommit};
 pub use self::grants::{DeviceGrantStore, RefreshTokenStore};
+pub use self::health::StorageHealth;
 pub use self::sled::SledStore;
 pub use self::users::{SessionStore, UserStore};
 
@@ -68,6 +70,51 @@ pub enum StoreError {
         /// What the decoder said.
         source: serde_json::Error,
     },
+    /// The store is closed for a moment (being reopened after a failure).
+    #[error("storage is being reopened")]
+    Reopening,
+    /// The filesystem under the store refused a test write.
+    #[error("the filesystem at {path} does not take writes")]
+    Probe {
+        /// The file written.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether this is an outage — the disk, the file system or the database server failing or
+    /// out of reach, which may pass — rather than data the store cannot make sense of. An
+    /// outage is answered 503 and retried; anything else is a bug or corruption.
+    pub fn is_outage(&self) -> bool {
+        let engine = |e: &::sled::Error| matches!(e, ::sled::Error::Io(_));
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Read { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Flush { source } => engine(source),
+            StoreError::Locked { .. } | StoreError::Reopening | StoreError::Probe { .. } => true,
+            StoreError::Decode { .. } => false,
+        }
+    }
+}
+
+/// An error and its causes on one line (`storage write failed (audit segment): IO error: No
+/// space left on device (os error 28)`): the operator's log line needs the OS error, which is
+/// the innermost cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
 }
 
 /// Registered OAuth clients.
@@ -142,6 +189,9 @@ pub trait AuditLog: Send + Sync {
     fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Check the whole chain: the number of entries, or the first broken one.
     fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError>;
+    /// The last entry known to be on stable storage, `(seq, hash)` (`(0, GENESIS_HASH)` for an
+    /// empty log): what a signed checkpoint may vouch for.
+    fn durable_head(&self) -> Result<audit::Head, StoreError>;
 }
 
 /// A device registered by a factory station. Its credential lives on its [`Client`] record.
@@ -251,10 +301,39 @@ pub enum Deletion {
     Refused(&'static str),
 }
 
-/// The one thing the group committer needs from a backend: make every write so far durable.
+/// What the group committer needs from a backend: make every write so far durable, prove that
+/// writes work, and get back to a working store after a failure.
 pub trait Durability: Send + Sync {
     /// Flush all writes made before this call to stable storage.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Write a small record of no meaning (made durable by the next flush), so that readiness
+    /// reflects whether writes succeed rather than whether reads do.
+    fn write_probe(&self) -> Result<(), StoreError>;
+    /// After a failed flush: make the store take writes again, and prove it with a write and a
+    /// flush. An [outage](StoreError::is_outage) is retried later; any other error means the
+    /// store cannot recover in this process.
+    fn recover(&self) -> Result<Recovery, StoreError>;
+}
+
+/// How a store came back after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// The store as it was takes writes again (a database that came back, a disk with space
+    /// again); nothing was lost beyond the failed flushes.
+    Resumed,
+    /// The store was closed and opened again, as after a crash: writes never flushed are gone.
+    Reopened,
+}
+
+impl Recovery {
+    /// The name the log uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::Resumed => "resumed",
+            Recovery::Reopened => "reopened",
+        }
+    }
 }
 
 /// How a client proves who it is at the token endpoint (RFC 7591 §2

@@ -64,7 +64,7 @@ impl Session {
         let record = oauth
             .sessions
             .web_session(&TokenHash::of(&id))
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         // A record without a user is an anonymous session stored by an older server: ignored.
         Ok(record.filter(|r| now < r.expires_at).and_then(|record| {
             let user = record.user.clone()?;
@@ -77,7 +77,7 @@ impl Session {
         oauth
             .sessions
             .put_web_session(&self.limit_key(), &self.record)
-            .map_err(OAuthError::internal)
+            .map_err(OAuthError::from)
     }
 
     /// End this session in the store. The caller commits before it answers.
@@ -85,7 +85,7 @@ impl Session {
         oauth
             .sessions
             .delete_web_session(&self.limit_key())
-            .map_err(OAuthError::internal)
+            .map_err(OAuthError::from)
     }
 
     /// The hash of the id: the store's key, and what the failure limits count under.

@@ -138,8 +138,14 @@ impl TestServer {
 
     /// Init and serve over TLS with extra `serve` flags and environment variables.
     pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_at(None, extra, envs)
+    }
+
+    /// [`TestServer::start_with_env`] with the data directory at `data_dir` (which must not
+    /// exist yet; e.g. on a small file system of the test's own) instead of in the temp dir.
+    pub fn start_at(data_dir: Option<PathBuf>, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
         let port = free_port();
         let issuer = format!("https://localhost:{port}");
         let out = init(&data_dir, &issuer);

@@ -134,7 +134,7 @@ impl AuthServer {
                     ..g.clone()
                 })
             })
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         // The record as it was when our change was (or was not) applied.
         let Some(before) = seen else {
             return Ok(CodeLookup::Problem(CodeProblem::Unknown));
@@ -184,14 +184,14 @@ impl AuthServer {
         let Some((hash, grant)) = self
             .device_grants
             .device_grant_by_user_code(code.as_str())
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
         let client = self
             .clients
             .client(&grant.client_id)
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let Some(client) = client.filter(|c| !c.disabled) else {
             // A device disabled since it asked is nothing to approve.
             return Ok(None);
@@ -199,7 +199,7 @@ impl AuthServer {
         let device = self
             .devices
             .device(&grant.client_id)
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let request = PendingRequest {
             user_code: code.clone(),
             client_id: grant.client_id.clone(),

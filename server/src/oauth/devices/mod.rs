@@ -331,7 +331,7 @@ impl AuthServer {
         match self
             .devices
             .register_device(&device, &client)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             Ok(()) => {
                 self.record(ctx, event).await?;
@@ -376,7 +376,7 @@ impl AuthServer {
             || self
                 .devices
                 .device(&client.client_id)
-                .map_err(OAuthError::internal)?
+                .map_err(OAuthError::from)?
                 .is_none()
         {
             return Ok(std::borrow::Cow::Borrowed(&client.scopes));
@@ -393,11 +393,7 @@ impl AuthServer {
 
     /// A device by client_id, as shown to operators.
     pub fn device_view(&self, client_id: &str) -> Result<Option<DeviceView>, OAuthError> {
-        match self
-            .devices
-            .device(client_id)
-            .map_err(OAuthError::internal)?
-        {
+        match self.devices.device(client_id).map_err(OAuthError::from)? {
             Some(d) => self.view(d),
             None => Ok(None),
         }
@@ -408,7 +404,7 @@ impl AuthServer {
         match self
             .devices
             .device_by_serial(serial)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             Some(d) => self.view(d),
             None => Ok(None),
@@ -419,7 +415,7 @@ impl AuthServer {
         let Some(client) = self
             .clients
             .client(&d.client_id)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
@@ -475,7 +471,7 @@ impl AuthServer {
         let batch = self
             .devices
             .devices(after, SCAN)
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let scanned_all = batch.len() < SCAN;
         let mut views = Vec::new();
         let mut last = None;
@@ -511,11 +507,7 @@ impl AuthServer {
         station: &str,
         ctx: &RequestCtx,
     ) -> Result<Option<DeviceView>, OAuthError> {
-        let Some(device) = self
-            .devices
-            .device(client_id)
-            .map_err(OAuthError::internal)?
-        else {
+        let Some(device) = self.devices.device(client_id).map_err(OAuthError::from)? else {
             return Ok(None);
         };
         let event = AuditEvent::new("device.ek_attested", Outcome::Success)
@@ -548,7 +540,7 @@ impl AuthServer {
                 d.ek_issuer = ek.issuer.clone();
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let Some(updated) = updated else {
             return Ok(None);
         };
@@ -573,7 +565,7 @@ impl AuthServer {
         if self
             .devices
             .device(client_id)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
             .is_none()
         {
             return Ok(false);
@@ -583,7 +575,7 @@ impl AuthServer {
             .update_client(client_id, &mut |c| {
                 !std::mem::replace(&mut c.disabled, true)
             })
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if updated.is_none() {
             return Ok(false);
         }
@@ -605,7 +597,7 @@ impl AuthServer {
         if !self
             .devices
             .delete_device(client_id)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             return Ok(false);
         }
@@ -654,7 +646,7 @@ impl AuthServer {
         match self
             .devices
             .delete_device_if(client_id, &allow)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             // Another station's device is as good as absent to this one.
             Deletion::Missing | Deletion::Refused(NOT_THIS_STATIONS) => Ok(Withdrawal::NotFound),

@@ -78,7 +78,7 @@ impl AuthServer {
         let Some(device) = self
             .devices
             .device(&client.client_id)
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         else {
             return Err(OAuthError::UnauthorizedClient(
                 "only registered devices rotate credentials".into(),
@@ -167,7 +167,7 @@ impl AuthServer {
                 c.key_challenge = Some(challenge.clone());
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if written.is_none() {
             return Err(OAuthError::invalid_client("device deleted"));
         }
@@ -236,7 +236,7 @@ impl AuthServer {
                 c.key_challenge = None;
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let Some(now) = written else {
             return Err(OAuthError::invalid_client("device deleted"));
         };
@@ -291,7 +291,7 @@ impl AuthServer {
                 c.pending_key = Some(key.clone());
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if written.is_none() {
             return Err(OAuthError::invalid_client("device deleted"));
         }
@@ -321,7 +321,7 @@ impl AuthServer {
                 c.key_challenge = None;
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         Ok(())
     }
 
@@ -367,7 +367,7 @@ impl AuthServer {
                 c.auth_method = AuthMethod::PrivateKeyJwt;
                 true
             })
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
             .ok_or_else(|| OAuthError::invalid_client("device deleted during rotation"))?;
         let kid = pending.kid.unwrap_or_default();
         let attested = if pending.attested {

@@ -1,7 +1,7 @@
 //! Device authorization requests in sled: one tree, `d‖hash(device_code)` → the request as JSON
 //! and `u‖user_code` → the device code's hash.
 
-use super::{from_json, to_json, SledStore};
+use super::{from_json, to_json, SledDb};
 use crate::store::grants::{DeviceGrant, DeviceGrantStore, TokenHash};
 use crate::store::StoreError;
 
@@ -44,7 +44,7 @@ fn write_err(source: sled::Error) -> StoreError {
     }
 }
 
-impl DeviceGrantStore for SledStore {
+impl DeviceGrantStore for SledDb {
     fn insert_device_grant(
         &self,
         device_code: &TokenHash,
@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn user_codes_are_unique_and_index_their_grant() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let (h1, h2) = (TokenHash::of("one"), TokenHash::of("two"));
         assert!(store
             .insert_device_grant(&h1, &grant("BCDFGHJK", 100))
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn update_applies_or_declines() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let h = TokenHash::of("one");
         store
             .insert_device_grant(&h, &grant("BCDFGHJK", 100))
@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn purge_drops_expired_grants_and_their_codes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         store
             .insert_device_grant(&TokenHash::of("old"), &grant("BBBBBBBB", 10))
             .unwrap();

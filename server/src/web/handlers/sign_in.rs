@@ -11,7 +11,6 @@ use super::{
 };
 use crate::accounts::{Password, SignIn};
 use crate::http::ctx::Ctx;
-use crate::oauth::OAuthError;
 use crate::web::flash::{Flash, Notice as FlashNotice};
 use crate::web::pages::{self, Notice};
 use crate::web::session::{self, Caller, Session};
@@ -59,11 +58,7 @@ pub(in crate::web) async fn sign_in(
                 }
                 let fresh = Session::fresh(user, d.session_ttl, ctx.now);
                 fresh.save(&st.oauth)?;
-                st.oauth
-                    .commit
-                    .commit()
-                    .await
-                    .map_err(OAuthError::internal)?;
+                st.oauth.commit_for(&ctx).await?;
                 Ok(see_other(&back, &[fresh.set_cookie()]))
             }
             SignIn::Busy => {
@@ -110,11 +105,7 @@ pub(in crate::web) async fn sign_out(
             Ok(Caller::SignedIn(session)) => {
                 session.end(&st.oauth)?;
                 // Durable before the answer: a crash must not bring the session back.
-                st.oauth
-                    .commit
-                    .commit()
-                    .await
-                    .map_err(OAuthError::internal)?;
+                st.oauth.commit_for(&ctx).await?;
                 Ok(see_other("/device", &[session::clear_cookie()]))
             }
             Ok(Caller::Visitor(_)) => Ok(see_other("/device", &[])),
