@@ -98,9 +98,9 @@ pub enum CheckpointError {
     },
     /// The chain is shorter than the checkpoint: entries were removed at its end.
     #[error(
-        "checkpoint {} (seq {seq}, made at {time}): the audit chain holds only {count} entries; \
+        "checkpoint {} (seq {seq}, made {}): the audit chain holds only {count} entries; \
          entries {first_missing}..={seq} were removed",
-        path.display(), first_missing = count + 1
+        path.display(), utc(*time), first_missing = count + 1
     )]
     Truncated {
         /// The file.
@@ -114,9 +114,9 @@ pub enum CheckpointError {
     },
     /// The chain's entry at the checkpoint's seq is not the one checkpointed.
     #[error(
-        "checkpoint {} (seq {seq}, made at {time}): entry {seq} has hash {found}, the checkpoint \
+        "checkpoint {} (seq {seq}, made {}): entry {seq} has hash {found}, the checkpoint \
          recorded {recorded}; the chain was rewritten at or before entry {seq}",
-        path.display()
+        path.display(), utc(*time)
     )]
     Rewritten {
         /// The file.
@@ -287,6 +287,25 @@ impl<'a> Verifier<'a> {
             signed_by,
         })
     }
+}
+
+/// Unix seconds as an RFC 3339 UTC time (`2024-05-01T12:00:00Z`); out of range, the number.
+pub fn utc(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        })
+        .unwrap_or_else(|| format!("{unix} (Unix seconds)"))
 }
 
 /// The first audit checkpoint JWS in `text`: a bare JWS, the JSON `GET /admin/audit/checkpoint`

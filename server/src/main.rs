@@ -68,10 +68,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .as_ref()
                         .map_or_else(|why| why.clone(), |kid| format!("signed by {kid}"));
                     println!(
-                        "checkpoint {}: entry {} matches (made at {}; {signed})",
+                        "checkpoint {}: entry {} matches (made {}; {signed})",
                         m.path.display(),
                         cp.seq,
-                        cp.time
+                        hallmark_server::checkpoint::utc(cp.time)
                     );
                 }
                 println!("audit chain intact: {n} entries");

@@ -81,6 +81,7 @@ fn checkpoints_catch_a_cut_and_a_rewritten_tail_and_pass_an_intact_chain() {
     let out = verify(data, &[&early, &late, &logged]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
+    eprintln!("intact, audit verify --checkpoint: {said}");
     assert_eq!(said.matches(" matches ").count(), 3, "{said}");
     assert!(said.contains("audit chain intact"), "{said}");
 
@@ -97,6 +98,7 @@ fn checkpoints_catch_a_cut_and_a_rewritten_tail_and_pass_an_intact_chain() {
     let out = verify(&cut, &[&early, &late]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
+    eprintln!("cut tail, audit verify --checkpoint: {said}");
     assert!(said.contains("late.jws"), "names the checkpoint: {said}");
     assert!(
         said.contains(&format!(
@@ -118,6 +120,7 @@ fn checkpoints_catch_a_cut_and_a_rewritten_tail_and_pass_an_intact_chain() {
     let out = verify(&forged, &[&early, &late]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
+    eprintln!("rewritten tail, audit verify --checkpoint: {said}");
     assert!(
         said.contains("late.jws") && said.contains("rewritten"),
         "{said}"

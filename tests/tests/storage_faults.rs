@@ -145,11 +145,11 @@ fn outage_and_recovery(fault: &dyn DiskFault, data_dir: PathBuf, env: &[(String,
         mended.elapsed().as_secs_f64()
     );
     assert_eq!(server.pid(), pid, "recovered in the same process");
-    assert!(
-        server.log().contains("storage recovered"),
-        "{}",
-        server.log()
-    );
+    let log = server.log();
+    assert!(log.contains("storage recovered"), "{log}");
+    for line in log.lines().filter(|l| l.contains("storage")) {
+        eprintln!("server log: {line}");
+    }
     for _ in 0..5 {
         saved.push(token(&server, &id, &secret).expect("writes work again"));
     }

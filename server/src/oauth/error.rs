@@ -71,7 +71,7 @@ pub enum OAuthError {
 impl From<crate::store::StoreError> for OAuthError {
     /// An outage (the disk, the database) is temporary; anything else is our fault.
     fn from(e: crate::store::StoreError) -> Self {
-        let detail = crate::store::error_chain(&e);
+        let detail = e.describe();
         if e.is_outage() {
             OAuthError::TemporarilyUnavailable(detail)
         } else {

@@ -208,7 +208,7 @@ impl Writer {
                 self.health.ok();
                 Ok(())
             }
-            Ok(Err(e)) => Err(CommitError::Flush(crate::store::error_chain(&e))),
+            Ok(Err(e)) => Err(CommitError::Flush(e.describe())),
             Err(e) => Err(CommitError::Flush(format!("flush task failed: {e}"))),
         };
         self.metrics
@@ -241,13 +241,13 @@ impl Writer {
                     .last_logged
                     .is_none_or(|t| t.elapsed() >= STILL_FAILING_LOG_EVERY);
                 if due {
-                    let error = crate::store::error_chain(&e);
+                    let error = e.describe();
                     tracing::warn!(%error, "storage still failing; retrying");
                     self.last_logged = Some(Instant::now());
                 }
             }
             Ok(Err(e)) => {
-                let reason = crate::store::error_chain(&e);
+                let reason = e.describe();
                 tracing::error!(
                     error = %reason,
                     "storage cannot recover in this process; stopping so that the supervisor restarts the server"

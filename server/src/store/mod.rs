@@ -100,6 +100,25 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The error and its cause on one line, for the operator: `storage write failed (audit
+    /// segment): No space left on device (os error 28)` — the OS error as the OS says it.
+    pub fn describe(&self) -> String {
+        let engine = match self {
+            StoreError::Open { source, .. }
+            | StoreError::Read { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Flush { source } => Some(source),
+            _ => None,
+        };
+        match engine {
+            // sled shows its I/O errors in Debug form; the io::Error's own words are clearer.
+            Some(::sled::Error::Io(io)) => format!("{self}: {io}"),
+            _ => error_chain(self),
+        }
+    }
+}
+
 /// An error and its causes on one line (`storage write failed (audit segment): IO error: No
 /// space left on device (os error 28)`): the operator's log line needs the OS error, which is
 /// the innermost cause.

@@ -29,7 +29,21 @@ pub fn server_bin() -> PathBuf {
 pub fn workspace_bin(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // The variables cargo sets for a test process (CARGO_PKG_NAME, CARGO_MANIFEST_DIR…)
+        // are ones build scripts (ring's) declare they depend on: inherited, they would make
+        // this build and the outer `cargo test` rebuild those crates for each other, minutes
+        // per test binary. Only cargo's own settings go through.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            let setting = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_", "CARGO_TERM_"]
+                .iter()
+                .any(|keep| name.starts_with(keep));
+            if name.starts_with("CARGO_") && !setting {
+                cargo.env_remove(&name);
+            }
+        }
+        let status = cargo
             .args(["build", "--workspace", "--bins"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
