@@ -205,7 +205,7 @@ pub fn down(dir: &Path) -> Result<usize, FleetError> {
         if !pid_files.is_empty() {
             let mut stale = 0;
             for (file, pid) in &pid_files {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
+                if !alive(*pid) {
                     let _ = fs::remove_file(file);
                     stale += 1;
                 }
@@ -218,6 +218,17 @@ pub fn down(dir: &Path) -> Result<usize, FleetError> {
         }
     }
     Ok(stopped)
+}
+
+/// Whether `pid` names a process that has not exited (a zombie has).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(!matches!(state, 'Z' | 'X'))
+        })
+        .unwrap_or(false)
 }
 
 fn canonical(dir: &Path) -> Result<PathBuf, FleetError> {

@@ -36,9 +36,14 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         // per test binary. Only cargo's own settings go through.
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy().into_owned();
-            let setting = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_", "CARGO_TERM_"]
-                .iter()
-                .any(|keep| name.starts_with(keep));
+            let setting = [
+                "CARGO_HOME",
+                "CARGO_TARGET_DIR",
+                "CARGO_BUILD_",
+                "CARGO_TERM_",
+            ]
+            .iter()
+            .any(|keep| name.starts_with(keep));
             if name.starts_with("CARGO_") && !setting {
                 cargo.env_remove(&name);
             }
