@@ -88,3 +88,25 @@ fn token_on_a_factory_device_rotates_first() {
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(server.introspect(token.trim())["active"], true);
 }
+
+#[test]
+fn status_on_a_fresh_state_directory_reads_the_rotation_from_the_tpm() {
+    let server = TestServer::start();
+    let device = Device::provision(&server);
+    device.agent_ok(&["enroll"]);
+    let before = device.status_json();
+    assert_eq!(before["rotation"]["state"], "done", "{before}");
+
+    // The state directory is lost (a reflashed root file system); the TPM keeps its key.
+    std::fs::remove_dir_all(device.state_dir()).unwrap();
+    let status = device.status_json();
+    assert_eq!(status["credential"], "key", "{status}");
+    assert_eq!(status["rotation"]["state"], "done", "not factory: {status}");
+    assert_eq!(status["rotation"]["kid"], before["rotation"]["kid"]);
+    assert_eq!(status["rotation"]["slot"], before["rotation"]["slot"]);
+    // Its age is not recorded anywhere now: unknown, not made up.
+    assert!(status["key_created_at"].is_null(), "{status}");
+    // And the key still works.
+    let token = device.agent_ok(&["token"]);
+    assert_eq!(server.introspect(token.trim())["active"], true);
+}
