@@ -192,6 +192,20 @@ mod tests {
         let full = crate::store::StoreError::Flush {
             source: sled::Error::Io(std::io::Error::from_raw_os_error(28)),
         };
+        assert_eq!(
+            full.describe(),
+            "storage flush failed: No space left on device (os error 28)"
+        );
+        let rewrapped = crate::store::StoreError::Write {
+            what: "audit segment",
+            source: sled::Error::Io(std::io::Error::other(
+                "Os { code: 5, kind: Uncategorized, message: \"Input/output error\" }",
+            )),
+        };
+        assert_eq!(
+            rewrapped.describe(),
+            "storage write failed (audit segment): Input/output error (os error 5)"
+        );
         let e = OAuthError::from(full);
         assert_eq!((e.status(), e.code()), (503, "temporarily_unavailable"));
         assert!(!e.body().to_string().contains("os error"), "{}", e.body());

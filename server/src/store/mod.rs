@@ -112,16 +112,32 @@ impl StoreError {
             _ => None,
         };
         match engine {
-            // sled shows its I/O errors in Debug form; the io::Error's own words are clearer.
-            Some(::sled::Error::Io(io)) => format!("{self}: {io}"),
+            Some(::sled::Error::Io(io)) => format!("{self}: {}", os_words(io)),
             _ => error_chain(self),
         }
     }
 }
 
-/// An error and its causes on one line (`storage write failed (audit segment): IO error: No
-/// space left on device (os error 28)`): the operator's log line needs the OS error, which is
-/// the innermost cause.
+/// An I/O error as the OS words it (`No space left on device (os error 28)`). sled passes some
+/// on re-wrapped, their Debug form (`Os { code: 28, kind: StorageFull, … }`) as the message;
+/// the code is taken back out of that.
+fn os_words(io: &std::io::Error) -> String {
+    let text = io.to_string();
+    let code = io.raw_os_error().or_else(|| {
+        text.split("code: ")
+            .nth(1)?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    });
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => text,
+    }
+}
+
+/// An error and its causes on one line: the operator's log line needs the innermost cause.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
