@@ -41,11 +41,17 @@ pub fn stand_in_server(client_id: String, secret: String) -> String {
     })
 }
 
-/// Like [`stand_in_server`], with the device authorization grant (RFC 8628) and no refresh
-/// tokens, as servers answer a scope without `offline_access`: a device code is approved at
-/// once (interval 1 s), and its token response has an access token (`device-token-N`, 300 s)
-/// and nothing else. A refresh_token grant is `invalid_grant`.
-pub fn stand_in_device_server(client_id: String, secret: String) -> String {
+/// Like [`stand_in_server`], with the device authorization grant (RFC 8628): a device code is
+/// approved at once (interval 1 s), and a token response has an access token
+/// (`device-token-N`, 300 s). With `refresh_token` `None` it has nothing else, as servers answer
+/// a scope without `offline_access`, and a refresh_token grant is `invalid_grant`. With
+/// `Some(rt)`, it carries `rt`, and refreshing with `rt` answers a new access token and `rt`
+/// again: a server that does not rotate refresh tokens (RFC 6749 §6 allows it).
+pub fn stand_in_device_server(
+    client_id: String,
+    secret: String,
+    refresh_token: Option<&'static str>,
+) -> String {
     let expected = basic(&client_id, &secret);
     let issued = std::sync::atomic::AtomicUsize::new(0);
     serve(move |me, request_line, authorization, body| {
@@ -79,17 +85,21 @@ pub fn stand_in_device_server(client_id: String, secret: String) -> String {
                     "interval": 1,
                 }),
             )
-        } else if request_line.starts_with("POST /token") && body.contains("device_code") {
+        } else if request_line.starts_with("POST /token")
+            && (body.contains("device_code")
+                || refresh_token.is_some_and(|rt| body.contains(&format!("refresh_token={rt}"))))
+        {
             let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            (
-                200,
-                serde_json::json!({
-                    "access_token": format!("device-token-{n}"),
-                    "token_type": "Bearer",
-                    "expires_in": 300,
-                    "scope": "device",
-                }),
-            )
+            let mut answer = serde_json::json!({
+                "access_token": format!("device-token-{n}"),
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "device",
+            });
+            if let Some(rt) = refresh_token {
+                answer["refresh_token"] = rt.into();
+            }
+            (200, answer)
         } else {
             (400, serde_json::json!({"error": "invalid_grant"}))
         }

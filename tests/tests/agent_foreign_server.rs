@@ -66,7 +66,7 @@ fn a_login_without_a_refresh_token_says_so_and_serves_its_access_token_while_it_
         .seal_factory_secret(&raw)
         .unwrap();
     let client_id = "device-no-refresh".to_owned();
-    let issuer = stand_in_device_server(client_id.clone(), URL_SAFE_NO_PAD.encode(raw));
+    let issuer = stand_in_device_server(client_id.clone(), URL_SAFE_NO_PAD.encode(raw), None);
     let dir = tempfile::tempdir().unwrap();
     let path =
         write_stand_in_config_for(dir.path(), issuer, client_id, tpm.tcti(), Flow::DeviceCode);
@@ -124,4 +124,55 @@ fn a_login_without_a_refresh_token_says_so_and_serves_its_access_token_while_it_
         "{stderr}"
     );
     assert!(!stderr.contains("not logged in"), "{stderr}");
+}
+
+#[test]
+fn a_refresh_token_the_server_does_not_rotate_is_kept_and_not_called_rotated() {
+    let tpm = Swtpm::temp_manufactured().unwrap();
+    let raw = [11u8; 32];
+    Tpm::open(&tpm.tcti())
+        .unwrap()
+        .seal_factory_secret(&raw)
+        .unwrap();
+    let client_id = "device-fixed-refresh".to_owned();
+    let issuer = stand_in_device_server(
+        client_id.clone(),
+        URL_SAFE_NO_PAD.encode(raw),
+        Some("the-one-refresh-token"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        write_stand_in_config_for(dir.path(), issuer, client_id, tpm.tcti(), Flow::DeviceCode);
+    let agent = |args: &[&str]| {
+        hallmark_e2e::server::clean_command(hallmark_e2e::bin("hallmark-agent"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = agent(&["login"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("and a refresh token"),
+        "{stdout}"
+    );
+    let sealed = dir.path().join("state/refresh_token.sealed");
+    let before = std::fs::read(&sealed).unwrap();
+
+    let out = agent(&["token"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "device-token-2"
+    );
+    assert!(stderr.contains("kept the refresh token"), "{stderr}");
+    assert!(!stderr.contains("rotated and sealed"), "{stderr}");
+    assert_eq!(std::fs::read(&sealed).unwrap(), before, "not sealed again");
 }
