@@ -369,7 +369,7 @@ impl Agent {
             None => None,
         };
         // No record (a fresh or lost state directory) beside a TPM that rotated long ago: the
-        // TPM is the truth, and the key's age is simply not known here.
+        // TPM is the truth.
         if let (RotationState::Factory, false, Some(slot), Some(key)) =
             (&rotation, inventory.factory_secret, slot, key.as_ref())
         {
@@ -378,6 +378,16 @@ impl Agent {
                 kid: key.kid.clone(),
                 since: None,
             };
+        }
+        // Its age from the TPM's own record, where the state directory has none (a lost one,
+        // or one from an agent before the schedule).
+        if let RotationState::Done {
+            slot,
+            since: since @ None,
+            ..
+        } = &mut rotation
+        {
+            *since = self.key_made(*slot);
         }
         let key_attestation = match key.as_ref().and_then(|k| self.key_attestation(&k.kid)) {
             Some(true) => "attested",
