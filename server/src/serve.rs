@@ -22,6 +22,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(300);
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long they get when the server stops because storage is lost.
+const STORAGE_LOST_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +133,13 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             () = shutdown_signal() => None,
             reason = fatal => Some(reason),
         };
-        shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        // Without storage, in-flight requests can only be refused: no reason to linger.
+        let grace = if lost.is_some() {
+            STORAGE_LOST_GRACE
+        } else {
+            SHUTDOWN_GRACE
+        };
+        shutdown.graceful_shutdown(Some(grace));
         lost
     });
     // Slow and silent clients (slowloris): the TLS handshake, the request headers and any

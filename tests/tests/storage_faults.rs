@@ -6,7 +6,9 @@
 //! acknowledged is there, with the audit chain intact.
 //!
 //! Full disk: a 64 MiB tmpfs filled by another file (a real `ENOSPC`). Failing disk: an
-//! `LD_PRELOAD` shim failing every write and sync under the data directory with `EIO`.
+//! `LD_PRELOAD` shim failing every write and sync under the data directory with `EIO`. And a
+//! database that cannot be opened again after the failure (corrupt): the server stops with one
+//! line saying so and a failure exit, for its supervisor to take over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -209,4 +211,43 @@ fn introspect_own(server: &TestServer, id: &str, secret: &str, token: &str) -> V
 fn jti(token: &str) -> String {
     let (_, claims) = hallmark_e2e::server::jwt_parts(token);
     claims["jti"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_database_that_cannot_be_reopened_stops_the_server_for_its_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let shim = FaultShim::build(&data_dir, EIO);
+    let env = shim.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut server = TestServer::start_at(
+        Some(data_dir.clone()),
+        &["--storage-retry-interval", "1"],
+        &env,
+    );
+    let (id, secret) = server.register_secret_client("api", "client_secret_basic");
+    token(&server, &id, &secret).unwrap();
+    shim.fail();
+    while token(&server, &id, &secret).is_ok() {}
+    // While it fails, the database's own configuration is damaged: reopening it will fail
+    // for a reason no retry can fix.
+    std::fs::write(data_dir.join("db/conf"), b"not a sled configuration\n").unwrap();
+    shim.heal();
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", server.log());
+    let log = server.log();
+    assert_eq!(
+        log.matches("storage cannot recover in this process")
+            .count(),
+        2,
+        "one log line, and the exit message: {log}"
+    );
+    eprintln!(
+        "server log: {}",
+        log.lines()
+            .rev()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\nserver log: ")
+    );
 }

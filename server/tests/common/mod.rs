@@ -254,6 +254,24 @@ impl TestServer {
         c.wait().unwrap()
     }
 
+    /// Wait up to `limit` for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {limit:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stop the process (SIGKILL) and reap it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
