@@ -288,7 +288,7 @@ impl AuthServer {
             .users
             .insert_new_user(&user)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             return Err(OAuthError::InvalidRequest(
                 AccountError::Exists(user.username).to_string().into(),
@@ -319,7 +319,7 @@ impl AuthServer {
         };
         let username = normalize_username(name).ok();
         let user = match &username {
-            Some(n) => self.users.user(n).await.map_err(OAuthError::internal)?,
+            Some(n) => self.users.user(n).await.map_err(OAuthError::from)?,
             None => None,
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());

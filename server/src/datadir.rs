@@ -249,15 +249,26 @@ pub async fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     })
 }
 
-/// `audit verify`: check the audit chain of a stopped server's data directory.
+/// `audit verify`: check the audit chain of a stopped server's data directory, then each
+/// checkpoint against it (see [`crate::checkpoint`]). The entries, and the checkpoints that
+/// matched; an error names the first broken entry or the first checkpoint that failed.
 pub fn verify_audit(
     data_dir: &Path,
-) -> Result<Result<u64, Vec<crate::store::audit::ChainBreak>>, crate::backend::BackendError> {
+    checkpoints: &[PathBuf],
+) -> Result<(u64, Vec<crate::checkpoint::Matched>), crate::checkpoint::CheckpointError> {
     use crate::backend::{database_of, open, Role};
     let database = database_of(data_dir)?;
+    // The issuer `init` wrote; checkpoints must be this server's.
+    let issuer = crate::config::ConfigLayer::load(&data_dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|layer| layer.issuer)
+        .unwrap_or_default();
     crate::store::block_on(async {
         let backend = open(data_dir, database.as_ref(), Role::Command).await?;
-        Ok(backend.store.verify().await?)
+        let key_file = backend.keys.load().await?;
+        crate::checkpoint::Verifier::new(&*backend.store, &key_file, issuer)?
+            .verify(checkpoints)
+            .await
     })?
 }
 

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod attest;
 pub mod backend;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod conn;

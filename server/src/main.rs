@@ -64,20 +64,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(hallmark_server::serve::serve(settings))?;
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { data_dir }) => {
-            match datadir::verify_audit(&data_dir)? {
-                Ok(n) => {
-                    println!("audit chain intact: {n} entries");
-                    Ok(())
+        Command::Audit(AuditCommand::Verify {
+            data_dir,
+            checkpoints,
+        }) => match datadir::verify_audit(&data_dir, &checkpoints) {
+            Ok((n, matched)) => {
+                for m in &matched {
+                    let cp = &m.checkpoint;
+                    let signed = m
+                        .signed_by
+                        .as_ref()
+                        .map_or_else(|why| why.clone(), |kid| format!("signed by {kid}"));
+                    println!(
+                        "checkpoint {}: entry {} matches (made {}; {signed})",
+                        m.path.display(),
+                        cp.seq,
+                        hallmark_server::checkpoint::utc(cp.time)
+                    );
                 }
-                Err(broken) => {
-                    for chain in broken {
-                        println!("{chain}");
-                    }
-                    std::process::exit(1);
-                }
+                println!("audit chain intact: {n} entries");
+                Ok(())
             }
-        }
+            Err(e) if e.is_finding() => {
+                println!("{e}");
+                std::process::exit(1);
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Keys(KeysCommand::Rotate {
             data_dir,
             activate_in,

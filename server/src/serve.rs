@@ -12,7 +12,7 @@ use crate::conn::Limiter;
 use crate::keys::{KeyError, KeyRing, Keys};
 use crate::oauth::{AuthServer, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::{GroupCommit, Store, StoreError};
+use crate::store::{GroupCommit, StorageHealth, Store, StoreError};
 use crate::tls::TlsError;
 use crate::web::visitor::{CookieKey, CookieKeyError};
 
@@ -22,6 +22,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(300);
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long they get when the server stops because storage is lost.
+const STORAGE_LOST_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,10 @@ pub enum ServeError {
     /// The verification page's cookie key could not be loaded or made.
     #[error(transparent)]
     PageKey(#[from] CookieKeyError),
+    /// Storage failed in a way this process cannot recover from (the reason is logged); a
+    /// supervisor restarting the server is the way back.
+    #[error("storage cannot recover in this process: {0}")]
+    StorageLost(String),
     /// The listen address could not be bound or the server failed.
     #[error("cannot serve on {addr}")]
     Listen {
@@ -77,6 +83,7 @@ pub async fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
     // Data directories from before the key existed get one now.
     let page_key = Arc::new(CookieKey::load_or_create(&settings.data_dir)?);
     let metrics = crate::metrics::Metrics::default();
+    let health = StorageHealth::new(settings.storage_retry_interval);
     let oauth = AuthServer {
         settings: Arc::new(settings.oauth.clone()),
         clients: store.clone(),
@@ -84,7 +91,7 @@ pub async fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         audit: store.clone(),
         devices: store.clone(),
         keys: Arc::new(Keys::new(ring)),
-        commit: GroupCommit::start(store.clone(), metrics.clone()),
+        commit: GroupCommit::start(store.clone(), metrics.clone(), health),
         metrics,
         device_grants: store.clone(),
         refresh_tokens: store.clone(),
@@ -131,13 +138,27 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         }
     });
     let key_task = spawn_key_maintenance(&settings, built.oauth.clone(), built.keys.clone());
+    let checkpoints = settings
+        .audit_checkpoint_interval
+        .map(|every| spawn_checkpoint_log(every, built.oauth.clone()));
     let addr = settings.listen;
     let listen_err = |source| ServeError::Listen { addr, source };
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    let fatal = built.oauth.commit.health().fatal();
+    let lost = tokio::spawn(async move {
+        let lost = tokio::select! {
+            () = shutdown_signal() => None,
+            reason = fatal => Some(reason),
+        };
+        // Without storage, in-flight requests can only be refused: no reason to linger.
+        let grace = if lost.is_some() {
+            STORAGE_LOST_GRACE
+        } else {
+            SHUTDOWN_GRACE
+        };
+        shutdown.graceful_shutdown(Some(grace));
+        lost
     });
     // Slow and silent clients (slowloris): the TLS handshake, the request headers and any
     // silence are each bounded, and so is the number of connections.
@@ -168,6 +189,12 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
     }
     purge.abort();
     key_task.abort();
+    if let Some(task) = checkpoints {
+        task.abort();
+    }
+    if let Ok(Some(reason)) = lost.await {
+        return Err(ServeError::StorageLost(reason));
+    }
     // The last audit entries, on a blocking thread like every flush.
     let store = built.store.clone();
     tokio::task::spawn_blocking(move || store.flush())
@@ -233,6 +260,27 @@ fn spawn_key_maintenance(
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "signing key maintenance failed"),
+            }
+        }
+    })
+}
+
+/// Log a signed audit checkpoint at start and then every `every`, so that the log (shipped
+/// off the machine) holds checkpoints that `audit verify --checkpoint` can check the chain
+/// against.
+fn spawn_checkpoint_log(every: Duration, oauth: AuthServer) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match crate::checkpoint::make(&oauth, crate::unix_now()) {
+                Ok((cp, jws)) => tracing::info!(
+                    seq = cp.seq,
+                    head_hash = %cp.head_hash,
+                    checkpoint = %jws,
+                    "audit checkpoint"
+                ),
+                Err(e) => tracing::warn!(error = %e, "no audit checkpoint"),
             }
         }
     })

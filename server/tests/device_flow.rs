@@ -1,6 +1,7 @@
 //! The device authorization grant (RFC 8628) and refresh tokens, in process with a chosen clock:
 //! every polling answer, interval growth on `slow_down`, single redemption, expiry, refresh
-//! rotation and family revocation on reuse, and what the audit log keeps of it.
+//! rotation and family revocation on reuse (but for one retry within the grace), and what the
+//! audit log keeps of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod device_support;
@@ -292,6 +293,111 @@ async fn refresh_rotates_and_a_replayed_token_revokes_its_family() {
             .filter(|e| e.body.event.event == "token.issued")
             .count()
             >= 4
+    );
+}
+
+#[tokio::test]
+async fn a_spent_refresh_token_is_answered_once_with_its_successor_within_the_grace_only() {
+    let s = InProcess::start(ConfigLayer {
+        refresh_token_grace: Some(20),
+        ..ConfigLayer::default()
+    })
+    .await;
+    let client = s.device_client("Thermostat", "api:read").await;
+    s.add_user("ann", "correct horse battery").await;
+    let t = now();
+    let login = |at| {
+        let (s, client) = (&s, &client);
+        async move {
+            let a = s.authorize(client, None, at).await.unwrap();
+            s.decide(&a.user_code, "ann", true, at + 1).await;
+            let tokens = s.poll(client, &a.device_code, at + 6).await.unwrap();
+            tokens.refresh_token.unwrap()
+        }
+    };
+
+    // The answer carrying rt2 is lost; rt1 again within 20 s gets rt2 again, and a new access
+    // token of the same family. Once.
+    let rt1 = login(t).await;
+    let rt2 = s
+        .refresh(&client, &rt1, t + 100)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    let retried = s.refresh(&client, &rt1, t + 120).await.unwrap();
+    assert_eq!(retried.refresh_token.as_deref(), Some(rt2.as_str()));
+    let claims = s
+        .oauth
+        .validate_access_token(&retried.access_token, t + 120)
+        .await
+        .unwrap();
+    assert_eq!(claims.sub, "ann");
+    assert_eq!(
+        s.refresh(&client, &rt1, t + 121).await.unwrap_err().code(),
+        "invalid_grant",
+        "a second reuse is a replay"
+    );
+    assert_eq!(
+        s.refresh(&client, &rt2, t + 122).await.unwrap_err().code(),
+        "invalid_grant",
+        "and it revoked the family"
+    );
+    let audit = s.audit().await;
+    let retry = audit
+        .iter()
+        .find(|e| e.body.event.event == "token.refresh_retried")
+        .unwrap();
+    assert!(retry
+        .body
+        .event
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("same successor"));
+    assert!(
+        !retry.body.event.reason.as_deref().unwrap().contains(&rt2),
+        "no secret in the audit"
+    );
+
+    // One second past the grace, a reuse is a replay.
+    let rt1 = login(t + 200).await;
+    let rt2 = s
+        .refresh(&client, &rt1, t + 300)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    assert_eq!(
+        s.refresh(&client, &rt1, t + 321).await.unwrap_err().code(),
+        "invalid_grant"
+    );
+    assert_eq!(
+        s.refresh(&client, &rt2, t + 322).await.unwrap_err().code(),
+        "invalid_grant"
+    );
+
+    // Once the successor was used, the client clearly got it: a reuse is a replay.
+    let rt1 = login(t + 400).await;
+    let rt2 = s
+        .refresh(&client, &rt1, t + 500)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    let rt3 = s
+        .refresh(&client, &rt2, t + 501)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    assert_eq!(
+        s.refresh(&client, &rt1, t + 502).await.unwrap_err().code(),
+        "invalid_grant"
+    );
+    assert_eq!(
+        s.refresh(&client, &rt3, t + 503).await.unwrap_err().code(),
+        "invalid_grant"
     );
 }
 

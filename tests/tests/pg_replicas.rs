@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hallmark_e2e::pg::PgCluster;
 use hallmark_e2e::server::{ClientKey, TestServer, JWT_BEARER};
-use hallmark_e2e::verification::{create_user, Browser};
+use hallmark_e2e::verification::{create_user, hidden_value, Browser};
 use serde_json::{json, Value};
 
 fn introspect(at: &TestServer, token: &str) -> bool {
@@ -179,7 +179,10 @@ fn sign_in_failures_from_one_address_are_counted_across_replicas() {
     let page = browser.post(
         "/device/sign-in",
         &[
-            ("csrf", &start.csrf_or_empty()),
+            (
+                "csrf",
+                &hidden_value(&start.html, "csrf").unwrap_or_default(),
+            ),
             ("username", "ann"),
             ("password", "correct horse battery"),
         ],

@@ -1,4 +1,5 @@
-//! The admin API (JSON, bearer tokens with scopes): client registration for now.
+//! The admin API (JSON, bearer tokens with scopes): client registration, the audit log and its
+//! signed checkpoints.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,6 +20,7 @@ pub(super) fn router() -> Router<super::State> {
         .route("/admin/clients", post(create_client))
         .route("/admin/audit", get(audit_entries))
         .route("/admin/audit/chains", get(audit_chains))
+        .route("/admin/audit/checkpoint", get(audit_checkpoint))
 }
 
 /// Parse a JSON body into `T`, with RFC-style errors.
@@ -133,6 +135,29 @@ async fn audit_entries(
                 .unwrap_or_default(),
             )
         }
-        Err(e) => OAuthResponse(OAuthError::internal(e)).into_response(),
+        Err(e) => OAuthResponse(OAuthError::from(e)).into_response(),
+    }
+}
+
+/// `GET /admin/audit/checkpoint` (scope `audit:read`): a signed checkpoint of the audit chain's
+/// durable head (see [`crate::checkpoint`]), and what it says in the clear. Kept elsewhere, it
+/// lets `audit verify --checkpoint` catch a chain cut short or rewritten at its end.
+async fn audit_checkpoint(
+    State(state): State<super::State>,
+    _caller: Caller<AuditRead>,
+) -> Response {
+    match crate::checkpoint::make(&state.oauth, crate::unix_now()) {
+        Ok((cp, jws)) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({
+                "checkpoint": jws,
+                "issuer": cp.issuer,
+                "seq": cp.seq,
+                "head_hash": cp.head_hash,
+                "time": cp.time,
+            }))
+            .unwrap_or_default(),
+        ),
+        Err(e) => OAuthResponse(OAuthError::from(e)).into_response(),
     }
 }

@@ -229,7 +229,7 @@ impl AuthServer {
                     .clients
                     .client(&id)
                     .await
-                    .map_err(OAuthError::internal)?
+                    .map_err(OAuthError::from)?
                     .is_some();
                 event = event.client(if known { id } else { fingerprint(&id) });
             }
@@ -299,7 +299,7 @@ impl AuthServer {
             .clients
             .client(client_id)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             Some(c) if !c.disabled => Ok(c),
             Some(_) => Err(OAuthError::invalid_client(format!(
@@ -328,7 +328,7 @@ impl AuthServer {
             client = self.promote_pending_key(&client, ctx).await?;
         }
         // The jti must be on disk before we act on the assertion, or a crash could let a replay in.
-        self.commit.commit().await.map_err(OAuthError::internal)?;
+        self.commit_for(ctx).await?;
         Ok(client)
     }
 
@@ -454,7 +454,7 @@ impl AuthServer {
             .tokens
             .record_assertion_jti(client_id, &jti, keep_until)
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if !first_use {
             return Err(OAuthError::invalid_client(format!(
                 "client assertion jti replayed by {client_id}"

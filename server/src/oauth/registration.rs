@@ -134,7 +134,7 @@ impl AuthServer {
             .clients
             .insert_new_client(&client)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             // 128 random bits collided: retrying would hide a broken RNG.
             return Err(OAuthError::Internal("client_id collision".into()));

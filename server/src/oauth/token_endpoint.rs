@@ -183,7 +183,7 @@ impl AuthServer {
                 claims.exp.saturating_add(self.settings.clock_skew) + 1,
             )
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         self.record(ctx, event).await
     }
 }

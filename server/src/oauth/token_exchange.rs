@@ -120,7 +120,7 @@ impl AuthServer {
                             .saturating_add(1),
                     )
                     .await
-                    .map_err(OAuthError::internal)?;
+                    .map_err(OAuthError::from)?;
                 let depth = claims.delegation_depth();
                 let actor = actor.map_or_else(
                     || "actor=client".to_owned(),

@@ -124,9 +124,28 @@ pub struct RefreshToken {
     pub issued_at: u64,
     /// When it stops working.
     pub expires_at: u64,
-    /// When it was exchanged for its successor; a spent token presented again is a replay.
+    /// When it was exchanged for its successor; a spent token presented again is a replay
+    /// (unless its `grace` allows it once).
     #[serde(default)]
     pub spent_at: Option<u64>,
+    /// Set when it is spent: what lets it be presented once more, shortly after, in case the
+    /// response carrying its successor was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<RefreshGrace>,
+}
+
+/// The grace of a spent refresh token: presented again before `until`, while its successor is
+/// unspent, it is answered once more with the same successor instead of revoking the family
+/// (a client whose refresh response was lost in transit retries with the token it still has).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshGrace {
+    /// The end of the grace, Unix seconds.
+    pub until: u64,
+    /// Hex SHA-256 of the successor.
+    pub successor: String,
+    /// The successor itself, sealed (AES-256-GCM) under a key derived from the spent token,
+    /// which the server does not keep: only its holder can have it opened. base64url.
+    pub sealed: String,
 }
 
 /// A family's shared state.
@@ -151,6 +170,12 @@ pub enum Rotation {
     FamilyRevoked,
     /// No such token.
     Unknown,
+    /// It had been spent moments ago and its grace allowed one more use: here is its
+    /// successor, still sealed ([`RefreshGrace::sealed`]). The grace is used up.
+    Retried {
+        /// The sealed successor.
+        sealed: String,
+    },
 }
 
 /// Refresh tokens and their families.
@@ -167,14 +192,17 @@ pub trait RefreshTokenStore: Send + Sync {
         token: &TokenHash,
         record: &RefreshToken,
     ) -> Result<(), StoreError>;
-    /// Atomically spend `presented` and store `next` as its successor, or, if `presented` was
-    /// spent already, revoke its family (RFC 9700 §4.14.2).
+    /// Atomically spend `presented` (recording `grace` with it) and store `next` as its
+    /// successor. If `presented` was spent already: within its grace, while the successor is
+    /// unspent, use the grace up and answer [`Rotation::Retried`]; otherwise revoke its family
+    /// (RFC 9700 §4.14.2).
     async fn rotate_refresh_token(
         &self,
         presented: &TokenHash,
         next: &TokenHash,
         next_record: &RefreshToken,
         now: u64,
+        grace: Option<&RefreshGrace>,
     ) -> Result<Rotation, StoreError>;
     /// Whether the family was revoked (false for a family unknown or forgotten).
     async fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError>;

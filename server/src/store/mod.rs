@@ -4,6 +4,7 @@
 pub mod audit;
 mod commit;
 pub mod grants;
+pub mod health;
 pub mod pg;
 mod sled;
 pub mod users;
@@ -18,6 +19,7 @@ use self::audit::{AuditEntry, AuditEvent, ChainBreak, ChainHead};
 
 pub use self::commit::{CommitError, GroupCommit};
 pub use self::grants::{DeviceGrantStore, RefreshTokenStore};
+pub use self::health::StorageHealth;
 pub use self::pg::{DatabaseUrl, PgStore};
 pub use self::sled::SledStore;
 pub use self::users::{SessionStore, UserStore};
@@ -107,6 +109,120 @@ pub enum StoreError {
         /// What the decoder said.
         source: serde_json::Error,
     },
+    /// The store is closed for a moment (being reopened after a failure).
+    #[error("storage is being reopened")]
+    Reopening,
+    /// The filesystem under the store refused a test write.
+    #[error("the filesystem at {path} does not take writes")]
+    Probe {
+        /// The file written.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether this is an outage — the disk, the file system or the database server failing or
+    /// out of reach, which may pass — rather than data the store cannot make sense of. An
+    /// outage is answered 503 and retried; anything else is a bug or corruption.
+    pub fn is_outage(&self) -> bool {
+        let engine = |e: &::sled::Error| matches!(e, ::sled::Error::Io(_));
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Read { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Flush { source } => engine(source),
+            StoreError::Locked { .. }
+            | StoreError::Reopening
+            | StoreError::Probe { .. }
+            | StoreError::DatabaseUnavailable { .. } => true,
+            // A database that answers, but with an error other than "cannot serve now".
+            StoreError::Database { source, .. } => database_outage(source),
+            StoreError::Decode { .. }
+            | StoreError::DatabaseUrl
+            | StoreError::DatabaseSetup { .. }
+            | StoreError::ChainInUse { .. }
+            | StoreError::Runtime { .. } => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// The error and its cause on one line, for the operator: `storage write failed (audit
+    /// segment): No space left on device (os error 28)` — the OS error as the OS says it.
+    pub fn describe(&self) -> String {
+        let engine = match self {
+            StoreError::Open { source, .. }
+            | StoreError::Read { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Flush { source } => Some(source),
+            _ => None,
+        };
+        match engine {
+            Some(::sled::Error::Io(io)) => format!("{self}: {}", os_words(io)),
+            _ => error_chain(self),
+        }
+    }
+}
+
+/// Whether a PostgreSQL error means the server cannot serve now (shutting down, starting up,
+/// out of connections or resources, a lost connection) rather than a refused statement.
+fn database_outage(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    e.code().is_some_and(|code| {
+        [
+            &SqlState::ADMIN_SHUTDOWN,
+            &SqlState::CRASH_SHUTDOWN,
+            &SqlState::CANNOT_CONNECT_NOW,
+            &SqlState::TOO_MANY_CONNECTIONS,
+            &SqlState::INSUFFICIENT_RESOURCES,
+            &SqlState::DISK_FULL,
+            &SqlState::OUT_OF_MEMORY,
+            &SqlState::CONNECTION_EXCEPTION,
+            &SqlState::CONNECTION_FAILURE,
+            &SqlState::T_R_SERIALIZATION_FAILURE,
+            &SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(&code)
+    })
+}
+
+/// An I/O error as the OS words it (`No space left on device (os error 28)`). sled passes some
+/// on re-wrapped, their Debug form (`Os { code: 28, kind: StorageFull, … }`) as the message;
+/// the code is taken back out of that.
+fn os_words(io: &std::io::Error) -> String {
+    let text = io.to_string();
+    let code = io.raw_os_error().or_else(|| {
+        text.split("code: ")
+            .nth(1)?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    });
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => text,
+    }
+}
+
+/// An error and its causes on one line: the operator's log line needs the innermost cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
 }
 
 /// Everything a backend provides: what the server holds one of, as `Arc<dyn Store>`, and
@@ -254,6 +370,13 @@ pub trait AuditLog: Send + Sync {
     /// Check every chain: the number of entries, or the first broken entry of each broken
     /// chain.
     async fn verify(&self) -> Result<Result<u64, Vec<ChainBreak>>, StoreError>;
+    /// The last entry of this process's chain known to be on stable storage, `(seq, hash)`
+    /// (`(0, GENESIS_HASH)` for an empty log): what a signed checkpoint may vouch for.
+    fn durable_head(&self) -> Result<audit::Head, StoreError>;
+    /// The name of this process's chain, where the store keeps several (one per replica).
+    fn own_chain(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A device registered by a factory station. Its credential lives on its [`Client`] record.
@@ -375,12 +498,40 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, StoreErr
     Ok(runtime.block_on(future))
 }
 
-/// The one thing the group committer needs from a backend: make every write so far durable.
-/// Called on a blocking thread: a backend may block in it (or run async work with
-/// `Handle::block_on`).
+/// What the group committer needs from a backend: make every write so far durable, prove that
+/// writes work, and get back to a working store after a failure. Called on a blocking thread:
+/// a backend may block in it (or run async work with `Handle::block_on`).
 pub trait Durability: Send + Sync {
     /// Flush all writes made before this call to stable storage.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Write a small record of no meaning (made durable by the next flush), so that readiness
+    /// reflects whether writes succeed rather than whether reads do.
+    fn write_probe(&self) -> Result<(), StoreError>;
+    /// After a failed flush: make the store take writes again, and prove it with a write and a
+    /// flush. An [outage](StoreError::is_outage) is retried later; any other error means the
+    /// store cannot recover in this process.
+    fn recover(&self) -> Result<Recovery, StoreError>;
+}
+
+/// How a store came back after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// The store as it was takes writes again (a database that came back, a disk with space
+    /// again); nothing was lost beyond the failed flushes.
+    Resumed,
+    /// The store was closed and opened again, as after a crash: writes never flushed are gone.
+    Reopened,
+}
+
+impl Recovery {
+    /// The name the log uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::Resumed => "resumed",
+            Recovery::Reopened => "reopened",
+        }
+    }
 }
 
 /// How a client proves who it is at the token endpoint (RFC 7591 §2

@@ -69,7 +69,7 @@ impl Session {
             .sessions
             .web_session(&TokenHash::of(&id))
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         // A record without a user is an anonymous session stored by an older server: ignored.
         Ok(record.filter(|r| now < r.expires_at).and_then(|record| {
             let user = record.user.clone()?;
@@ -83,7 +83,7 @@ impl Session {
             .sessions
             .put_web_session(&self.limit_key(), &self.record)
             .await
-            .map_err(OAuthError::internal)
+            .map_err(OAuthError::from)
     }
 
     /// End this session in the store. The caller commits before it answers.
@@ -92,7 +92,7 @@ impl Session {
             .sessions
             .delete_web_session(&self.limit_key())
             .await
-            .map_err(OAuthError::internal)
+            .map_err(OAuthError::from)
     }
 
     /// The hash of the id: the store's key, and what the failure limits count under.

@@ -29,7 +29,26 @@ pub fn server_bin() -> PathBuf {
 pub fn workspace_bin(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // The variables cargo sets for a test process (CARGO_PKG_NAME, CARGO_MANIFEST_DIR…)
+        // are ones build scripts (ring's) declare they depend on: inherited, they would make
+        // this build and the outer `cargo test` rebuild those crates for each other, minutes
+        // per test binary. Only cargo's own settings go through.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            let setting = [
+                "CARGO_HOME",
+                "CARGO_TARGET_DIR",
+                "CARGO_BUILD_",
+                "CARGO_TERM_",
+            ]
+            .iter()
+            .any(|keep| name.starts_with(keep));
+            if name.starts_with("CARGO_") && !setting {
+                cargo.env_remove(&name);
+            }
+        }
+        let status = cargo
             .args(["build", "--workspace", "--bins"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
@@ -176,8 +195,14 @@ impl TestServer {
 
     /// Init and serve over TLS with extra `serve` flags and environment variables.
     pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_at(None, extra, envs)
+    }
+
+    /// [`TestServer::start_with_env`] with the data directory at `data_dir` (which must not
+    /// exist yet; e.g. on a small file system of the test's own) instead of in the temp dir.
+    pub fn start_at(data_dir: Option<PathBuf>, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
         let port = free_port();
         let issuer = format!("https://localhost:{port}");
         let out = init(&data_dir, &issuer);
@@ -321,6 +346,24 @@ impl TestServer {
             .status()
             .unwrap();
         c.wait().unwrap()
+    }
+
+    /// Wait up to `limit` for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {limit:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stop the process (SIGKILL) and reap it.

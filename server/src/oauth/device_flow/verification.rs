@@ -135,7 +135,7 @@ impl AuthServer {
                 })
             })
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         // The record as it was when our change was (or was not) applied.
         let Some(before) = seen else {
             return Ok(CodeLookup::Problem(CodeProblem::Unknown));
@@ -186,7 +186,7 @@ impl AuthServer {
             .device_grants
             .device_grant_by_user_code(code.as_str())
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
@@ -194,7 +194,7 @@ impl AuthServer {
             .clients
             .client(&grant.client_id)
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let Some(client) = client.filter(|c| !c.disabled) else {
             // A device disabled since it asked is nothing to approve.
             return Ok(None);
@@ -203,7 +203,7 @@ impl AuthServer {
             .devices
             .device(&grant.client_id)
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let request = PendingRequest {
             user_code: code.clone(),
             client_id: grant.client_id.clone(),

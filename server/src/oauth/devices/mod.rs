@@ -332,7 +332,7 @@ impl AuthServer {
             .devices
             .register_device(&device, &client)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             Ok(()) => {
                 self.record(ctx, event).await?;
@@ -378,7 +378,7 @@ impl AuthServer {
                 .devices
                 .device(&client.client_id)
                 .await
-                .map_err(OAuthError::internal)?
+                .map_err(OAuthError::from)?
                 .is_none()
         {
             return Ok(std::borrow::Cow::Borrowed(&client.scopes));
@@ -399,7 +399,7 @@ impl AuthServer {
             .devices
             .device(client_id)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             Some(d) => self.view(d).await,
             None => Ok(None),
@@ -415,7 +415,7 @@ impl AuthServer {
             .devices
             .device_by_serial(serial)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             Some(d) => self.view(d).await,
             None => Ok(None),
@@ -427,7 +427,7 @@ impl AuthServer {
             .clients
             .client(&d.client_id)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
@@ -484,7 +484,7 @@ impl AuthServer {
             .devices
             .devices(after, SCAN)
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let scanned_all = batch.len() < SCAN;
         let mut views = Vec::new();
         let mut last = None;
@@ -524,7 +524,7 @@ impl AuthServer {
             .devices
             .device(client_id)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
@@ -559,7 +559,7 @@ impl AuthServer {
                 true
             })
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let Some(updated) = updated else {
             return Ok(None);
         };
@@ -585,7 +585,7 @@ impl AuthServer {
             .devices
             .device(client_id)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
             .is_none()
         {
             return Ok(false);
@@ -596,7 +596,7 @@ impl AuthServer {
                 !std::mem::replace(&mut c.disabled, true)
             })
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if updated.is_none() {
             return Ok(false);
         }
@@ -619,7 +619,7 @@ impl AuthServer {
             .devices
             .delete_device(client_id)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             return Ok(false);
         }
@@ -669,7 +669,7 @@ impl AuthServer {
             .devices
             .delete_device_if(client_id, &allow)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             // Another station's device is as good as absent to this one.
             Deletion::Missing | Deletion::Refused(NOT_THIS_STATIONS) => Ok(Withdrawal::NotFound),

@@ -79,7 +79,7 @@ impl AuthServer {
             .devices
             .device(&client.client_id)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         else {
             return Err(OAuthError::UnauthorizedClient(
                 "only registered devices rotate credentials".into(),
@@ -169,7 +169,7 @@ impl AuthServer {
                 true
             })
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if written.is_none() {
             return Err(OAuthError::invalid_client("device deleted"));
         }
@@ -239,7 +239,7 @@ impl AuthServer {
                 true
             })
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         let Some(now) = written else {
             return Err(OAuthError::invalid_client("device deleted"));
         };
@@ -295,7 +295,7 @@ impl AuthServer {
                 true
             })
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         if written.is_none() {
             return Err(OAuthError::invalid_client("device deleted"));
         }
@@ -330,7 +330,7 @@ impl AuthServer {
                 true
             })
             .await
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         Ok(())
     }
 
@@ -377,7 +377,7 @@ impl AuthServer {
                 true
             })
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
             .ok_or_else(|| OAuthError::invalid_client("device deleted during rotation"))?;
         let kid = pending.kid.unwrap_or_default();
         let attested = if pending.attested {

@@ -22,6 +22,8 @@ pub(super) struct PgAudit {
 struct ChainState {
     head: (u64, String),
     pending: Vec<AuditEntry>,
+    /// The head as last committed to the database: what a checkpoint may vouch for.
+    durable: (u64, String),
 }
 
 impl PgAudit {
@@ -39,6 +41,7 @@ impl PgAudit {
         Ok(PgAudit {
             chain: chain.to_owned(),
             state: Mutex::new(ChainState {
+                durable: head.clone(),
                 head,
                 pending: Vec::new(),
             }),
@@ -55,23 +58,26 @@ impl PgAudit {
     }
 
     /// Write the pending entries and the head in one transaction. On failure they stay
-    /// pending (later entries chain onto them) and the next flush tries again.
-    pub(super) async fn write_pending(&self, pool: &Pool) -> Result<(), StoreError> {
+    /// pending (later entries chain onto them) and the next flush tries again. Whether there
+    /// was anything to write.
+    pub(super) async fn write_pending(&self, pool: &Pool) -> Result<bool, StoreError> {
         let (entries, head) = {
             let mut state = self.lock();
             if state.pending.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             (std::mem::take(&mut state.pending), state.head.clone())
         };
         let result = write(pool, &self.chain, &entries, &head).await;
-        if result.is_err() {
+        if result.is_ok() {
+            self.lock().durable = head;
+        } else {
             let mut state = self.lock();
             let later = std::mem::take(&mut state.pending);
             state.pending = entries;
             state.pending.extend(later);
         }
-        result
+        result.map(|()| true)
     }
 }
 
@@ -232,5 +238,13 @@ impl AuditLog for PgStore {
         } else {
             Err(breaks)
         })
+    }
+
+    fn durable_head(&self) -> Result<crate::store::audit::Head, StoreError> {
+        Ok(self.audit.lock().durable.clone())
+    }
+
+    fn own_chain(&self) -> Option<String> {
+        Some(self.audit.chain.clone())
     }
 }

@@ -5,7 +5,8 @@
 
 use super::{db, from_json, is_unique_violation, to_i64, to_json, PgStore};
 use crate::store::grants::{
-    DeviceGrant, DeviceGrantStore, RefreshToken, RefreshTokenStore, Rotation, TokenHash,
+    DeviceGrant, DeviceGrantStore, RefreshGrace, RefreshToken, RefreshTokenStore, Rotation,
+    TokenHash,
 };
 use crate::store::StoreError;
 
@@ -153,6 +154,7 @@ impl RefreshTokenStore for PgStore {
         next: &TokenHash,
         next_record: &RefreshToken,
         now: u64,
+        grace: Option<&RefreshGrace>,
     ) -> Result<Rotation, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn
@@ -184,6 +186,34 @@ impl RefreshTokenStore for PgStore {
             return Ok(Rotation::FamilyRevoked);
         }
         if current.spent_at.is_some() {
+            // Presented again within its grace while its successor is unused: the client most
+            // likely never got the answer. Once.
+            if let Some(g) = current.grace.take().filter(|g| now <= g.until) {
+                let successor = hex::decode(&g.successor).unwrap_or_default();
+                let unspent = match tx
+                    .query_opt(
+                        "SELECT record FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+                        &[&successor],
+                    )
+                    .await
+                    .map_err(db("read a refresh token"))?
+                {
+                    Some(row) => from_json::<RefreshToken>(row.get(0), "refresh token")?
+                        .spent_at
+                        .is_none(),
+                    None => false,
+                };
+                if unspent {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET record = $2 WHERE token_hash = $1",
+                        &[&&presented.0[..], &to_json(&current)],
+                    )
+                    .await
+                    .map_err(db("use a refresh grace"))?;
+                    tx.commit().await.map_err(db("use a refresh grace"))?;
+                    return Ok(Rotation::Retried { sealed: g.sealed });
+                }
+            }
             // RFC 9700 §4.14.2: a spent token presented again leaked; end the whole family.
             tx.execute(
                 "UPDATE refresh_families SET revoked_at = $2 WHERE family = $1",
@@ -195,6 +225,7 @@ impl RefreshTokenStore for PgStore {
             return Ok(Rotation::Replayed);
         }
         current.spent_at = Some(now);
+        current.grace = grace.cloned();
         tx.execute(
             "UPDATE refresh_tokens SET record = $2 WHERE token_hash = $1",
             &[&&presented.0[..], &to_json(&current)],

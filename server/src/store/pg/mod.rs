@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
-use super::{Client, ClientStore, Durability, Lineage, StoreError, TokenStore};
+use super::{Client, ClientStore, Durability, Lineage, Recovery, StoreError, TokenStore};
 
 pub use keys::PgKeys;
 
@@ -34,7 +34,10 @@ const POOL_SIZE: usize = 16;
 /// Advisory lock key of schema migrations ("hallmark" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6861_6c6c_6d61_726b;
 /// The schema versions, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("schema.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("schema.sql")),
+    (2, include_str!("schema_2.sql")),
+];
 
 /// A replica's connection to the database.
 pub struct PgStore {
@@ -585,8 +588,43 @@ impl super::WindowStore for PgStore {
 impl Durability for PgStore {
     /// Every other write committed when it was made; what is left is the audit entries
     /// appended since the last flush, written here in one transaction.
+    /// With nothing pending the database is still asked (`SELECT 1`), so that a flush that
+    /// succeeds means the database answers now, as readiness and recovery take it to mean.
     fn flush(&self) -> Result<(), StoreError> {
-        self.runtime.block_on(self.audit.write_pending(&self.pool))
+        self.runtime.block_on(async {
+            if self.audit.write_pending(&self.pool).await? {
+                return Ok(());
+            }
+            self.conn()
+                .await?
+                .simple_query("SELECT 1")
+                .await
+                .map_err(db("reach the database"))?;
+            Ok(())
+        })
+    }
+
+    fn write_probe(&self) -> Result<(), StoreError> {
+        self.runtime.block_on(async {
+            self.conn()
+                .await?
+                .execute(
+                    "INSERT INTO write_probes (replica, at) VALUES ($1, $2)
+                     ON CONFLICT (replica) DO UPDATE SET at = EXCLUDED.at",
+                    &[&self.audit.chain(), &now_i64()],
+                )
+                .await
+                .map_err(db("write the readiness probe"))?;
+            Ok(())
+        })
+    }
+
+    /// A database that answers again has lost nothing it acknowledged: every write committed
+    /// when it was made, and audit entries not yet written are still pending here.
+    fn recover(&self) -> Result<Recovery, StoreError> {
+        self.write_probe()?;
+        self.flush()?;
+        Ok(Recovery::Resumed)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use super::SledStore;
+use super::SledDb;
 use crate::store::audit::{
     verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainHead, ChainedEvent, Head, StoredEntries,
     GENESIS_HASH,
@@ -22,6 +22,10 @@ struct Chain {
     head: (u64, String),
     /// Entries appended since the last write: (first seq, lines).
     pending: Option<(u64, Vec<u8>)>,
+    /// The head as last written to the tree, durable once the database is flushed.
+    written: Option<Head>,
+    /// The head as last flushed: what a checkpoint may vouch for.
+    durable: Head,
 }
 
 /// Appends one entry at a time, so that the chain has one order.
@@ -56,8 +60,10 @@ impl SledAudit {
         Ok(SledAudit {
             tree,
             chain: Mutex::new(Chain {
+                durable: head.clone(),
                 head,
                 pending: None,
+                written: None,
             }),
         })
     }
@@ -88,7 +94,16 @@ impl SledAudit {
                 source,
             });
         }
+        chain.written = Some(chain.head.clone());
         Ok(())
+    }
+
+    /// The database was flushed: what was written is durable.
+    pub(super) fn flushed(&self) {
+        let mut chain = self.lock();
+        if let Some(written) = chain.written.take() {
+            chain.durable = written;
+        }
     }
 
     /// Every stored entry as (seq, bytes), in order, and the stored head.
@@ -117,7 +132,7 @@ impl SledAudit {
 }
 
 #[async_trait::async_trait]
-impl AuditLog for SledStore {
+impl AuditLog for SledDb {
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError> {
         let mut chain = self.audit.lock();
         let seq = chain.head.0 + 1;
@@ -191,9 +206,13 @@ impl AuditLog for SledStore {
         let (entries, head) = self.audit.stored()?;
         Ok(verify_chain(entries, head).map_err(|b| vec![b]))
     }
+
+    fn durable_head(&self) -> Result<Head, StoreError> {
+        Ok(self.audit.lock().durable.clone())
+    }
 }
 
-impl SledStore {
+impl SledDb {
     /// Overwrite one stored audit entry's bytes, bypassing the chain. Exists so that tests can
     /// prove `audit verify` catches exactly this; nothing in the server calls it.
     #[doc(hidden)]
@@ -233,13 +252,12 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::store::audit::Outcome;
-    use crate::store::Durability;
 
     #[tokio::test]
     async fn appends_chain_across_segments_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledDb::open(dir.path()).unwrap();
             for i in 0..3 {
                 assert_eq!(
                     store
@@ -261,7 +279,7 @@ mod tests {
                 .append(AuditEvent::new("lost", Outcome::Success), 1)
                 .unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         assert_eq!(
             store
                 .append(AuditEvent::new("e", Outcome::Failure), 2)
@@ -282,7 +300,7 @@ mod tests {
     #[tokio::test]
     async fn tampering_through_storage_is_caught() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         for _ in 0..4 {
             store
                 .append(

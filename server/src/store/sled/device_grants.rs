@@ -1,7 +1,7 @@
 //! Device authorization requests in sled: one tree, `d‖hash(device_code)` → the request as JSON
 //! and `u‖user_code` → the device code's hash.
 
-use super::{from_json, to_json, SledStore};
+use super::{from_json, to_json, SledDb};
 use crate::store::grants::{DeviceGrant, DeviceGrantStore, TokenHash};
 use crate::store::StoreError;
 
@@ -45,7 +45,7 @@ fn write_err(source: sled::Error) -> StoreError {
 }
 
 #[async_trait::async_trait]
-impl DeviceGrantStore for SledStore {
+impl DeviceGrantStore for SledDb {
     async fn insert_device_grant(
         &self,
         device_code: &TokenHash,
@@ -163,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn user_codes_are_unique_and_index_their_grant() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let (h1, h2) = (TokenHash::of("one"), TokenHash::of("two"));
         assert!(store
             .insert_device_grant(&h1, &grant("BCDFGHJK", 100))
@@ -189,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn update_applies_or_declines() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let h = TokenHash::of("one");
         store
             .insert_device_grant(&h, &grant("BCDFGHJK", 100))
@@ -222,7 +222,7 @@ mod tests {
     #[tokio::test]
     async fn purge_drops_expired_grants_and_their_codes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         store
             .insert_device_grant(&TokenHash::of("old"), &grant("BBBBBBBB", 10))
             .await

@@ -4,7 +4,7 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{from_json, get_json, SledStore};
+use super::{from_json, get_json, SledDb};
 use crate::store::{Client, Deletion, DeletionCheck, Device, DeviceStore, StoreError};
 
 fn decode(bytes: &[u8]) -> Result<Device, StoreError> {
@@ -22,7 +22,7 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
 }
 
 #[async_trait::async_trait]
-impl DeviceStore for SledStore {
+impl DeviceStore for SledDb {
     async fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError> {
         get_json(&self.devices, client_id, "device")
     }

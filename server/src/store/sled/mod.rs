@@ -1,10 +1,15 @@
 //! The embedded backend: one sled database in the data directory, one tree per concern.
+//! [`SledDb`] is one open database; [`SledStore`] (in `live.rs`) holds the open one and opens it
+//! again after an I/O error, since sled refuses every write once one has failed.
 
 mod audit;
 mod device_grants;
 mod devices;
+mod live;
 mod refresh;
 mod users;
+
+pub use self::live::SledStore;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Client, ClientStore, Durability, Lineage, StoreError, TokenStore};
+use super::{Client, ClientStore, Lineage, StoreError, TokenStore};
 
 /// A stored record: JSON. Records are structs of strings, numbers, lists and options, which always
 /// serialise.
@@ -40,7 +45,7 @@ fn get_json<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-/// How long [`SledStore::open`] waits for another holder of the database lock.
+/// How long [`SledDb::open`] waits for another holder of the database lock.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// sled reports a held file lock only as an `Other` I/O error whose text says so.
@@ -51,8 +56,8 @@ fn is_lock_conflict(e: &sled::Error) -> bool {
 /// Page cache size: 64 MiB.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// sled-backed implementation of every store trait.
-pub struct SledStore {
+/// One open sled database, implementing every store trait.
+pub(crate) struct SledDb {
     db: sled::Db,
     clients: sled::Tree,
     revoked: sled::Tree,
@@ -78,17 +83,17 @@ pub struct SledStore {
     fill_hook: std::sync::Mutex<Option<FillHook>>,
 }
 
-/// See [`SledStore::fill_hook`].
+/// See [`SledDb::fill_hook`].
 #[cfg(test)]
-type FillHook = Box<dyn FnMut(&SledStore) + Send>;
+type FillHook = Box<dyn FnMut(&SledDb) + Send>;
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for SledDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").finish_non_exhaustive()
+        f.debug_struct("SledDb").finish_non_exhaustive()
     }
 }
 
-impl SledStore {
+impl SledDb {
     /// Open (or create) the database at `path`.
     ///
     /// sled locks its file for the life of the database, and its I/O threads can hold the file a
@@ -115,7 +120,7 @@ impl SledStore {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
-        Ok(SledStore {
+        Ok(SledDb {
             clients: tree("clients")?,
             revoked: tree("revoked_access_tokens")?,
             assertion_jtis: tree("assertion_jtis")?,
@@ -206,7 +211,7 @@ impl SledStore {
 }
 
 #[async_trait::async_trait]
-impl ClientStore for SledStore {
+impl ClientStore for SledDb {
     async fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
         if let Some(hit) = self
             .client_cache
@@ -278,7 +283,7 @@ impl ClientStore for SledStore {
 }
 
 #[async_trait::async_trait]
-impl TokenStore for SledStore {
+impl TokenStore for SledDb {
     async fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
         self.revoked
             .insert(jti.as_bytes(), &exp.to_be_bytes())
@@ -376,13 +381,30 @@ impl TokenStore for SledStore {
     }
 }
 
-impl Durability for SledStore {
+/// Key of the write probe's record in the default tree.
+const PROBE_KEY: &[u8] = b"write-probe";
+
+impl SledDb {
+    /// Write every pending audit entry and flush the database to disk.
     fn flush(&self) -> Result<(), StoreError> {
         self.audit.write_pending()?;
         self.db
             .flush()
+            .map_err(|source| StoreError::Flush { source })?;
+        self.audit.flushed();
+        Ok(())
+    }
+
+    /// Overwrite the probe record (durable at the next flush). Fails at once on a database
+    /// that an earlier I/O error poisoned.
+    fn write_probe(&self) -> Result<(), StoreError> {
+        self.db
+            .insert(PROBE_KEY, &crate::unix_now().to_be_bytes())
             .map(|_| ())
-            .map_err(|source| StoreError::Flush { source })
+            .map_err(|source| StoreError::Write {
+                what: "write probe",
+                source,
+            })
     }
 }
 
@@ -394,16 +416,16 @@ mod tests {
     #[test]
     fn a_held_database_is_reported_in_use_and_reopens_once_released() {
         let dir = tempfile::tempdir().unwrap();
-        let first = SledStore::open(dir.path()).unwrap();
+        let first = SledDb::open(dir.path()).unwrap();
         let started = Instant::now();
-        let err = SledStore::open(dir.path()).err().unwrap();
+        let err = SledDb::open(dir.path()).err().unwrap();
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
         assert!(started.elapsed() >= LOCK_WAIT);
         drop(first);
         // Reopening right after the drop (as `init` then `serve` in one process do) succeeds
         // even while sled's I/O threads let go of the file.
         for _ in 0..20 {
-            let again = SledStore::open(dir.path()).unwrap();
+            let again = SledDb::open(dir.path()).unwrap();
             drop(again);
         }
     }
@@ -428,7 +450,7 @@ mod tests {
     async fn clients_survive_reopen_and_cache_sees_updates() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledDb::open(dir.path()).unwrap();
             assert!(store.insert_new_client(&client("c1")).await.unwrap());
             assert!(!store.insert_new_client(&client("c1")).await.unwrap());
             assert!(!store.client("c1").await.unwrap().unwrap().disabled);
@@ -438,7 +460,7 @@ mod tests {
             assert!(store.client("c1").await.unwrap().unwrap().disabled);
             store.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         assert!(store.client("c1").await.unwrap().unwrap().disabled);
         assert!(store.client("nope").await.unwrap().is_none());
     }
@@ -446,11 +468,11 @@ mod tests {
     #[tokio::test]
     async fn a_lookup_racing_an_update_never_caches_the_old_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         assert!(store.insert_new_client(&client("dev")).await.unwrap());
         // The lookup misses the cache and reads the live record; before it fills the cache,
         // an operator disables the client.
-        *store.fill_hook.lock().unwrap() = Some(Box::new(|s: &SledStore| {
+        *store.fill_hook.lock().unwrap() = Some(Box::new(|s: &SledDb| {
             s.update_client_now("dev", &mut |c| {
                 c.disabled = true;
                 true
@@ -470,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn assertion_jti_is_accepted_once_per_client() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         assert!(store.record_assertion_jti("c1", "j", 100).await.unwrap());
         assert!(!store.record_assertion_jti("c1", "j", 100).await.unwrap());
         assert!(store.record_assertion_jti("c2", "j", 100).await.unwrap());
@@ -479,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn purge_drops_only_expired_records() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         store.revoke_access_token("old", 10).await.unwrap();
         store.revoke_access_token("new", 1000).await.unwrap();
         store.record_assertion_jti("c", "old", 10).await.unwrap();
@@ -506,7 +528,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kept = lineage(&[("parent", "b"), ("root", "a"), ("actor", "b")]);
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledDb::open(dir.path()).unwrap();
             assert_eq!(store.lineage("child").await.unwrap(), None);
             store.record_lineage("child", &kept, 1000).await.unwrap();
             store
@@ -515,7 +537,7 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         assert_eq!(store.lineage("child").await.unwrap(), Some(kept.clone()));
         assert!(store.lineage("short").await.unwrap().is_some());
         store.revoke_access_token("old", 10).await.unwrap();

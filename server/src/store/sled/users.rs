@@ -1,13 +1,13 @@
 //! Users and verification-page sessions in sled: `users` keyed by lowercase name,
 //! `web_sessions` keyed by the SHA-256 of the session cookie.
 
-use super::{get_json, to_json, SledStore};
+use super::{get_json, to_json, SledDb};
 use crate::store::grants::TokenHash;
 use crate::store::users::{SessionStore, User, UserStore, WebSession};
 use crate::store::StoreError;
 
 #[async_trait::async_trait]
-impl UserStore for SledStore {
+impl UserStore for SledDb {
     async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
         get_json(&self.users, username.as_bytes(), "user")
     }
@@ -25,7 +25,7 @@ impl UserStore for SledStore {
 }
 
 #[async_trait::async_trait]
-impl SessionStore for SledStore {
+impl SessionStore for SledDb {
     async fn web_session(&self, id: &TokenHash) -> Result<Option<WebSession>, StoreError> {
         get_json(&self.web_sessions, id.0, "session")
     }
@@ -88,7 +88,7 @@ mod tests {
     #[tokio::test]
     async fn users_are_created_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let ann = User {
             username: "ann".into(),
             password_hash: "h".into(),
@@ -104,7 +104,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_round_trip_and_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let s = |expires_at| WebSession {
             csrf: "c".into(),
             user: Some("ann".into()),

@@ -433,10 +433,17 @@ fn see_other(to: &str, cookies: &[HeaderValue]) -> Response {
 }
 
 fn internal(sp: Speak, e: OAuthError) -> Response {
-    tracing::error!(error = %e, "verification page failed");
+    // Storage out of reach is not our bug: 503, and the router adds `Retry-After`.
+    let status = if matches!(e, OAuthError::TemporarilyUnavailable(_)) {
+        tracing::warn!(error = %e, "verification page: storage unavailable");
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        tracing::error!(error = %e, "verification page failed");
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
     page(
         sp,
-        StatusCode::INTERNAL_SERVER_ERROR,
+        status,
         pages::message(sp.t, sp.t.something_wrong, sp.t.try_later, "/device"),
     )
 }

@@ -45,7 +45,7 @@ pub(in crate::web) async fn sign_in(
         Ok(Ok(r)) => r,
         // The page it redirects to explains the pause.
         Ok(Err(_)) => return see_other(&back, &[]),
-        Err(e) => return internal(sp, OAuthError::internal(e)),
+        Err(e) => return internal(sp, OAuthError::from(e)),
     };
     let name = form.username.unwrap_or_default();
     let password = form
@@ -57,7 +57,7 @@ pub(in crate::web) async fn sign_in(
                 st.limits
                     .release(reservation)
                     .await
-                    .map_err(OAuthError::internal)?;
+                    .map_err(OAuthError::from)?;
                 // A new session id at sign-in: an id planted before it (session fixation) is
                 // worthless, and the visitor's cookie is replaced by the session's.
                 if let Caller::SignedIn(old) = &caller {
@@ -65,11 +65,7 @@ pub(in crate::web) async fn sign_in(
                 }
                 let fresh = Session::fresh(user, d.session_ttl, ctx.now);
                 fresh.save(&st.oauth).await?;
-                st.oauth
-                    .commit
-                    .commit()
-                    .await
-                    .map_err(OAuthError::internal)?;
+                st.oauth.commit_for(&ctx).await?;
                 Ok(see_other(&back, &[fresh.set_cookie()]))
             }
             SignIn::Busy => {
@@ -78,7 +74,7 @@ pub(in crate::web) async fn sign_in(
                 st.limits
                     .release(reservation)
                     .await
-                    .map_err(OAuthError::internal)?;
+                    .map_err(OAuthError::from)?;
                 let markup = pages::sign_in(
                     sp.t,
                     &pages::SignInView {
@@ -119,11 +115,7 @@ pub(in crate::web) async fn sign_out(
             Ok(Caller::SignedIn(session)) => {
                 session.end(&st.oauth).await?;
                 // Durable before the answer: a crash must not bring the session back.
-                st.oauth
-                    .commit
-                    .commit()
-                    .await
-                    .map_err(OAuthError::internal)?;
+                st.oauth.commit_for(&ctx).await?;
                 Ok(see_other("/device", &[session::clear_cookie()]))
             }
             Ok(Caller::Visitor(_)) => Ok(see_other("/device", &[])),
