@@ -93,11 +93,21 @@ pub fn execute(
             println!("{}", serde_json::to_string(&credential)?);
         }
         Command::Login => {
-            let token = agent.login(show_code)?;
-            println!(
-                "logged in; refresh token sealed by the TPM; access token expires at {}",
-                token.expires_at
-            );
+            let login = agent.login(show_code)?;
+            let expires = date(i64::try_from(login.access_token.expires_at).unwrap_or(i64::MAX));
+            if login.refresh_token {
+                println!(
+                    "logged in: the server issued an access token (expires {expires}) and a \
+                     refresh token, sealed by the TPM; `run` and `token` renew from it"
+                );
+            } else {
+                println!(
+                    "logged in: the server issued an access token (expires {expires}) but no \
+                     refresh token. The access token is sealed by the TPM and served until it \
+                     expires; the next one needs another `hallmark-agent login` (many servers \
+                     issue a refresh token only when the scope includes offline_access)"
+                );
+            }
         }
     }
     Ok(())

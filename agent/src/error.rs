@@ -113,6 +113,18 @@ pub enum AgentError {
     /// The device flow is configured but no refresh token is stored.
     #[error("not logged in: run `hallmark-agent login` first")]
     NotLoggedIn,
+    /// The login brought no refresh token, and the access token it brought has expired (or
+    /// cannot serve another scope).
+    #[error(
+        "the server issued no refresh token at login{}: the next token needs another \
+         `hallmark-agent login` (many servers issue a refresh token only when the scope includes \
+         offline_access)",
+        expired_at.map(|t| format!(", and the access token of that login expired at {t} (Unix seconds)")).unwrap_or_default()
+    )]
+    NoRefreshToken {
+        /// When the login's access token expired (device clock), if it did.
+        expired_at: Option<i64>,
+    },
     /// The stored refresh token was refused (revoked, or spent by a crash mid-refresh).
     #[error("the stored refresh token was refused ({source}); run `hallmark-agent login` again")]
     RefreshRefused {

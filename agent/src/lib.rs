@@ -57,6 +57,12 @@ pub enum Event {
     },
     /// A refresh token was rotated and sealed again.
     RefreshTokenRotated,
+    /// A refresh answered with the same refresh token, or none (RFC 6749 §6 lets a server
+    /// keep it): the sealed one stays.
+    RefreshTokenKept,
+    /// The server answered a refresh; its new refresh token is not sealed yet (the test-only
+    /// fault hook stops the process here, as if the answer had been lost in transit).
+    RefreshAnswered,
     /// An operation failed in a way that may pass; the agent tries again after `after`.
     Retrying {
         /// What failed (one line).
@@ -146,6 +152,17 @@ impl fmt::Debug for AccessToken {
             .field("scope", &self.scope)
             .finish()
     }
+}
+
+/// What a login brought.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Login {
+    /// The access token.
+    pub access_token: AccessToken,
+    /// Whether a refresh token came with it (now sealed by the TPM). Without one, the access
+    /// token is sealed instead and served until it expires; the next needs another login.
+    pub refresh_token: bool,
 }
 
 /// What `status` reports: nothing here needs the network.
@@ -279,11 +296,10 @@ impl Agent {
 
     /// Runs the device authorization grant: `show` displays the user code and URIs, then the
     /// agent polls until approval, stores the refresh token sealed by the TPM, and returns
-    /// the first access token.
-    pub fn login(
-        &mut self,
-        show: impl FnOnce(&DeviceAuthorization),
-    ) -> Result<AccessToken, AgentError> {
+    /// the first access token. A server that issues no refresh token (many do so only for the
+    /// `offline_access` scope) leaves the access token alone: it is sealed and served until it
+    /// expires, and [`Login::refresh_token`] says so.
+    pub fn login(&mut self, show: impl FnOnce(&DeviceAuthorization)) -> Result<Login, AgentError> {
         self.device_login(show, &mut std::thread::sleep)
     }
 

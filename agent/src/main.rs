@@ -12,6 +12,8 @@ use hallmark_agent::{Event, RotationStep};
 
 /// Exit status of a process stopped by the test-only fault hook.
 const FAULT_EXIT: i32 = 86;
+/// The fault hook's name for "a refresh answer arrived, not yet sealed".
+const REFRESH_ANSWERED: &str = "refresh_answered";
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -21,10 +23,14 @@ fn main() -> ExitCode {
         std::env::set_var("TSS2_LOG", "all+NONE");
     }
     // Test-only fault hook: `HALLMARK_AGENT_FAULT=after:<step>` exits the process abruptly
-    // right after that rotation step, as a power cut would (no destructors, no cleanup).
-    let fault = std::env::var("HALLMARK_AGENT_FAULT")
+    // right after that rotation step, as a power cut would (no destructors, no cleanup);
+    // `after:refresh_answered` right after a refresh answer arrived, before its new refresh
+    // token is sealed (as if the answer had been lost in transit).
+    let fault_name = std::env::var("HALLMARK_AGENT_FAULT")
         .ok()
-        .and_then(|v| v.strip_prefix("after:").and_then(RotationStep::from_name));
+        .and_then(|v| v.strip_prefix("after:").map(str::to_owned));
+    let fault = fault_name.as_deref().and_then(RotationStep::from_name);
+    let fault_on_refresh = fault_name.as_deref() == Some(REFRESH_ANSWERED);
     // Test-only clock fault: `HALLMARK_AGENT_CLOCK_SKEW=<signed seconds>` moves the agent's
     // local clock, as on a device with no RTC battery (-7200: two hours behind). Read here
     // only and handed down as a value; the library never looks at the environment.
@@ -46,11 +52,16 @@ fn main() -> ExitCode {
         }
     }
     let observer = move |event: &Event| {
-        if let Event::Rotation(step) = event {
-            if Some(*step) == fault {
+        match event {
+            Event::Rotation(step) if Some(*step) == fault => {
                 eprintln!("hallmark-agent: fault injected after {}", step.name());
                 std::process::exit(FAULT_EXIT);
             }
+            Event::RefreshAnswered if fault_on_refresh => {
+                eprintln!("hallmark-agent: fault injected after {REFRESH_ANSWERED}");
+                std::process::exit(FAULT_EXIT);
+            }
+            _ => {}
         }
         log(event);
     };
@@ -81,6 +92,9 @@ fn log(event: &Event) {
             eprintln!("hallmark-agent: new access token, expires at {expires_at}")
         }
         Event::RefreshTokenRotated => eprintln!("hallmark-agent: refresh token rotated and sealed"),
+        Event::RefreshTokenKept => {
+            eprintln!("hallmark-agent: the server kept the refresh token (not rotated)")
+        }
         Event::Retrying { error, after } => eprintln!(
             "hallmark-agent: {error}; retrying in {:.1} s",
             after.as_secs_f64()

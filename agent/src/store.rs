@@ -16,6 +16,9 @@ pub const ROTATION_FILE: &str = "rotation.json";
 pub const ATTESTATION_FILE: &str = "attestation.json";
 /// File holding the refresh token sealed by the TPM (a `SealedBlob`).
 pub const REFRESH_FILE: &str = "refresh_token.sealed";
+/// File holding the access token of a login that brought no refresh token, sealed by the TPM
+/// (a `SealedBlob` of JSON): served while it lives.
+pub const LOGIN_TOKEN_FILE: &str = "login_token.sealed";
 
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -14,12 +14,24 @@ use crate::oauth::device::{self, DeviceFlowError, Poll, Schedule};
 use crate::oauth::{self, assertion, ClientAuth, ErrorCode, OAuthError, TokenResponse};
 use crate::rotation::schedule::{rekey_due, RekeyDue};
 use crate::rotation::tpm_err;
-use crate::store::REFRESH_FILE;
+use crate::store::{LOGIN_TOKEN_FILE, REFRESH_FILE};
 use crate::tpm::{KeySlot, SealedBlob};
 use crate::{
-    AccessToken, Agent, AgentError, Credential, DeviceAuthorization, Event, Flow, RotationState,
-    Status,
+    AccessToken, Agent, AgentError, Credential, DeviceAuthorization, Event, Flow, Login,
+    RotationState, Status,
 };
+
+/// A login's access token is not handed out in its last seconds: it would die in transit.
+const LOGIN_TOKEN_MARGIN: i64 = 5;
+
+/// The access token of a login that brought no refresh token, as sealed in the state
+/// directory. Its expiry is on the device clock.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LoginToken {
+    access_token: String,
+    expires_at: i64,
+    scope: Option<String>,
+}
 
 /// Lifetime assumed when a token response has no `expires_in` (RFC 6749 §5.1 makes it
 /// RECOMMENDED only); short, so the agent renews early rather than serving a dead token.
@@ -157,7 +169,7 @@ impl Agent {
             .read(REFRESH_FILE)
             .map_err(|source| AgentError::State { source })?
         else {
-            return Err(AgentError::NotLoggedIn);
+            return self.login_token(scope);
         };
         let blob = SealedBlob::from_bytes(&bytes).map_err(tpm_err)?;
         let mut tpm = self.tpm()?;
@@ -186,13 +198,75 @@ impl Agent {
             }
             Err(source) => return Err(self.token_error(credential, source)),
         };
+        self.emit(Event::RefreshAnswered);
         // Seal the rotated refresh token before handing out the access token: losing it
-        // would lock the device out until someone logs in again.
-        if let Some(new) = &response.refresh_token {
-            self.store_refresh_token(new)?;
-            self.emit(Event::RefreshTokenRotated);
+        // would lock the device out until someone logs in again. A server may also keep the
+        // refresh token (the same one back, or none: RFC 6749 §6); then nothing changes.
+        match &response.refresh_token {
+            Some(new) if new.as_str() != refresh_token.as_str() => {
+                self.store_refresh_token(new)?;
+                self.emit(Event::RefreshTokenRotated);
+            }
+            _ => self.emit(Event::RefreshTokenKept),
         }
         Ok(self.accept(response))
+    }
+
+    /// Without a refresh token: the access token of a login that brought none, while it lives.
+    fn login_token(&mut self, scope: Option<&str>) -> Result<AccessToken, AgentError> {
+        let Some(bytes) = self
+            .state
+            .read(LOGIN_TOKEN_FILE)
+            .map_err(|source| AgentError::State { source })?
+        else {
+            return Err(AgentError::NotLoggedIn);
+        };
+        let blob = SealedBlob::from_bytes(&bytes).map_err(tpm_err)?;
+        let mut tpm = self.tpm()?;
+        let plain = tpm.unseal_blob(&blob).map_err(tpm_err)?;
+        drop(tpm);
+        let stored: LoginToken = serde_json::from_slice(&plain).map_err(|e| AgentError::State {
+            source: crate::store::StoreError::Corrupt {
+                path: LOGIN_TOKEN_FILE.into(),
+                reason: e.to_string(),
+            },
+        })?;
+        let now = self.local_now();
+        if scope.is_some() {
+            return Err(AgentError::NoRefreshToken { expired_at: None });
+        }
+        if stored.expires_at <= now + LOGIN_TOKEN_MARGIN {
+            return Err(AgentError::NoRefreshToken {
+                expired_at: Some(stored.expires_at),
+            });
+        }
+        let left = u64::try_from(stored.expires_at - now).unwrap_or(0);
+        let issued_at = unix_now();
+        Ok(AccessToken {
+            token: stored.access_token,
+            // What is left of it, on the clock the rest of the agent measures lifetimes with.
+            expires_at: issued_at + left,
+            issued_at,
+            scope: stored.scope,
+        })
+    }
+
+    /// Seal a login's access token to serve while it lives (no refresh token came with it).
+    fn store_login_token(&mut self, token: &AccessToken) -> Result<(), AgentError> {
+        let lifetime =
+            i64::try_from(token.expires_at.saturating_sub(token.issued_at)).unwrap_or(i64::MAX);
+        let stored = LoginToken {
+            access_token: token.token.clone(),
+            expires_at: self.local_now().saturating_add(lifetime),
+            scope: token.scope.clone(),
+        };
+        let json = Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
+        let mut tpm = self.tpm()?;
+        let blob = tpm.seal_blob(&json).map_err(tpm_err)?;
+        drop(tpm);
+        self.state
+            .write(LOGIN_TOKEN_FILE, &blob.to_bytes())
+            .map_err(|source| AgentError::State { source })
     }
 
     /// The device authorization grant, end to end.
@@ -200,7 +274,7 @@ impl Agent {
         &mut self,
         show: impl FnOnce(&DeviceAuthorization),
         sleep: &mut dyn FnMut(Duration),
-    ) -> Result<AccessToken, AgentError> {
+    ) -> Result<Login, AgentError> {
         let credential = self.credential()?;
         let metadata = self.metadata()?;
         let Some(endpoint) = metadata.device_authorization_endpoint.clone() else {
@@ -238,10 +312,23 @@ impl Agent {
             )?;
             match polled {
                 Ok(Poll::Token(response)) => {
+                    // This login replaces whatever an earlier one left.
+                    let refresh_token = response.refresh_token.is_some();
                     if let Some(rt) = &response.refresh_token {
                         self.store_refresh_token(rt)?;
                     }
-                    return Ok(self.accept(response));
+                    let access_token = self.accept(response);
+                    if refresh_token {
+                        self.state.remove(LOGIN_TOKEN_FILE)
+                    } else {
+                        self.store_login_token(&access_token)?;
+                        self.state.remove(REFRESH_FILE)
+                    }
+                    .map_err(|source| AgentError::State { source })?;
+                    return Ok(Login {
+                        access_token,
+                        refresh_token,
+                    });
                 }
                 Ok(Poll::Pending) => {}
                 Ok(Poll::SlowDown) => schedule.slow_down(),
@@ -262,7 +349,7 @@ impl Agent {
         let mut tpm = self.tpm()?;
         let inventory = tpm.inventory().map_err(tpm_err)?;
         drop(tpm);
-        let rotation = self.rotation_state()?;
+        let mut rotation = self.rotation_state()?;
         let slot = rotation.slot().filter(|s| inventory.has_key(*s)).or(
             match (inventory.slot_a, inventory.slot_b) {
                 (true, _) => Some(KeySlot::A),
@@ -281,6 +368,27 @@ impl Agent {
             Some(s) => Some(self.device_key(s)?),
             None => None,
         };
+        // No record (a fresh or lost state directory) beside a TPM that rotated long ago: the
+        // TPM is the truth.
+        if let (RotationState::Factory, false, Some(slot), Some(key)) =
+            (&rotation, inventory.factory_secret, slot, key.as_ref())
+        {
+            rotation = RotationState::Done {
+                slot,
+                kid: key.kid.clone(),
+                since: None,
+            };
+        }
+        // Its age from the TPM's own record, where the state directory has none (a lost one,
+        // or one from an agent before the schedule).
+        if let RotationState::Done {
+            slot,
+            since: since @ None,
+            ..
+        } = &mut rotation
+        {
+            *since = self.key_made(*slot);
+        }
         let key_attestation = match key.as_ref().and_then(|k| self.key_attestation(&k.kid)) {
             Some(true) => "attested",
             Some(false) => "unattested",

@@ -367,3 +367,31 @@ fn key_public_area_is_the_tpm2b_public_the_tpm_names() {
     name.extend_from_slice(&Sha256::digest(&area[2..]));
     assert_eq!(tpm.key_name(KeySlot::B).unwrap(), name);
 }
+
+#[test]
+fn the_tpm_keeps_when_each_key_was_made_until_the_key_is_erased() {
+    let swtpm = Swtpm::temp_manufactured().unwrap();
+    let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
+    assert_eq!(tpm.key_made(KeySlot::A).unwrap(), None);
+    tpm.record_key_made(KeySlot::A, 1_700_000_000).unwrap();
+    tpm.create_device_key(KeySlot::A).unwrap();
+    tpm.record_key_made(KeySlot::B, -3).unwrap();
+    tpm.create_device_key(KeySlot::B).unwrap();
+    // Read back on another connection: it is in the TPM, not in this process.
+    drop(tpm);
+    let mut tpm = Tpm::open(&swtpm.tcti()).unwrap();
+    assert_eq!(tpm.key_made(KeySlot::A).unwrap(), Some(1_700_000_000));
+    assert_eq!(tpm.key_made(KeySlot::B).unwrap(), Some(-3));
+    // A newer key in the slot overwrites it; erasing the key forgets it.
+    tpm.erase_device_key(KeySlot::A).unwrap();
+    assert_eq!(tpm.key_made(KeySlot::A).unwrap(), None);
+    tpm.record_key_made(KeySlot::B, 1_800_000_000).unwrap();
+    assert_eq!(tpm.key_made(KeySlot::B).unwrap(), Some(1_800_000_000));
+    tpm.erase_device_key(KeySlot::B).unwrap();
+    assert_eq!(tpm.key_made(KeySlot::B).unwrap(), None);
+    // A record left by a crash between erasing a key and forgetting its age goes with the
+    // next erase of the (empty) slot.
+    tpm.record_key_made(KeySlot::A, 5).unwrap();
+    tpm.erase_device_key(KeySlot::A).unwrap();
+    assert_eq!(tpm.key_made(KeySlot::A).unwrap(), None);
+}

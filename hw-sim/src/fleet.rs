@@ -77,6 +77,25 @@ pub enum FleetError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The directory holds a fleet (its TPMs' pid files) but none of its TPMs runs.
+    #[error(
+        "{dir} holds a fleet ({pid_files} TPM pid files) but none of its TPMs is running: \
+         nothing was stopped{}",
+        if *stale == *pid_files {
+            "; they had all exited already (their stale pid files were removed)".to_owned()
+        } else {
+            format!("; {} pid files name a live process that does not serve this fleet's \
+                     state directories", pid_files - stale)
+        }
+    )]
+    NothingRunning {
+        /// The fleet directory.
+        dir: PathBuf,
+        /// Pid files found.
+        pid_files: usize,
+        /// Of those, how many named no live process (removed).
+        stale: usize,
+    },
     /// A TPM would not stop.
     #[error("cannot stop swtpm process {pid} of {dir}")]
     Stop {
@@ -97,6 +116,13 @@ pub fn serial(index: usize) -> String {
 /// Manufactures (unless already manufactured) and starts `count` TPMs under `dir`, leaves them
 /// running in the background, and writes `dir/manifest.csv`.
 pub fn up(dir: &Path, count: usize) -> Result<Vec<FleetDevice>, FleetError> {
+    // Absolute from here on: the TPMs, the manifest and a later `down` (maybe from another
+    // directory, maybe given another spelling of the path) must all name the same place.
+    fs::create_dir_all(dir).map_err(|source| FleetError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let dir = &canonical(dir)?;
     let running = running_pids(dir)?.len();
     if running > 0 {
         return Err(FleetError::AlreadyUp {
@@ -156,16 +182,79 @@ pub fn up(dir: &Path, count: usize) -> Result<Vec<FleetDevice>, FleetError> {
 }
 
 /// Stops every TPM that [`up`] started under `dir` and nothing else: a pid is signalled only
-/// while `/proc/PID/cmdline` is a swtpm serving that device's state directory. Returns how
-/// many were stopped.
+/// while `/proc/PID/cmdline` is a swtpm serving that device's state directory (paths compared
+/// canonically, so `fleet`, `./fleet` and `/abs/fleet` are one fleet). Returns how many were
+/// stopped: 0 for a directory with no fleet up; a directory whose fleet left pid files but
+/// none of whose TPMs runs is an error ([`FleetError::NothingRunning`]).
 pub fn down(dir: &Path) -> Result<usize, FleetError> {
+    let dir = match canonical(dir) {
+        Ok(dir) => dir,
+        Err(FleetError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(0)
+        }
+        Err(e) => return Err(e),
+    };
     let mut stopped = 0;
-    for (device_dir, pid) in running_pids(dir)? {
+    for (device_dir, pid) in running_pids(&dir)? {
         stop(&device_dir, pid)?;
         let _ = fs::remove_file(device_dir.join("swtpm.pid"));
         stopped += 1;
     }
+    if stopped == 0 {
+        let pid_files = pid_files(&dir)?;
+        if !pid_files.is_empty() {
+            let mut stale = 0;
+            for (file, pid) in &pid_files {
+                if !alive(*pid) {
+                    let _ = fs::remove_file(file);
+                    stale += 1;
+                }
+            }
+            return Err(FleetError::NothingRunning {
+                dir,
+                pid_files: pid_files.len(),
+                stale,
+            });
+        }
+    }
     Ok(stopped)
+}
+
+/// Whether `pid` names a process that has not exited (a zombie has).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(!matches!(state, 'Z' | 'X'))
+        })
+        .unwrap_or(false)
+}
+
+fn canonical(dir: &Path) -> Result<PathBuf, FleetError> {
+    fs::canonicalize(dir).map_err(|source| FleetError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Every device's `swtpm.pid` under `dir` and the pid it names.
+fn pid_files(dir: &Path) -> Result<Vec<(PathBuf, u32)>, FleetError> {
+    let mut found = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|source| FleetError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let file = entry.path().join("swtpm.pid");
+        if let Some(pid) = fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            found.push((file, pid));
+        }
+    }
+    Ok(found)
 }
 
 fn bring_up(dir: &Path, serial: &str, ca: &LocalCa) -> Result<FleetDevice, FleetError> {
@@ -260,7 +349,8 @@ fn running_pids(dir: &Path) -> Result<Vec<(PathBuf, u32)>, FleetError> {
 }
 
 /// Whether process `pid` is a swtpm serving the state directory of `device_dir` (guards
-/// against a recycled pid).
+/// against a recycled pid). The paths are compared canonically: the process may have been
+/// given a relative one, which counts from its own working directory.
 fn serves(pid: u32, device_dir: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -269,8 +359,17 @@ fn serves(pid: u32, device_dir: &Path) -> bool {
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let state_arg = format!("dir={}", swtpm::state_dir(device_dir).display());
-    args.first().is_some_and(|a| a.ends_with("swtpm")) && args.contains(&state_arg)
+    if !args.first().is_some_and(|a| a.ends_with("swtpm")) {
+        return false;
+    }
+    let Ok(want) = fs::canonicalize(swtpm::state_dir(device_dir)) else {
+        return false;
+    };
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+    args.iter()
+        .filter_map(|a| a.strip_prefix("dir="))
+        .map(|d| cwd.join(d.split(',').next().unwrap_or(d)))
+        .any(|d| fs::canonicalize(d).is_ok_and(|d| d == want))
 }
 
 fn stop(device_dir: &Path, pid: u32) -> Result<(), FleetError> {
@@ -362,5 +461,27 @@ mod tests {
         assert_eq!(down(temp.path()).unwrap(), 0);
         let pid = bystander.pid().unwrap();
         assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn down_finds_a_fleet_by_any_spelling_of_its_path_and_says_when_nothing_runs() {
+        let temp = tempfile::tempdir().unwrap();
+        let fleet = temp.path().join("fleet");
+        let _down = Down(&fleet);
+        let devices = up(&fleet, 1).unwrap();
+        // Another spelling: through `..` and a symlink.
+        let link = temp.path().join("link");
+        std::os::unix::fs::symlink(temp.path(), &link).unwrap();
+        let other = link.join("fleet").join("..").join("fleet");
+        assert_eq!(down(&other).unwrap(), 1);
+        assert!(!serves(devices[0].pid, &fleet.join(&devices[0].serial)));
+
+        // A pid file left behind by a TPM that died on its own: an error, and cleaned up.
+        let pid_file = fleet.join(&devices[0].serial).join("swtpm.pid");
+        fs::write(&pid_file, format!("{}\n", devices[0].pid)).unwrap();
+        let err = down(&fleet).unwrap_err().to_string();
+        assert!(err.contains("none of its TPMs is running"), "{err}");
+        assert!(!pid_file.exists());
+        assert_eq!(down(&fleet).unwrap(), 0, "nothing left: no fleet up");
     }
 }

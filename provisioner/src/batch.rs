@@ -191,6 +191,7 @@ pub fn run(
             report
                 .append(&line)
                 .map_err(|source| BatchError::Report { source })?;
+            station.observe(&line.serial, crate::device::Step::Reported);
             summary.count(line.outcome);
             bar.set_message(format!("{} {}", line.serial, line.outcome.as_str()));
             if !line.outcome.is_success() {

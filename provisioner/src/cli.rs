@@ -30,7 +30,9 @@ pub struct Common {
     /// Station credentials: JSON {"client_id","client_secret"}, mode 0600.
     #[arg(long, global = true, env = "HALLMARK_STATION")]
     pub station: Option<PathBuf>,
-    /// Delete and redo registrations whose factory secret was lost (needs devices:admin).
+    /// Delete and redo registrations whose factory secret was lost and which this station
+    /// cannot withdraw itself (another station's, or older than 15 minutes; needs
+    /// devices:admin).
     #[arg(long, global = true)]
     pub reset_lost: bool,
 }

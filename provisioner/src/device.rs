@@ -6,22 +6,30 @@
 //! | 201 created                       | no                      | seal, write config: `provisioned` |
 //! | 201 created                       | yes                     | `tpm-occupied` (refused)    |
 //! | 409, same EK                      | yes                     | `already-provisioned`²      |
-//! | 409, same EK                      | no                      | `needs-reset`³              |
+//! | 409, same EK                      | no                      | withdraw, register, seal: `reprovisioned`³ |
 //! | 409, other EK                     | either                  | `conflict` (refused)        |
 //! | 409 `ek_in_use` (another serial)  | either                  | `conflict` (refused)        |
 //!
 //! ¹ The factory secret, or a device key once the agent has rotated it away on first boot.
 //! ² The TPM is not touched; the config is rewritten only if missing or naming another server,
 //!   client, TPM or CA (see [`config_out::ensure`]).
-//! ³ The secret was lost between registration and sealing (a crash, a lost response). Only the
-//!   server could re-issue it and it never shows a secret twice, so the registration must go:
-//!   an operator deletes it (`DELETE /admin/devices/{client_id}`, scope `devices:admin`) and
-//!   reruns, or the station does it itself when run with `--reset-lost` and its client may
-//!   have `devices:admin` (`reprovisioned`). Deleting is not the default: another station
-//!   could be halfway through this very device.
+//! ³ The secret was lost between registration and sealing (a killed batch, a lost response).
+//!   Only the server could re-issue it and it never shows a secret twice, so the registration
+//!   must go. The station takes back its own registration itself (`POST
+//!   /admin/devices/{client_id}/withdraw`, scope `devices:provision`: within 15 minutes of
+//!   registering, while the device never rotated) and registers the device again. Past that
+//!   window, or for another station's registration, it is `needs-reset`: an operator deletes
+//!   the registration (`DELETE /admin/devices/{client_id}`, scope `devices:admin`) and reruns,
+//!   or the station does it itself with `--reset-lost` if its client may have
+//!   `devices:admin`. Deleting another station's registration is never the default: that
+//!   station could be halfway through this very device.
+//!
+//! Every step a device passes is reported to the station's observer ([`Step`]); the binary's
+//! test-only fault hook stops the process there, as a power cut would.
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -49,12 +57,72 @@ pub struct DeviceSpec {
     pub config_out: PathBuf,
 }
 
+/// A step of provisioning one device, reported to the station's observer once done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// The TPM's EK and what it holds were read; nothing is registered yet.
+    EkRead,
+    /// The server registered the device; its secret is not sealed yet.
+    Registered,
+    /// A registration whose secret was lost was withdrawn; the device is not registered now.
+    Withdrawn,
+    /// The factory secret is sealed in the TPM and read back; the config is not written yet.
+    Sealed,
+    /// The agent config is written; the report line is not.
+    ConfigWritten,
+    /// The device's report line is written (batches only).
+    Reported,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Step; 6] = [
+        Step::EkRead,
+        Step::Registered,
+        Step::Withdrawn,
+        Step::Sealed,
+        Step::ConfigWritten,
+        Step::Reported,
+    ];
+
+    /// Its name, as the fault hook spells it (an interface of the test suite).
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::EkRead => "ek_read",
+            Step::Registered => "registered",
+            Step::Withdrawn => "withdrawn",
+            Step::Sealed => "sealed",
+            Step::ConfigWritten => "config_written",
+            Step::Reported => "reported",
+        }
+    }
+
+    /// The step of that name.
+    pub fn from_name(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Told of every step every device passes: the serial and the step.
+pub type Observer = Arc<dyn Fn(&str, Step) + Send + Sync>;
+
 /// A factory station: a client of one server, the CA devices will pin, and its policy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Station {
     client: StationClient,
     ca_pem: Vec<u8>,
     reset_lost: bool,
+    observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for Station {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Station")
+            .field("client", &self.client)
+            .field("reset_lost", &self.reset_lost)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why one device was not provisioned.
@@ -113,16 +181,27 @@ pub enum DeviceError {
         /// Its serial.
         serial: String,
     },
-    /// The server knows the device but its secret never reached the TPM.
+    /// The server knows the device but its secret never reached the TPM, and this station
+    /// may not take the registration back itself.
     #[error(
         "the server knows this device (client_id {client_id}) but its TPM holds no credential: \
-         the factory secret was lost before sealing; delete the registration \
-         (DELETE /admin/devices/{client_id}, scope devices:admin) and rerun, or rerun with \
-         --reset-lost"
+         the factory secret was lost before sealing, and this station cannot withdraw the \
+         registration itself ({why}); delete it (DELETE /admin/devices/{client_id}, scope \
+         devices:admin) and rerun, or rerun with --reset-lost"
     )]
     NeedsReset {
         /// The registration to delete.
         client_id: String,
+        /// Why the station could not withdraw it.
+        why: String,
+    },
+    /// Withdrawing a registration whose secret was lost failed (not a refusal).
+    #[error("cannot withdraw the registration {client_id} whose secret was lost")]
+    Withdraw {
+        /// The registration.
+        client_id: String,
+        /// The station's error.
+        source: StationError,
     },
     /// The TPM holds a credential from a registration the server does not know under this
     /// serial. The registration just made was withdrawn again, unless `withdrawn` is false.
@@ -210,12 +289,27 @@ pub fn one_line(err: &dyn StdError) -> String {
 
 impl Station {
     /// A station using `client`, writing `ca_pem` beside every config; with `reset_lost`, it
-    /// deletes and redoes registrations whose secret was lost (needs `devices:admin`).
+    /// deletes and redoes registrations whose secret was lost and which it cannot withdraw
+    /// itself (needs `devices:admin`).
     pub fn new(client: StationClient, ca_pem: Vec<u8>, reset_lost: bool) -> Self {
         Station {
             client,
             ca_pem,
             reset_lost,
+            observer: None,
+        }
+    }
+
+    /// Tell `observer` of every step every device passes.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Report that `serial` passed `step`.
+    pub fn observe(&self, serial: &str, step: Step) {
+        if let Some(observer) = &self.observer {
+            observer(serial, step);
         }
     }
 
@@ -271,8 +365,9 @@ impl Station {
             .map_err(|source| DeviceError::Inventory { source })?;
         let holds_credential = inventory.factory_secret || inventory.slot_a || inventory.slot_b;
 
-        let registration = self.register(spec, &ek)?;
-        let (client_id, secret) = match registration {
+        self.observe(&spec.serial, Step::EkRead);
+
+        let (client_id, secret) = match self.register(spec, &ek)? {
             Registration::Created {
                 client_id,
                 factory_secret,
@@ -304,44 +399,33 @@ impl Station {
                             }
                         })?;
                     report.config = Some(self.write_config(spec, &client_id, false)?);
+                    self.observe(&spec.serial, Step::ConfigWritten);
                     return Ok(if reattested {
                         Outcome::Reattested
                     } else {
                         Outcome::AlreadyProvisioned
                     });
                 }
-                if !self.reset_lost {
-                    return Err(DeviceError::NeedsReset { client_id });
-                }
-                self.client
-                    .delete_device(&client_id)
-                    .map_err(|source| DeviceError::Reset {
-                        client_id: client_id.clone(),
-                        source,
-                    })?;
-                match self.register(spec, &ek)? {
-                    Registration::Created {
+                // The secret never reached this TPM: take the registration back and start over.
+                self.remove_lost(spec, &client_id)?;
+                let Registration::Created {
+                    client_id,
+                    factory_secret,
+                } = self.register(spec, &ek)?
+                else {
+                    // Registered again by someone else between our removal and this request.
+                    return Err(DeviceError::NeedsReset {
                         client_id,
-                        factory_secret,
-                    } => {
-                        report.client_id = Some(client_id.clone());
-                        seal(&mut tpm, &client_id, &factory_secret)?;
-                        drop(tpm);
-                        report.config = Some(self.write_config(spec, &client_id, true)?);
-                        return Ok(Outcome::Reprovisioned);
-                    }
-                    // Someone registered it again between our delete and register.
-                    Registration::Exists { client_id, .. } => {
-                        return Err(DeviceError::NeedsReset { client_id })
-                    }
-                    Registration::EkInUse { client_id, serial } => {
-                        return Err(DeviceError::EkInUse { client_id, serial })
-                    }
-                }
+                        why: "it was registered again meanwhile".into(),
+                    });
+                };
+                return self
+                    .complete(spec, tpm, &client_id, &factory_secret, report)
+                    .map(|()| Outcome::Reprovisioned);
             }
         };
-        report.client_id = Some(client_id.clone());
         if holds_credential {
+            report.client_id = Some(client_id.clone());
             // Leave nothing unused under the serial: a rerun must find the same situation, not
             // a registration it would take for this TPM's own.
             let withdrawn = self.client.withdraw_device(&client_id).unwrap_or(false);
@@ -350,10 +434,63 @@ impl Station {
                 withdrawn,
             });
         }
-        seal(&mut tpm, &client_id, &secret)?;
+        self.complete(spec, tpm, &client_id, &secret, report)
+            .map(|()| Outcome::Provisioned)
+    }
+
+    /// A fresh registration's remaining steps: seal its secret, write the config.
+    fn complete(
+        &self,
+        spec: &DeviceSpec,
+        mut tpm: Tpm,
+        client_id: &str,
+        secret: &str,
+        report: &mut DeviceReport,
+    ) -> Result<(), DeviceError> {
+        report.client_id = Some(client_id.to_owned());
+        self.observe(&spec.serial, Step::Registered);
+        seal(&mut tpm, client_id, secret)?;
         drop(tpm);
-        report.config = Some(self.write_config(spec, &client_id, true)?);
-        Ok(Outcome::Provisioned)
+        self.observe(&spec.serial, Step::Sealed);
+        report.config = Some(self.write_config(spec, client_id, true)?);
+        self.observe(&spec.serial, Step::ConfigWritten);
+        Ok(())
+    }
+
+    /// Remove a registration whose secret was lost: withdrawn by this station if it may (its
+    /// own, recent, never rotated), else deleted with `--reset-lost`, else `needs-reset`.
+    fn remove_lost(&self, spec: &DeviceSpec, client_id: &str) -> Result<(), DeviceError> {
+        let why = match self.client.withdraw_device(client_id) {
+            Ok(true) => {
+                self.observe(&spec.serial, Step::Withdrawn);
+                return Ok(());
+            }
+            Ok(false) => "it is another station's registration".to_owned(),
+            Err(StationError::Refused {
+                status: 409,
+                description,
+                ..
+            }) => description.unwrap_or_else(|| "the server refused".into()),
+            Err(source) => {
+                return Err(DeviceError::Withdraw {
+                    client_id: client_id.to_owned(),
+                    source,
+                })
+            }
+        };
+        if !self.reset_lost {
+            return Err(DeviceError::NeedsReset {
+                client_id: client_id.to_owned(),
+                why,
+            });
+        }
+        self.client
+            .delete_device(client_id)
+            .map_err(|source| DeviceError::Reset {
+                client_id: client_id.to_owned(),
+                source,
+            })?;
+        Ok(())
     }
 
     fn register(
@@ -433,7 +570,8 @@ mod tests {
     fn outcomes_of_refusals() {
         assert_eq!(
             DeviceError::NeedsReset {
-                client_id: "c".into()
+                client_id: "c".into(),
+                why: "w".into(),
             }
             .outcome(),
             Outcome::NeedsReset

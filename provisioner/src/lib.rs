@@ -13,6 +13,6 @@ pub mod device;
 pub mod report;
 pub mod station;
 
-pub use device::{DeviceSpec, Station};
+pub use device::{DeviceSpec, Station, Step};
 pub use report::{DeviceReport, Outcome};
 pub use station::{StationClient, StationCredentials};

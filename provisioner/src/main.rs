@@ -1,14 +1,18 @@
 //! `hallmark-provision`: provision one device or a manifest of them; exit 1 if any device was
-//! not provisioned, 2 if the command could not run.
+//! not provisioned, 2 if the command could not run, 86 when the test-only fault hook fired.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 
 use hallmark_provision::batch::{self, Progress};
 use hallmark_provision::cli::{Cli, Command, Common};
-use hallmark_provision::{DeviceSpec, Station, StationClient, StationCredentials};
+use hallmark_provision::{DeviceSpec, Station, StationClient, StationCredentials, Step};
+
+/// Exit status of a process stopped by the test-only fault hook.
+const FAULT_EXIT: i32 = 86;
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -39,7 +43,25 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let ca_pem =
         std::fs::read(&ca).with_context(|| format!("cannot read the CA {}", ca.display()))?;
     let client = StationClient::new(&server, &ca, &ca_pem, credentials)?;
-    let station = Station::new(client, ca_pem, reset_lost);
+    let mut station = Station::new(client, ca_pem, reset_lost);
+    // Test-only fault hook: `HALLMARK_PROVISION_FAULT=after:<step>` exits the process abruptly
+    // right after the first device passes that step, as a power cut or a kill would (no
+    // destructors, no report line, nothing flushed). Read here only; the library never looks.
+    if let Ok(value) = std::env::var("HALLMARK_PROVISION_FAULT") {
+        let step = value
+            .strip_prefix("after:")
+            .and_then(Step::from_name)
+            .with_context(|| format!("HALLMARK_PROVISION_FAULT={value} names no step"))?;
+        station = station.with_observer(Arc::new(move |serial: &str, passed: Step| {
+            if passed == step {
+                eprintln!(
+                    "hallmark-provision: fault injected after {} of {serial}",
+                    step.name()
+                );
+                std::process::exit(FAULT_EXIT);
+            }
+        }));
+    }
     match cli.command {
         Command::Device(d) => {
             let spec = DeviceSpec {

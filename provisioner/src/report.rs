@@ -21,13 +21,16 @@ pub enum Outcome {
     /// Already provisioned, but registered before attestation without its EK public key: the
     /// station supplied it, so the server can now attest the device's keys.
     Reattested,
-    /// The device's earlier registration had lost its secret; the station deleted it
-    /// (`--reset-lost`) and provisioned the device afresh.
+    /// The device's earlier registration had lost its secret (a kill or a lost answer between
+    /// registering and sealing); the station withdrew it (its own, within the server's window)
+    /// or deleted it (`--reset-lost`) and provisioned the device afresh.
     Reprovisioned,
     /// The serial is registered with a different EK: another TPM owns this identity. Refused.
     Conflict,
     /// The server knows this serial with this EK but the TPM holds no credential: the secret
-    /// was lost between registration and sealing. An operator must delete the registration.
+    /// was lost between registration and sealing, and the station may not withdraw the
+    /// registration itself (another station's, or older than the server's window). An operator
+    /// must delete the registration.
     NeedsReset,
     /// The TPM already holds a Hallmark credential the server does not know under this serial.
     TpmOccupied,

@@ -51,6 +51,9 @@ pub enum AccountError {
     /// The database could not be opened or written (is the server still running?).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The data directory's store could not be opened.
+    #[error(transparent)]
+    Backend(crate::backend::BackendError),
 }
 
 /// The slots for Argon2id runs: a request that finds none free is turned away at once (the
@@ -225,7 +228,6 @@ pub fn add_user_from(
     name: &str,
     mut input: impl std::io::BufRead,
 ) -> Result<String, AccountError> {
-    use crate::store::{AuditLog as _, Durability as _, UserStore as _};
     let mut line = Zeroizing::new(String::new());
     input
         .read_line(&mut line)
@@ -233,16 +235,31 @@ pub fn add_user_from(
     let password = line.trim_end_matches(['\n', '\r']);
     let now = crate::unix_now();
     let user = new_user(name, password, now)?;
-    let store = crate::store::SledStore::open(&data_dir.join(crate::datadir::DB_DIR))?;
-    if !store.insert_new_user(&user)? {
-        return Err(AccountError::Exists(user.username));
-    }
-    let event = AuditEvent::new("user.created", Outcome::Success)
-        .actor("cli")
-        .subject(&user.username);
-    store.append(event, now * 1000)?;
-    store.flush()?;
-    Ok(user.username)
+    crate::store::block_on(async {
+        use crate::backend::{database_of, open, Role};
+        let database = database_of(data_dir).map_err(AccountError::Backend)?;
+        let backend = open(data_dir, database.as_ref(), Role::Command)
+            .await
+            .map_err(AccountError::Backend)?;
+        let store = backend.store;
+        if !store.insert_new_user(&user).await? {
+            return Err(AccountError::Exists(user.username));
+        }
+        let event = AuditEvent::new("user.created", Outcome::Success)
+            .actor("cli")
+            .subject(&user.username);
+        store.append(event, now * 1000)?;
+        // Durability::flush may block (it is meant for a blocking thread).
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| {
+                AccountError::Backend(crate::backend::BackendError::Config {
+                    path: "flush".into(),
+                    reason: e.to_string(),
+                })
+            })??;
+        Ok(user.username)
+    })?
 }
 
 impl AuthServer {
@@ -270,7 +287,8 @@ impl AuthServer {
         if !self
             .users
             .insert_new_user(&user)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
             return Err(OAuthError::InvalidRequest(
                 AccountError::Exists(user.username).to_string().into(),
@@ -301,7 +319,7 @@ impl AuthServer {
         };
         let username = normalize_username(name).ok();
         let user = match &username {
-            Some(n) => self.users.user(n).map_err(OAuthError::internal)?,
+            Some(n) => self.users.user(n).await.map_err(OAuthError::from)?,
             None => None,
         };
         let stored = user.as_ref().map(|u| u.password_hash.clone());

@@ -55,11 +55,17 @@ pub enum UserCommand {
 #[non_exhaustive]
 pub enum AuditCommand {
     /// Check the hash chain: prints `audit chain intact: N entries` and exits 0, or names the
-    /// first broken entry and exits 1.
+    /// first broken entry and exits 1. With checkpoints, also checks the chain against each:
+    /// it must reach the checkpoint's seq with the hash it recorded, else the checkpoint is
+    /// named and the exit is 1.
     Verify {
         /// Data directory.
         #[arg(long, env = "HALLMARK_DATA_DIR")]
         data_dir: PathBuf,
+        /// A signed checkpoint kept from `GET /admin/audit/checkpoint` or the server's log (the
+        /// file may hold the JSON answer, the log line or the bare JWS); repeatable.
+        #[arg(long = "checkpoint", value_name = "FILE", num_args = 1..)]
+        checkpoints: Vec<PathBuf>,
     },
 }
 
@@ -88,6 +94,18 @@ pub struct InitArgs {
     /// Issuer URL (https; http only for a loopback host).
     #[arg(long, env = "HALLMARK_ISSUER", default_value = crate::datadir::DEFAULT_ISSUER)]
     pub issuer: String,
+    /// PostgreSQL connection string: create or migrate the schema there and keep everything in
+    /// it (written to hallmark.toml, which is then 0600). Default: the embedded store.
+    #[arg(
+        long = "database",
+        env = "HALLMARK_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// PEM bundle of the CAs the database's TLS certificate must chain to.
+    #[arg(long, env = "HALLMARK_DATABASE_CA", value_name = "PEM")]
+    pub database_ca: Option<PathBuf>,
     /// Host names and IP addresses for the server certificate.
     #[arg(
         long,
@@ -110,6 +128,17 @@ pub struct ServeArgs {
     /// Listen address, IP:PORT.
     #[arg(long, env = "HALLMARK_LISTEN")]
     pub listen: Option<String>,
+    /// PostgreSQL connection string instead of the embedded store (replicas share it).
+    #[arg(
+        long = "database",
+        env = "HALLMARK_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// PEM bundle of the CAs the database's TLS certificate must chain to.
+    #[arg(long, env = "HALLMARK_DATABASE_CA", value_name = "PEM")]
+    pub database_ca: Option<PathBuf>,
     /// PEM certificate chain (default: the one init made).
     #[arg(long, env = "HALLMARK_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -177,6 +206,14 @@ pub struct ServeArgs {
     /// set, every device registration must carry an EK certificate.
     #[arg(long, env = "HALLMARK_EK_ROOTS", value_name = "PEM")]
     pub ek_roots: Option<PathBuf>,
+    /// Seconds between attempts to recover failing storage, 1 to 60; also the Retry-After of
+    /// the 503s writes get meanwhile (default 2).
+    #[arg(long, env = "HALLMARK_STORAGE_RETRY_INTERVAL")]
+    pub storage_retry_interval: Option<u64>,
+    /// Seconds between the signed audit checkpoints the server logs, 10 to 86400; 0 = none
+    /// (default 3600).
+    #[arg(long, env = "HALLMARK_AUDIT_CHECKPOINT_INTERVAL")]
+    pub audit_checkpoint_interval: Option<u64>,
     /// Device flow, refresh token and verification-page settings.
     #[command(flatten)]
     pub device_flow: Box<DeviceFlowArgs>,
@@ -188,6 +225,8 @@ impl ServeArgs {
         ConfigLayer {
             issuer: None,
             listen: self.listen.clone(),
+            database_url: self.database_url.clone(),
+            database_ca: self.database_ca.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             insecure_http: self.insecure_http.then_some(true),
@@ -204,11 +243,14 @@ impl ServeArgs {
             trusted_proxies: (!self.trusted_proxies.is_empty())
                 .then(|| self.trusted_proxies.clone()),
             device_scopes: (!self.device_scopes.is_empty()).then(|| self.device_scopes.clone()),
+            storage_retry_interval: self.storage_retry_interval,
+            audit_checkpoint_interval: self.audit_checkpoint_interval,
             attestation: self.attestation.clone(),
             ek_roots: self.ek_roots.clone(),
             device_code_expires_in: self.device_flow.device_code_expires_in,
             device_poll_interval: self.device_flow.device_poll_interval,
             refresh_token_ttl: self.device_flow.refresh_token_ttl,
+            refresh_token_grace: self.device_flow.refresh_token_grace,
             code_failures_per_session: self.device_flow.code_failures_per_session,
             code_failures_per_account: self.device_flow.code_failures_per_account,
             code_failures_per_source: self.device_flow.code_failures_per_source,
@@ -241,6 +283,10 @@ pub struct DeviceFlowArgs {
     /// Refresh token lifetime in seconds (default 30 days).
     #[arg(long, env = "HALLMARK_REFRESH_TOKEN_TTL")]
     pub refresh_token_ttl: Option<u64>,
+    /// Seconds after its rotation during which a refresh token is accepted once more and
+    /// answered with the same successor (a lost response), 0 to 300; 0 = never (default 30).
+    #[arg(long, env = "HALLMARK_REFRESH_TOKEN_GRACE")]
+    pub refresh_token_grace: Option<u64>,
     /// User codes matching no request per verification-page session per lockout window
     /// (default 5).
     #[arg(long, env = "HALLMARK_CODE_FAILURES_PER_SESSION")]

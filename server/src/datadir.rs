@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::keys::{KeyError, KeyFile};
 use crate::oauth::registration::{client_from_metadata, ClientMetadata, ADMIN_SCOPES};
 use crate::secret::Secret;
-use crate::store::{ClientStore, Durability, SledStore, StoreError};
+use crate::store::{Durability, SledStore, StoreError};
 use crate::tls::TlsError;
 
 /// Base configuration written by `init`; its presence marks a data directory as initialised.
@@ -30,6 +30,8 @@ pub struct InitOptions {
     pub issuer: String,
     /// Names and addresses for the server certificate.
     pub hosts: Vec<String>,
+    /// Keep everything in this PostgreSQL database instead of the embedded store.
+    pub database: Option<crate::backend::Database>,
 }
 
 /// What `init` hands the operator, once.
@@ -75,6 +77,9 @@ pub enum InitError {
     /// The database could not be created.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The database could not be prepared.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
     /// The verification page's cookie key could not be made.
     #[error(transparent)]
     PageKey(#[from] crate::web::visitor::CookieKeyError),
@@ -106,8 +111,9 @@ pub fn validate_issuer(issuer: &str) -> Result<String, String> {
     Ok(issuer.trim_end_matches('/').to_owned())
 }
 
-/// Create a new data directory. Never overwrites: a directory that holds anything is refused.
-pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
+/// Create a new data directory (and, with a database, its schema and first records). Never
+/// overwrites: a directory that holds anything is refused.
+pub async fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     let dir = &opts.data_dir;
     let shown = dir.display().to_string();
     let issuer = validate_issuer(&opts.issuer).map_err(InitError::Issuer)?;
@@ -137,9 +143,11 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     }
 
     let now = crate::unix_now();
-    let mut keys = KeyFile::default();
-    keys.add_new(now, now);
-    keys.save(dir)?;
+    if opts.database.is_none() {
+        let mut keys = KeyFile::default();
+        keys.add_new(now, now);
+        keys.save(dir)?;
+    }
     crate::web::visitor::CookieKey::load_or_create(dir)?;
 
     let mut hosts = opts.hosts.clone();
@@ -178,7 +186,6 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
         })?;
     }
 
-    let store = SledStore::open(&dir.join(DB_DIR))?;
     let (admin, secret) = client_from_metadata(
         ClientMetadata {
             client_name: Some("Hallmark administrator".into()),
@@ -189,8 +196,28 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     )
     .map_err(|e| InitError::Issuer(e.to_string()))?;
     let secret = secret.ok_or_else(|| InitError::Issuer("admin client got no secret".into()))?;
-    store.put_client(&admin)?;
-    store.flush()?;
+    let mut database_lines = String::new();
+    match &opts.database {
+        None => {
+            let store = SledStore::open(&dir.join(DB_DIR))?;
+            store.put_client_now(&admin)?;
+            store.flush()?;
+        }
+        Some(db) => {
+            crate::backend::init_database(dir, db, &admin, now).await?;
+            // The URL may carry a password: the file is then readable by its owner only.
+            database_lines = format!(
+                "database_url = {}\n",
+                toml::Value::String(db.url.expose().to_owned())
+            );
+            if let Some(ca) = &db.ca {
+                database_lines.push_str(&format!(
+                    "database_ca = {}\n",
+                    toml::Value::String(ca.display().to_string())
+                ));
+            }
+        }
+    }
 
     let listen_port = url::Url::parse(&issuer)
         .ok()
@@ -200,11 +227,16 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
         "# Written by `hallmark-server init`. This is the base layer of serve's settings:\n\
          # --config FILE, HALLMARK_* environment variables and flags override it.\n\
          issuer = \"{issuer}\"\n\
-         listen = \"127.0.0.1:{listen_port}\"\n"
+         listen = \"127.0.0.1:{listen_port}\"\n{database_lines}"
     );
     // Written last: its presence means init finished.
     let config_path = dir.join(CONFIG_FILE);
-    write_atomic(&config_path, config.as_bytes(), 0o644).map_err(|source| InitError::Io {
+    let mode = if opts.database.is_some() {
+        0o600
+    } else {
+        0o644
+    };
+    write_atomic(&config_path, config.as_bytes(), mode).map_err(|source| InitError::Io {
         path: config_path.display().to_string(),
         source,
     })?;
@@ -217,22 +249,50 @@ pub fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
     })
 }
 
-/// `audit verify`: check the audit chain of a stopped server's data directory.
+/// `audit verify`: check the audit chain of a stopped server's data directory, then each
+/// checkpoint against it (see [`crate::checkpoint`]). The entries, and the checkpoints that
+/// matched; an error names the first broken entry or the first checkpoint that failed.
 pub fn verify_audit(
     data_dir: &Path,
-) -> Result<Result<u64, crate::store::audit::ChainBreak>, StoreError> {
-    use crate::store::AuditLog as _;
-    SledStore::open(&data_dir.join(DB_DIR))?.verify()
+    checkpoints: &[PathBuf],
+) -> Result<(u64, Vec<crate::checkpoint::Matched>), crate::checkpoint::CheckpointError> {
+    use crate::backend::{database_of, open, Role};
+    let database = database_of(data_dir)?;
+    // The issuer `init` wrote; checkpoints must be this server's.
+    let issuer = crate::config::ConfigLayer::load(&data_dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|layer| layer.issuer)
+        .unwrap_or_default();
+    crate::store::block_on(async {
+        let backend = open(data_dir, database.as_ref(), Role::Command).await?;
+        let key_file = backend.keys.load().await?;
+        crate::checkpoint::Verifier::new(&*backend.store, &key_file, issuer)?
+            .verify(checkpoints)
+            .await
+    })?
 }
 
 /// `keys rotate`: add a key signing in `activate_in` seconds, prune dead ones; the new kid.
-pub fn rotate_keys(data_dir: &Path, activate_in: u64) -> Result<String, KeyError> {
-    let mut file = KeyFile::load(data_dir)?;
+pub fn rotate_keys(
+    data_dir: &Path,
+    activate_in: u64,
+) -> Result<String, crate::backend::BackendError> {
+    use crate::backend::{database_of, open, Role};
     // Keep retired keys for the longest lifetime serve accepts plus the largest skew.
     let keep = 86_400 + 300;
-    let kid = file.rotate(crate::unix_now(), activate_in, keep);
-    file.save(data_dir)?;
-    Ok(kid)
+    let database = database_of(data_dir)?;
+    crate::store::block_on(async {
+        let backend = open(data_dir, database.as_ref(), Role::Command).await?;
+        let mut kid = String::new();
+        backend
+            .keys
+            .update(&mut |file| {
+                kid = file.rotate(crate::unix_now(), activate_in, keep);
+                true
+            })
+            .await?;
+        Ok(kid)
+    })?
 }
 
 /// Write a secret file: temp file with mode 0600, fsync, rename, fsync the directory.
@@ -285,15 +345,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn init_refuses_to_run_twice_or_into_a_full_dir() {
+    #[tokio::test]
+    async fn init_refuses_to_run_twice_or_into_a_full_dir() {
         let tmp = tempfile::tempdir().unwrap();
         let opts = InitOptions {
             data_dir: tmp.path().join("srv"),
             issuer: DEFAULT_ISSUER.into(),
             hosts: vec!["localhost".into()],
+            database: None,
         };
-        let out = init(&opts).unwrap();
+        let out = init(&opts).await.unwrap();
         assert!(out.ca_cert.exists());
         let mode = std::fs::metadata(opts.data_dir.join(crate::keys::KEY_FILE))
             .unwrap()
@@ -305,12 +366,15 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(matches!(init(&opts), Err(InitError::AlreadyInitialised(_))));
+        assert!(matches!(
+            init(&opts).await,
+            Err(InitError::AlreadyInitialised(_))
+        ));
         std::fs::write(tmp.path().join("other"), b"x").unwrap();
         let opts2 = InitOptions {
             data_dir: tmp.path().to_owned(),
             ..opts
         };
-        assert!(matches!(init(&opts2), Err(InitError::NotEmpty(_))));
+        assert!(matches!(init(&opts2).await, Err(InitError::NotEmpty(_))));
     }
 }

@@ -43,6 +43,12 @@ pub enum KeyError {
         /// What is wrong, never key material.
         reason: String,
     },
+    /// The database holding the keys failed.
+    #[error("signing keys in the database: {reason}")]
+    Store {
+        /// What failed.
+        reason: String,
+    },
     /// No key may sign now.
     #[error("no signing key is active; run `hallmark-server keys rotate`")]
     NoActiveKey,
@@ -199,6 +205,22 @@ impl ActiveKey {
             &mut out,
         );
         out
+    }
+}
+
+impl ActiveKey {
+    /// Sign `payload_json` as a compact JWS of media type `typ` (RFC 7515 §4.1.9), for what
+    /// the server signs besides access tokens (audit checkpoints): a distinct `typ` keeps one
+    /// from ever passing for the other.
+    pub fn sign_typed(&self, typ: &str, payload_json: &[u8]) -> String {
+        let header = serde_json::json!({"alg": "EdDSA", "typ": typ, "kid": self.kid});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(payload_json)
+        );
+        let signature = self.key.sign(input.as_bytes());
+        format!("{input}.{}", b64(&signature.to_bytes()))
     }
 }
 

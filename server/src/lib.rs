@@ -4,6 +4,8 @@
 
 pub mod accounts;
 pub mod attest;
+pub mod backend;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -30,11 +30,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => {
-            let out = datadir::init(&InitOptions {
+            let database = match args.database_url.filter(|u| !u.is_empty()) {
+                None => None,
+                Some(url) => Some(hallmark_server::backend::Database {
+                    url: hallmark_server::store::DatabaseUrl::parse(&url)?,
+                    ca: args.database_ca,
+                }),
+            };
+            let out = hallmark_server::store::block_on(datadir::init(&InitOptions {
                 data_dir: args.data_dir,
                 issuer: args.issuer,
                 hosts: args.hosts,
-            })?;
+                database,
+            }))??;
             let ca_cert = std::fs::canonicalize(&out.ca_cert).unwrap_or(out.ca_cert);
             println!(
                 "{}",
@@ -56,18 +64,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(hallmark_server::serve::serve(settings))?;
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { data_dir }) => {
-            match datadir::verify_audit(&data_dir)? {
-                Ok(n) => {
-                    println!("audit chain intact: {n} entries");
-                    Ok(())
+        Command::Audit(AuditCommand::Verify {
+            data_dir,
+            checkpoints,
+        }) => match datadir::verify_audit(&data_dir, &checkpoints) {
+            Ok((n, matched)) => {
+                for m in &matched {
+                    let cp = &m.checkpoint;
+                    let signed = m
+                        .signed_by
+                        .as_ref()
+                        .map_or_else(|why| why.clone(), |kid| format!("signed by {kid}"));
+                    println!(
+                        "checkpoint {}: entry {} matches (made {}; {signed})",
+                        m.path.display(),
+                        cp.seq,
+                        hallmark_server::checkpoint::utc(cp.time)
+                    );
                 }
-                Err(broken) => {
-                    println!("{broken}");
-                    std::process::exit(1);
-                }
+                println!("audit chain intact: {n} entries");
+                Ok(())
             }
-        }
+            Err(e) if e.is_finding() => {
+                println!("{e}");
+                std::process::exit(1);
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Keys(KeysCommand::Rotate {
             data_dir,
             activate_in,

@@ -1,6 +1,7 @@
 //! Prometheus metrics (OpenMetrics text at `GET /metrics`): requests by endpoint and status,
 //! tokens issued by grant, audited events, client authentication failures, the group-commit
-//! queue depth and storage flush latency, password checks run and turned away.
+//! queue depth and storage flush latency, storage failures and recoveries, password checks run
+//! and turned away.
 
 use std::sync::atomic::AtomicI64;
 
@@ -57,6 +58,12 @@ pub struct Metrics {
     pub password_checks: Counter,
     /// Sign-ins turned away because every password-check slot was busy.
     pub password_checks_busy: Counter,
+    /// 1 while storage is failing (writes refused with 503), else 0.
+    pub storage_failing: Gauge<i64, AtomicI64>,
+    /// Times storage started failing.
+    pub storage_failures: Counter,
+    /// Times storage recovered from a failure.
+    pub storage_recoveries: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +79,9 @@ impl Default for Metrics {
             flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             password_checks: Counter::default(),
             password_checks_busy: Counter::default(),
+            storage_failing: Gauge::default(),
+            storage_failures: Counter::default(),
+            storage_recoveries: Counter::default(),
         }
     }
 }
@@ -124,6 +134,21 @@ impl Metrics {
             "password_checks_busy",
             "Sign-ins refused with 503 because every password-check slot was busy",
             self.password_checks_busy.clone(),
+        );
+        r.register(
+            "storage_failing",
+            "1 while storage is failing and writes are refused with 503",
+            self.storage_failing.clone(),
+        );
+        r.register(
+            "storage_failures",
+            "Times storage started failing (a flush failed)",
+            self.storage_failures.clone(),
+        );
+        r.register(
+            "storage_recoveries",
+            "Times storage recovered from a failure without a restart",
+            self.storage_recoveries.clone(),
         );
         r
     }

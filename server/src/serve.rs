@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
+use crate::backend::{BackendError, KeySource, Role};
 use crate::config::{ServeSettings, Transport};
 use crate::conn::Limiter;
-use crate::datadir::DB_DIR;
-use crate::keys::{KeyError, KeyFile, KeyRing, Keys};
+use crate::keys::{KeyError, KeyRing, Keys};
 use crate::oauth::{AuthServer, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::{Durability, GroupCommit, SledStore, StoreError, TokenStore};
+use crate::store::{GroupCommit, StorageHealth, Store, StoreError};
 use crate::tls::TlsError;
 use crate::web::visitor::{CookieKey, CookieKeyError};
 
@@ -22,6 +22,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(300);
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long they get when the server stops because storage is lost.
+const STORAGE_LOST_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum ServeError {
     /// Storage could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data directory's store could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// Signing keys could not be loaded.
     #[error(transparent)]
     Keys(#[from] KeyError),
@@ -39,6 +44,10 @@ pub enum ServeError {
     /// The verification page's cookie key could not be loaded or made.
     #[error(transparent)]
     PageKey(#[from] CookieKeyError),
+    /// Storage failed in a way this process cannot recover from (the reason is logged); a
+    /// supervisor restarting the server is the way back.
+    #[error("storage cannot recover in this process: {0}")]
+    StorageLost(String),
     /// The listen address could not be bound or the server failed.
     #[error("cannot serve on {addr}")]
     Listen {
@@ -56,16 +65,25 @@ pub struct Built {
     pub oauth: AuthServer,
     /// The MAC key of the verification page's cookies.
     pub page_key: Arc<CookieKey>,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
+    keys: Arc<KeySource>,
 }
 
 /// Open storage and keys, and start the group committer (needs a tokio runtime).
-pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
-    let store = Arc::new(SledStore::open(&settings.data_dir.join(DB_DIR))?);
-    let ring = KeyRing::build(&KeyFile::load(&settings.data_dir)?, crate::unix_now())?;
+pub async fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
+    let backend = crate::backend::open(
+        &settings.data_dir,
+        settings.database.as_ref(),
+        Role::Replica,
+    )
+    .await?;
+    let store = backend.store;
+    let keys = Arc::new(backend.keys);
+    let ring = KeyRing::build(&keys.load().await?, crate::unix_now())?;
     // Data directories from before the key existed get one now.
     let page_key = Arc::new(CookieKey::load_or_create(&settings.data_dir)?);
     let metrics = crate::metrics::Metrics::default();
+    let health = StorageHealth::new(settings.storage_retry_interval);
     let oauth = AuthServer {
         settings: Arc::new(settings.oauth.clone()),
         clients: store.clone(),
@@ -73,24 +91,26 @@ pub fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         audit: store.clone(),
         devices: store.clone(),
         keys: Arc::new(Keys::new(ring)),
-        commit: GroupCommit::start(store.clone(), metrics.clone()),
+        commit: GroupCommit::start(store.clone(), metrics.clone(), health),
         metrics,
         device_grants: store.clone(),
         refresh_tokens: store.clone(),
         users: store.clone(),
         sessions: store.clone(),
         password_checks: crate::accounts::PasswordChecks::per_core(),
+        database: backend.database,
     };
     Ok(Built {
         oauth,
         page_key,
         store,
+        keys,
     })
 }
 
 /// Serve until SIGTERM or SIGINT.
 pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
-    let built = build(&settings)?;
+    let built = build(&settings).await?;
     let app = crate::http::router(&built, &settings)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let purge_store = built.store.clone();
@@ -100,10 +120,15 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             tick.tick().await;
             let store = purge_store.clone();
             let now = crate::unix_now();
+            // A scan over whole tables: on a blocking thread, not a request worker.
+            let handle = tokio::runtime::Handle::current();
             let purge = move || {
-                Ok::<_, StoreError>(
-                    store.purge_expired(now)? + crate::store::grants::purge_expired(&*store, now)?,
-                )
+                handle.block_on(async {
+                    Ok::<_, StoreError>(
+                        store.purge_expired(now).await?
+                            + crate::store::grants::purge_expired(&*store, now).await?,
+                    )
+                })
             };
             match tokio::task::spawn_blocking(purge).await {
                 Ok(Ok(n)) if n > 0 => tracing::debug!(purged = n, "expired records dropped"),
@@ -112,14 +137,28 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             }
         }
     });
-    let key_task = spawn_key_maintenance(&settings, built.oauth.clone());
+    let key_task = spawn_key_maintenance(&settings, built.oauth.clone(), built.keys.clone());
+    let checkpoints = settings
+        .audit_checkpoint_interval
+        .map(|every| spawn_checkpoint_log(every, built.oauth.clone()));
     let addr = settings.listen;
     let listen_err = |source| ServeError::Listen { addr, source };
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    let fatal = built.oauth.commit.health().fatal();
+    let lost = tokio::spawn(async move {
+        let lost = tokio::select! {
+            () = shutdown_signal() => None,
+            reason = fatal => Some(reason),
+        };
+        // Without storage, in-flight requests can only be refused: no reason to linger.
+        let grace = if lost.is_some() {
+            STORAGE_LOST_GRACE
+        } else {
+            SHUTDOWN_GRACE
+        };
+        shutdown.graceful_shutdown(Some(grace));
+        lost
     });
     // Slow and silent clients (slowloris): the TLS handshake, the request headers and any
     // silence are each bounded, and so is the number of connections.
@@ -150,7 +189,19 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
     }
     purge.abort();
     key_task.abort();
-    built.store.flush()?;
+    if let Some(task) = checkpoints {
+        task.abort();
+    }
+    if let Ok(Some(reason)) = lost.await {
+        return Err(ServeError::StorageLost(reason));
+    }
+    // The last audit entries, on a blocking thread like every flush.
+    let store = built.store.clone();
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .map_err(|e| StoreError::DatabaseSetup {
+            reason: format!("final flush: {e}"),
+        })??;
     tracing::info!("stopped");
     Ok(())
 }
@@ -160,8 +211,8 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
 fn spawn_key_maintenance(
     settings: &ServeSettings,
     oauth: AuthServer,
+    source: Arc<KeySource>,
 ) -> tokio::task::JoinHandle<()> {
-    let dir = settings.data_dir.clone();
     let period = settings.key_rotation_period;
     let ahead = settings.key_publish_ahead;
     // A retired key stays published while any token it signed may be presented.
@@ -170,26 +221,27 @@ fn spawn_key_maintenance(
         let mut tick = tokio::time::interval(KEY_CHECK_INTERVAL);
         loop {
             tick.tick().await;
-            let dir = dir.clone();
             let now = crate::unix_now();
-            let step = tokio::task::spawn_blocking(
-                move || -> Result<(KeyRing, Option<String>), KeyError> {
-                    let mut file = KeyFile::load(&dir)?;
-                    let due =
-                        period > 0 && file.newest_created_at().is_none_or(|t| t + period <= now);
-                    let rotated = if due {
-                        let kid = file.rotate(now, ahead, keep);
-                        file.save(&dir)?;
-                        Some(kid)
-                    } else {
-                        None
-                    };
-                    Ok((KeyRing::build(&file, now)?, rotated))
-                },
-            )
+            let step = async {
+                // Due is decided again under the store's lock: replicas rotating at once add
+                // one key.
+                let mut rotated = None;
+                source
+                    .update(&mut |file| {
+                        let due = period > 0
+                            && file.newest_created_at().is_none_or(|t| t + period <= now);
+                        if due {
+                            rotated = Some(file.rotate(now, ahead, keep));
+                        }
+                        due
+                    })
+                    .await?;
+                let file = source.load().await?;
+                Ok::<_, KeyError>((KeyRing::build(&file, now)?, rotated))
+            }
             .await;
             match step {
-                Ok(Ok((ring, rotated))) => {
+                Ok((ring, rotated)) => {
                     if let Some(kid) = rotated {
                         tracing::info!(%kid, "signing key rotated on schedule");
                         let event = AuditEvent::new("keys.rotated", Outcome::Success)
@@ -207,8 +259,28 @@ fn spawn_key_maintenance(
                         oauth.keys.replace(ring);
                     }
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "signing key maintenance failed"),
-                Err(e) => tracing::error!(error = %e, "signing key task failed"),
+                Err(e) => tracing::error!(error = %e, "signing key maintenance failed"),
+            }
+        }
+    })
+}
+
+/// Log a signed audit checkpoint at start and then every `every`, so that the log (shipped
+/// off the machine) holds checkpoints that `audit verify --checkpoint` can check the chain
+/// against.
+fn spawn_checkpoint_log(every: Duration, oauth: AuthServer) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match crate::checkpoint::make(&oauth, crate::unix_now()) {
+                Ok((cp, jws)) => tracing::info!(
+                    seq = cp.seq,
+                    head_hash = %cp.head_hash,
+                    checkpoint = %jws,
+                    "audit checkpoint"
+                ),
+                Err(e) => tracing::warn!(error = %e, "no audit checkpoint"),
             }
         }
     })

@@ -1,6 +1,7 @@
 //! The device authorization grant (RFC 8628) and refresh tokens, in process with a chosen clock:
 //! every polling answer, interval growth on `slow_down`, single redemption, expiry, refresh
-//! rotation and family revocation on reuse, and what the audit log keeps of it.
+//! rotation and family revocation on reuse (but for one retry within the grace), and what the
+//! audit log keeps of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod device_support;
@@ -11,7 +12,7 @@ use hallmark_server::oauth::device_flow::{CodeLookup, CodeProblem, USER_CODE_ALP
 use hallmark_server::oauth::OAuthError;
 
 async fn server() -> (InProcess, String) {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     let client = s.device_client("Thermostat", "api:read api:write").await;
     s.add_user("ann", "correct horse battery").await;
     (s, client)
@@ -93,6 +94,7 @@ async fn approved_request_is_redeemed_once_for_tokens_bound_to_the_user() {
     let claims = s
         .oauth
         .validate_access_token(&tokens.access_token, t + 6)
+        .await
         .unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.client_id.as_str()),
@@ -107,7 +109,7 @@ async fn approved_request_is_redeemed_once_for_tokens_bound_to_the_user() {
         CodeLookup::Decided(d) => assert!(d.approved && d.user == "ann" && !d.same_session),
         other => panic!("{other:?}"),
     }
-    let audit = s.audit();
+    let audit = s.audit().await;
     let approved = audit
         .iter()
         .find(|e| e.body.event.event == "device.approved")
@@ -163,6 +165,7 @@ async fn denial_answers_access_denied_and_expiry_expired_token() {
     );
     assert!(s
         .audit()
+        .await
         .iter()
         .any(|e| e.body.event.event == "device.denied"));
 
@@ -229,6 +232,7 @@ async fn refresh_rotates_and_a_replayed_token_revokes_its_family() {
     let claims = s
         .oauth
         .validate_access_token(&second.access_token, t + 60)
+        .await
         .unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.scope.as_str()),
@@ -277,7 +281,7 @@ async fn refresh_rotates_and_a_replayed_token_revokes_its_family() {
         s.refresh(&client, &rt4, t + 64).await.unwrap_err().code(),
         "invalid_grant"
     );
-    let audit = s.audit();
+    let audit = s.audit().await;
     let replay = audit
         .iter()
         .find(|e| e.body.event.event == "token.refresh_replayed")
@@ -293,11 +297,117 @@ async fn refresh_rotates_and_a_replayed_token_revokes_its_family() {
 }
 
 #[tokio::test]
+async fn a_spent_refresh_token_is_answered_once_with_its_successor_within_the_grace_only() {
+    let s = InProcess::start(ConfigLayer {
+        refresh_token_grace: Some(20),
+        ..ConfigLayer::default()
+    })
+    .await;
+    let client = s.device_client("Thermostat", "api:read").await;
+    s.add_user("ann", "correct horse battery").await;
+    let t = now();
+    let login = |at| {
+        let (s, client) = (&s, &client);
+        async move {
+            let a = s.authorize(client, None, at).await.unwrap();
+            s.decide(&a.user_code, "ann", true, at + 1).await;
+            let tokens = s.poll(client, &a.device_code, at + 6).await.unwrap();
+            tokens.refresh_token.unwrap()
+        }
+    };
+
+    // The answer carrying rt2 is lost; rt1 again within 20 s gets rt2 again, and a new access
+    // token of the same family. Once.
+    let rt1 = login(t).await;
+    let rt2 = s
+        .refresh(&client, &rt1, t + 100)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    let retried = s.refresh(&client, &rt1, t + 120).await.unwrap();
+    assert_eq!(retried.refresh_token.as_deref(), Some(rt2.as_str()));
+    let claims = s
+        .oauth
+        .validate_access_token(&retried.access_token, t + 120)
+        .await
+        .unwrap();
+    assert_eq!(claims.sub, "ann");
+    assert_eq!(
+        s.refresh(&client, &rt1, t + 121).await.unwrap_err().code(),
+        "invalid_grant",
+        "a second reuse is a replay"
+    );
+    assert_eq!(
+        s.refresh(&client, &rt2, t + 122).await.unwrap_err().code(),
+        "invalid_grant",
+        "and it revoked the family"
+    );
+    let audit = s.audit().await;
+    let retry = audit
+        .iter()
+        .find(|e| e.body.event.event == "token.refresh_retried")
+        .unwrap();
+    assert!(retry
+        .body
+        .event
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("same successor"));
+    assert!(
+        !retry.body.event.reason.as_deref().unwrap().contains(&rt2),
+        "no secret in the audit"
+    );
+
+    // One second past the grace, a reuse is a replay.
+    let rt1 = login(t + 200).await;
+    let rt2 = s
+        .refresh(&client, &rt1, t + 300)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    assert_eq!(
+        s.refresh(&client, &rt1, t + 321).await.unwrap_err().code(),
+        "invalid_grant"
+    );
+    assert_eq!(
+        s.refresh(&client, &rt2, t + 322).await.unwrap_err().code(),
+        "invalid_grant"
+    );
+
+    // Once the successor was used, the client clearly got it: a reuse is a replay.
+    let rt1 = login(t + 400).await;
+    let rt2 = s
+        .refresh(&client, &rt1, t + 500)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    let rt3 = s
+        .refresh(&client, &rt2, t + 501)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    assert_eq!(
+        s.refresh(&client, &rt1, t + 502).await.unwrap_err().code(),
+        "invalid_grant"
+    );
+    assert_eq!(
+        s.refresh(&client, &rt3, t + 503).await.unwrap_err().code(),
+        "invalid_grant"
+    );
+}
+
+#[tokio::test]
 async fn refresh_tokens_are_bound_to_their_client_and_expire() {
     let s = InProcess::start(ConfigLayer {
         refresh_token_ttl: Some(120),
         ..ConfigLayer::default()
-    });
+    })
+    .await;
     let client = s.device_client("Thermostat", "api:read").await;
     let other = s.device_client("Other", "api:read").await;
     s.add_user("ann", "correct horse battery").await;
@@ -339,7 +449,7 @@ async fn refresh_tokens_are_bound_to_their_client_and_expire() {
 
 #[tokio::test]
 async fn clients_without_the_grant_are_refused() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     let meta = serde_json::from_value(serde_json::json!({"scope": "api:read"})).unwrap();
     let confidential = s
         .oauth
@@ -362,7 +472,7 @@ async fn clients_without_the_grant_are_refused() {
 async fn revoking_a_refresh_token_ends_its_family() {
     use device_support::{request, DEVICE_CODE};
     use hallmark_server::oauth::RequestCtx;
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     s.add_user("ann", "correct horse battery").await;
     let register = |meta: serde_json::Value| {
         let meta = serde_json::from_value(meta).unwrap();
@@ -444,7 +554,7 @@ async fn revoking_a_refresh_token_ends_its_family() {
             .code(),
         "invalid_grant"
     );
-    let audit = s.audit();
+    let audit = s.audit().await;
     let revoked = audit.iter().find(|e| {
         e.body.event.event == "token.revoked" && e.body.event.actor.as_deref() == Some(gid.as_str())
     });

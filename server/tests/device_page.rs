@@ -13,7 +13,7 @@ use hallmark_server::store::grants::{DeviceGrant, GrantState, TokenHash};
 const PASSWORD: &str = "correct horse battery";
 
 async fn server(layer: ConfigLayer) -> (InProcess, String) {
-    let s = InProcess::start(layer);
+    let s = InProcess::start(layer).await;
     let client = s
         .device_client("Kitchen <Thermostat>", "api:read api:write")
         .await;
@@ -259,7 +259,7 @@ async fn wrong_codes_lock_out_the_session_then_the_source_address() {
     let page = elsewhere.sign_in("ann", PASSWORD, "").await;
     assert_eq!(elsewhere.enter_code(&page, &a.user_code).await.status, 200);
 
-    let audit = s.audit();
+    let audit = s.audit().await;
     let rejected = audit
         .iter()
         .filter(|e| e.body.event.event == "device.code_rejected")
@@ -344,7 +344,7 @@ async fn failed_sign_ins_lock_out() {
         )
         .await;
     assert_eq!(p.status, 429);
-    let audit = s.audit();
+    let audit = s.audit().await;
     let failed: Vec<_> = audit
         .iter()
         .filter(|e| e.body.event.event == "user.sign_in_failed")
@@ -378,6 +378,7 @@ async fn expired_used_and_wrong_codes_get_clear_messages() {
         .oauth
         .device_grants
         .insert_device_grant(&TokenHash::of("expired"), &expired)
+        .await
         .unwrap());
     let used = s.authorize(&client, None, t).await.unwrap();
     s.decide(&used.user_code, "bob", false, t).await;
@@ -545,6 +546,7 @@ async fn approving_twice_is_success_for_the_same_session_and_already_approved_fo
     // Only one approval was audited.
     let approved = s
         .audit()
+        .await
         .iter()
         .filter(|e| e.body.event.event == "device.approved")
         .count();

@@ -176,16 +176,31 @@ fn user_add_reads_the_password_from_stdin_and_refuses_duplicates() {
     assert!(!short.status.success());
 
     // The account works: sign in through the store's own check, offline.
-    let store = hallmark_server::store::SledStore::open(&data_dir.join("db")).unwrap();
-    let user = hallmark_server::store::UserStore::user(&store, "ann")
-        .unwrap()
-        .unwrap();
+    let (user, entries) = hallmark_server::store::block_on(async {
+        use hallmark_server::backend::{database_of, open, Role};
+        let database = database_of(&data_dir).unwrap();
+        let store = open(&data_dir, database.as_ref(), Role::Command)
+            .await
+            .unwrap()
+            .store;
+        let user = store.user("ann").await.unwrap().unwrap();
+        let mut entries = Vec::new();
+        for head in store.chains().await.unwrap() {
+            entries.extend(
+                store
+                    .entries(head.chain.as_deref(), 0, usize::MAX)
+                    .await
+                    .unwrap(),
+            );
+        }
+        (user, entries)
+    })
+    .unwrap();
     assert!(user.password_hash.starts_with("$argon2id$"));
     assert!(hallmark_server::accounts::password_matches(
         &user.password_hash,
         "correct horse battery"
     ));
-    let entries = hallmark_server::store::AuditLog::entries(&store, 0, usize::MAX).unwrap();
     assert!(entries
         .iter()
         .any(|e| e.body.event.event == "user.created"

@@ -29,7 +29,7 @@ async fn register(s: &InProcess, serial: &str, ek: u8, at: u64) -> String {
 
 #[tokio::test]
 async fn withdrawal_is_possible_only_within_the_window() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     let t = now();
     let late = register(&s, "HM-LATE", 1, t).await;
     let ctx = RequestCtx::at(t + WITHDRAW_WINDOW + 1);
@@ -40,7 +40,7 @@ async fn withdrawal_is_possible_only_within_the_window() {
             .unwrap(),
         Withdrawal::Refused(_)
     ));
-    assert!(s.oauth.device_view(&late).unwrap().is_some(), "kept");
+    assert!(s.oauth.device_view(&late).await.unwrap().is_some(), "kept");
 
     let timely = register(&s, "HM-TIMELY", 2, t).await;
     let ctx = RequestCtx::at(t + WITHDRAW_WINDOW);
@@ -59,5 +59,5 @@ async fn withdrawal_is_possible_only_within_the_window() {
             .unwrap(),
         Withdrawal::Withdrawn
     );
-    assert!(s.oauth.device_view(&timely).unwrap().is_none());
+    assert!(s.oauth.device_view(&timely).await.unwrap().is_none());
 }

@@ -437,15 +437,51 @@ fn audit_log_is_readable_with_its_scope_and_verify_catches_tampering() {
     );
 
     // Edit entry 2 through the storage layer, as an intruder with disk access would.
-    {
-        use hallmark_server::store::AuditLog as _;
-        let store = hallmark_server::store::SledStore::open(&server.data_dir.join("db")).unwrap();
-        let mut e = store.entries(1, 1).unwrap().remove(0);
-        e.body.event.actor = Some("someone-else".into());
-        store
-            .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
-            .unwrap();
-        hallmark_server::store::Durability::flush(&store).unwrap();
+    match hallmark_server::backend::database_of(&server.data_dir).unwrap() {
+        None => {
+            use hallmark_server::store::AuditLog as _;
+            let store =
+                hallmark_server::store::SledStore::open(&server.data_dir.join("db")).unwrap();
+            let mut e = hallmark_server::store::block_on(store.entries(None, 1, 1))
+                .unwrap()
+                .unwrap()
+                .remove(0);
+            e.body.event.actor = Some("someone-else".into());
+            store
+                .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
+                .unwrap();
+            hallmark_server::store::Durability::flush(&store).unwrap();
+        }
+        Some(db) => {
+            // The same edit with SQL: entry 2 of the replica's chain names another actor.
+            let url = db.url.expose().to_owned();
+            let parts: std::collections::HashMap<&str, &str> = url
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            let out = Command::new("psql")
+                .args([
+                    "-h",
+                    parts["host"],
+                    "-U",
+                    parts["user"],
+                    "-d",
+                    parts["dbname"],
+                ])
+                .args(["-qAt", "-c"])
+                .arg(
+                    "UPDATE audit_entries SET entry = \
+                     regexp_replace(entry, '\"actor\":\"[^\"]*\"', '\"actor\":\"someone-else\"') \
+                     WHERE seq = 2 AND chain <> 'command'",
+                )
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
     let out = verify(&server.data_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -27,7 +27,7 @@ fn limits(trusted_proxies: Option<&[&str]>) -> ConfigLayer {
 }
 
 async fn server(layer: ConfigLayer) -> (InProcess, String) {
-    let s = InProcess::start(layer);
+    let s = InProcess::start(layer).await;
     let client = s.device_client("Hall sensor", "api:read").await;
     s.add_user("ann", PASSWORD).await;
     let a = s.authorize(&client, None, now()).await.unwrap();
@@ -76,7 +76,7 @@ async fn through_a_trusted_proxy_each_visitor_has_its_own_lockout_and_address() 
     let (mut liar, page) = visitor(&s, "127.0.0.1", Some("203.0.113.8, 198.51.100.7")).await;
     assert_eq!(liar.enter_code(&page, &code).await.status, 429);
 
-    let audit = s.audit();
+    let audit = s.audit().await;
     assert_eq!(
         sources_of(&audit, "device.code_rejected"),
         [
@@ -104,7 +104,7 @@ async fn from_an_untrusted_peer_a_fresh_forwarded_for_escapes_nothing() {
         }
         let (mut b, page) = visitor(&s, "192.0.2.40", Some("198.51.100.4")).await;
         assert_eq!(b.enter_code(&page, &code).await.status, 429, "{trusted:?}");
-        let audit = s.audit();
+        let audit = s.audit().await;
         assert_eq!(
             sources_of(&audit, "device.code_rejected"),
             ["192.0.2.40", "192.0.2.40", "192.0.2.40"],
@@ -122,7 +122,7 @@ async fn garbage_in_forwarded_for_is_never_the_address() {
         .await
         .says("That code is not valid"));
     assert_eq!(
-        sources_of(&s.audit(), "device.code_rejected"),
+        sources_of(&s.audit().await, "device.code_rejected"),
         ["127.0.0.1"]
     );
 }

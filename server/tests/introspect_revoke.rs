@@ -35,10 +35,7 @@ struct ServerKey {
 
 impl ServerKey {
     fn load(server: &TestServer) -> Self {
-        let file: Value = serde_json::from_slice(
-            &std::fs::read(server.data_dir.join("signing-keys.json")).unwrap(),
-        )
-        .unwrap();
+        let file = server.signing_keys();
         let stored = &file["keys"][0];
         let seed: [u8; 32] = common::unb64(stored["seed"].as_str().unwrap())
             .try_into()

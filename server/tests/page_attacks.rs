@@ -13,8 +13,9 @@ use hallmark_server::config::ConfigLayer;
 
 const PASSWORD: &str = "correct horse battery";
 
-fn count(s: &InProcess, event: &str) -> usize {
+async fn count(s: &InProcess, event: &str) -> usize {
     s.audit()
+        .await
         .iter()
         .filter(|e| e.body.event.event == event)
         .count()
@@ -52,7 +53,7 @@ async fn all_at_once(
 async fn concurrent_wrong_passwords_are_held_to_the_session_and_address_limits() {
     // Enough password-check slots that the slots never stand in for the limits: only the
     // reservation keeps the checks at the limit.
-    let s = InProcess::start_with_slots(ConfigLayer::default(), Some(64));
+    let s = InProcess::start_with_slots(ConfigLayer::default(), Some(64)).await;
     s.add_user("ann", PASSWORD).await;
     // 100 at once with one visitor's cookie and CSRF token: at most 5 are checked.
     let mut one = s.browser("192.0.2.60");
@@ -65,7 +66,7 @@ async fn concurrent_wrong_passwords_are_held_to_the_session_and_address_limits()
         ]
     })
     .await;
-    let evaluated_one = count(&s, "user.sign_in_failed");
+    let evaluated_one = count(&s, "user.sign_in_failed").await;
     assert!(
         (1..=5).contains(&evaluated_one),
         "{evaluated_one} checked: {statuses:?}"
@@ -105,7 +106,7 @@ async fn concurrent_wrong_passwords_are_held_to_the_session_and_address_limits()
     for t in tasks {
         *statuses.entry(t.await.unwrap()).or_default() += 1;
     }
-    let evaluated = count(&s, "user.sign_in_failed") - evaluated_one;
+    let evaluated = count(&s, "user.sign_in_failed").await - evaluated_one;
     assert!(
         (1..=20).contains(&evaluated),
         "{evaluated} checked: {statuses:?}"
@@ -113,7 +114,7 @@ async fn concurrent_wrong_passwords_are_held_to_the_session_and_address_limits()
     // Whatever the burst left (503s gave their slots back), the address reaches exactly 20, and
     // then even the right password is refused.
     loop {
-        let before = count(&s, "user.sign_in_failed");
+        let before = count(&s, "user.sign_in_failed").await;
         let mut b = s.browser("192.0.2.61");
         let start = b.get("/device").await;
         if start.status == 429 {
@@ -130,9 +131,9 @@ async fn concurrent_wrong_passwords_are_held_to_the_session_and_address_limits()
             )
             .await;
         assert_eq!(p.status, 303, "{}", p.body);
-        assert_eq!(count(&s, "user.sign_in_failed"), before + 1);
+        assert_eq!(count(&s, "user.sign_in_failed").await, before + 1);
     }
-    assert_eq!(count(&s, "user.sign_in_failed") - evaluated_one, 20);
+    assert_eq!(count(&s, "user.sign_in_failed").await - evaluated_one, 20);
     let mut late = s.browser("192.0.2.61");
     let p = late.get("/device").await;
     assert_eq!(p.status, 429, "{}", p.body);
@@ -145,7 +146,8 @@ async fn password_checks_beyond_the_free_slots_are_turned_away() {
         sign_in_failures_per_session: Some(1000),
         sign_in_failures_per_source: Some(1000),
         ..ConfigLayer::default()
-    });
+    })
+    .await;
     s.add_user("ann", PASSWORD).await;
     let mut b = s.browser("192.0.2.62");
     let csrf = b.get("/device").await.csrf();
@@ -157,7 +159,7 @@ async fn password_checks_beyond_the_free_slots_are_turned_away() {
         ]
     })
     .await;
-    let evaluated = count(&s, "user.sign_in_failed");
+    let evaluated = count(&s, "user.sign_in_failed").await;
     let busy = statuses.get(&503).copied().unwrap_or(0);
     assert!(busy > 0, "60 Argon2 runs at once on {statuses:?}");
     assert_eq!(evaluated + busy, 60, "{statuses:?}");
@@ -169,7 +171,7 @@ async fn password_checks_beyond_the_free_slots_are_turned_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_wrong_codes_are_held_to_the_session_limit() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     s.add_user("ann", PASSWORD).await;
     let mut b = s.browser("192.0.2.63");
     let entry = b.sign_in("ann", PASSWORD, "").await;
@@ -184,7 +186,7 @@ async fn parallel_wrong_codes_are_held_to_the_session_limit() {
         ]
     })
     .await;
-    let evaluated = count(&s, "device.code_rejected");
+    let evaluated = count(&s, "device.code_rejected").await;
     assert!(
         (1..=5).contains(&evaluated),
         "{evaluated} wrong codes evaluated: {statuses:?}"
@@ -193,15 +195,15 @@ async fn parallel_wrong_codes_are_held_to_the_session_limit() {
 
 #[tokio::test]
 async fn anonymous_visits_store_nothing_and_their_cookie_cannot_be_forged() {
-    let s = InProcess::start(ConfigLayer::default());
+    let s = InProcess::start(ConfigLayer::default()).await;
     s.add_user("ann", PASSWORD).await;
-    let sessions = || s.oauth.sessions.web_session_count().unwrap();
+    let sessions = || async { s.oauth.sessions.web_session_count().await.unwrap() };
     for _ in 0..300 {
         let page = s.browser("192.0.2.64").get("/device").await;
         assert_eq!(page.status, 200);
         assert!(page.headers.contains_key("set-cookie"));
     }
-    assert_eq!(sessions(), 0, "anonymous page views wrote sessions");
+    assert_eq!(sessions().await, 0, "anonymous page views wrote sessions");
 
     // A visitor's cookie with a longer life than it was minted with is not one of ours.
     let mut mallory = s.browser("192.0.2.65");
@@ -222,10 +224,10 @@ async fn anonymous_visits_store_nothing_and_their_cookie_cannot_be_forged() {
     let mut ann = s.browser("192.0.2.66");
     let entry = ann.sign_in("ann", PASSWORD, "").await;
     assert_eq!(entry.status, 200);
-    assert_eq!(sessions(), 1);
+    assert_eq!(sessions().await, 1);
     let out = ann
         .post("/device/sign-out", &[("csrf", &entry.csrf())])
         .await;
     assert_eq!(out.status, 303);
-    assert_eq!(sessions(), 0);
+    assert_eq!(sessions().await, 0);
 }

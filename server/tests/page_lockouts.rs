@@ -17,7 +17,7 @@ const PASSWORD: &str = "correct horse battery";
 const SHARED_LIMITS_AFTER: usize = 3;
 
 async fn server(layer: ConfigLayer, users: &[&str]) -> (InProcess, String) {
-    let s = InProcess::start(layer);
+    let s = InProcess::start(layer).await;
     let client = s.device_client("Hall sensor", "api:read").await;
     for u in users {
         s.add_user(u, PASSWORD).await;
@@ -32,8 +32,9 @@ async fn signed_in(s: &InProcess, user: &str, address: &str) -> (Browser, Page) 
     (b, page)
 }
 
-fn rejected(s: &InProcess, user: &str) -> usize {
+async fn rejected(s: &InProcess, user: &str) -> usize {
     s.audit()
+        .await
         .iter()
         .filter(|e| {
             e.body.event.event == "device.code_rejected"
@@ -50,7 +51,7 @@ fn is_paused(p: &Page) -> bool {
 /// Codes that match no request, entered from new sessions at `addresses` (one session per
 /// address, five codes each at most) until every attempt is refused; how many were evaluated.
 async fn guess_until_refused(s: &InProcess, user: &str, addresses: &[&str]) -> usize {
-    let before = rejected(s, user);
+    let before = rejected(s, user).await;
     'sessions: for address in addresses {
         let (mut b, mut page) = signed_in(s, user, address).await;
         for n in 0..5 {
@@ -62,7 +63,7 @@ async fn guess_until_refused(s: &InProcess, user: &str, addresses: &[&str]) -> u
                 .await;
         }
     }
-    rejected(s, user) - before
+    rejected(s, user).await - before
 }
 
 #[tokio::test]
@@ -84,6 +85,7 @@ async fn retrying_an_expired_or_used_code_is_never_counted_as_guessing() {
         .oauth
         .device_grants
         .insert_device_grant(&TokenHash::of("expired"), &expired)
+        .await
         .unwrap());
     let used = s.authorize(&client, None, t).await.unwrap();
     s.decide(&used.user_code, "bob", true, t).await;
@@ -101,7 +103,7 @@ async fn retrying_an_expired_or_used_code_is_never_counted_as_guessing() {
         );
         page = b.get("/device").await;
     }
-    assert_eq!(rejected(&s, "ann"), 0);
+    assert_eq!(rejected(&s, "ann").await, 0);
     // Codes that match nothing do count: the fifth pauses the session, and the page says how
     // many tries were left before it.
     for left in [4, 3, 2, 1] {
@@ -115,7 +117,7 @@ async fn retrying_an_expired_or_used_code_is_never_counted_as_guessing() {
     }
     page = b.enter_code(&page, "ZZZZ-ZZZZ").await;
     assert!(is_paused(&page), "{}", page.body);
-    assert_eq!(rejected(&s, "ann"), 5);
+    assert_eq!(rejected(&s, "ann").await, 5);
 }
 
 #[tokio::test]
@@ -161,7 +163,7 @@ async fn guessers_behind_a_shared_address_never_lock_out_the_innocent() {
     }
     let consent = bea.enter_code(&page, &b2.user_code).await;
     assert!(consent.says("A device asks for access"), "{}", consent.body);
-    assert_eq!(rejected(&s, "bea"), 2);
+    assert_eq!(rejected(&s, "bea").await, 2);
 
     // The guessers stay paused, and are told why.
     let (_, page) = signed_in(&s, "mallory", nat).await;

@@ -114,9 +114,7 @@ fn jwks_publishes_public_ed25519_keys_only() {
         }
     }
     // The private seed in the data directory never appears in what is published.
-    let key_file: Value =
-        serde_json::from_slice(&std::fs::read(server.data_dir.join("signing-keys.json")).unwrap())
-            .unwrap();
+    let key_file = server.signing_keys();
     for stored in key_file["keys"].as_array().unwrap() {
         assert!(!text.contains(stored["seed"].as_str().unwrap()));
     }

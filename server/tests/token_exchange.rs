@@ -77,9 +77,7 @@ fn assert_refused(status: u16, body: &Value, code: &str, what: &str) {
 /// The server's signing key from its data directory, to forge tokens that pass the signature
 /// check and so reach the other checks.
 fn forge(server: &TestServer, claims: &Value) -> String {
-    let file: Value =
-        serde_json::from_slice(&std::fs::read(server.data_dir.join("signing-keys.json")).unwrap())
-            .unwrap();
+    let file = server.signing_keys();
     let stored = &file["keys"][0];
     let seed: [u8; 32] = common::unb64(stored["seed"].as_str().unwrap())
         .try_into()

@@ -10,6 +10,8 @@
 
 pub mod checks;
 pub mod device;
+pub mod disk;
+pub mod pg;
 #[path = "../../server/tests/common/mod.rs"]
 pub mod server;
 pub mod stand_in;

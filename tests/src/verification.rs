@@ -199,7 +199,7 @@ impl Browser {
 }
 
 /// The `value` of the input named `name`.
-fn hidden_value(html: &str, name: &str) -> Option<String> {
+pub fn hidden_value(html: &str, name: &str) -> Option<String> {
     let at = html.find(&format!("name=\"{name}\""))?;
     let tag_start = html[..at].rfind('<')?;
     let tag_end = at + html[at..].find('>')?;

@@ -1,8 +1,9 @@
 //! The device authorization grant end to end: `hallmark-agent login` shows a code, a scripted
 //! browser approves it on the server's verification page, the refresh token is stored sealed
 //! by the TPM, `token` uses and rotates it, reuse of a spent one revokes the family, `run` serves
-//! the user's tokens and renews them by refresh, and a denied request ends login with a clear
-//! message.
+//! the user's tokens and renews them by refresh, a denied request ends login with a clear
+//! message, and a refresh answer lost in transit (the fault hook cuts the agent off before it
+//! seals the new token) is retried within the server's grace instead of logging out.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead as _, BufReader};
@@ -181,4 +182,60 @@ fn run_after_login_serves_the_users_tokens_and_renews_them_by_refresh() {
     // The rotated refresh token survives the daemon: `token` still works for carol.
     let token = device.agent_ok(&["token"]);
     assert_eq!(server.introspect(token.trim())["sub"], "carol");
+}
+
+#[test]
+fn a_refresh_answer_lost_in_transit_is_retried_within_the_grace_and_logs_out_without_it() {
+    let mut server = TestServer::start_with(&["--device-poll-interval", "1"]);
+    create_user(&server, "dana", "dana's long passphrase");
+    let device = Device::provision_with(
+        &server,
+        DeviceOptions {
+            flow: Flow::DeviceCode,
+            ..DeviceOptions::default()
+        },
+    );
+    let (child, code) = start_login(&device);
+    Browser::new(&server).decide("dana", "dana's long passphrase", &code, true);
+    let out = wait(child, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The server rotates the refresh token; the answer never reaches the TPM (the agent is
+    // cut off right after it arrived): the device still holds the spent token.
+    let sealed = device.state_dir().join(REFRESH_FILE);
+    let before = std::fs::read(&sealed).unwrap();
+    device.run_crashing_at(&["token"], "refresh_answered");
+    assert_eq!(std::fs::read(&sealed).unwrap(), before, "nothing sealed");
+    // Within the grace (30 s by default) the spent token is answered with the same successor:
+    // the device stays logged in, and from then on refreshes as usual.
+    for _ in 0..2 {
+        let token = device.agent_ok(&["token"]);
+        let claims = server.introspect(token.trim());
+        assert_eq!(
+            (claims["active"].as_bool(), claims["sub"].as_str()),
+            (Some(true), Some("dana"))
+        );
+    }
+    assert_ne!(std::fs::read(&sealed).unwrap(), before);
+    let retried: Vec<_> = server
+        .audit_log()
+        .into_iter()
+        .filter(|e| e["event"] == "token.refresh_retried")
+        .collect();
+    assert_eq!(retried.len(), 1, "{retried:?}");
+
+    // Without a grace the same loss logs the device out: the retry is a replay and revokes
+    // the family.
+    server.kill();
+    server.set_extra_args(&["--device-poll-interval", "1", "--refresh-token-grace", "0"]);
+    server.spawn();
+    device.run_crashing_at(&["token"], "refresh_answered");
+    let out = device.run_agent(&["token"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("login"), "{stderr}");
 }

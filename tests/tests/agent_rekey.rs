@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hallmark_agent::config::RekeyInterval;
 use hallmark_agent::socket::{fetch, Answer};
-use hallmark_agent::tpm::KeySlot;
+use hallmark_agent::tpm::{KeySlot, Tpm};
 use hallmark_e2e::checks::{assert_one_live_key, device_view};
 use hallmark_e2e::device::Device;
 use hallmark_e2e::server::{now, TestServer};
@@ -295,8 +295,13 @@ fn run_rekeys_a_key_older_than_rekey_interval_days_and_only_then() {
     // The new key's age counts from the (skewed) clock that made it.
     assert_key_made_at(&device, 2 * DAY);
 
-    // A device upgraded in the field: its state file records no key age. Even with the clock
-    // four days ahead, `run` starts counting rather than rekeying, and records the start.
+    // A device upgraded in the field: its state file records no key age, and its TPM none
+    // either (agents before the record made none). Even with the clock four days ahead, `run`
+    // starts counting rather than rekeying, and records the start.
+    Tpm::open(&device.tpm.tcti())
+        .unwrap()
+        .forget_key_made(KeySlot::B)
+        .unwrap();
     let rotation = device.state_dir().join("rotation.json");
     let mut state: Value = serde_json::from_slice(&std::fs::read(&rotation).unwrap()).unwrap();
     state

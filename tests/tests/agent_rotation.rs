@@ -88,3 +88,31 @@ fn token_on_a_factory_device_rotates_first() {
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(server.introspect(token.trim())["active"], true);
 }
+
+#[test]
+fn status_on_a_fresh_state_directory_reads_the_rotation_from_the_tpm() {
+    let server = TestServer::start();
+    let device = Device::provision(&server);
+    device.agent_ok(&["enroll"]);
+    let before = device.status_json();
+    assert_eq!(before["rotation"]["state"], "done", "{before}");
+
+    // The state directory is lost (a reflashed root file system); the TPM keeps its key.
+    std::fs::remove_dir_all(device.state_dir()).unwrap();
+    let status = device.status_json();
+    assert_eq!(status["credential"], "key", "{status}");
+    assert_eq!(status["rotation"]["state"], "done", "not factory: {status}");
+    assert_eq!(status["rotation"]["kid"], before["rotation"]["kid"]);
+    assert_eq!(status["rotation"]["slot"], before["rotation"]["slot"]);
+    // Its age comes from the TPM's record, not from the first use of the new directory.
+    let made = before["key_created_at"]
+        .as_i64()
+        .expect("recorded at enroll");
+    assert_eq!(status["key_created_at"].as_i64(), Some(made), "{status}");
+    // And the key still works; the state directory gets the real age back, not a new one.
+    let token = device.agent_ok(&["token"]);
+    assert_eq!(server.introspect(token.trim())["active"], true);
+    let after = device.status_json();
+    assert_eq!(after["rotation"]["since"].as_i64(), Some(made), "{after}");
+    assert_eq!(after["key_created_at"].as_i64(), Some(made));
+}

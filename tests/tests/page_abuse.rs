@@ -191,7 +191,9 @@ fn anonymous_visits_store_nothing_and_a_sign_out_survives_a_crash() {
     {
         let store = SledStore::open(&server.data_dir.join("db")).unwrap();
         assert_eq!(
-            store.web_session_count().unwrap(),
+            hallmark_server::store::block_on(store.web_session_count())
+                .unwrap()
+                .unwrap(),
             0,
             "1000 anonymous visits and a signed-out session left records behind"
         );

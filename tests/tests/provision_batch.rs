@@ -1,10 +1,11 @@
 //! `hallmark-provision batch` against a real server and simulated TPMs: one failing device
-//! among good ones, a rerun of a finished batch, and a batch killed halfway then rerun.
+//! among good ones, a rerun of a finished batch, and a batch killed after every step of a
+//! device's provisioning (the test-only fault hook), each rerun by a station holding only
+//! `devices:provision`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use hallmark_agent::config::AgentConfig;
 use hallmark_e2e::server::{free_port, TestServer};
@@ -153,80 +154,94 @@ fn one_failing_device_does_not_stop_the_batch_and_a_rerun_doubles_nothing() {
     assert_fleet_provisioned(&server, &devices);
 }
 
-#[test]
-fn a_batch_killed_halfway_finishes_on_rerun() {
-    let server = TestServer::start();
-    // devices:admin so that the rerun may reset a device killed between register and seal.
-    let station = TestStation::register(&server, "devices:provision devices:admin");
-    let devices = TestDevice::many("HM-K", 8);
-    let work = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(work.path(), &devices, &[]);
-    let report = work.path().join("report.jsonl");
-
-    let mut child = station.batch(&manifest, &report, 1).spawn().unwrap();
-    wait_for_lines(&report, 3, &mut child);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let first = outcomes(&report_lines(&report));
-    assert!(
-        first.len() >= 3 && first.len() < devices.len(),
-        "killed halfway: {first:?}"
-    );
-    assert!(first.values().all(|o| o == "provisioned"));
-
-    let out = station
-        .command()
-        .arg("--reset-lost")
-        .args(["batch", "--no-progress", "--manifest"])
-        .arg(&manifest)
-        .arg("--report")
-        .arg(&report)
-        .args(["--parallel", "4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sum = summary(&out.stdout);
-    let lines = report_lines(&report);
-    let rerun = outcomes(&lines[first.len()..]);
-    assert_eq!(rerun.len(), devices.len());
-    for d in &devices {
-        let expected = if first.contains_key(&d.serial) {
-            "already-provisioned"
-        } else {
-            "provisioned"
-        };
-        // The device being worked on at the kill may have lost its secret: it is reset.
-        let got = rerun[&d.serial].as_str();
-        assert!(
-            got == expected || got == "reprovisioned",
-            "{}: {got} (expected {expected})",
-            d.serial
-        );
-    }
-    assert_eq!(
-        sum["already_provisioned"].as_u64().unwrap() as usize,
-        first.len(),
-        "{sum}"
-    );
-    assert_fleet_provisioned(&server, &devices);
-    // One live registration per device (a reset deletes the lost one before registering).
-    let resets = sum["reprovisioned"].as_u64().unwrap() as usize;
-    assert!(resets <= 1, "{sum}");
-    assert_eq!(registrations(&server), devices.len() + resets);
+/// Successful `device.withdrawn` audit entries: registrations a station took back.
+fn withdrawals(server: &TestServer) -> usize {
+    server
+        .audit_log()
+        .iter()
+        .filter(|e| e["event"] == "device.withdrawn" && e["outcome"] == "success")
+        .count()
 }
 
-fn wait_for_lines(report: &Path, n: usize, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while report_lines(report).len() < n {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "batch ended before it could be killed"
+/// Run the batch with the fault hook set to stop right after the first device passes `step`.
+fn killed_after(station: &TestStation, manifest: &Path, report: &Path, step: &str) {
+    let out = station
+        .batch(manifest, report, 1)
+        .env("HALLMARK_PROVISION_FAULT", format!("after:{step}"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(86),
+        "should stop after {step}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Rerun without a fault; it must finish every device. The rerun's outcomes.
+fn rerun(station: &TestStation, manifest: &Path, report: &Path) -> HashMap<String, String> {
+    let before = report_lines(report).len();
+    let out = station.batch(manifest, report, 1).output().unwrap();
+    assert!(
+        out.status.success(),
+        "rerun: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    outcomes(&report_lines(report)[before..])
+}
+
+#[test]
+fn a_batch_killed_at_every_step_finishes_on_rerun_without_an_admin() {
+    let server = TestServer::start();
+    // Only what a factory line holds: no devices:admin, no --reset-lost.
+    let station = TestStation::register(&server, "devices:provision");
+    let work = tempfile::tempdir().unwrap();
+    let mut fleet = Vec::new();
+    let mut heals = 0;
+    for (step, first_on_rerun) in [
+        ("ek_read", "provisioned"),
+        ("registered", "reprovisioned"),
+        ("sealed", "already-provisioned"),
+        ("config_written", "already-provisioned"),
+        ("reported", "already-provisioned"),
+    ] {
+        let devices = TestDevice::many(&format!("HM-{}", step.replace('_', "")), 2);
+        let dir = work.path().join(step);
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = write_manifest(&dir, &devices, &[]);
+        let report = dir.join("report.jsonl");
+        killed_after(&station, &manifest, &report, step);
+        let got = rerun(&station, &manifest, &report);
+        assert_eq!(
+            got[&devices[0].serial], first_on_rerun,
+            "killed after {step}"
         );
-        assert!(Instant::now() < deadline, "batch too slow");
-        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            got[&devices[1].serial], "provisioned",
+            "killed after {step}"
+        );
+        assert_fleet_provisioned(&server, &devices);
+        heals += usize::from(step == "registered");
+        fleet.extend(devices);
     }
+
+    // Killed after registering, then the rerun that heals it killed after withdrawing.
+    let devices = TestDevice::many("HM-withdrawn", 2);
+    let dir = work.path().join("withdrawn");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = write_manifest(&dir, &devices, &[]);
+    let report = dir.join("report.jsonl");
+    killed_after(&station, &manifest, &report, "registered");
+    killed_after(&station, &manifest, &report, "withdrawn");
+    let got = rerun(&station, &manifest, &report);
+    assert_eq!(got[&devices[0].serial], "provisioned");
+    assert_eq!(got[&devices[1].serial], "provisioned");
+    assert_fleet_provisioned(&server, &devices);
+    heals += 1;
+    fleet.extend(devices);
+
+    // One live registration per device: each lost one was withdrawn before registering again.
+    assert_eq!(withdrawals(&server), heals);
+    assert_eq!(registrations(&server), fleet.len() + heals);
 }

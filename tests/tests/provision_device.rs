@@ -1,5 +1,6 @@
 //! `hallmark-provision device` against a real server and simulated TPMs: the happy path and its
-//! rerun, an EK conflict, a lost secret, an unreachable server, an exposed credentials file.
+//! rerun, an EK conflict, a lost secret (healed by its own station, a reset at another), an
+//! unreachable server, an exposed credentials file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Output;
@@ -96,26 +97,48 @@ fn a_serial_registered_with_another_ek_is_a_conflict() {
 }
 
 #[test]
-fn a_lost_secret_needs_a_reset_which_reset_lost_performs() {
+fn a_lost_secret_is_healed_by_its_own_station_and_needs_a_reset_at_another() {
     let server = TestServer::start();
-    let station = TestStation::register(&server, "devices:provision devices:admin");
+    let line_a = TestStation::register(&server, "devices:provision");
     let device = TestDevice::new("HM-LOST-1");
-    let first = line(&station.provision_device(&device, &[]));
+    let first = line(&line_a.provision_device(&device, &[]));
     assert_eq!(first["outcome"], "provisioned");
     // The station "crashed" between registering and sealing: the TPM holds nothing.
     device.erase_secret();
 
-    let out = station.provision_device(&device, &[]);
+    // Another station may not take line A's registration back: an operator must.
+    let line_b = TestStation::register(&server, "devices:provision devices:admin");
+    let out = line_b.provision_device(&device, &[]);
     assert_eq!(out.status.code(), Some(1));
     let report = line(&out);
     assert_eq!(report["outcome"], "needs-reset", "{report}");
     let error = report["error"].as_str().unwrap();
     assert!(
-        error.contains("DELETE /admin/devices/") && error.contains("--reset-lost"),
+        error.contains("another station")
+            && error.contains("DELETE /admin/devices/")
+            && error.contains("--reset-lost"),
         "{error}"
     );
+    assert_eq!(
+        device_by_serial(&server, "HM-LOST-1").1["client_id"],
+        first["client_id"],
+        "line A's registration untouched"
+    );
+    // With --reset-lost (and devices:admin) it deletes and redoes it.
+    let out = line_b.provision_device(&device, &["--reset-lost"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = line(&out);
+    assert_eq!(report["outcome"], "reprovisioned", "{report}");
+    let by_b = report["client_id"].as_str().unwrap().to_owned();
+    assert_ne!(by_b, first["client_id"].as_str().unwrap());
 
-    let out = station.provision_device(&device, &["--reset-lost"]);
+    // Its own lost registration a station withdraws and redoes by itself, no admin needed.
+    device.erase_secret();
+    let out = line_b.provision_device(&device, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -124,7 +147,7 @@ fn a_lost_secret_needs_a_reset_which_reset_lost_performs() {
     let report = line(&out);
     assert_eq!(report["outcome"], "reprovisioned", "{report}");
     let client_id = report["client_id"].as_str().unwrap();
-    assert_ne!(client_id, first["client_id"].as_str().unwrap());
+    assert_ne!(client_id, by_b);
     let (_, registered) = device_by_serial(&server, "HM-LOST-1");
     assert_eq!(registered["client_id"], client_id);
     let secret = device.unsealed_secret().unwrap();

@@ -350,7 +350,7 @@ impl Agent {
         let done = RotationState::Done {
             slot,
             kid: key.kid.clone(),
-            since: Some(self.local_now()),
+            since: Some(self.key_made_or_now(slot)),
         };
         match &state {
             RotationState::Done { since: Some(_), .. } if same_key => {}
@@ -381,6 +381,7 @@ impl Agent {
         };
         let slot = match (inventory.slot_a, inventory.slot_b, state.slot()) {
             (false, false, _) => {
+                self.record_key_made(KeySlot::A);
                 let mut tpm = self.tpm()?;
                 tpm.create_device_key(KeySlot::A).map_err(tpm_err)?;
                 drop(tpm);
@@ -445,7 +446,7 @@ impl Agent {
             &RotationState::Done {
                 slot,
                 kid: kid.clone(),
-                since: Some(self.local_now()),
+                since: Some(self.key_made_or_now(slot)),
             },
             RotationStep::Done,
         )?;

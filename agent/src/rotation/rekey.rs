@@ -119,6 +119,7 @@ impl Agent {
         let key = match existing {
             Some(key) => key,
             None => {
+                self.record_key_made(to);
                 let mut tpm = self.tpm()?;
                 let key = tpm.create_device_key(to).map_err(tpm_err)?;
                 drop(tpm);
@@ -187,7 +188,7 @@ impl Agent {
         let done = RotationState::Done {
             slot: to,
             kid: kid.clone(),
-            since: Some(self.local_now()),
+            since: Some(self.key_made_or_now(to)),
         };
         self.persist(&done, RotationStep::RekeyDone)?;
         Ok(new_credential)

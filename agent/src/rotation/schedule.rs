@@ -20,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::rotation::RotationState;
 use crate::store::ROTATION_FILE;
+use crate::tpm::KeySlot;
 use crate::{Agent, AgentError};
 
 /// The largest share of the interval added to it as jitter.
@@ -98,6 +99,27 @@ fn secs(d: Duration) -> i64 {
 }
 
 impl Agent {
+    /// When the key in `slot` was made, as the TPM recorded it beside the key; for a key made
+    /// by an agent that did not record it, now: its age counts from first sight.
+    pub(crate) fn key_made_or_now(&self, slot: KeySlot) -> i64 {
+        self.key_made(slot).unwrap_or_else(|| self.local_now())
+    }
+
+    /// When the key in `slot` was made, as the TPM recorded it, if it did (and answers).
+    pub(crate) fn key_made(&self, slot: KeySlot) -> Option<i64> {
+        self.tpm().ok()?.key_made(slot).ok().flatten()
+    }
+
+    /// Record in the TPM that the key about to be made in `slot` is made now. Best effort:
+    /// the record only keeps the key's age if the state directory is lost, and the key itself
+    /// matters more than its age.
+    pub(crate) fn record_key_made(&self, slot: KeySlot) {
+        let now = self.local_now();
+        if let Ok(mut tpm) = self.tpm() {
+            let _ = tpm.record_key_made(slot, now);
+        }
+    }
+
     /// The device's time by its own clock, Unix seconds: what `since` records.
     pub(crate) fn local_now(&self) -> i64 {
         self.http.clock().local_now()
@@ -118,7 +140,7 @@ impl Agent {
         let done = RotationState::Done {
             slot,
             kid,
-            since: Some(self.local_now()),
+            since: Some(self.key_made_or_now(slot)),
         };
         self.state
             .write_json(ROTATION_FILE, &done)

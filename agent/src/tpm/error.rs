@@ -157,6 +157,14 @@ pub enum TpmError {
         /// The TSS error.
         source: tss_esapi::Error,
     },
+    /// Reading or writing the NV index that records when a device key was made failed.
+    #[error("cannot use the key age record at NV index {index:#010x}")]
+    KeyAge {
+        /// The NV index.
+        index: u32,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
     /// Removing a persistent object (TPM2_EvictControl) failed.
     #[error("cannot erase the object at handle {handle:#010x}")]
     Erase {

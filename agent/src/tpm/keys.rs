@@ -246,16 +246,19 @@ impl Tpm {
         Ok((public, name))
     }
 
-    /// Erases the key in `slot`; erasing an empty slot succeeds.
+    /// Erases the key in `slot` and the record of when it was made; erasing an empty slot
+    /// succeeds.
     pub fn erase_device_key(&mut self, slot: KeySlot) -> Result<(), TpmError> {
         let Some((object, public)) = self.open_persistent(slot.handle())? else {
-            return Ok(());
+            // A crash between evicting the key and forgetting its age leaves the record alone.
+            return self.forget_key_made(slot);
         };
         if let Err(err) = check_device_key(slot, &public) {
             self.close(object);
             return Err(err);
         }
-        self.evict(object, slot.handle())
+        self.evict(object, slot.handle())?;
+        self.forget_key_made(slot)
     }
 
     /// Signs `message` with the key in `slot` as JWS ES256 does (RFC 7518 §3.4): ECDSA P-256

@@ -10,6 +10,8 @@
 //! | `0x81000010` | factory secret, a sealed data object under the SRK      |
 //! | `0x81000011` | device signing key, slot A                              |
 //! | `0x81000012` | device signing key, slot B                              |
+//! | `0x01000011` | NV index: when the key in slot A was made (8 bytes)     |
+//! | `0x01000012` | NV index: when the key in slot B was made (8 bytes)     |
 //!
 //! Every secret crossing the TCTI (sealing, unsealing) travels in an SRK-salted HMAC session
 //! with parameter encryption (TPM 2.0 Part 1 §19.6 and §21), so a bus or socket sniffer sees
@@ -17,6 +19,7 @@
 //! dictionary-attack lockout.
 
 mod activate;
+mod age;
 mod der;
 mod ek;
 mod error;
@@ -413,7 +416,13 @@ impl Tpm {
 fn operation_needs_owner(operation: &str) -> bool {
     matches!(
         operation,
-        "persist an object" | "erase a persistent object" | "create the storage root key"
+        "persist an object"
+            | "erase a persistent object"
+            | "create the storage root key"
+            | "record when a device key was made"
+            | "read when a device key was made"
+            | "forget when a device key was made"
+            | "define a key age record"
     )
 }
 

@@ -1,4 +1,5 @@
-//! The admin API (JSON, bearer tokens with scopes): client registration for now.
+//! The admin API (JSON, bearer tokens with scopes): client registration, the audit log and its
+//! signed checkpoints.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,6 +19,8 @@ pub(super) fn router() -> Router<super::State> {
     Router::new()
         .route("/admin/clients", post(create_client))
         .route("/admin/audit", get(audit_entries))
+        .route("/admin/audit/chains", get(audit_chains))
+        .route("/admin/audit/checkpoint", get(audit_checkpoint))
 }
 
 /// Parse a JSON body into `T`, with RFC-style errors.
@@ -53,7 +56,7 @@ async fn create_client(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<ClientsAdmin>::from_headers(&state, &headers) {
+    let caller = match Caller::<ClientsAdmin>::from_headers(&state, &headers).await {
         Ok(c) => c.claims,
         Err(e) => return e.into_response(),
     };
@@ -80,11 +83,24 @@ async fn create_client(
     }
 }
 
+/// `GET /admin/audit/chains` (scope `audit:read`): every chain's head — one on the embedded
+/// store, one per replica on PostgreSQL. Each is paged with `GET /admin/audit?chain=ID`.
+async fn audit_chains(State(state): State<super::State>, _caller: Caller<AuditRead>) -> Response {
+    match state.oauth.audit.chains().await {
+        Ok(chains) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({ "chains": chains })).unwrap_or_default(),
+        ),
+        Err(e) => OAuthResponse(OAuthError::internal(e)).into_response(),
+    }
+}
+
 /// Largest page of `GET /admin/audit`.
 const MAX_AUDIT_PAGE: usize = 1000;
 
 #[derive(serde::Deserialize)]
 struct AuditQuery {
+    chain: Option<String>,
     after: Option<u64>,
     limit: Option<usize>,
 }
@@ -102,7 +118,13 @@ async fn audit_entries(
         .into_response();
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
-    match state.oauth.audit.entries(q.after.unwrap_or(0), limit) {
+    let chain = q.chain.as_deref();
+    match state
+        .oauth
+        .audit
+        .entries(chain, q.after.unwrap_or(0), limit)
+        .await
+    {
         Ok(entries) => {
             let next_after = entries.last().map(|e| e.body.seq);
             json_bytes(
@@ -113,6 +135,29 @@ async fn audit_entries(
                 .unwrap_or_default(),
             )
         }
-        Err(e) => OAuthResponse(OAuthError::internal(e)).into_response(),
+        Err(e) => OAuthResponse(OAuthError::from(e)).into_response(),
+    }
+}
+
+/// `GET /admin/audit/checkpoint` (scope `audit:read`): a signed checkpoint of the audit chain's
+/// durable head (see [`crate::checkpoint`]), and what it says in the clear. Kept elsewhere, it
+/// lets `audit verify --checkpoint` catch a chain cut short or rewritten at its end.
+async fn audit_checkpoint(
+    State(state): State<super::State>,
+    _caller: Caller<AuditRead>,
+) -> Response {
+    match crate::checkpoint::make(&state.oauth, crate::unix_now()) {
+        Ok((cp, jws)) => json_bytes(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({
+                "checkpoint": jws,
+                "issuer": cp.issuer,
+                "seq": cp.seq,
+                "head_hash": cp.head_hash,
+                "time": cp.time,
+            }))
+            .unwrap_or_default(),
+        ),
+        Err(e) => OAuthResponse(OAuthError::from(e)).into_response(),
     }
 }

@@ -60,7 +60,10 @@ impl<S> Caller<S> {
 
 impl<S: Scope> Caller<S> {
     /// Check the request's headers.
-    pub fn from_headers(state: &super::State, headers: &HeaderMap) -> Result<Self, BearerError> {
+    pub async fn from_headers(
+        state: &super::State,
+        headers: &HeaderMap,
+    ) -> Result<Self, BearerError> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_some() {
@@ -75,7 +78,8 @@ impl<S: Scope> Caller<S> {
         };
         let claims = state
             .oauth
-            .authorize_bearer(authorization, S::NAME, crate::unix_now())?;
+            .authorize_bearer(authorization, S::NAME, crate::unix_now())
+            .await?;
         Ok(Caller {
             claims,
             scope: PhantomData,
@@ -90,6 +94,6 @@ impl<S: Scope> FromRequestParts<super::State> for Caller<S> {
         parts: &mut Parts,
         state: &super::State,
     ) -> Result<Self, Self::Rejection> {
-        Self::from_headers(state, &parts.headers)
+        Self::from_headers(state, &parts.headers).await
     }
 }

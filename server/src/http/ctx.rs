@@ -1,4 +1,4 @@
-//! The request context extractor: arrival time, request id, client address.
+//! The request context extractor: arrival time, request id, client address, storage epoch.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,6 +16,11 @@ const MAX_ENDPOINT_PATH: usize = 64;
 /// `X-Forwarded-For` (see [`super::forwarded`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
+
+/// The storage epoch a request started in, put there by the router's middleware (see
+/// [`crate::store::health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageEpoch(pub crate::store::health::Epoch);
 
 /// [`RequestCtx`] for a handler.
 #[derive(Debug)]
@@ -54,11 +59,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         let endpoint = Some(parts.uri.path())
             .filter(|p| p.len() <= MAX_ENDPOINT_PATH)
             .map(str::to_owned);
+        let epoch = parts.extensions.get::<StorageEpoch>().map(|e| e.0);
         Ok(Ctx(RequestCtx {
             now: crate::unix_now(),
             request_id,
             source,
             endpoint,
+            epoch,
         }))
     }
 }

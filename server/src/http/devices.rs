@@ -45,7 +45,7 @@ async fn register(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers) {
+    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -112,7 +112,7 @@ async fn find_by_serial(
         .into_response();
     };
     if let Some(serial) = query.serial {
-        return match state.oauth.device_view_by_serial(&serial) {
+        return match state.oauth.device_view_by_serial(&serial).await {
             Ok(Some(v)) => json_bytes(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()),
             Ok(None) => not_found(),
             Err(e) => OAuthResponse(e).into_response(),
@@ -120,7 +120,11 @@ async fn find_by_serial(
     }
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let after = query.after.unwrap_or_default();
-    match state.oauth.device_views(&after, limit, query.attested) {
+    match state
+        .oauth
+        .device_views(&after, limit, query.attested)
+        .await
+    {
         Ok((devices, next)) => json_response(
             StatusCode::OK,
             &serde_json::json!({"devices": devices, "next": next}),
@@ -146,7 +150,7 @@ async fn attest_ek(
     Path(client_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers) {
+    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -176,7 +180,7 @@ async fn show(
     _caller: Caller<DevicesAdmin>,
     Path(client_id): Path<String>,
 ) -> Response {
-    match state.oauth.device_view(&client_id) {
+    match state.oauth.device_view(&client_id).await {
         Ok(Some(v)) => json_bytes(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()),
         Ok(None) => not_found(),
         Err(e) => OAuthResponse(e).into_response(),

@@ -95,13 +95,21 @@ async fn metrics(State(state): State<super::State>) -> impl IntoResponse {
     )
 }
 
-/// Ready when storage answers.
-async fn ready(State(state): State<super::State>) -> impl IntoResponse {
-    match state.oauth.clients.client("readiness-probe") {
-        Ok(_) => (StatusCode::OK, "ready\n"),
+/// Ready when writes reach stable storage: not while storage is failing; otherwise a recent
+/// flush or a write probe through the group committer proves it. (Reads alone would say
+/// nothing: a full disk still answers them.) The 503 gets its `Retry-After` from the router.
+async fn ready(State(state): State<super::State>) -> axum::response::Response {
+    match state.oauth.commit.probe().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
-            tracing::error!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+            tracing::debug!(error = %e, "not ready");
+            super::error::json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "error": "temporarily_unavailable",
+                    "error_description": "storage does not take writes",
+                }),
+            )
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Errors to responses: RFC 6749 §5.2 JSON for OAuth errors (401 with `WWW-Authenticate: Basic`
-//! for `invalid_client`), RFC 6750 §3 for bearer failures, a bare 500 for our own faults.
+//! for `invalid_client`), RFC 6750 §3 for bearer failures, a bare 500 for our own faults, 503
+//! `temporarily_unavailable` while storage is out of reach (the router adds `Retry-After`).
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response, StatusCode};
@@ -24,6 +25,10 @@ impl IntoResponse for OAuthResponse {
         let e = self.0;
         match &e {
             OAuthError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            // The committer logs the failure's onset with the OS error, once; not per request.
+            OAuthError::TemporarilyUnavailable(detail) => {
+                tracing::debug!(%detail, "refused: storage unavailable")
+            }
             OAuthError::InvalidClient { reason } => {
                 let reason = clip_to(reason, MAX_REASON_CHARS);
                 tracing::info!(%reason, "client authentication failed")

@@ -71,6 +71,10 @@ pub fn router(built: &Built, settings: &ServeSettings) -> Router {
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            storage_epoch,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -109,6 +113,33 @@ async fn resolve_client(
         request.extensions_mut().insert(ClientAddr(client));
     }
     next.run(request).await
+}
+
+/// Stamp the request with the storage epoch it starts in (its commit is refused if storage
+/// fails meanwhile), and give every 503 a `Retry-After`. While storage is failing, a 500 is
+/// turned into that 503 too: whatever failed most likely failed for want of storage.
+async fn storage_epoch(
+    axum::extract::State(state): axum::extract::State<State>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let health = state.oauth.commit.health().clone();
+    request
+        .extensions_mut()
+        .insert(ctx::StorageEpoch(health.epoch()));
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let failing = status == axum::http::StatusCode::INTERNAL_SERVER_ERROR && health.is_failing();
+    if failing {
+        *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if response.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .entry(axum::http::header::RETRY_AFTER)
+            .or_insert_with(|| axum::http::HeaderValue::from(health.retry_after_secs()));
+    }
+    response
 }
 
 /// Count every response by route pattern and status.

@@ -188,18 +188,19 @@ impl AuthServer {
     /// Validate one of our access tokens: every check of RFC 9068 §4 plus revocation and the
     /// client's standing and, for an exchanged token, those of every token it came from. Time
     /// checks allow `clock_skew` and no more.
-    pub fn validate_access_token(
+    pub async fn validate_access_token(
         &self,
         token: &str,
         now: u64,
     ) -> Result<AccessClaims, TokenRejection> {
         self.validate_with_lineage(token, now)
+            .await
             .map(|(claims, _)| claims)
     }
 
     /// [`AuthServer::validate_access_token`], also returning an exchanged token's lineage (every
     /// ancestor found live); `None` for a first-hand token, which costs nothing more.
-    pub(super) fn validate_with_lineage(
+    pub(super) async fn validate_with_lineage(
         &self,
         token: &str,
         now: u64,
@@ -240,6 +241,7 @@ impl AuthServer {
         if self
             .tokens
             .is_access_token_revoked(&claims.jti)
+            .await
             .map_err(|e| TokenRejection::Storage(e.to_string()))?
         {
             return Err(TokenRejection::Revoked);
@@ -247,35 +249,37 @@ impl AuthServer {
         let client = self
             .clients
             .client(&claims.client_id)
+            .await
             .map_err(|e| TokenRejection::Storage(e.to_string()))?;
         if client.is_none_or(|c| c.disabled) {
             return Err(TokenRejection::ClientGone);
         }
         if let Some(family) = &claims.sid {
-            if self.grant_revoked(family)? {
+            if self.grant_revoked(family).await? {
                 return Err(TokenRejection::GrantRevoked);
             }
         }
         // Only a token exchange (RFC 8693 §4.1) sets `act`; every other token stops here.
         let lineage = match claims.act {
             None => None,
-            Some(_) => Some(self.live_lineage(&claims.jti)?),
+            Some(_) => Some(self.live_lineage(&claims.jti).await?),
         };
         Ok((claims, lineage))
     }
 
     /// Whether the refresh-token family `family` was revoked. A family forgotten after it
     /// expired is not revoked: it outlives every access token minted from it.
-    fn grant_revoked(&self, family: &str) -> Result<bool, TokenRejection> {
+    async fn grant_revoked(&self, family: &str) -> Result<bool, TokenRejection> {
         self.refresh_tokens
             .refresh_family_revoked(family)
+            .await
             .map_err(|e| TokenRejection::Storage(e.to_string()))
     }
 
     /// The recorded lineage of the exchanged token `jti`, provided every ancestor is unrevoked
     /// and its client enabled. RFC 8693 leaves revocation of derived tokens to the server; an
     /// exchanged token stands on the tokens it was made from, so it lives only while they do.
-    fn live_lineage(&self, jti: &str) -> Result<Lineage, TokenRejection> {
+    async fn live_lineage(&self, jti: &str) -> Result<Lineage, TokenRejection> {
         let storage = |e: crate::store::StoreError| TokenRejection::Storage(e.to_string());
         // Fail closed: without the record (never written, or a token we did not issue) nothing
         // shows that the token descends only from live tokens. The record outlives the token
@@ -283,6 +287,7 @@ impl AuthServer {
         let lineage = self
             .tokens
             .lineage(jti)
+            .await
             .map_err(storage)?
             .ok_or(TokenRejection::LineageUnknown)?;
         // The record is flat (ancestors of ancestors included) and bounded by the delegation
@@ -291,16 +296,21 @@ impl AuthServer {
             if self
                 .tokens
                 .is_access_token_revoked(&ancestor.jti)
+                .await
                 .map_err(storage)?
             {
                 return Err(TokenRejection::SourceRevoked);
             }
             if let Some(family) = &ancestor.sid {
-                if self.grant_revoked(family)? {
+                if self.grant_revoked(family).await? {
                     return Err(TokenRejection::SourceRevoked);
                 }
             }
-            let client = self.clients.client(&ancestor.client_id).map_err(storage)?;
+            let client = self
+                .clients
+                .client(&ancestor.client_id)
+                .await
+                .map_err(storage)?;
             if client.is_none_or(|c| c.disabled) {
                 return Err(TokenRejection::SourceClientGone);
             }

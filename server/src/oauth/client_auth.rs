@@ -228,7 +228,8 @@ impl AuthServer {
                 let known = self
                     .clients
                     .client(&id)
-                    .map_err(OAuthError::internal)?
+                    .await
+                    .map_err(OAuthError::from)?
                     .is_some();
                 event = event.client(if known { id } else { fingerprint(&id) });
             }
@@ -246,7 +247,7 @@ impl AuthServer {
         let by_header = matches!(presented, Presented::Basic { .. });
         match presented {
             Presented::Basic { client_id, secret } | Presented::Post { client_id, secret } => {
-                let client = self.active_client(&client_id)?;
+                let client = self.active_client(&client_id).await?;
                 // RFC 7591 §2: the client registered one method; the other is refused, so a
                 // secret meant for a header is never accepted from a body (or the reverse).
                 // A device on its factory secret is `client_secret_basic`.
@@ -280,7 +281,7 @@ impl AuthServer {
                     .await
             }
             Presented::Public { client_id } => {
-                let client = self.active_client(&client_id)?;
+                let client = self.active_client(&client_id).await?;
                 if allow_public && client.auth_method == AuthMethod::None {
                     Ok(client)
                 } else {
@@ -293,11 +294,12 @@ impl AuthServer {
         }
     }
 
-    fn active_client(&self, client_id: &str) -> Result<Arc<Client>, OAuthError> {
+    async fn active_client(&self, client_id: &str) -> Result<Arc<Client>, OAuthError> {
         match self
             .clients
             .client(client_id)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
             Some(c) if !c.disabled => Ok(c),
             Some(_) => Err(OAuthError::invalid_client(format!(
@@ -319,13 +321,14 @@ impl AuthServer {
         assertion: &str,
         ctx: &RequestCtx,
     ) -> Result<Arc<Client>, OAuthError> {
-        let (mut client, by_pending_key) =
-            self.verify_assertion(body_id, assertion, ctx.endpoint.as_deref(), ctx.now)?;
+        let (mut client, by_pending_key) = self
+            .verify_assertion(body_id, assertion, ctx.endpoint.as_deref(), ctx.now)
+            .await?;
         if by_pending_key {
-            client = self.promote_pending_key(&client, ctx)?;
+            client = self.promote_pending_key(&client, ctx).await?;
         }
         // The jti must be on disk before we act on the assertion, or a crash could let a replay in.
-        self.commit.commit().await.map_err(OAuthError::internal)?;
+        self.commit_for(ctx).await?;
         Ok(client)
     }
 
@@ -333,19 +336,20 @@ impl AuthServer {
     /// flushed, no pending-key promotion), for the benchmarks. Not an API: requests go through
     /// [`AuthServer::authenticate`].
     #[doc(hidden)]
-    pub fn verify_assertion_uncommitted(
+    pub async fn verify_assertion_uncommitted(
         &self,
         body_id: Option<&str>,
         assertion: &str,
         now: u64,
     ) -> Result<Arc<Client>, OAuthError> {
         self.verify_assertion(body_id, assertion, None, now)
+            .await
             .map(|(client, _)| client)
     }
 
     /// Every check of [`AuthServer::authenticate_assertion`] but the durable commit of the jti.
     /// Returns the client and whether its *pending* key signed (which promotes that key).
-    fn verify_assertion(
+    async fn verify_assertion(
         &self,
         body_id: Option<&str>,
         assertion: &str,
@@ -368,7 +372,7 @@ impl AuthServer {
                 "client_id differs from the assertion's sub",
             ));
         }
-        let client = self.active_client(client_id)?;
+        let client = self.active_client(client_id).await?;
         let kid = jws.header.kid.as_deref();
         // Registered keys first, then a pending rotation key (DESIGN: first boot).
         let candidates: Vec<(&crate::store::ClientKey, bool)> = client
@@ -449,7 +453,8 @@ impl AuthServer {
         let first_use = self
             .tokens
             .record_assertion_jti(client_id, &jti, keep_until)
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         if !first_use {
             return Err(OAuthError::invalid_client(format!(
                 "client assertion jti replayed by {client_id}"

@@ -58,9 +58,33 @@ pub enum OAuthError {
     /// The body was larger than the server accepts.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// Storage is failing or out of reach, so nothing can be saved now: 503 with
+    /// `Retry-After` and the code `temporarily_unavailable` (RFC 6749 §4.1.2.1 names it for
+    /// the same condition). The detail is logged, never sent.
+    #[error("temporarily_unavailable: {0}")]
+    TemporarilyUnavailable(String),
     /// Something on our side failed; the client sees a bare `server_error`.
     #[error("server_error: {0}")]
     Internal(String),
+}
+
+impl From<crate::store::StoreError> for OAuthError {
+    /// An outage (the disk, the database) is temporary; anything else is our fault.
+    fn from(e: crate::store::StoreError) -> Self {
+        let detail = e.describe();
+        if e.is_outage() {
+            OAuthError::TemporarilyUnavailable(detail)
+        } else {
+            OAuthError::Internal(detail)
+        }
+    }
+}
+
+impl From<crate::store::CommitError> for OAuthError {
+    /// Whatever kept a commit from happening, the write was not saved and may be retried.
+    fn from(e: crate::store::CommitError) -> Self {
+        OAuthError::TemporarilyUnavailable(e.to_string())
+    }
 }
 
 impl OAuthError {
@@ -81,6 +105,7 @@ impl OAuthError {
             OAuthError::SlowDown => "slow_down",
             OAuthError::AccessDenied => "access_denied",
             OAuthError::ExpiredToken => "expired_token",
+            OAuthError::TemporarilyUnavailable(_) => "temporarily_unavailable",
             OAuthError::Internal(_) => "server_error",
         }
     }
@@ -90,6 +115,7 @@ impl OAuthError {
         match self {
             OAuthError::InvalidClient { .. } => 401,
             OAuthError::PayloadTooLarge => 413,
+            OAuthError::TemporarilyUnavailable(_) => 503,
             OAuthError::Internal(_) => 500,
             _ => 400,
         }
@@ -115,6 +141,9 @@ impl OAuthError {
             OAuthError::AccessDenied => Some("the user denied the request"),
             OAuthError::ExpiredToken => {
                 Some("the device code expired; start a new device authorization")
+            }
+            OAuthError::TemporarilyUnavailable(_) => {
+                Some("storage is unavailable; nothing was saved, retry after the Retry-After delay")
             }
             OAuthError::UnsupportedTokenType | OAuthError::Internal(_) => None,
         }
@@ -156,6 +185,37 @@ mod tests {
         let e = OAuthError::InvalidTarget("audience is not this server".into());
         assert_eq!(e.status(), 400);
         assert_eq!(e.body()["error"], "invalid_target");
+    }
+
+    #[test]
+    fn a_storage_outage_is_a_503_and_corruption_a_500() {
+        let full = crate::store::StoreError::Flush {
+            source: sled::Error::Io(std::io::Error::from_raw_os_error(28)),
+        };
+        assert_eq!(
+            full.describe(),
+            "storage flush failed: No space left on device (os error 28)"
+        );
+        let rewrapped = crate::store::StoreError::Write {
+            what: "audit segment",
+            source: sled::Error::Io(std::io::Error::other(
+                "Os { code: 5, kind: Uncategorized, message: \"Input/output error\" }",
+            )),
+        };
+        assert_eq!(
+            rewrapped.describe(),
+            "storage write failed (audit segment): Input/output error (os error 5)"
+        );
+        let e = OAuthError::from(full);
+        assert_eq!((e.status(), e.code()), (503, "temporarily_unavailable"));
+        assert!(!e.body().to_string().contains("os error"), "{}", e.body());
+        let corrupt = crate::store::StoreError::Decode {
+            what: "client",
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        assert_eq!(OAuthError::from(corrupt).status(), 500);
+        let e = OAuthError::from(crate::store::CommitError::EpochMoved);
+        assert_eq!(e.status(), 503);
     }
 
     #[test]

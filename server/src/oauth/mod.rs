@@ -141,6 +141,8 @@ pub struct AuthServer {
     pub users: Arc<dyn crate::store::UserStore>,
     /// Verification-page sessions.
     pub sessions: Arc<dyn crate::store::SessionStore>,
+    /// The PostgreSQL database, when the server uses one (for `/readyz`).
+    pub database: Option<Arc<crate::store::PgStore>>,
     /// Slots for Argon2id runs (sign-ins, new users).
     pub password_checks: crate::accounts::PasswordChecks,
 }
@@ -157,6 +159,9 @@ pub struct RequestCtx {
     /// The path of the endpoint called (`/oauth2/introspect`), when served over HTTP: a client
     /// assertion may name that endpoint's URL as its `aud` (RFC 7523 §3).
     pub endpoint: Option<String>,
+    /// The storage epoch the request started in (see [`crate::store::health`]): its commit is
+    /// refused if storage failed meanwhile. `None` outside HTTP requests.
+    pub epoch: Option<crate::store::health::Epoch>,
 }
 
 impl RequestCtx {
@@ -167,6 +172,7 @@ impl RequestCtx {
             request_id: crate::secret::random_id(9),
             source: None,
             endpoint: None,
+            epoch: None,
         }
     }
 }
@@ -175,7 +181,15 @@ impl AuthServer {
     /// Append `event` to the audit log, stamped with the request, and wait until it is durable.
     pub async fn record(&self, ctx: &RequestCtx, event: AuditEvent) -> Result<(), OAuthError> {
         self.append_audit(ctx, event)?;
-        self.commit.commit().await.map_err(OAuthError::internal)
+        self.commit_for(ctx).await
+    }
+
+    /// Wait until every write this request made is durable; refused (503) if storage fails
+    /// or failed since the request started.
+    pub async fn commit_for(&self, ctx: &RequestCtx) -> Result<(), OAuthError> {
+        // A request from outside HTTP (a background task) writes and commits back to back.
+        let since = ctx.epoch.or_else(|| Some(self.commit.health().epoch()));
+        Ok(self.commit.commit_since(since).await?)
     }
 
     /// Append without waiting; the caller commits before it answers. Every field that may hold
@@ -204,7 +218,7 @@ impl AuthServer {
             .unwrap_or(ctx.now * 1000);
         self.audit
             .append(event, time_ms)
-            .map_err(OAuthError::internal)?;
+            .map_err(OAuthError::from)?;
         Ok(())
     }
 }

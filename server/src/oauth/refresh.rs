@@ -1,5 +1,9 @@
 //! Refresh tokens (RFC 6749 §6): 256 random bits, stored as their SHA-256, rotated on every use;
-//! a spent token presented again revokes its whole family (RFC 9700 §4.14.2).
+//! a spent token presented again revokes its whole family (RFC 9700 §4.14.2) — except once,
+//! within `refresh_token_grace` of its rotation while its successor is unused, when it is
+//! answered with that same successor: a client whose refresh response was lost in transit
+//! retries with the token it still holds, and must not be logged out for it (as Auth0 and Okta
+//! allow). The successor is kept for that sealed under a key only the spent token derives.
 
 use super::client_auth::Presented;
 use super::form::Form;
@@ -7,13 +11,13 @@ use super::token_endpoint::{issued_event, TokenResponse};
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
 use crate::secret::{random_id, Secret};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::grants::{RefreshToken, Rotation, TokenHash};
+use crate::store::grants::{RefreshGrace, RefreshToken, Rotation, TokenHash};
 
 impl AuthServer {
     /// Issue the first refresh token of a new family, for a fresh grant. The write is durable at
     /// the caller's next commit.
     /// Returns the token and its family, the `sid` of the grant's access tokens.
-    pub(super) fn start_refresh_family(
+    pub(super) async fn start_refresh_family(
         &self,
         client_id: &str,
         sub: &str,
@@ -30,10 +34,12 @@ impl AuthServer {
             issued_at: now,
             expires_at: now + self.settings.device.refresh_token_ttl,
             spent_at: None,
+            grace: None,
         };
         self.refresh_tokens
             .insert_refresh_token(&TokenHash::of(token.expose()), &record)
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         Ok((token.expose().to_owned(), family))
     }
 
@@ -53,12 +59,14 @@ impl AuthServer {
                 "client is not registered for the refresh_token grant".into(),
             ));
         }
-        let presented_hash = TokenHash::of(form.require("refresh_token")?);
+        let presented = form.require("refresh_token")?;
+        let presented_hash = TokenHash::of(presented);
         let invalid = |why: &'static str| OAuthError::InvalidGrant(why.into());
         let Some((current, family_revoked)) = self
             .refresh_tokens
             .refresh_token(&presented_hash)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         else {
             return Err(invalid("unknown refresh token"));
         };
@@ -85,7 +93,8 @@ impl AuthServer {
         let user = self
             .users
             .user(&current.sub)
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         if user.is_none_or(|u| u.disabled) {
             return Err(invalid(
                 "the user of this refresh token is gone or disabled",
@@ -93,7 +102,7 @@ impl AuthServer {
         }
         // What the client may hold now bounds the family too: a device whose scopes shrank
         // since the grant refreshes only what is left.
-        let allowed = self.allowed_scopes(&client)?;
+        let allowed = self.allowed_scopes(&client).await?;
         let original: Vec<String> = current
             .scope
             .split(' ')
@@ -107,8 +116,19 @@ impl AuthServer {
             issued_at: ctx.now,
             expires_at: ctx.now + self.settings.device.refresh_token_ttl,
             spent_at: None,
+            grace: None,
             ..current.clone()
         };
+        let grace_secs = self.settings.device.refresh_token_grace;
+        let grace = (grace_secs > 0)
+            .then(|| {
+                Ok::<_, OAuthError>(RefreshGrace {
+                    until: ctx.now + grace_secs,
+                    successor: hex::encode(TokenHash::of(next.expose()).0),
+                    sealed: grace::seal(presented, &current.family, next.expose())?,
+                })
+            })
+            .transpose()?;
         let rotation = self
             .refresh_tokens
             .rotate_refresh_token(
@@ -116,10 +136,18 @@ impl AuthServer {
                 &TokenHash::of(next.expose()),
                 &next_record,
                 ctx.now,
+                grace.as_ref(),
             )
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
+        let mut successor = next.expose().to_owned();
+        let mut event_name = "token.issued";
         match rotation {
             Rotation::Rotated => {}
+            Rotation::Retried { sealed } => {
+                successor = grace::open(presented, &current.family, &sealed)?;
+                event_name = "token.refresh_retried";
+            }
             Rotation::Replayed => {
                 let event = AuditEvent::new("token.refresh_replayed", Outcome::Failure)
                     .actor(&client.client_id)
@@ -142,9 +170,15 @@ impl AuthServer {
         let access_token = self.sign_access_token(&claims);
         let event = issued_event(grant::REFRESH_TOKEN, &claims);
         let event = AuditEvent {
-            reason: event
-                .reason
-                .map(|r| format!("{r} family={}", current.family)),
+            event: event_name.to_owned(),
+            reason: event.reason.map(|r| match event_name {
+                "token.issued" => format!("{r} family={}", current.family),
+                _ => format!(
+                    "{r} family={}; the spent refresh token was presented again within its \
+                     grace: same successor returned, once",
+                    current.family
+                ),
+            }),
             ..event
         };
         // Durable before the response: the old token is spent once the new one is out.
@@ -154,7 +188,7 @@ impl AuthServer {
             token_type: "Bearer",
             expires_in: self.settings.access_token_ttl,
             scope: granted,
-            refresh_token: Some(next.expose().to_owned()),
+            refresh_token: Some(successor),
             issued_token_type: None,
         })
     }
@@ -170,7 +204,8 @@ impl AuthServer {
         let Some((record, _)) = self
             .refresh_tokens
             .refresh_token(&TokenHash::of(token))
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
@@ -194,9 +229,73 @@ impl AuthServer {
         if own {
             self.refresh_tokens
                 .revoke_refresh_family(&record.family, ctx.now)
-                .map_err(OAuthError::internal)?;
+                .await
+                .map_err(OAuthError::from)?;
         }
         self.record(ctx, event).await?;
         Ok(Some(own))
+    }
+}
+
+/// Sealing a successor under its predecessor: AES-256-GCM with a key derived from the spent
+/// refresh token (SHA-256 with a label of its own, so it is not the hash the token is stored
+/// under), the family as associated data. Each key seals exactly one plaintext — a token has
+/// one successor — so a fixed nonce is safe.
+mod grace {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    use sha2::{Digest, Sha256};
+
+    use crate::oauth::OAuthError;
+
+    const LABEL: &[u8] = b"hallmark refresh-token grace v1\0";
+
+    fn key(spent: &str) -> Result<LessSafeKey, OAuthError> {
+        let digest = Sha256::new()
+            .chain_update(LABEL)
+            .chain_update(spent.as_bytes())
+            .finalize();
+        UnboundKey::new(&AES_256_GCM, &digest)
+            .map(LessSafeKey::new)
+            .map_err(|_| OAuthError::Internal("cannot make the grace key".into()))
+    }
+
+    pub(super) fn seal(spent: &str, family: &str, successor: &str) -> Result<String, OAuthError> {
+        let mut bytes = successor.as_bytes().to_vec();
+        key(spent)?
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(family.as_bytes()),
+                &mut bytes,
+            )
+            .map_err(|_| OAuthError::Internal("cannot seal the successor".into()))?;
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub(super) fn open(spent: &str, family: &str, sealed: &str) -> Result<String, OAuthError> {
+        let corrupt = || OAuthError::Internal("the sealed successor does not open".into());
+        let mut bytes = URL_SAFE_NO_PAD.decode(sealed).map_err(|_| corrupt())?;
+        let plain = key(spent)?
+            .open_in_place(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(family.as_bytes()),
+                &mut bytes,
+            )
+            .map_err(|_| corrupt())?;
+        String::from_utf8(plain.to_vec()).map_err(|_| corrupt())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_the_spent_token_opens_its_successor() {
+            let sealed = seal("old-token", "fam", "new-token").unwrap();
+            assert!(!sealed.contains("new-token"));
+            assert_eq!(open("old-token", "fam", &sealed).unwrap(), "new-token");
+            assert!(open("other-token", "fam", &sealed).is_err());
+            assert!(open("old-token", "other-family", &sealed).is_err());
+        }
     }
 }

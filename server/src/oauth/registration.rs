@@ -98,7 +98,7 @@ pub enum BearerError {
 
 impl AuthServer {
     /// Check `Authorization: Bearer` for an active token holding `required` scope.
-    pub fn authorize_bearer(
+    pub async fn authorize_bearer(
         &self,
         authorization: Option<&str>,
         required: &'static str,
@@ -111,6 +111,7 @@ impl AuthServer {
             .ok_or(BearerError::Missing)?;
         let claims = self
             .validate_access_token(token, now)
+            .await
             .map_err(|e| match e {
                 TokenRejection::Storage(s) => BearerError::Internal(s),
                 other => BearerError::InvalidToken(other),
@@ -132,7 +133,8 @@ impl AuthServer {
         if !self
             .clients
             .insert_new_client(&client)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
             // 128 random bits collided: retrying would hide a broken RNG.
             return Err(OAuthError::Internal("client_id collision".into()));

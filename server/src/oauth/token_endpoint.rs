@@ -72,7 +72,7 @@ impl AuthServer {
                 "client is not registered for client_credentials".into(),
             ));
         }
-        let allowed = self.allowed_scopes(&client)?;
+        let allowed = self.allowed_scopes(&client).await?;
         let granted = scope::grant(form.get("scope"), &allowed)?.join(" ");
         let purpose = token_exchange::purpose(form)?;
         let mut claims =
@@ -100,7 +100,7 @@ impl AuthServer {
     ) -> Result<Introspection, OAuthError> {
         let caller = self.authenticate(presented, false, ctx).await?;
         let token = form.require("token")?;
-        Ok(match self.validate_access_token(token, ctx.now) {
+        Ok(match self.validate_access_token(token, ctx.now).await {
             Ok(claims) => {
                 if claims.client_id != caller.client_id {
                     let event = AuditEvent::new("token.introspected", Outcome::Success)
@@ -144,7 +144,7 @@ impl AuthServer {
         let token = form.require("token")?;
         // RFC 7009 §2.2.1: the hint only speeds up the lookup; an unknown hint is ignored and
         // every type is searched, so a token is never left valid because of a hint.
-        let claims = match self.validate_access_token(token, ctx.now) {
+        let claims = match self.validate_access_token(token, ctx.now).await {
             Ok(c) => c,
             Err(super::access_token::TokenRejection::Storage(e)) => {
                 return Err(OAuthError::Internal(e))
@@ -182,7 +182,8 @@ impl AuthServer {
                 &claims.jti,
                 claims.exp.saturating_add(self.settings.clock_skew) + 1,
             )
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         self.record(ctx, event).await
     }
 }

@@ -97,7 +97,7 @@ impl AuthServer {
         ctx: &RequestCtx,
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, false, ctx).await?;
-        match self.exchange(&client, form, ctx.now) {
+        match self.exchange(&client, form, ctx.now).await {
             Ok((
                 access_token,
                 claims,
@@ -119,7 +119,8 @@ impl AuthServer {
                             .saturating_add(self.settings.clock_skew)
                             .saturating_add(1),
                     )
-                    .map_err(OAuthError::internal)?;
+                    .await
+                    .map_err(OAuthError::from)?;
                 let depth = claims.delegation_depth();
                 let actor = actor.map_or_else(
                     || "actor=client".to_owned(),
@@ -162,7 +163,7 @@ impl AuthServer {
 
     /// Every check of the exchange and the new token: (token, its claims, the tokens it came
     /// from). Writes nothing.
-    fn exchange(
+    async fn exchange(
         &self,
         client: &Client,
         form: &Form,
@@ -218,11 +219,13 @@ impl AuthServer {
         let purpose_param = purpose(form)?;
 
         // §2.2.2: an invalid subject or actor token is invalid_request.
-        let (subject, subject_lineage) = self.usable_token("subject_token", subject_token, now)?;
+        let (subject, subject_lineage) = self
+            .usable_token("subject_token", subject_token, now)
+            .await?;
         let actor_claims = match actor_token {
             None => None,
             Some(token) => {
-                let (claims, _) = self.usable_token("actor_token", token, now)?;
+                let (claims, _) = self.usable_token("actor_token", token, now).await?;
                 // An actor token stands for the requesting client's own identity (its own
                 // client_credentials token, or a person's token it got through a grant that
                 // person approved); another client's token would let it borrow someone else's.
@@ -250,7 +253,7 @@ impl AuthServer {
             return Err(invalid("delegation chain too deep".into()));
         }
 
-        let allowed = self.allowed_scopes(client)?;
+        let allowed = self.allowed_scopes(client).await?;
         let granted = narrowed_scope(form.get("scope"), &subject, &allowed)?;
 
         // A purpose narrows what a token is for; an exchange may keep it, never change it.
@@ -287,13 +290,13 @@ impl AuthServer {
 
     /// `token` validated as one of our access tokens, with its lineage if it was exchanged, or
     /// `invalid_request` naming `param`.
-    fn usable_token(
+    async fn usable_token(
         &self,
         param: &'static str,
         token: &str,
         now: u64,
     ) -> Result<(AccessClaims, Option<Lineage>), OAuthError> {
-        match self.validate_with_lineage(token, now) {
+        match self.validate_with_lineage(token, now).await {
             Ok(found) => Ok(found),
             Err(TokenRejection::Storage(e)) => Err(OAuthError::Internal(e)),
             Err(why) => Err(OAuthError::InvalidRequest(

@@ -89,6 +89,10 @@ pub struct ChainedEvent {
     pub seq: u64,
     /// Unix time in milliseconds.
     pub time_ms: u64,
+    /// The chain it belongs to, where a store keeps several (one per replica on PostgreSQL);
+    /// absent on the embedded store's single chain. Hashed, so an entry cannot be moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     /// The event.
     #[serde(flatten)]
     pub event: AuditEvent,
@@ -122,6 +126,18 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// The last entry of one chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainHead {
+    /// The chain (`None`: the embedded store's only chain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// Its last sequence number.
+    pub seq: u64,
+    /// That entry's hash.
+    pub hash: String,
+}
+
 /// Stored entries in order: (sequence number, stored bytes).
 pub type StoredEntries = Vec<(u64, Vec<u8>)>;
 
@@ -131,10 +147,12 @@ pub type Head = (u64, String);
 /// `prev_hash` of entry 1.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Where and why the chain is broken.
+/// Where and why a chain is broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("audit chain broken at entry {seq}: {reason}")]
+#[error("audit chain {}broken at entry {seq}: {reason}", chain.as_deref().map(|c| format!("{c} ")).unwrap_or_default())]
 pub struct ChainBreak {
+    /// The chain, where a store keeps several.
+    pub chain: Option<String>,
     /// The first entry found altered, missing or out of place.
     pub seq: u64,
     /// What is wrong with it.
@@ -147,7 +165,11 @@ pub fn verify_chain<I>(entries: I, head: Option<(u64, String)>) -> Result<u64, C
 where
     I: IntoIterator<Item = (u64, Vec<u8>)>,
 {
-    let brk = |seq: u64, reason: String| ChainBreak { seq, reason };
+    let brk = |seq: u64, reason: String| ChainBreak {
+        chain: None,
+        seq,
+        reason,
+    };
     let mut prev_hash = GENESIS_HASH.to_owned();
     let mut count = 0u64;
     for (key_seq, bytes) in entries {
@@ -208,6 +230,7 @@ mod tests {
             let e = ChainedEvent {
                 seq,
                 time_ms: seq,
+                chain: None,
                 event: AuditEvent::new("t", Outcome::Success),
                 prev_hash: prev.clone(),
             }

@@ -82,29 +82,30 @@ pub struct DeviceGrant {
 }
 
 /// Pending device authorization requests.
+#[async_trait::async_trait]
 pub trait DeviceGrantStore: Send + Sync {
     /// Store a new request under its device code's hash, claiming its user code. False, with
     /// nothing written, when that user code is already in use (the caller draws another).
-    fn insert_device_grant(
+    async fn insert_device_grant(
         &self,
         device_code: &TokenHash,
         grant: &DeviceGrant,
     ) -> Result<bool, StoreError>;
     /// The request holding this (normalised) user code, with its device code's hash.
-    fn device_grant_by_user_code(
+    async fn device_grant_by_user_code(
         &self,
         user_code: &str,
     ) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError>;
     /// Change a request atomically: `change` sees the current record and returns its replacement,
     /// or `None` to leave it; it may run more than once under contention. Returns the record as
     /// stored afterwards, or `None` if there is no such request.
-    fn update_device_grant(
+    async fn update_device_grant(
         &self,
         device_code: &TokenHash,
-        change: &mut dyn FnMut(&DeviceGrant) -> Option<DeviceGrant>,
+        change: &mut (dyn for<'g> FnMut(&'g DeviceGrant) -> Option<DeviceGrant> + Send),
     ) -> Result<Option<DeviceGrant>, StoreError>;
     /// Drop requests that expired before `now`, with their user codes.
-    fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError>;
+    async fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 /// One refresh token, stored under its hash. Every token descends from one device grant; the
@@ -123,9 +124,28 @@ pub struct RefreshToken {
     pub issued_at: u64,
     /// When it stops working.
     pub expires_at: u64,
-    /// When it was exchanged for its successor; a spent token presented again is a replay.
+    /// When it was exchanged for its successor; a spent token presented again is a replay
+    /// (unless its `grace` allows it once).
     #[serde(default)]
     pub spent_at: Option<u64>,
+    /// Set when it is spent: what lets it be presented once more, shortly after, in case the
+    /// response carrying its successor was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<RefreshGrace>,
+}
+
+/// The grace of a spent refresh token: presented again before `until`, while its successor is
+/// unspent, it is answered once more with the same successor instead of revoking the family
+/// (a client whose refresh response was lost in transit retries with the token it still has).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshGrace {
+    /// The end of the grace, Unix seconds.
+    pub until: u64,
+    /// Hex SHA-256 of the successor.
+    pub successor: String,
+    /// The successor itself, sealed (AES-256-GCM) under a key derived from the spent token,
+    /// which the server does not keep: only its holder can have it opened. base64url.
+    pub sealed: String,
 }
 
 /// A family's shared state.
@@ -150,33 +170,46 @@ pub enum Rotation {
     FamilyRevoked,
     /// No such token.
     Unknown,
+    /// It had been spent moments ago and its grace allowed one more use: here is its
+    /// successor, still sealed ([`RefreshGrace::sealed`]). The grace is used up.
+    Retried {
+        /// The sealed successor.
+        sealed: String,
+    },
 }
 
 /// Refresh tokens and their families.
+#[async_trait::async_trait]
 pub trait RefreshTokenStore: Send + Sync {
     /// A token and whether its family is revoked.
-    fn refresh_token(&self, token: &TokenHash) -> Result<Option<(RefreshToken, bool)>, StoreError>;
+    async fn refresh_token(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<(RefreshToken, bool)>, StoreError>;
     /// Store a token, creating its family if it is the first.
-    fn insert_refresh_token(
+    async fn insert_refresh_token(
         &self,
         token: &TokenHash,
         record: &RefreshToken,
     ) -> Result<(), StoreError>;
-    /// Atomically spend `presented` and store `next` as its successor, or, if `presented` was
-    /// spent already, revoke its family (RFC 9700 §4.14.2).
-    fn rotate_refresh_token(
+    /// Atomically spend `presented` (recording `grace` with it) and store `next` as its
+    /// successor. If `presented` was spent already: within its grace, while the successor is
+    /// unspent, use the grace up and answer [`Rotation::Retried`]; otherwise revoke its family
+    /// (RFC 9700 §4.14.2).
+    async fn rotate_refresh_token(
         &self,
         presented: &TokenHash,
         next: &TokenHash,
         next_record: &RefreshToken,
         now: u64,
+        grace: Option<&RefreshGrace>,
     ) -> Result<Rotation, StoreError>;
     /// Whether the family was revoked (false for a family unknown or forgotten).
-    fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError>;
+    async fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError>;
     /// Revoke a whole family. False if there is no such family.
-    fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError>;
+    async fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError>;
     /// Drop tokens and families that expired before `now`.
-    fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError>;
+    async fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 /// How long a device grant is kept after it expires, seconds: while it is kept, the
@@ -186,13 +219,13 @@ pub const DEVICE_GRANT_RETENTION: u64 = 3600;
 
 /// Drop every expired device grant (after [`DEVICE_GRANT_RETENTION`]), refresh token and
 /// verification-page session; how many.
-pub fn purge_expired<S>(store: &S, now: u64) -> Result<usize, StoreError>
+pub async fn purge_expired<S>(store: &S, now: u64) -> Result<usize, StoreError>
 where
     S: DeviceGrantStore + RefreshTokenStore + super::SessionStore + ?Sized,
 {
-    Ok(
-        store.purge_device_grants(now.saturating_sub(DEVICE_GRANT_RETENTION))?
-            + store.purge_refresh_tokens(now)?
-            + store.purge_web_sessions(now)?,
-    )
+    Ok(store
+        .purge_device_grants(now.saturating_sub(DEVICE_GRANT_RETENTION))
+        .await?
+        + store.purge_refresh_tokens(now).await?
+        + store.purge_web_sessions(now).await?)
 }

@@ -4,6 +4,8 @@
 pub mod audit;
 mod commit;
 pub mod grants;
+pub mod health;
+pub mod pg;
 mod sled;
 pub mod users;
 
@@ -13,10 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretHash;
 
-use self::audit::{AuditEntry, AuditEvent, ChainBreak};
+use self::audit::{AuditEntry, AuditEvent, ChainBreak, ChainHead};
 
 pub use self::commit::{CommitError, GroupCommit};
 pub use self::grants::{DeviceGrantStore, RefreshTokenStore};
+pub use self::health::StorageHealth;
+pub use self::pg::{DatabaseUrl, PgStore};
 pub use self::sled::SledStore;
 pub use self::users::{SessionStore, UserStore};
 
@@ -60,6 +64,43 @@ pub enum StoreError {
         /// What the storage engine said.
         source: ::sled::Error,
     },
+    /// `database_url` is not a PostgreSQL connection string (it is never printed).
+    #[error("database_url is not a valid PostgreSQL URL or connection string")]
+    DatabaseUrl,
+    /// The database connection could not be set up (TLS roots, pool).
+    #[error("cannot set up the database connection: {reason}")]
+    DatabaseSetup {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database cannot be reached now: retry later.
+    #[error("the database is unavailable ({what}): {reason}")]
+    DatabaseUnavailable {
+        /// What was being done.
+        what: &'static str,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The database refused an operation.
+    #[error("database operation failed ({what})")]
+    Database {
+        /// What was being done.
+        what: &'static str,
+        /// What the driver said.
+        source: tokio_postgres::Error,
+    },
+    /// Another live process holds this replica's audit chain.
+    #[error("audit chain {chain} is in use by another running replica (was this data directory copied from a running one? give each replica its own: remove its replica-id file)")]
+    ChainInUse {
+        /// The chain.
+        chain: String,
+    },
+    /// The offline commands' runtime for store calls could not start.
+    #[error("cannot start a runtime for the store")]
+    Runtime {
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A stored record could not be decoded.
     #[error("stored {what} record is corrupt")]
     Decode {
@@ -68,35 +109,207 @@ pub enum StoreError {
         /// What the decoder said.
         source: serde_json::Error,
     },
+    /// The store is closed for a moment (being reopened after a failure).
+    #[error("storage is being reopened")]
+    Reopening,
+    /// The filesystem under the store refused a test write.
+    #[error("the filesystem at {path} does not take writes")]
+    Probe {
+        /// The file written.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether this is an outage — the disk, the file system or the database server failing or
+    /// out of reach, which may pass — rather than data the store cannot make sense of. An
+    /// outage is answered 503 and retried; anything else is a bug or corruption.
+    pub fn is_outage(&self) -> bool {
+        let engine = |e: &::sled::Error| matches!(e, ::sled::Error::Io(_));
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Read { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Flush { source } => engine(source),
+            StoreError::Locked { .. }
+            | StoreError::Reopening
+            | StoreError::Probe { .. }
+            | StoreError::DatabaseUnavailable { .. } => true,
+            // A database that answers, but with an error other than "cannot serve now".
+            StoreError::Database { source, .. } => database_outage(source),
+            StoreError::Decode { .. }
+            | StoreError::DatabaseUrl
+            | StoreError::DatabaseSetup { .. }
+            | StoreError::ChainInUse { .. }
+            | StoreError::Runtime { .. } => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// The error and its cause on one line, for the operator: `storage write failed (audit
+    /// segment): No space left on device (os error 28)` — the OS error as the OS says it.
+    pub fn describe(&self) -> String {
+        let engine = match self {
+            StoreError::Open { source, .. }
+            | StoreError::Read { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Flush { source } => Some(source),
+            _ => None,
+        };
+        match engine {
+            Some(::sled::Error::Io(io)) => format!("{self}: {}", os_words(io)),
+            _ => error_chain(self),
+        }
+    }
+}
+
+/// Whether a PostgreSQL error means the server cannot serve now (shutting down, starting up,
+/// out of connections or resources, a lost connection) rather than a refused statement.
+fn database_outage(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    e.code().is_some_and(|code| {
+        [
+            &SqlState::ADMIN_SHUTDOWN,
+            &SqlState::CRASH_SHUTDOWN,
+            &SqlState::CANNOT_CONNECT_NOW,
+            &SqlState::TOO_MANY_CONNECTIONS,
+            &SqlState::INSUFFICIENT_RESOURCES,
+            &SqlState::DISK_FULL,
+            &SqlState::OUT_OF_MEMORY,
+            &SqlState::CONNECTION_EXCEPTION,
+            &SqlState::CONNECTION_FAILURE,
+            &SqlState::T_R_SERIALIZATION_FAILURE,
+            &SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(&code)
+    })
+}
+
+/// An I/O error as the OS words it (`No space left on device (os error 28)`). sled passes some
+/// on re-wrapped, their Debug form (`Os { code: 28, kind: StorageFull, … }`) as the message;
+/// the code is taken back out of that.
+fn os_words(io: &std::io::Error) -> String {
+    let text = io.to_string();
+    let code = io.raw_os_error().or_else(|| {
+        text.split("code: ")
+            .nth(1)?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    });
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => text,
+    }
+}
+
+/// An error and its causes on one line: the operator's log line needs the innermost cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
+}
+
+/// Everything a backend provides: what the server holds one of, as `Arc<dyn Store>`, and
+/// hands out per concern.
+pub trait Store:
+    ClientStore
+    + TokenStore
+    + AuditLog
+    + DeviceStore
+    + Durability
+    + DeviceGrantStore
+    + RefreshTokenStore
+    + UserStore
+    + SessionStore
+    + std::fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: ClientStore
+        + TokenStore
+        + AuditLog
+        + DeviceStore
+        + Durability
+        + DeviceGrantStore
+        + RefreshTokenStore
+        + UserStore
+        + SessionStore
+        + std::fmt::Debug
+{
+}
+
+/// A failure counter's key: (kind, subject), e.g. `("code-account", "ann")`.
+pub type WindowKey = (String, String);
+
+/// Failures counted in a fixed window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Failures (and attempts still running) in the window.
+    pub count: u32,
+    /// When the window began (Unix seconds).
+    pub since: u64,
+}
+
+/// Failure counters that several processes share (the verification page's limits, so that
+/// they hold across replicas).
+#[async_trait::async_trait]
+pub trait WindowStore: Send + Sync + std::fmt::Debug {
+    /// Run `change` on the current windows of `keys` (absent ones start empty), atomically
+    /// with respect to every other update of any of them, and store what it leaves.
+    async fn update_windows(
+        &self,
+        keys: &[WindowKey],
+        change: &mut (dyn for<'m> FnMut(&'m mut std::collections::HashMap<WindowKey, Window>)
+                  + Send),
+    ) -> Result<(), StoreError>;
 }
 
 /// Registered OAuth clients.
+#[async_trait::async_trait]
 pub trait ClientStore: Send + Sync {
     /// The client with this id, if registered.
-    fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError>;
+    async fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError>;
     /// Create or replace a client record. Durable only after a [`GroupCommit::commit`].
-    fn put_client(&self, client: &Client) -> Result<(), StoreError>;
+    async fn put_client(&self, client: &Client) -> Result<(), StoreError>;
     /// Create a client only if its id is unused; false if it was taken.
-    fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError>;
+    async fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError>;
     /// Change a client atomically: `change` edits a copy of the current record and returns
     /// whether to write it; it may run more than once under contention. Returns the record as
     /// written (or as found, if `change` declined), `None` if there is no such client.
-    fn update_client(
+    async fn update_client(
         &self,
         client_id: &str,
-        change: &mut dyn FnMut(&mut Client) -> bool,
+        change: &mut (dyn for<'c> FnMut(&'c mut Client) -> bool + Send),
     ) -> Result<Option<Client>, StoreError>;
 }
 
 /// State about issued tokens and one-time values.
+#[async_trait::async_trait]
 pub trait TokenStore: Send + Sync {
     /// Mark an access token (by `jti`) revoked until `exp`, after which it is dead anyway.
-    fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError>;
+    async fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError>;
     /// Whether this access token was revoked.
-    fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
     /// Record a client assertion's `jti` (RFC 7523 §3 item 7) until `exp`. False if the same
     /// client already used it: a replay.
-    fn record_assertion_jti(
+    async fn record_assertion_jti(
         &self,
         client_id: &str,
         jti: &str,
@@ -104,11 +317,16 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Record what an exchanged access token (by `jti`) was derived from, until `until`, after
     /// which the token is dead anyway. Durable only after a [`GroupCommit::commit`].
-    fn record_lineage(&self, jti: &str, lineage: &Lineage, until: u64) -> Result<(), StoreError>;
+    async fn record_lineage(
+        &self,
+        jti: &str,
+        lineage: &Lineage,
+        until: u64,
+    ) -> Result<(), StoreError>;
     /// What an exchanged access token was derived from; `None` if nothing was recorded.
-    fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError>;
+    async fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError>;
     /// Drop revocation, replay and lineage records whose tokens expired before `now`.
-    fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
+    async fn purge_expired(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 /// Every token an exchanged access token was derived from (RFC 8693 §2.1: its subject token,
@@ -134,14 +352,31 @@ pub struct Ancestor {
 }
 
 /// The append-only, hash-chained audit log.
+#[async_trait::async_trait]
 pub trait AuditLog: Send + Sync {
     /// Append an event at `time_ms`; durable after the next [`GroupCommit::commit`]. Returns the
     /// entry's sequence number.
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError>;
-    /// Up to `limit` entries with sequence numbers above `after`, oldest first.
-    fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Check the whole chain: the number of entries, or the first broken one.
-    fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError>;
+    /// Up to `limit` entries of `chain` (default: this process's own) with sequence numbers
+    /// above `after`, oldest first.
+    async fn entries(
+        &self,
+        chain: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The head of every chain the store keeps.
+    async fn chains(&self) -> Result<Vec<ChainHead>, StoreError>;
+    /// Check every chain: the number of entries, or the first broken entry of each broken
+    /// chain.
+    async fn verify(&self) -> Result<Result<u64, Vec<ChainBreak>>, StoreError>;
+    /// The last entry of this process's chain known to be on stable storage, `(seq, hash)`
+    /// (`(0, GENESIS_HASH)` for an empty log): what a signed checkpoint may vouch for.
+    fn durable_head(&self) -> Result<audit::Head, StoreError>;
+    /// The name of this process's chain, where the store keeps several (one per replica).
+    fn own_chain(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A device registered by a factory station. Its credential lives on its [`Client`] record.
@@ -198,26 +433,27 @@ impl EkCertificateCheck {
 }
 
 /// The device registry.
+#[async_trait::async_trait]
 pub trait DeviceStore: Send + Sync {
     /// A device by client_id.
-    fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError>;
+    async fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError>;
     /// A device by serial.
-    fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError>;
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError>;
     /// Store a device and its client at once, claiming its serial and its EK fingerprint.
     /// `Err(existing)` when either is already registered (to this device or another): one TPM
     /// is one identity. Nothing is written then.
-    fn register_device(
+    async fn register_device(
         &self,
         device: &Device,
         client: &Client,
     ) -> Result<Result<(), Device>, StoreError>;
     /// Remove a device, its serial and its client at once. False if there was none.
-    fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
-        Ok(self.delete_device_if(client_id, &|_, _| Ok(()))? == Deletion::Deleted)
+    async fn delete_device(&self, client_id: &str) -> Result<bool, StoreError> {
+        Ok(self.delete_device_if(client_id, &|_, _| Ok(())).await? == Deletion::Deleted)
     }
     /// [`DeviceStore::delete_device`] if `allow` approves the device and its client as they are
     /// inside the same transaction, so nothing can change between the check and the delete.
-    fn delete_device_if(
+    async fn delete_device_if(
         &self,
         client_id: &str,
         allow: &DeletionCheck<'_>,
@@ -226,18 +462,19 @@ pub trait DeviceStore: Send + Sync {
     /// it changed it; it may run more than once under contention. The record as stored
     /// afterwards, or `None` if there is no such device. The serial and EK fingerprint, which
     /// the indexes hold, must not change.
-    fn update_device(
+    async fn update_device(
         &self,
         client_id: &str,
-        change: &mut dyn FnMut(&mut Device) -> bool,
+        change: &mut (dyn for<'d> FnMut(&'d mut Device) -> bool + Send),
     ) -> Result<Option<Device>, StoreError>;
     /// Up to `limit` devices whose client_id sorts after `after`, in client_id order.
-    fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError>;
+    async fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError>;
 }
 
 /// A condition on a device and its client (absent if already gone) for
 /// [`DeviceStore::delete_device_if`]: `Err(why)` refuses.
-pub type DeletionCheck<'a> = dyn Fn(&Device, Option<&Client>) -> Result<(), &'static str> + 'a;
+pub type DeletionCheck<'a> =
+    dyn Fn(&Device, Option<&Client>) -> Result<(), &'static str> + Send + Sync + 'a;
 
 /// What a conditional delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,10 +488,50 @@ pub enum Deletion {
     Refused(&'static str),
 }
 
-/// The one thing the group committer needs from a backend: make every write so far durable.
+/// Run a store operation from synchronous code (the offline commands: `init`, `user add`,
+/// `audit verify`) on a small runtime of its own.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StoreError::Runtime { source })?;
+    Ok(runtime.block_on(future))
+}
+
+/// What the group committer needs from a backend: make every write so far durable, prove that
+/// writes work, and get back to a working store after a failure. Called on a blocking thread:
+/// a backend may block in it (or run async work with `Handle::block_on`).
 pub trait Durability: Send + Sync {
     /// Flush all writes made before this call to stable storage.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Write a small record of no meaning (made durable by the next flush), so that readiness
+    /// reflects whether writes succeed rather than whether reads do.
+    fn write_probe(&self) -> Result<(), StoreError>;
+    /// After a failed flush: make the store take writes again, and prove it with a write and a
+    /// flush. An [outage](StoreError::is_outage) is retried later; any other error means the
+    /// store cannot recover in this process.
+    fn recover(&self) -> Result<Recovery, StoreError>;
+}
+
+/// How a store came back after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// The store as it was takes writes again (a database that came back, a disk with space
+    /// again); nothing was lost beyond the failed flushes.
+    Resumed,
+    /// The store was closed and opened again, as after a crash: writes never flushed are gone.
+    Reopened,
+}
+
+impl Recovery {
+    /// The name the log uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::Resumed => "resumed",
+            Recovery::Reopened => "reopened",
+        }
+    }
 }
 
 /// How a client proves who it is at the token endpoint (RFC 7591 §2

@@ -30,11 +30,12 @@ impl std::fmt::Debug for User {
 }
 
 /// User accounts.
+#[async_trait::async_trait]
 pub trait UserStore: Send + Sync {
     /// The user with this (lowercase) name.
-    fn user(&self, username: &str) -> Result<Option<User>, StoreError>;
+    async fn user(&self, username: &str) -> Result<Option<User>, StoreError>;
     /// Create a user only if the name is free; false if it was taken.
-    fn insert_new_user(&self, user: &User) -> Result<bool, StoreError>;
+    async fn insert_new_user(&self, user: &User) -> Result<bool, StoreError>;
 }
 
 /// A signed-in browser session on the verification page (anonymous visitors are never stored).
@@ -67,17 +68,19 @@ impl std::fmt::Debug for WebSession {
 }
 
 /// Verification-page sessions.
+#[async_trait::async_trait]
 pub trait SessionStore: Send + Sync {
     /// The session with this id hash.
-    fn web_session(&self, id: &TokenHash) -> Result<Option<WebSession>, StoreError>;
+    async fn web_session(&self, id: &TokenHash) -> Result<Option<WebSession>, StoreError>;
     /// Create or replace a session.
-    fn put_web_session(&self, id: &TokenHash, session: &WebSession) -> Result<(), StoreError>;
+    async fn put_web_session(&self, id: &TokenHash, session: &WebSession)
+        -> Result<(), StoreError>;
     /// End a session.
-    fn delete_web_session(&self, id: &TokenHash) -> Result<(), StoreError>;
+    async fn delete_web_session(&self, id: &TokenHash) -> Result<(), StoreError>;
     /// Drop sessions that expired before `now`.
-    fn purge_web_sessions(&self, now: u64) -> Result<usize, StoreError>;
+    async fn purge_web_sessions(&self, now: u64) -> Result<usize, StoreError>;
     /// How many sessions are stored (for operators and tests: anonymous visits must add none).
-    fn web_session_count(&self) -> Result<usize, StoreError>;
+    async fn web_session_count(&self) -> Result<usize, StoreError>;
 }
 
 #[cfg(test)]

@@ -15,13 +15,15 @@
 //! `per_account` guesses per account, and at most `global + SHARED_LIMITS_AFTER × accounts` in
 //! all (see the README for the arithmetic).
 //!
-//! Held in memory, per process: a restart clears the counters.
+//! On the embedded store the counters are held in memory, per process (a restart clears them);
+//! on PostgreSQL they are rows every replica shares, each attempt one transaction.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::store::grants::TokenHash;
+use crate::store::{StoreError, Window, WindowKey, WindowStore};
 
 /// Keys tracked before expired windows are swept.
 const SWEEP_AT: usize = 50_000;
@@ -116,7 +118,7 @@ enum Key {
 }
 
 /// A counter an attempt is held to: refused when `count >= limit`, if `enforced`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Check {
     key: Key,
     limit: u32,
@@ -189,88 +191,228 @@ pub struct CodeCaller<'a> {
     pub source: Option<IpAddr>,
 }
 
-/// Failure windows of the page, by key.
-#[derive(Debug, Default)]
+/// Failure windows of the page: in this process's memory, or shared through the database so
+/// that the limits hold across replicas.
+#[derive(Debug, Clone)]
 pub struct Limits {
-    windows: Mutex<HashMap<Key, FailureWindow>>,
+    store: Arc<dyn WindowStore>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            store: Arc::new(MemoryWindows::default()),
+        }
+    }
 }
 
 type Map = HashMap<Key, FailureWindow>;
 
 impl Limits {
+    /// Limits kept in `store`, which every replica shares.
+    pub fn shared(store: Arc<dyn WindowStore>) -> Self {
+        Limits { store }
+    }
+
     /// Reserve one sign-in by `session` from `source`: refused if either limit is reached
     /// (attempts still running included), otherwise counted against both at once.
-    pub fn reserve_sign_in(
+    pub async fn reserve_sign_in(
         &self,
         session: &TokenHash,
         source: Option<IpAddr>,
         p: SignInPolicy,
         now: u64,
-    ) -> Result<Reservation, Lockout> {
-        let mut map = self.map(p.window, now);
+    ) -> Result<Result<Reservation, Lockout>, StoreError> {
         let checks = sign_in_checks(session, source, p);
-        if let Some(l) = first_lockout(&map, &checks, p.window, now) {
-            return Err(l);
-        }
-        Ok(count(&mut map, checks, p.window, now, 0))
+        let keys: Vec<Key> = checks.iter().map(|c| c.key.clone()).collect();
+        self.with_map(&keys, p.window, now, move |map| {
+            if let Some(l) = first_lockout(map, &checks, p.window, now) {
+                return Err(l);
+            }
+            Ok(count(map, checks.clone(), p.window, now, 0))
+        })
+        .await
     }
 
     /// Whether `session` at `source` is locked out of signing in now.
-    pub fn sign_in_lockout(
+    pub async fn sign_in_lockout(
         &self,
         session: &TokenHash,
         source: Option<IpAddr>,
         p: SignInPolicy,
         now: u64,
-    ) -> Option<Lockout> {
-        let map = self.map(p.window, now);
-        first_lockout(&map, &sign_in_checks(session, source, p), p.window, now)
+    ) -> Result<Option<Lockout>, StoreError> {
+        let checks = sign_in_checks(session, source, p);
+        let keys: Vec<Key> = checks.iter().map(|c| c.key.clone()).collect();
+        self.with_map(&keys, p.window, now, move |map| {
+            first_lockout(map, &checks, p.window, now)
+        })
+        .await
     }
 
     /// Reserve one code entry: refused by the caller's own limits, or — for an account that
     /// has itself failed [`SHARED_LIMITS_AFTER`] times — by the shared ones; otherwise counted
     /// against all at once, with the slow-down to apply.
-    pub fn reserve_code(
+    pub async fn reserve_code(
         &self,
         who: CodeCaller<'_>,
         p: CodePolicy,
         now: u64,
-    ) -> Result<Reservation, Lockout> {
-        let mut map = self.map(p.window, now);
-        let (checks, delay) = code_checks(&map, who, p, now);
-        if let Some(l) = first_lockout(&map, &checks, p.window, now) {
-            return Err(l);
-        }
-        Ok(count(&mut map, checks, p.window, now, delay))
+    ) -> Result<Result<Reservation, Lockout>, StoreError> {
+        let keys = code_keys(who);
+        let (session, account, source) = (*who.session, who.account.to_owned(), who.source);
+        self.with_map(&keys, p.window, now, move |map| {
+            let who = CodeCaller {
+                session: &session,
+                account: &account,
+                source,
+            };
+            let (checks, delay) = code_checks(map, who, p, now);
+            if let Some(l) = first_lockout(map, &checks, p.window, now) {
+                return Err(l);
+            }
+            Ok(count(map, checks, p.window, now, delay))
+        })
+        .await
     }
 
     /// Whether `who` is locked out of code entry now.
-    pub fn code_lockout(&self, who: CodeCaller<'_>, p: CodePolicy, now: u64) -> Option<Lockout> {
-        let map = self.map(p.window, now);
-        let (checks, _) = code_checks(&map, who, p, now);
-        first_lockout(&map, &checks, p.window, now)
+    pub async fn code_lockout(
+        &self,
+        who: CodeCaller<'_>,
+        p: CodePolicy,
+        now: u64,
+    ) -> Result<Option<Lockout>, StoreError> {
+        let keys = code_keys(who);
+        let (session, account, source) = (*who.session, who.account.to_owned(), who.source);
+        self.with_map(&keys, p.window, now, move |map| {
+            let who = CodeCaller {
+                session: &session,
+                account: &account,
+                source,
+            };
+            let (checks, _) = code_checks(map, who, p, now);
+            first_lockout(map, &checks, p.window, now)
+        })
+        .await
     }
 
     /// Give back a reservation whose attempt was no failure (or was never evaluated).
-    pub fn release(&self, reservation: Reservation) {
-        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, since) in reservation.counted {
-            if let Some(w) = map.get_mut(&key) {
-                // Only the window it was counted in: a new window starts from zero anyway.
-                if w.since == since {
-                    w.count = w.count.saturating_sub(1);
+    pub async fn release(&self, reservation: Reservation) -> Result<(), StoreError> {
+        let keys: Vec<Key> = reservation.counted.iter().map(|(k, _)| k.clone()).collect();
+        self.with_map(&keys, u64::MAX, 0, move |map| {
+            for (key, since) in &reservation.counted {
+                if let Some(w) = map.get_mut(key) {
+                    // Only the window it was counted in: a new window starts from zero anyway.
+                    if w.since == *since {
+                        w.count = w.count.saturating_sub(1);
+                    }
                 }
             }
-        }
+        })
+        .await
     }
 
-    fn map(&self, window: u64, now: u64) -> std::sync::MutexGuard<'_, Map> {
+    /// Run `logic` on the windows of `keys`, atomically, and store what it changed.
+    async fn with_map<T: Send>(
+        &self,
+        keys: &[Key],
+        _window: u64,
+        _now: u64,
+        mut logic: impl FnMut(&mut Map) -> T + Send,
+    ) -> Result<T, StoreError> {
+        let encoded: Vec<(Key, WindowKey)> = keys.iter().map(|k| (k.clone(), k.encode())).collect();
+        let wanted: Vec<WindowKey> = encoded.iter().map(|(_, w)| w.clone()).collect();
+        let mut out = None;
+        self.store
+            .update_windows(&wanted, &mut |stored| {
+                let mut map: Map = encoded
+                    .iter()
+                    .map(|(k, w)| {
+                        let found = stored.get(w).copied().unwrap_or_default();
+                        (
+                            k.clone(),
+                            FailureWindow {
+                                count: found.count,
+                                since: found.since,
+                            },
+                        )
+                    })
+                    .collect();
+                out = Some(logic(&mut map));
+                for (k, w) in &encoded {
+                    if let Some(f) = map.get(k) {
+                        stored.insert(
+                            w.clone(),
+                            Window {
+                                count: f.count,
+                                since: f.since,
+                            },
+                        );
+                    }
+                }
+            })
+            .await?;
+        out.ok_or_else(|| StoreError::DatabaseSetup {
+            reason: "failure counters were not updated".into(),
+        })
+    }
+}
+
+/// Every key a code entry may be held to.
+fn code_keys(who: CodeCaller<'_>) -> Vec<Key> {
+    let mut keys = vec![
+        Key::Session(Attempt::Code, *who.session),
+        Key::Account(Attempt::Code, who.account.to_owned()),
+        Key::Global(Attempt::Code),
+    ];
+    if let Some(ip) = who.source {
+        keys.push(Key::Source(Attempt::Code, bucket(ip)));
+    }
+    keys
+}
+
+impl Key {
+    /// The store's (kind, subject) for this counter.
+    fn encode(&self) -> WindowKey {
+        let kind = |attempt: &Attempt, of: &str| {
+            let a = match attempt {
+                Attempt::Code => "code",
+                Attempt::SignIn => "sign-in",
+            };
+            format!("{a}-{of}")
+        };
+        match self {
+            Key::Session(a, hash) => (kind(a, "session"), hex::encode(hash.0)),
+            Key::Account(a, name) => (kind(a, "account"), name.clone()),
+            Key::Source(a, ip) => (kind(a, "source"), ip.to_string()),
+            Key::Global(a) => (kind(a, "global"), String::new()),
+        }
+    }
+}
+
+/// The counters in this process's memory (the embedded store's server is one process).
+#[derive(Debug, Default)]
+pub struct MemoryWindows {
+    windows: Mutex<HashMap<WindowKey, Window>>,
+}
+
+#[async_trait::async_trait]
+impl WindowStore for MemoryWindows {
+    async fn update_windows(
+        &self,
+        _keys: &[WindowKey],
+        change: &mut (dyn for<'m> FnMut(&'m mut HashMap<WindowKey, Window>) + Send),
+    ) -> Result<(), StoreError> {
         // A poisoned map only means another request panicked mid-update of a counter.
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= SWEEP_AT {
-            map.retain(|_, w| now < w.since.saturating_add(window));
+            // No window is longer than a day (the longest `lockout_window`).
+            let now = crate::unix_now();
+            map.retain(|_, w| now < w.since.saturating_add(86_400));
         }
-        map
+        change(&mut map);
+        Ok(())
     }
 }
 

@@ -57,9 +57,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     key: Arc<visitor::CookieKey>,
     page: PageSettings,
 ) -> Router<S> {
+    // On PostgreSQL the counters are shared, so the limits hold across replicas.
+    let limits = match &oauth.database {
+        Some(db) => limits::Limits::shared(db.clone()),
+        None => limits::Limits::default(),
+    };
     let state = Arc::new(WebState {
         oauth,
-        limits: limits::Limits::default(),
+        limits,
         key,
         scopes: page.scope_descriptions,
     });

@@ -55,7 +55,11 @@ impl Session {
     }
 
     /// The live signed-in session a cookie value names, if any.
-    fn from_cookie(oauth: &AuthServer, value: &str, now: u64) -> Result<Option<Self>, OAuthError> {
+    async fn from_cookie(
+        oauth: &AuthServer,
+        value: &str,
+        now: u64,
+    ) -> Result<Option<Self>, OAuthError> {
         // Our ids are 43 base64url characters; anything else is not worth a lookup.
         if value.len() != 43 || value.contains('.') {
             return Ok(None);
@@ -64,7 +68,8 @@ impl Session {
         let record = oauth
             .sessions
             .web_session(&TokenHash::of(&id))
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         // A record without a user is an anonymous session stored by an older server: ignored.
         Ok(record.filter(|r| now < r.expires_at).and_then(|record| {
             let user = record.user.clone()?;
@@ -73,19 +78,21 @@ impl Session {
     }
 
     /// Write the record. The caller commits before it answers.
-    pub fn save(&self, oauth: &AuthServer) -> Result<(), OAuthError> {
+    pub async fn save(&self, oauth: &AuthServer) -> Result<(), OAuthError> {
         oauth
             .sessions
             .put_web_session(&self.limit_key(), &self.record)
-            .map_err(OAuthError::internal)
+            .await
+            .map_err(OAuthError::from)
     }
 
     /// End this session in the store. The caller commits before it answers.
-    pub fn end(&self, oauth: &AuthServer) -> Result<(), OAuthError> {
+    pub async fn end(&self, oauth: &AuthServer) -> Result<(), OAuthError> {
         oauth
             .sessions
             .delete_web_session(&self.limit_key())
-            .map_err(OAuthError::internal)
+            .await
+            .map_err(OAuthError::from)
     }
 
     /// The hash of the id: the store's key, and what the failure limits count under.
@@ -141,7 +148,7 @@ pub enum Caller {
 
 impl Caller {
     /// The caller the request's cookie names, if it is live.
-    pub fn from_request(
+    pub async fn from_request(
         oauth: &AuthServer,
         key: &CookieKey,
         headers: &HeaderMap,
@@ -153,7 +160,9 @@ impl Caller {
         if let Some(v) = Visitor::from_cookie(key, value, now) {
             return Ok(Some(Caller::Visitor(v)));
         }
-        Ok(Session::from_cookie(oauth, value, now)?.map(Caller::SignedIn))
+        Ok(Session::from_cookie(oauth, value, now)
+            .await?
+            .map(Caller::SignedIn))
     }
 
     /// The CSRF token its forms carry.

@@ -29,7 +29,26 @@ pub fn server_bin() -> PathBuf {
 pub fn workspace_bin(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // The variables cargo sets for a test process (CARGO_PKG_NAME, CARGO_MANIFEST_DIR…)
+        // are ones build scripts (ring's) declare they depend on: inherited, they would make
+        // this build and the outer `cargo test` rebuild those crates for each other, minutes
+        // per test binary. Only cargo's own settings go through.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            let setting = [
+                "CARGO_HOME",
+                "CARGO_TARGET_DIR",
+                "CARGO_BUILD_",
+                "CARGO_TERM_",
+            ]
+            .iter()
+            .any(|keep| name.starts_with(keep));
+            if name.starts_with("CARGO_") && !setting {
+                cargo.env_remove(&name);
+            }
+        }
+        let status = cargo
             .args(["build", "--workspace", "--bins"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
@@ -95,14 +114,52 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Run `hallmark-server init` into `data_dir` with this issuer; the parsed JSON it printed.
-pub fn init(data_dir: &Path, issuer: &str) -> Value {
-    let out = clean_command(server_bin())
-        .args(["init", "--data-dir"])
-        .arg(data_dir)
-        .args(["--issuer", issuer])
+/// The database the test's server should use: with `HALLMARK_TEST_BACKEND=postgres` (and
+/// `HALLMARK_TEST_PG`, the socket directory of a running cluster — `scripts/test` sets both),
+/// a fresh database there; otherwise `None`, the embedded store. One test body, two backends.
+pub fn test_database() -> Option<String> {
+    if std::env::var("HALLMARK_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let dir = std::env::var("HALLMARK_TEST_PG").expect(
+        "HALLMARK_TEST_BACKEND=postgres needs HALLMARK_TEST_PG: the socket directory of a cluster \
+         (scripts/pg-cluster start DIR; scripts/test does it)",
+    );
+    Some(fresh_database(&dir))
+}
+
+/// A new, empty database in the cluster listening in `socket_dir`; its connection string.
+pub fn fresh_database(socket_dir: &str) -> String {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    let name = format!(
+        "t_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let out = Command::new("psql")
+        .args(["-h", socket_dir, "-U", "postgres", "-qAt", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
         .output()
-        .unwrap();
+        .expect("psql (scripts/install-deps installs postgresql)");
+    assert!(
+        out.status.success(),
+        "create database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("host={socket_dir} user=postgres dbname={name}")
+}
+
+/// Run `hallmark-server init` into `data_dir` with this issuer (on the test's backend); the
+/// parsed JSON it printed.
+pub fn init(data_dir: &Path, issuer: &str) -> Value {
+    let mut cmd = clean_command(server_bin());
+    cmd.args(["init", "--data-dir"])
+        .arg(data_dir)
+        .args(["--issuer", issuer]);
+    if let Some(url) = test_database() {
+        cmd.args(["--database", &url]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "init failed: {}",
@@ -138,8 +195,14 @@ impl TestServer {
 
     /// Init and serve over TLS with extra `serve` flags and environment variables.
     pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_at(None, extra, envs)
+    }
+
+    /// [`TestServer::start_with_env`] with the data directory at `data_dir` (which must not
+    /// exist yet; e.g. on a small file system of the test's own) instead of in the temp dir.
+    pub fn start_at(data_dir: Option<PathBuf>, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
         let port = free_port();
         let issuer = format!("https://localhost:{port}");
         let out = init(&data_dir, &issuer);
@@ -163,6 +226,62 @@ impl TestServer {
         };
         server.spawn();
         server
+    }
+
+    /// `n` replicas of one server on the PostgreSQL database `database_url`: `init` once, the
+    /// data directory copied before any replica's first start (as an operator does with
+    /// `cp -a`), each replica on its own port, all with the first one's issuer.
+    pub fn start_replicas(n: usize, database_url: &str, extra: &[&str]) -> Vec<TestServer> {
+        let first_dir = tempfile::tempdir().unwrap();
+        let first_data = first_dir.path().join("data");
+        let first_port = free_port();
+        let issuer = format!("https://localhost:{first_port}");
+        let out = clean_command(server_bin())
+            .args(["init", "--data-dir"])
+            .arg(&first_data)
+            .args(["--issuer", &issuer, "--database", database_url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut dirs = vec![(first_dir, first_data, first_port)];
+        for _ in 1..n {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let status = Command::new("cp")
+                .args(["-a"])
+                .arg(&dirs[0].1)
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            dirs.push((dir, data, free_port()));
+        }
+        dirs.into_iter()
+            .map(|(dir, data_dir, port)| {
+                let ca_cert = data_dir.join("tls/ca.pem");
+                let http = client_for(&std::fs::read(&ca_cert).unwrap());
+                let mut server = TestServer {
+                    dir,
+                    data_dir,
+                    port,
+                    issuer: issuer.clone(),
+                    ca_cert,
+                    admin_id: out["admin_client_id"].as_str().unwrap().to_owned(),
+                    admin_secret: out["admin_client_secret"].as_str().unwrap().to_owned(),
+                    child: None,
+                    http,
+                    extra_args: extra.iter().map(|s| s.to_string()).collect(),
+                    envs: Vec::new(),
+                };
+                server.spawn();
+                server
+            })
+            .collect()
     }
 
     /// Start the process (again) on the same data directory and port.
@@ -229,6 +348,24 @@ impl TestServer {
         c.wait().unwrap()
     }
 
+    /// Wait up to `limit` for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {limit:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stop the process (SIGKILL) and reap it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -248,7 +385,7 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
+        format!("https://localhost:{}{path}", self.port)
     }
 
     /// GET; (status, JSON body or Null).
@@ -550,15 +687,52 @@ impl TestServer {
         jwks
     }
 
+    /// The signing keys, seeds included, wherever the server keeps them (its key file, or the
+    /// database), as the key file's JSON: for tests that forge tokens with the real key.
+    pub fn signing_keys(&self) -> Value {
+        let data_dir = self.data_dir.clone();
+        let file = hallmark_server::store::block_on(async move {
+            use hallmark_server::backend::{database_of, open, Role};
+            // The embedded store is locked while the server runs; its keys are in a file.
+            let Some(database) = database_of(&data_dir).unwrap() else {
+                return hallmark_server::keys::KeyFile::load(&data_dir).unwrap();
+            };
+            let backend = open(&data_dir, Some(&database), Role::Command)
+                .await
+                .unwrap();
+            backend.keys.load().await.unwrap()
+        })
+        .unwrap();
+        serde_json::to_value(&file).unwrap()
+    }
+
     /// Stop the server (SIGTERM, graceful) if it runs, and read its whole audit log in-process.
     pub fn audit_entries(&mut self) -> Vec<hallmark_server::store::audit::AuditEntry> {
-        use hallmark_server::store::AuditLog as _;
         if self.child.is_some() {
             assert!(self.terminate().success(), "{}", self.log());
         }
-        let store = hallmark_server::store::SledStore::open(&self.data_dir.join("db")).unwrap();
-        assert!(store.verify().unwrap().is_ok(), "audit chain intact");
-        store.entries(0, usize::MAX).unwrap()
+        let data_dir = self.data_dir.clone();
+        hallmark_server::store::block_on(async move {
+            use hallmark_server::backend::{database_of, open, Role};
+            let database = database_of(&data_dir).unwrap();
+            let store = open(&data_dir, database.as_ref(), Role::Command)
+                .await
+                .unwrap()
+                .store;
+            assert!(store.verify().await.unwrap().is_ok(), "audit chain intact");
+            let mut all = Vec::new();
+            for head in store.chains().await.unwrap() {
+                all.extend(
+                    store
+                        .entries(head.chain.as_deref(), 0, usize::MAX)
+                        .await
+                        .unwrap(),
+                );
+            }
+            all.sort_by_key(|e| e.body.time_ms);
+            all
+        })
+        .unwrap()
     }
 }
 

@@ -22,6 +22,38 @@ use hallmark_server::store::audit::AuditEntry;
 use serde_json::json;
 use tower::ServiceExt as _;
 
+/// The test's backend (see `common::test_database`): a fresh PostgreSQL database when the
+/// suite runs on PostgreSQL, else the embedded store.
+fn test_database() -> Option<hallmark_server::backend::Database> {
+    if std::env::var("HALLMARK_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let dir = std::env::var("HALLMARK_TEST_PG").expect("HALLMARK_TEST_PG: a cluster's socket dir");
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    let name = format!(
+        "t_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let out = std::process::Command::new("psql")
+        .args(["-h", &dir, "-U", "postgres", "-qAt", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(hallmark_server::backend::Database {
+        url: hallmark_server::store::DatabaseUrl::parse(&format!(
+            "host={dir} user=postgres dbname={name}"
+        ))
+        .unwrap(),
+        ca: None,
+    })
+}
+
 /// The RFC 8628 grant type.
 pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -40,23 +72,25 @@ pub struct InProcess {
 
 impl InProcess {
     /// A fresh data directory served with `overrides` over the defaults.
-    pub fn start(overrides: ConfigLayer) -> Self {
-        Self::start_with_slots(overrides, None)
+    pub async fn start(overrides: ConfigLayer) -> Self {
+        Self::start_with_slots(overrides, None).await
     }
 
     /// [`InProcess::start`] with this many password-check slots instead of one per core, so a
     /// test can let many Argon2 runs overlap.
-    pub fn start_with_slots(overrides: ConfigLayer, password_slots: Option<usize>) -> Self {
+    pub async fn start_with_slots(overrides: ConfigLayer, password_slots: Option<usize>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         datadir::init(&InitOptions {
             data_dir: data_dir.clone(),
             issuer: "https://localhost:8443".into(),
             hosts: vec!["localhost".into()],
+            database: test_database(),
         })
+        .await
         .unwrap();
         let settings = ServeSettings::resolve(&data_dir, None, overrides).unwrap();
-        let mut built = hallmark_server::serve::build(&settings).unwrap();
+        let mut built = hallmark_server::serve::build(&settings).await.unwrap();
         if let Some(n) = password_slots {
             built.oauth.password_checks = hallmark_server::accounts::PasswordChecks::new(n);
         }
@@ -153,8 +187,8 @@ impl InProcess {
     }
 
     /// Every audit entry so far.
-    pub fn audit(&self) -> Vec<AuditEntry> {
-        self.oauth.audit.entries(0, usize::MAX).unwrap()
+    pub async fn audit(&self) -> Vec<AuditEntry> {
+        self.oauth.audit.entries(None, 0, usize::MAX).await.unwrap()
     }
 
     /// A page client from `source`.

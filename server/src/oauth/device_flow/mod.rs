@@ -28,6 +28,9 @@ pub const DEFAULT_REFRESH_TOKEN_TTL: u64 = 30 * 24 * 3600;
 /// How many times a freshly drawn user code may collide before we give up.
 const USER_CODE_DRAWS: usize = 8;
 
+/// Default grace for a refresh response lost in transit: 30 seconds.
+pub const DEFAULT_REFRESH_TOKEN_GRACE: u64 = 30;
+
 /// Settings of the device flow, its refresh tokens and the verification page.
 #[derive(Debug, Clone)]
 pub struct DeviceSettings {
@@ -41,6 +44,9 @@ pub struct DeviceSettings {
     pub interval: u64,
     /// Lifetime of each refresh token, seconds (a rotation starts a new one).
     pub refresh_token_ttl: u64,
+    /// How long after its rotation a refresh token is still accepted once, answered with the
+    /// same successor (a response lost in transit), seconds; 0 = never.
+    pub refresh_token_grace: u64,
     /// Verification-page session lifetime, seconds.
     pub session_ttl: u64,
     /// Codes matching no request one session may enter per window.
@@ -72,6 +78,7 @@ impl DeviceSettings {
             expires_in: DEFAULT_EXPIRES_IN,
             interval: DEFAULT_INTERVAL,
             refresh_token_ttl: DEFAULT_REFRESH_TOKEN_TTL,
+            refresh_token_grace: DEFAULT_REFRESH_TOKEN_GRACE,
             session_ttl: 1800,
             code_failures_per_session: 5,
             code_failures_per_account: 10,
@@ -176,7 +183,7 @@ impl AuthServer {
                 "client is not registered for the device_code grant".into(),
             ));
         }
-        let allowed = self.allowed_scopes(&client)?;
+        let allowed = self.allowed_scopes(&client).await?;
         let granted = scope::grant(form.get("scope"), &allowed)?;
         let s = &self.settings.device;
         let device_code = Secret::generate();
@@ -199,7 +206,8 @@ impl AuthServer {
             if self
                 .device_grants
                 .insert_device_grant(&hash, &record)
-                .map_err(OAuthError::internal)?
+                .await
+                .map_err(OAuthError::from)?
             {
                 user_code = Some(candidate);
                 break;
@@ -208,7 +216,7 @@ impl AuthServer {
         // Eight collisions in a row means the code space is nearly full: a flood, not bad luck.
         let user_code =
             user_code.ok_or_else(|| OAuthError::Internal("no free user code".into()))?;
-        self.commit.commit().await.map_err(OAuthError::internal)?;
+        self.commit_for(ctx).await?;
         let shown = user_code.display();
         Ok(DeviceAuthorization {
             device_code: device_code.expose().to_owned(),
@@ -243,7 +251,8 @@ impl AuthServer {
                 poll = p;
                 next
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         let Some(stored) = stored else {
             return Err(OAuthError::InvalidGrant("unknown device_code".into()));
         };
@@ -265,8 +274,9 @@ impl AuthServer {
             }
         };
         let granted = stored.scope.join(" ");
-        let (refresh_token, family) =
-            self.start_refresh_family(&client.client_id, &user, &granted, ctx.now)?;
+        let (refresh_token, family) = self
+            .start_refresh_family(&client.client_id, &user, &granted, ctx.now)
+            .await?;
         let mut claims = self.access_claims(&user, &client.client_id, &granted, ctx.now);
         claims.sid = Some(family);
         let access_token = self.sign_access_token(&claims);

@@ -83,7 +83,7 @@ impl AuthServer {
         ctx: &RequestCtx,
     ) -> Result<CodeLookup, OAuthError> {
         let found = match UserCode::parse(input) {
-            Some(code) => self.device_request(&code, session, ctx.now)?,
+            Some(code) => self.device_request(&code, session, ctx.now).await?,
             None => CodeLookup::Problem(CodeProblem::Unknown),
         };
         let reason = match &found {
@@ -112,7 +112,7 @@ impl AuthServer {
         approve: bool,
         ctx: &RequestCtx,
     ) -> Result<CodeLookup, OAuthError> {
-        let Some((hash, _, request)) = self.find(code)? else {
+        let Some((hash, _, request)) = self.find(code).await? else {
             return Ok(CodeLookup::Problem(CodeProblem::Unknown));
         };
         let mut seen = None;
@@ -134,7 +134,8 @@ impl AuthServer {
                     ..g.clone()
                 })
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         // The record as it was when our change was (or was not) applied.
         let Some(before) = seen else {
             return Ok(CodeLookup::Problem(CodeProblem::Unknown));
@@ -162,13 +163,13 @@ impl AuthServer {
 
     /// Where the request holding `code` stands, seen from browser session `session`; nothing
     /// is written or audited.
-    pub fn device_request(
+    pub async fn device_request(
         &self,
         code: &UserCode,
         session: Option<&str>,
         now: u64,
     ) -> Result<CodeLookup, OAuthError> {
-        let Some((_, grant, request)) = self.find(code)? else {
+        let Some((_, grant, request)) = self.find(code).await? else {
             return Ok(CodeLookup::Problem(CodeProblem::Unknown));
         };
         Ok(settled(&grant, request.clone(), session, now)
@@ -177,21 +178,23 @@ impl AuthServer {
 
     /// The request holding `code` (with its device code's hash) and what the page shows about
     /// its client, whatever its state; `None` if there is none or its client is disabled.
-    fn find(
+    async fn find(
         &self,
         code: &UserCode,
     ) -> Result<Option<(TokenHash, DeviceGrant, PendingRequest)>, OAuthError> {
         let Some((hash, grant)) = self
             .device_grants
             .device_grant_by_user_code(code.as_str())
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
         let client = self
             .clients
             .client(&grant.client_id)
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         let Some(client) = client.filter(|c| !c.disabled) else {
             // A device disabled since it asked is nothing to approve.
             return Ok(None);
@@ -199,7 +202,8 @@ impl AuthServer {
         let device = self
             .devices
             .device(&grant.client_id)
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         let request = PendingRequest {
             user_code: code.clone(),
             client_id: grant.client_id.clone(),

@@ -331,7 +331,8 @@ impl AuthServer {
         match self
             .devices
             .register_device(&device, &client)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
             Ok(()) => {
                 self.record(ctx, event).await?;
@@ -367,7 +368,7 @@ impl AuthServer {
     /// also in the server's `device_scopes`, so a device registered with more (before the set
     /// was enforced, or before it shrank) loses the rest at its next token request. The device
     /// registry is consulted only when the client holds a scope outside the set.
-    pub fn allowed_scopes<'c>(
+    pub async fn allowed_scopes<'c>(
         &self,
         client: &'c Client,
     ) -> Result<std::borrow::Cow<'c, [String]>, OAuthError> {
@@ -376,7 +377,8 @@ impl AuthServer {
             || self
                 .devices
                 .device(&client.client_id)
-                .map_err(OAuthError::internal)?
+                .await
+                .map_err(OAuthError::from)?
                 .is_none()
         {
             return Ok(std::borrow::Cow::Borrowed(&client.scopes));
@@ -392,34 +394,40 @@ impl AuthServer {
     }
 
     /// A device by client_id, as shown to operators.
-    pub fn device_view(&self, client_id: &str) -> Result<Option<DeviceView>, OAuthError> {
+    pub async fn device_view(&self, client_id: &str) -> Result<Option<DeviceView>, OAuthError> {
         match self
             .devices
             .device(client_id)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
-            Some(d) => self.view(d),
+            Some(d) => self.view(d).await,
             None => Ok(None),
         }
     }
 
     /// A device by serial, as shown to operators.
-    pub fn device_view_by_serial(&self, serial: &str) -> Result<Option<DeviceView>, OAuthError> {
+    pub async fn device_view_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Option<DeviceView>, OAuthError> {
         match self
             .devices
             .device_by_serial(serial)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
-            Some(d) => self.view(d),
+            Some(d) => self.view(d).await,
             None => Ok(None),
         }
     }
 
-    fn view(&self, d: Device) -> Result<Option<DeviceView>, OAuthError> {
+    async fn view(&self, d: Device) -> Result<Option<DeviceView>, OAuthError> {
         let Some(client) = self
             .clients
             .client(&d.client_id)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
@@ -464,7 +472,7 @@ impl AuthServer {
 
     /// Devices whose client_id sorts after `after`, at most `limit`, optionally only those
     /// (not) fully attested; and the client_id to continue after, if the scan stopped early.
-    pub fn device_views(
+    pub async fn device_views(
         &self,
         after: &str,
         limit: usize,
@@ -475,13 +483,14 @@ impl AuthServer {
         let batch = self
             .devices
             .devices(after, SCAN)
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         let scanned_all = batch.len() < SCAN;
         let mut views = Vec::new();
         let mut last = None;
         for device in batch {
             last = Some(device.client_id.clone());
-            if let Some(view) = self.view(device)? {
+            if let Some(view) = self.view(device).await? {
                 if attested.is_none_or(|want| view.attested() == want) {
                     views.push(view);
                     if views.len() == limit {
@@ -514,7 +523,8 @@ impl AuthServer {
         let Some(device) = self
             .devices
             .device(client_id)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         else {
             return Ok(None);
         };
@@ -548,7 +558,8 @@ impl AuthServer {
                 d.ek_issuer = ek.issuer.clone();
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         let Some(updated) = updated else {
             return Ok(None);
         };
@@ -560,7 +571,7 @@ impl AuthServer {
             ));
             self.record(ctx, event).await?;
         }
-        self.view(updated)
+        self.view(updated).await
     }
 
     /// Disable a device: it authenticates nowhere and its tokens introspect as inactive.
@@ -573,7 +584,8 @@ impl AuthServer {
         if self
             .devices
             .device(client_id)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
             .is_none()
         {
             return Ok(false);
@@ -583,7 +595,8 @@ impl AuthServer {
             .update_client(client_id, &mut |c| {
                 !std::mem::replace(&mut c.disabled, true)
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         if updated.is_none() {
             return Ok(false);
         }
@@ -605,7 +618,8 @@ impl AuthServer {
         if !self
             .devices
             .delete_device(client_id)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
             return Ok(false);
         }
@@ -654,7 +668,8 @@ impl AuthServer {
         match self
             .devices
             .delete_device_if(client_id, &allow)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         {
             // Another station's device is as good as absent to this one.
             Deletion::Missing | Deletion::Refused(NOT_THIS_STATIONS) => Ok(Withdrawal::NotFound),

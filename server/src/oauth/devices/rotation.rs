@@ -78,7 +78,8 @@ impl AuthServer {
         let Some(device) = self
             .devices
             .device(&client.client_id)
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
         else {
             return Err(OAuthError::UnauthorizedClient(
                 "only registered devices rotate credentials".into(),
@@ -167,7 +168,8 @@ impl AuthServer {
                 c.key_challenge = Some(challenge.clone());
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         if written.is_none() {
             return Err(OAuthError::invalid_client("device deleted"));
         }
@@ -206,7 +208,7 @@ impl AuthServer {
                 .await;
         };
         if ctx.now >= open.expires_at {
-            self.close_challenge(client, open)?;
+            self.close_challenge(client, open).await?;
             return self
                 .refuse(
                     client,
@@ -218,7 +220,7 @@ impl AuthServer {
         }
         let right: bool = Sha256::digest(secret).ct_eq(&open.answer_hash[..]).into();
         if !right {
-            self.close_challenge(client, open)?;
+            self.close_challenge(client, open).await?;
             return self
                 .refuse(client, &kid, "credential activation failed: the key is not in the TPM registered for this device", ctx)
                 .await;
@@ -236,7 +238,8 @@ impl AuthServer {
                 c.key_challenge = None;
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         let Some(now) = written else {
             return Err(OAuthError::invalid_client("device deleted"));
         };
@@ -291,7 +294,8 @@ impl AuthServer {
                 c.pending_key = Some(key.clone());
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         if written.is_none() {
             return Err(OAuthError::invalid_client("device deleted"));
         }
@@ -312,7 +316,11 @@ impl AuthServer {
     }
 
     /// Drop `open` if it is still the client's challenge (one answer per challenge).
-    fn close_challenge(&self, client: &Client, open: &KeyChallenge) -> Result<(), OAuthError> {
+    async fn close_challenge(
+        &self,
+        client: &Client,
+        open: &KeyChallenge,
+    ) -> Result<(), OAuthError> {
         self.clients
             .update_client(&client.client_id, &mut |c| {
                 if c.key_challenge.as_ref() != Some(open) {
@@ -321,7 +329,8 @@ impl AuthServer {
                 c.key_challenge = None;
                 true
             })
-            .map_err(OAuthError::internal)?;
+            .await
+            .map_err(OAuthError::from)?;
         Ok(())
     }
 
@@ -344,7 +353,7 @@ impl AuthServer {
 
     /// The pending key just authenticated: make it the only credential, erasing the factory
     /// secret and any older key. Durable when the caller's next commit returns.
-    pub(crate) fn promote_pending_key(
+    pub(crate) async fn promote_pending_key(
         &self,
         client: &Client,
         ctx: &RequestCtx,
@@ -367,7 +376,8 @@ impl AuthServer {
                 c.auth_method = AuthMethod::PrivateKeyJwt;
                 true
             })
-            .map_err(OAuthError::internal)?
+            .await
+            .map_err(OAuthError::from)?
             .ok_or_else(|| OAuthError::invalid_client("device deleted during rotation"))?;
         let kid = pending.kid.unwrap_or_default();
         let attested = if pending.attested {

@@ -6,9 +6,9 @@
 
 use std::sync::Mutex;
 
-use super::SledStore;
+use super::SledDb;
 use crate::store::audit::{
-    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainedEvent, Head, StoredEntries,
+    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainHead, ChainedEvent, Head, StoredEntries,
     GENESIS_HASH,
 };
 use crate::store::{AuditLog, StoreError};
@@ -22,6 +22,10 @@ struct Chain {
     head: (u64, String),
     /// Entries appended since the last write: (first seq, lines).
     pending: Option<(u64, Vec<u8>)>,
+    /// The head as last written to the tree, durable once the database is flushed.
+    written: Option<Head>,
+    /// The head as last flushed: what a checkpoint may vouch for.
+    durable: Head,
 }
 
 /// Appends one entry at a time, so that the chain has one order.
@@ -56,8 +60,10 @@ impl SledAudit {
         Ok(SledAudit {
             tree,
             chain: Mutex::new(Chain {
+                durable: head.clone(),
                 head,
                 pending: None,
+                written: None,
             }),
         })
     }
@@ -88,7 +94,16 @@ impl SledAudit {
                 source,
             });
         }
+        chain.written = Some(chain.head.clone());
         Ok(())
+    }
+
+    /// The database was flushed: what was written is durable.
+    pub(super) fn flushed(&self) {
+        let mut chain = self.lock();
+        if let Some(written) = chain.written.take() {
+            chain.durable = written;
+        }
     }
 
     /// Every stored entry as (seq, bytes), in order, and the stored head.
@@ -116,13 +131,15 @@ impl SledAudit {
     }
 }
 
-impl AuditLog for SledStore {
+#[async_trait::async_trait]
+impl AuditLog for SledDb {
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError> {
         let mut chain = self.audit.lock();
         let seq = chain.head.0 + 1;
         let entry = ChainedEvent {
             seq,
             time_ms,
+            chain: None,
             event,
             prev_hash: chain.head.1.clone(),
         }
@@ -136,7 +153,12 @@ impl AuditLog for SledStore {
         Ok(seq)
     }
 
-    fn entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn entries(
+        &self,
+        _chain: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let want = after.saturating_add(1);
         let tree = &self.audit.tree;
         // Start at the segment holding `want`: the last one that starts at or before it.
@@ -171,13 +193,26 @@ impl AuditLog for SledStore {
         Ok(out)
     }
 
-    fn verify(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
+    async fn chains(&self) -> Result<Vec<ChainHead>, StoreError> {
+        let chain = self.audit.lock();
+        Ok(vec![ChainHead {
+            chain: None,
+            seq: chain.head.0,
+            hash: chain.head.1.clone(),
+        }])
+    }
+
+    async fn verify(&self) -> Result<Result<u64, Vec<ChainBreak>>, StoreError> {
         let (entries, head) = self.audit.stored()?;
-        Ok(verify_chain(entries, head))
+        Ok(verify_chain(entries, head).map_err(|b| vec![b]))
+    }
+
+    fn durable_head(&self) -> Result<Head, StoreError> {
+        Ok(self.audit.lock().durable.clone())
     }
 }
 
-impl SledStore {
+impl SledDb {
     /// Overwrite one stored audit entry's bytes, bypassing the chain. Exists so that tests can
     /// prove `audit verify` catches exactly this; nothing in the server calls it.
     #[doc(hidden)]
@@ -217,13 +252,12 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::store::audit::Outcome;
-    use crate::store::Durability;
 
-    #[test]
-    fn appends_chain_across_segments_and_survive_reopen() {
+    #[tokio::test]
+    async fn appends_chain_across_segments_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledDb::open(dir.path()).unwrap();
             for i in 0..3 {
                 assert_eq!(
                     store
@@ -245,7 +279,7 @@ mod tests {
                 .append(AuditEvent::new("lost", Outcome::Success), 1)
                 .unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         assert_eq!(
             store
                 .append(AuditEvent::new("e", Outcome::Failure), 2)
@@ -253,20 +287,20 @@ mod tests {
             5
         );
         store.flush().unwrap();
-        assert_eq!(store.verify().unwrap(), Ok(5));
-        let page = store.entries(1, 3).unwrap();
+        assert_eq!(store.verify().await.unwrap(), Ok(5));
+        let page = store.entries(None, 1, 3).await.unwrap();
         assert_eq!(
             page.iter().map(|e| e.body.seq).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
-        assert_eq!(store.entries(4, 10).unwrap().len(), 1);
-        assert!(store.entries(5, 10).unwrap().is_empty());
+        assert_eq!(store.entries(None, 4, 10).await.unwrap().len(), 1);
+        assert!(store.entries(None, 5, 10).await.unwrap().is_empty());
     }
 
-    #[test]
-    fn tampering_through_storage_is_caught() {
+    #[tokio::test]
+    async fn tampering_through_storage_is_caught() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         for _ in 0..4 {
             store
                 .append(
@@ -276,11 +310,11 @@ mod tests {
                 .unwrap();
         }
         store.flush().unwrap();
-        let mut e = store.entries(1, 1).unwrap().remove(0);
+        let mut e = store.entries(None, 1, 1).await.unwrap().remove(0);
         e.body.event.client = Some("mallory".into());
         store
             .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
             .unwrap();
-        assert_eq!(store.verify().unwrap().unwrap_err().seq, 2);
+        assert_eq!(store.verify().await.unwrap().unwrap_err()[0].seq, 2);
     }
 }

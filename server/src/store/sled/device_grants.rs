@@ -1,7 +1,7 @@
 //! Device authorization requests in sled: one tree, `d‖hash(device_code)` → the request as JSON
 //! and `u‖user_code` → the device code's hash.
 
-use super::{from_json, to_json, SledStore};
+use super::{from_json, to_json, SledDb};
 use crate::store::grants::{DeviceGrant, DeviceGrantStore, TokenHash};
 use crate::store::StoreError;
 
@@ -44,8 +44,9 @@ fn write_err(source: sled::Error) -> StoreError {
     }
 }
 
-impl DeviceGrantStore for SledStore {
-    fn insert_device_grant(
+#[async_trait::async_trait]
+impl DeviceGrantStore for SledDb {
+    async fn insert_device_grant(
         &self,
         device_code: &TokenHash,
         grant: &DeviceGrant,
@@ -73,7 +74,7 @@ impl DeviceGrantStore for SledStore {
         Ok(true)
     }
 
-    fn device_grant_by_user_code(
+    async fn device_grant_by_user_code(
         &self,
         user_code: &str,
     ) -> Result<Option<(TokenHash, DeviceGrant)>, StoreError> {
@@ -94,10 +95,10 @@ impl DeviceGrantStore for SledStore {
         }
     }
 
-    fn update_device_grant(
+    async fn update_device_grant(
         &self,
         device_code: &TokenHash,
-        change: &mut dyn FnMut(&DeviceGrant) -> Option<DeviceGrant>,
+        change: &mut (dyn for<'g> FnMut(&'g DeviceGrant) -> Option<DeviceGrant> + Send),
     ) -> Result<Option<DeviceGrant>, StoreError> {
         let key = grant_key(device_code);
         loop {
@@ -119,7 +120,7 @@ impl DeviceGrantStore for SledStore {
         }
     }
 
-    fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError> {
+    async fn purge_device_grants(&self, now: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
         for entry in self.device_grants.scan_prefix([GRANT]) {
             let (key, value) = entry.map_err(read_err)?;
@@ -159,35 +160,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn user_codes_are_unique_and_index_their_grant() {
+    #[tokio::test]
+    async fn user_codes_are_unique_and_index_their_grant() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let (h1, h2) = (TokenHash::of("one"), TokenHash::of("two"));
         assert!(store
             .insert_device_grant(&h1, &grant("BCDFGHJK", 100))
+            .await
             .unwrap());
         assert!(!store
             .insert_device_grant(&h2, &grant("BCDFGHJK", 100))
+            .await
             .unwrap());
         let (hash, found) = store
             .device_grant_by_user_code("BCDFGHJK")
+            .await
             .unwrap()
             .unwrap();
         assert_eq!((hash, found.expires_at), (h1, 100));
         assert!(store
             .device_grant_by_user_code("ZZZZZZZZ")
+            .await
             .unwrap()
             .is_none());
     }
 
-    #[test]
-    fn update_applies_or_declines() {
+    #[tokio::test]
+    async fn update_applies_or_declines() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let h = TokenHash::of("one");
         store
             .insert_device_grant(&h, &grant("BCDFGHJK", 100))
+            .await
             .unwrap();
         let after = store
             .update_device_grant(&h, &mut |g| {
@@ -196,42 +202,50 @@ mod tests {
                     ..g.clone()
                 })
             })
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(after.interval, 10);
         let same = store
             .update_device_grant(&h, &mut |_| None)
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(same.interval, 10);
         assert!(store
             .update_device_grant(&TokenHash::of("x"), &mut |_| None)
+            .await
             .unwrap()
             .is_none());
     }
 
-    #[test]
-    fn purge_drops_expired_grants_and_their_codes() {
+    #[tokio::test]
+    async fn purge_drops_expired_grants_and_their_codes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         store
             .insert_device_grant(&TokenHash::of("old"), &grant("BBBBBBBB", 10))
+            .await
             .unwrap();
         store
             .insert_device_grant(&TokenHash::of("new"), &grant("CCCCCCCC", 1000))
+            .await
             .unwrap();
-        assert_eq!(store.purge_device_grants(500).unwrap(), 1);
+        assert_eq!(store.purge_device_grants(500).await.unwrap(), 1);
         assert!(store
             .device_grant_by_user_code("BBBBBBBB")
+            .await
             .unwrap()
             .is_none());
         assert!(store
             .device_grant_by_user_code("CCCCCCCC")
+            .await
             .unwrap()
             .is_some());
         // The code is free again.
         assert!(store
             .insert_device_grant(&TokenHash::of("again"), &grant("BBBBBBBB", 1000))
+            .await
             .unwrap());
     }
 }

@@ -4,7 +4,7 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{from_json, get_json, SledStore};
+use super::{from_json, get_json, SledDb};
 use crate::store::{Client, Deletion, DeletionCheck, Device, DeviceStore, StoreError};
 
 fn decode(bytes: &[u8]) -> Result<Device, StoreError> {
@@ -21,12 +21,13 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-impl DeviceStore for SledStore {
-    fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError> {
+#[async_trait::async_trait]
+impl DeviceStore for SledDb {
+    async fn device(&self, client_id: &str) -> Result<Option<Device>, StoreError> {
         get_json(&self.devices, client_id, "device")
     }
 
-    fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError> {
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<Device>, StoreError> {
         let Some(id) = self
             .device_serials
             .get(serial)
@@ -37,10 +38,10 @@ impl DeviceStore for SledStore {
         else {
             return Ok(None);
         };
-        self.device(&String::from_utf8_lossy(&id))
+        self.device(&String::from_utf8_lossy(&id)).await
     }
 
-    fn register_device(
+    async fn register_device(
         &self,
         device: &Device,
         client: &Client,
@@ -85,7 +86,7 @@ impl DeviceStore for SledStore {
         })
     }
 
-    fn delete_device_if(
+    async fn delete_device_if(
         &self,
         client_id: &str,
         allow: &DeletionCheck<'_>,
@@ -124,10 +125,10 @@ impl DeviceStore for SledStore {
         Ok(outcome)
     }
 
-    fn update_device(
+    async fn update_device(
         &self,
         client_id: &str,
-        change: &mut dyn FnMut(&mut Device) -> bool,
+        change: &mut (dyn for<'d> FnMut(&'d mut Device) -> bool + Send),
     ) -> Result<Option<Device>, StoreError> {
         loop {
             let Some(current) = self
@@ -159,7 +160,7 @@ impl DeviceStore for SledStore {
         }
     }
 
-    fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError> {
+    async fn devices(&self, after: &str, limit: usize) -> Result<Vec<Device>, StoreError> {
         let start = std::ops::Bound::Excluded(after.as_bytes().to_vec());
         self.devices
             .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))

@@ -1,10 +1,15 @@
 //! The embedded backend: one sled database in the data directory, one tree per concern.
+//! [`SledDb`] is one open database; [`SledStore`] (in `live.rs`) holds the open one and opens it
+//! again after an I/O error, since sled refuses every write once one has failed.
 
 mod audit;
 mod device_grants;
 mod devices;
+mod live;
 mod refresh;
 mod users;
+
+pub use self::live::SledStore;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Client, ClientStore, Durability, Lineage, StoreError, TokenStore};
+use super::{Client, ClientStore, Lineage, StoreError, TokenStore};
 
 /// A stored record: JSON. Records are structs of strings, numbers, lists and options, which always
 /// serialise.
@@ -40,7 +45,7 @@ fn get_json<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-/// How long [`SledStore::open`] waits for another holder of the database lock.
+/// How long [`SledDb::open`] waits for another holder of the database lock.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// sled reports a held file lock only as an `Other` I/O error whose text says so.
@@ -51,8 +56,8 @@ fn is_lock_conflict(e: &sled::Error) -> bool {
 /// Page cache size: 64 MiB.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// sled-backed implementation of every store trait.
-pub struct SledStore {
+/// One open sled database, implementing every store trait.
+pub(crate) struct SledDb {
     db: sled::Db,
     clients: sled::Tree,
     revoked: sled::Tree,
@@ -78,17 +83,17 @@ pub struct SledStore {
     fill_hook: std::sync::Mutex<Option<FillHook>>,
 }
 
-/// See [`SledStore::fill_hook`].
+/// See [`SledDb::fill_hook`].
 #[cfg(test)]
-type FillHook = Box<dyn FnMut(&SledStore) + Send>;
+type FillHook = Box<dyn FnMut(&SledDb) + Send>;
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for SledDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").finish_non_exhaustive()
+        f.debug_struct("SledDb").finish_non_exhaustive()
     }
 }
 
-impl SledStore {
+impl SledDb {
     /// Open (or create) the database at `path`.
     ///
     /// sled locks its file for the life of the database, and its I/O threads can hold the file a
@@ -115,7 +120,7 @@ impl SledStore {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
-        Ok(SledStore {
+        Ok(SledDb {
             clients: tree("clients")?,
             revoked: tree("revoked_access_tokens")?,
             assertion_jtis: tree("assertion_jtis")?,
@@ -154,10 +159,60 @@ impl SledStore {
         self.cache_generation.fetch_add(1, Ordering::SeqCst);
         cache.remove(client_id);
     }
+
+    /// [`ClientStore::put_client`], synchronously: for `init`, which runs before any runtime.
+    pub fn put_client_now(&self, client: &Client) -> Result<(), StoreError> {
+        self.clients
+            .insert(client.client_id.as_bytes(), to_json(client))
+            .map_err(|source| StoreError::Write {
+                what: "client",
+                source,
+            })?;
+        self.forget_cached(&client.client_id);
+        Ok(())
+    }
+
+    /// [`ClientStore::update_client`], synchronously (sled does not wait on anything).
+    fn update_client_now(
+        &self,
+        client_id: &str,
+        change: &mut (dyn for<'c> FnMut(&'c mut Client) -> bool + Send),
+    ) -> Result<Option<Client>, StoreError> {
+        let write_err = |source| StoreError::Write {
+            what: "client",
+            source,
+        };
+        loop {
+            let Some(current) = self
+                .clients
+                .get(client_id)
+                .map_err(|source| StoreError::Read {
+                    what: "client",
+                    source,
+                })?
+            else {
+                return Ok(None);
+            };
+            let mut client = from_json::<Client>(&current, "client")?;
+            if !change(&mut client) {
+                return Ok(Some(client));
+            }
+            let swapped = self
+                .clients
+                .compare_and_swap(client_id.as_bytes(), Some(&current), Some(to_json(&client)))
+                .map_err(write_err)?;
+            if swapped.is_ok() {
+                self.forget_cached(client_id);
+                return Ok(Some(client));
+            }
+            // Someone else changed it in between: start again from their version.
+        }
+    }
 }
 
-impl ClientStore for SledStore {
-    fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
+#[async_trait::async_trait]
+impl ClientStore for SledDb {
+    async fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
         if let Some(hit) = self
             .client_cache
             .read()
@@ -198,54 +253,19 @@ impl ClientStore for SledStore {
         Ok(Some(client))
     }
 
-    fn put_client(&self, client: &Client) -> Result<(), StoreError> {
-        self.clients
-            .insert(client.client_id.as_bytes(), to_json(client))
-            .map_err(|source| StoreError::Write {
-                what: "client",
-                source,
-            })?;
-        self.forget_cached(&client.client_id);
-        Ok(())
+    async fn put_client(&self, client: &Client) -> Result<(), StoreError> {
+        self.put_client_now(client)
     }
 
-    fn update_client(
+    async fn update_client(
         &self,
         client_id: &str,
-        change: &mut dyn FnMut(&mut Client) -> bool,
+        change: &mut (dyn for<'c> FnMut(&'c mut Client) -> bool + Send),
     ) -> Result<Option<Client>, StoreError> {
-        let write_err = |source| StoreError::Write {
-            what: "client",
-            source,
-        };
-        loop {
-            let Some(current) = self
-                .clients
-                .get(client_id)
-                .map_err(|source| StoreError::Read {
-                    what: "client",
-                    source,
-                })?
-            else {
-                return Ok(None);
-            };
-            let mut client = from_json::<Client>(&current, "client")?;
-            if !change(&mut client) {
-                return Ok(Some(client));
-            }
-            let swapped = self
-                .clients
-                .compare_and_swap(client_id.as_bytes(), Some(&current), Some(to_json(&client)))
-                .map_err(write_err)?;
-            if swapped.is_ok() {
-                self.forget_cached(client_id);
-                return Ok(Some(client));
-            }
-            // Someone else changed it in between: start again from their version.
-        }
+        self.update_client_now(client_id, change)
     }
 
-    fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError> {
+    async fn insert_new_client(&self, client: &Client) -> Result<bool, StoreError> {
         let swapped = self
             .clients
             .compare_and_swap(
@@ -262,8 +282,9 @@ impl ClientStore for SledStore {
     }
 }
 
-impl TokenStore for SledStore {
-    fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
+#[async_trait::async_trait]
+impl TokenStore for SledDb {
+    async fn revoke_access_token(&self, jti: &str, exp: u64) -> Result<(), StoreError> {
         self.revoked
             .insert(jti.as_bytes(), &exp.to_be_bytes())
             .map_err(|source| StoreError::Write {
@@ -273,7 +294,7 @@ impl TokenStore for SledStore {
         Ok(())
     }
 
-    fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+    async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         self.revoked
             .contains_key(jti.as_bytes())
             .map_err(|source| StoreError::Read {
@@ -282,7 +303,7 @@ impl TokenStore for SledStore {
             })
     }
 
-    fn record_assertion_jti(
+    async fn record_assertion_jti(
         &self,
         client_id: &str,
         jti: &str,
@@ -303,7 +324,12 @@ impl TokenStore for SledStore {
         Ok(swapped.is_ok())
     }
 
-    fn record_lineage(&self, jti: &str, lineage: &Lineage, until: u64) -> Result<(), StoreError> {
+    async fn record_lineage(
+        &self,
+        jti: &str,
+        lineage: &Lineage,
+        until: u64,
+    ) -> Result<(), StoreError> {
         // The purge time first, so the purge reads it as it does a revocation's, without
         // decoding the record.
         let mut value = until.to_be_bytes().to_vec();
@@ -317,7 +343,7 @@ impl TokenStore for SledStore {
         Ok(())
     }
 
-    fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError> {
+    async fn lineage(&self, jti: &str) -> Result<Option<Lineage>, StoreError> {
         self.lineage
             .get(jti.as_bytes())
             .map_err(|source| StoreError::Read {
@@ -328,7 +354,7 @@ impl TokenStore for SledStore {
             .transpose()
     }
 
-    fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
+    async fn purge_expired(&self, now: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
         // Every value in these trees starts with the big-endian time after which it can go.
         for tree in [&self.revoked, &self.assertion_jtis, &self.lineage] {
@@ -355,13 +381,30 @@ impl TokenStore for SledStore {
     }
 }
 
-impl Durability for SledStore {
+/// Key of the write probe's record in the default tree.
+const PROBE_KEY: &[u8] = b"write-probe";
+
+impl SledDb {
+    /// Write every pending audit entry and flush the database to disk.
     fn flush(&self) -> Result<(), StoreError> {
         self.audit.write_pending()?;
         self.db
             .flush()
+            .map_err(|source| StoreError::Flush { source })?;
+        self.audit.flushed();
+        Ok(())
+    }
+
+    /// Overwrite the probe record (durable at the next flush). Fails at once on a database
+    /// that an earlier I/O error poisoned.
+    fn write_probe(&self) -> Result<(), StoreError> {
+        self.db
+            .insert(PROBE_KEY, &crate::unix_now().to_be_bytes())
             .map(|_| ())
-            .map_err(|source| StoreError::Flush { source })
+            .map_err(|source| StoreError::Write {
+                what: "write probe",
+                source,
+            })
     }
 }
 
@@ -373,16 +416,16 @@ mod tests {
     #[test]
     fn a_held_database_is_reported_in_use_and_reopens_once_released() {
         let dir = tempfile::tempdir().unwrap();
-        let first = SledStore::open(dir.path()).unwrap();
+        let first = SledDb::open(dir.path()).unwrap();
         let started = Instant::now();
-        let err = SledStore::open(dir.path()).err().unwrap();
+        let err = SledDb::open(dir.path()).err().unwrap();
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
         assert!(started.elapsed() >= LOCK_WAIT);
         drop(first);
         // Reopening right after the drop (as `init` then `serve` in one process do) succeeds
         // even while sled's I/O threads let go of the file.
         for _ in 0..20 {
-            let again = SledStore::open(dir.path()).unwrap();
+            let again = SledDb::open(dir.path()).unwrap();
             drop(again);
         }
     }
@@ -403,68 +446,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn clients_survive_reopen_and_cache_sees_updates() {
+    #[tokio::test]
+    async fn clients_survive_reopen_and_cache_sees_updates() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
-            assert!(store.insert_new_client(&client("c1")).unwrap());
-            assert!(!store.insert_new_client(&client("c1")).unwrap());
-            assert!(!store.client("c1").unwrap().unwrap().disabled);
+            let store = SledDb::open(dir.path()).unwrap();
+            assert!(store.insert_new_client(&client("c1")).await.unwrap());
+            assert!(!store.insert_new_client(&client("c1")).await.unwrap());
+            assert!(!store.client("c1").await.unwrap().unwrap().disabled);
             let mut c = client("c1");
             c.disabled = true;
-            store.put_client(&c).unwrap();
-            assert!(store.client("c1").unwrap().unwrap().disabled);
+            store.put_client(&c).await.unwrap();
+            assert!(store.client("c1").await.unwrap().unwrap().disabled);
             store.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
-        assert!(store.client("c1").unwrap().unwrap().disabled);
-        assert!(store.client("nope").unwrap().is_none());
+        let store = SledDb::open(dir.path()).unwrap();
+        assert!(store.client("c1").await.unwrap().unwrap().disabled);
+        assert!(store.client("nope").await.unwrap().is_none());
     }
 
-    #[test]
-    fn a_lookup_racing_an_update_never_caches_the_old_record() {
+    #[tokio::test]
+    async fn a_lookup_racing_an_update_never_caches_the_old_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        assert!(store.insert_new_client(&client("dev")).unwrap());
+        let store = SledDb::open(dir.path()).unwrap();
+        assert!(store.insert_new_client(&client("dev")).await.unwrap());
         // The lookup misses the cache and reads the live record; before it fills the cache,
         // an operator disables the client.
-        *store.fill_hook.lock().unwrap() = Some(Box::new(|s: &SledStore| {
-            s.update_client("dev", &mut |c| {
+        *store.fill_hook.lock().unwrap() = Some(Box::new(|s: &SledDb| {
+            s.update_client_now("dev", &mut |c| {
                 c.disabled = true;
                 true
             })
             .unwrap();
         }));
-        let raced = store.client("dev").unwrap().unwrap();
+        let raced = store.client("dev").await.unwrap().unwrap();
         assert!(
             !raced.disabled,
             "the racing lookup read the record before the update"
         );
         // Every later lookup sees the update: the stale record was not cached.
-        assert!(store.client("dev").unwrap().unwrap().disabled);
-        assert!(store.client("dev").unwrap().unwrap().disabled);
+        assert!(store.client("dev").await.unwrap().unwrap().disabled);
+        assert!(store.client("dev").await.unwrap().unwrap().disabled);
     }
 
-    #[test]
-    fn assertion_jti_is_accepted_once_per_client() {
+    #[tokio::test]
+    async fn assertion_jti_is_accepted_once_per_client() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        assert!(store.record_assertion_jti("c1", "j", 100).unwrap());
-        assert!(!store.record_assertion_jti("c1", "j", 100).unwrap());
-        assert!(store.record_assertion_jti("c2", "j", 100).unwrap());
+        let store = SledDb::open(dir.path()).unwrap();
+        assert!(store.record_assertion_jti("c1", "j", 100).await.unwrap());
+        assert!(!store.record_assertion_jti("c1", "j", 100).await.unwrap());
+        assert!(store.record_assertion_jti("c2", "j", 100).await.unwrap());
     }
 
-    #[test]
-    fn purge_drops_only_expired_records() {
+    #[tokio::test]
+    async fn purge_drops_only_expired_records() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        store.revoke_access_token("old", 10).unwrap();
-        store.revoke_access_token("new", 1000).unwrap();
-        store.record_assertion_jti("c", "old", 10).unwrap();
-        assert_eq!(store.purge_expired(500).unwrap(), 2);
-        assert!(!store.is_access_token_revoked("old").unwrap());
-        assert!(store.is_access_token_revoked("new").unwrap());
+        let store = SledDb::open(dir.path()).unwrap();
+        store.revoke_access_token("old", 10).await.unwrap();
+        store.revoke_access_token("new", 1000).await.unwrap();
+        store.record_assertion_jti("c", "old", 10).await.unwrap();
+        assert_eq!(store.purge_expired(500).await.unwrap(), 2);
+        assert!(!store.is_access_token_revoked("old").await.unwrap());
+        assert!(store.is_access_token_revoked("new").await.unwrap());
     }
 
     fn lineage(jtis: &[(&str, &str)]) -> Lineage {
@@ -480,27 +523,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lineage_survives_reopen_and_is_purged_after_its_token() {
+    #[tokio::test]
+    async fn lineage_survives_reopen_and_is_purged_after_its_token() {
         let dir = tempfile::tempdir().unwrap();
         let kept = lineage(&[("parent", "b"), ("root", "a"), ("actor", "b")]);
         {
-            let store = SledStore::open(dir.path()).unwrap();
-            assert_eq!(store.lineage("child").unwrap(), None);
-            store.record_lineage("child", &kept, 1000).unwrap();
+            let store = SledDb::open(dir.path()).unwrap();
+            assert_eq!(store.lineage("child").await.unwrap(), None);
+            store.record_lineage("child", &kept, 1000).await.unwrap();
             store
                 .record_lineage("short", &lineage(&[("root", "a")]), 10)
+                .await
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.lineage("child").unwrap(), Some(kept.clone()));
-        assert!(store.lineage("short").unwrap().is_some());
-        store.revoke_access_token("old", 10).unwrap();
-        assert_eq!(store.purge_expired(500).unwrap(), 2);
-        assert_eq!(store.lineage("short").unwrap(), None);
-        assert_eq!(store.lineage("child").unwrap(), Some(kept));
-        assert_eq!(store.purge_expired(1001).unwrap(), 1);
-        assert_eq!(store.lineage("child").unwrap(), None);
+        let store = SledDb::open(dir.path()).unwrap();
+        assert_eq!(store.lineage("child").await.unwrap(), Some(kept.clone()));
+        assert!(store.lineage("short").await.unwrap().is_some());
+        store.revoke_access_token("old", 10).await.unwrap();
+        assert_eq!(store.purge_expired(500).await.unwrap(), 2);
+        assert_eq!(store.lineage("short").await.unwrap(), None);
+        assert_eq!(store.lineage("child").await.unwrap(), Some(kept));
+        assert_eq!(store.purge_expired(1001).await.unwrap(), 1);
+        assert_eq!(store.lineage("child").await.unwrap(), None);
     }
 }

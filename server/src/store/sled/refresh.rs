@@ -4,8 +4,10 @@
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::{to_json, SledStore};
-use crate::store::grants::{RefreshFamily, RefreshToken, RefreshTokenStore, Rotation, TokenHash};
+use super::{to_json, SledDb};
+use crate::store::grants::{
+    RefreshFamily, RefreshGrace, RefreshToken, RefreshTokenStore, Rotation, TokenHash,
+};
 use crate::store::StoreError;
 
 const TOKEN: u8 = b't';
@@ -79,8 +81,12 @@ fn put_token(
     Ok(())
 }
 
-impl RefreshTokenStore for SledStore {
-    fn refresh_token(&self, token: &TokenHash) -> Result<Option<(RefreshToken, bool)>, StoreError> {
+#[async_trait::async_trait]
+impl RefreshTokenStore for SledDb {
+    async fn refresh_token(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<(RefreshToken, bool)>, StoreError> {
         let Some(bytes) = self
             .refresh_tokens
             .get(token_key(token))
@@ -108,7 +114,7 @@ impl RefreshTokenStore for SledStore {
         Ok(Some((record, revoked)))
     }
 
-    fn insert_refresh_token(
+    async fn insert_refresh_token(
         &self,
         token: &TokenHash,
         record: &RefreshToken,
@@ -119,12 +125,13 @@ impl RefreshTokenStore for SledStore {
         )
     }
 
-    fn rotate_refresh_token(
+    async fn rotate_refresh_token(
         &self,
         presented: &TokenHash,
         next: &TokenHash,
         next_record: &RefreshToken,
         now: u64,
+        grace: Option<&RefreshGrace>,
     ) -> Result<Rotation, StoreError> {
         let pkey = token_key(presented);
         tx_result(self.refresh_tokens.transaction(|tx| {
@@ -141,6 +148,25 @@ impl RefreshTokenStore for SledStore {
                 return Ok(Rotation::FamilyRevoked);
             }
             if current.spent_at.is_some() {
+                // Presented again within its grace while its successor is unused: the client
+                // most likely never got the answer. Once.
+                if let Some(g) = current.grace.take().filter(|g| now <= g.until) {
+                    let successor = hex::decode(&g.successor)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .map(|b| token_key(&TokenHash(b)));
+                    let unspent = match successor {
+                        Some(skey) => match tx.get(skey)? {
+                            Some(bytes) => decoded::<RefreshToken>(&bytes)?.spent_at.is_none(),
+                            None => false,
+                        },
+                        None => false,
+                    };
+                    if unspent {
+                        tx.insert(pkey.as_slice(), to_json(&current))?;
+                        return Ok(Rotation::Retried { sealed: g.sealed });
+                    }
+                }
                 // RFC 9700 §4.14.2: a spent token presented again means it leaked, and the server
                 // cannot tell the attacker from the client: end the whole family.
                 family.revoked_at = Some(now);
@@ -148,13 +174,14 @@ impl RefreshTokenStore for SledStore {
                 return Ok(Rotation::Replayed);
             }
             current.spent_at = Some(now);
+            current.grace = grace.cloned();
             tx.insert(pkey.as_slice(), to_json(&current))?;
             put_token(tx, next, next_record)?;
             Ok(Rotation::Rotated)
         }))
     }
 
-    fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
+    async fn refresh_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
         let Some(bytes) = self
             .refresh_tokens
             .get(family_key(family))
@@ -170,7 +197,7 @@ impl RefreshTokenStore for SledStore {
         Ok(f.revoked_at.is_some())
     }
 
-    fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError> {
+    async fn revoke_refresh_family(&self, family: &str, now: u64) -> Result<bool, StoreError> {
         let fkey = family_key(family);
         tx_result(self.refresh_tokens.transaction(|tx| {
             let Some(bytes) = tx.get(&fkey)? else {
@@ -185,7 +212,7 @@ impl RefreshTokenStore for SledStore {
         }))
     }
 
-    fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError> {
+    async fn purge_refresh_tokens(&self, now: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
         for prefix in [TOKEN, FAMILY] {
             for entry in self.refresh_tokens.scan_prefix([prefix]) {
@@ -220,58 +247,179 @@ mod tests {
             issued_at: 0,
             expires_at,
             spent_at: None,
+            grace: None,
         }
     }
 
-    #[test]
-    fn rotation_spends_once_and_replay_revokes_the_family() {
+    async fn rotate(
+        store: &SledDb,
+        from: &TokenHash,
+        to: &TokenHash,
+        family: &str,
+        now: u64,
+        grace: &RefreshGrace,
+    ) -> Rotation {
+        store
+            .rotate_refresh_token(from, to, &token(family, 200), now, Some(grace))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_spent_token_is_retried_once_within_its_grace_while_its_successor_is_unused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let (t1, t2, t3) = (TokenHash::of("1"), TokenHash::of("2"), TokenHash::of("3"));
-        store.insert_refresh_token(&t1, &token("fam", 100)).unwrap();
+        store
+            .insert_refresh_token(&t1, &token("fam", 100))
+            .await
+            .unwrap();
+        let grace = RefreshGrace {
+            until: 35,
+            successor: hex::encode(t2.0),
+            sealed: "sealed-2".into(),
+        };
+        let fam = "fam";
+        assert_eq!(
+            rotate(&store, &t1, &t2, fam, 5, &grace).await,
+            Rotation::Rotated
+        );
+        // Lost response: t1 again within the grace gets t2 back, once.
+        assert_eq!(
+            rotate(&store, &t1, &t3, fam, 20, &grace).await,
+            Rotation::Retried {
+                sealed: "sealed-2".into()
+            }
+        );
+        assert!(
+            !store.refresh_token(&t2).await.unwrap().unwrap().1,
+            "not revoked"
+        );
+        assert_eq!(
+            rotate(&store, &t1, &t3, fam, 21, &grace).await,
+            Rotation::Replayed,
+            "only once"
+        );
+        assert!(
+            store.refresh_token(&t2).await.unwrap().unwrap().1,
+            "family revoked"
+        );
+
+        // After the grace, or once the successor was used, a reuse is a replay.
+        let (u1, u2, u3) = (
+            TokenHash::of("u1"),
+            TokenHash::of("u2"),
+            TokenHash::of("u3"),
+        );
+        store
+            .insert_refresh_token(&u1, &token("late", 100))
+            .await
+            .unwrap();
+        let grace = RefreshGrace {
+            until: 35,
+            successor: hex::encode(u2.0),
+            sealed: "x".into(),
+        };
+        let fam = "late";
+        assert_eq!(
+            rotate(&store, &u1, &u2, fam, 5, &grace).await,
+            Rotation::Rotated
+        );
+        assert_eq!(
+            rotate(&store, &u1, &u3, fam, 36, &grace).await,
+            Rotation::Replayed
+        );
+        let (v1, v2, v3) = (
+            TokenHash::of("v1"),
+            TokenHash::of("v2"),
+            TokenHash::of("v3"),
+        );
+        store
+            .insert_refresh_token(&v1, &token("used", 100))
+            .await
+            .unwrap();
+        let grace = RefreshGrace {
+            until: 35,
+            successor: hex::encode(v2.0),
+            sealed: "x".into(),
+        };
+        let fam = "used";
+        assert_eq!(
+            rotate(&store, &v1, &v2, fam, 5, &grace).await,
+            Rotation::Rotated
+        );
+        assert_eq!(
+            rotate(&store, &v2, &v3, fam, 6, &grace).await,
+            Rotation::Rotated
+        );
+        assert_eq!(
+            rotate(&store, &v1, &TokenHash::of("v4"), fam, 7, &grace).await,
+            Rotation::Replayed
+        );
+    }
+
+    #[tokio::test]
+    async fn rotation_spends_once_and_replay_revokes_the_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
+        let (t1, t2, t3) = (TokenHash::of("1"), TokenHash::of("2"), TokenHash::of("3"));
+        store
+            .insert_refresh_token(&t1, &token("fam", 100))
+            .await
+            .unwrap();
         assert_eq!(
             store
-                .rotate_refresh_token(&t1, &t2, &token("fam", 200), 5)
+                .rotate_refresh_token(&t1, &t2, &token("fam", 200), 5, None)
+                .await
                 .unwrap(),
             Rotation::Rotated
         );
-        let (spent, revoked) = store.refresh_token(&t1).unwrap().unwrap();
+        let (spent, revoked) = store.refresh_token(&t1).await.unwrap().unwrap();
         assert_eq!((spent.spent_at, revoked), (Some(5), false));
         // t1 again: a replay. The family, t2 included, is revoked.
         assert_eq!(
             store
-                .rotate_refresh_token(&t1, &t3, &token("fam", 300), 6)
+                .rotate_refresh_token(&t1, &t3, &token("fam", 300), 6, None)
+                .await
                 .unwrap(),
             Rotation::Replayed
         );
-        assert!(store.refresh_token(&t2).unwrap().unwrap().1);
+        assert!(store.refresh_token(&t2).await.unwrap().unwrap().1);
         assert_eq!(
             store
-                .rotate_refresh_token(&t2, &t3, &token("fam", 300), 7)
+                .rotate_refresh_token(&t2, &t3, &token("fam", 300), 7, None)
+                .await
                 .unwrap(),
             Rotation::FamilyRevoked
         );
-        assert!(store.refresh_token(&t3).unwrap().is_none());
+        assert!(store.refresh_token(&t3).await.unwrap().is_none());
         assert_eq!(
             store
-                .rotate_refresh_token(&t3, &t1, &token("fam", 300), 7)
+                .rotate_refresh_token(&t3, &t1, &token("fam", 300), 7, None)
+                .await
                 .unwrap(),
             Rotation::Unknown
         );
     }
 
-    #[test]
-    fn families_are_revoked_and_purged() {
+    #[tokio::test]
+    async fn families_are_revoked_and_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let (a, b) = (TokenHash::of("a"), TokenHash::of("b"));
-        store.insert_refresh_token(&a, &token("f1", 10)).unwrap();
-        store.insert_refresh_token(&b, &token("f2", 1000)).unwrap();
-        assert!(store.revoke_refresh_family("f2", 1).unwrap());
-        assert!(!store.revoke_refresh_family("nope", 1).unwrap());
-        assert!(store.refresh_token(&b).unwrap().unwrap().1);
-        assert_eq!(store.purge_refresh_tokens(500).unwrap(), 2);
-        assert!(store.refresh_token(&a).unwrap().is_none());
-        assert!(store.refresh_token(&b).unwrap().is_some());
+        store
+            .insert_refresh_token(&a, &token("f1", 10))
+            .await
+            .unwrap();
+        store
+            .insert_refresh_token(&b, &token("f2", 1000))
+            .await
+            .unwrap();
+        assert!(store.revoke_refresh_family("f2", 1).await.unwrap());
+        assert!(!store.revoke_refresh_family("nope", 1).await.unwrap());
+        assert!(store.refresh_token(&b).await.unwrap().unwrap().1);
+        assert_eq!(store.purge_refresh_tokens(500).await.unwrap(), 2);
+        assert!(store.refresh_token(&a).await.unwrap().is_none());
+        assert!(store.refresh_token(&b).await.unwrap().is_some());
     }
 }

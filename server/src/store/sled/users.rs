@@ -1,17 +1,18 @@
 //! Users and verification-page sessions in sled: `users` keyed by lowercase name,
 //! `web_sessions` keyed by the SHA-256 of the session cookie.
 
-use super::{get_json, to_json, SledStore};
+use super::{get_json, to_json, SledDb};
 use crate::store::grants::TokenHash;
 use crate::store::users::{SessionStore, User, UserStore, WebSession};
 use crate::store::StoreError;
 
-impl UserStore for SledStore {
-    fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+#[async_trait::async_trait]
+impl UserStore for SledDb {
+    async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
         get_json(&self.users, username.as_bytes(), "user")
     }
 
-    fn insert_new_user(&self, user: &User) -> Result<bool, StoreError> {
+    async fn insert_new_user(&self, user: &User) -> Result<bool, StoreError> {
         let swapped = self
             .users
             .compare_and_swap(user.username.as_bytes(), None::<&[u8]>, Some(to_json(user)))
@@ -23,12 +24,17 @@ impl UserStore for SledStore {
     }
 }
 
-impl SessionStore for SledStore {
-    fn web_session(&self, id: &TokenHash) -> Result<Option<WebSession>, StoreError> {
+#[async_trait::async_trait]
+impl SessionStore for SledDb {
+    async fn web_session(&self, id: &TokenHash) -> Result<Option<WebSession>, StoreError> {
         get_json(&self.web_sessions, id.0, "session")
     }
 
-    fn put_web_session(&self, id: &TokenHash, session: &WebSession) -> Result<(), StoreError> {
+    async fn put_web_session(
+        &self,
+        id: &TokenHash,
+        session: &WebSession,
+    ) -> Result<(), StoreError> {
         self.web_sessions
             .insert(id.0, to_json(session))
             .map(|_| ())
@@ -38,7 +44,7 @@ impl SessionStore for SledStore {
             })
     }
 
-    fn delete_web_session(&self, id: &TokenHash) -> Result<(), StoreError> {
+    async fn delete_web_session(&self, id: &TokenHash) -> Result<(), StoreError> {
         self.web_sessions
             .remove(id.0)
             .map(|_| ())
@@ -48,7 +54,7 @@ impl SessionStore for SledStore {
             })
     }
 
-    fn purge_web_sessions(&self, now: u64) -> Result<usize, StoreError> {
+    async fn purge_web_sessions(&self, now: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
         for entry in self.web_sessions.iter() {
             let (key, value) = entry.map_err(|source| StoreError::Read {
@@ -70,7 +76,7 @@ impl SessionStore for SledStore {
         Ok(purged)
     }
 
-    fn web_session_count(&self) -> Result<usize, StoreError> {
+    async fn web_session_count(&self) -> Result<usize, StoreError> {
         Ok(self.web_sessions.len())
     }
 }
@@ -79,26 +85,26 @@ impl SessionStore for SledStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn users_are_created_once() {
+    #[tokio::test]
+    async fn users_are_created_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let ann = User {
             username: "ann".into(),
             password_hash: "h".into(),
             created_at: 1,
             disabled: false,
         };
-        assert!(store.insert_new_user(&ann).unwrap());
-        assert!(!store.insert_new_user(&ann).unwrap());
-        assert_eq!(store.user("ann").unwrap(), Some(ann));
-        assert_eq!(store.user("bob").unwrap(), None);
+        assert!(store.insert_new_user(&ann).await.unwrap());
+        assert!(!store.insert_new_user(&ann).await.unwrap());
+        assert_eq!(store.user("ann").await.unwrap(), Some(ann));
+        assert_eq!(store.user("bob").await.unwrap(), None);
     }
 
-    #[test]
-    fn sessions_round_trip_and_expire() {
+    #[tokio::test]
+    async fn sessions_round_trip_and_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
         let s = |expires_at| WebSession {
             csrf: "c".into(),
             user: Some("ann".into()),
@@ -107,14 +113,14 @@ mod tests {
             codes: vec![],
         };
         let (old, new) = (TokenHash::of("old"), TokenHash::of("new"));
-        store.put_web_session(&old, &s(10)).unwrap();
-        store.put_web_session(&new, &s(1000)).unwrap();
-        assert_eq!(store.web_session(&new).unwrap(), Some(s(1000)));
-        assert_eq!(store.web_session_count().unwrap(), 2);
-        assert_eq!(store.purge_web_sessions(500).unwrap(), 1);
-        assert_eq!(store.web_session_count().unwrap(), 1);
-        assert!(store.web_session(&old).unwrap().is_none());
-        store.delete_web_session(&new).unwrap();
-        assert!(store.web_session(&new).unwrap().is_none());
+        store.put_web_session(&old, &s(10)).await.unwrap();
+        store.put_web_session(&new, &s(1000)).await.unwrap();
+        assert_eq!(store.web_session(&new).await.unwrap(), Some(s(1000)));
+        assert_eq!(store.web_session_count().await.unwrap(), 2);
+        assert_eq!(store.purge_web_sessions(500).await.unwrap(), 1);
+        assert_eq!(store.web_session_count().await.unwrap(), 1);
+        assert!(store.web_session(&old).await.unwrap().is_none());
+        store.delete_web_session(&new).await.unwrap();
+        assert!(store.web_session(&new).await.unwrap().is_none());
     }
 }

@@ -30,7 +30,7 @@ pub(in crate::web) async fn enter_code(
     let form = parse(&body);
     let input = form.user_code.clone().unwrap_or_default();
     let result = async {
-        let mut session = match signed_in(&st, sp, &headers, &form, &ctx)? {
+        let mut session = match signed_in(&st, sp, &headers, &form, &ctx).await? {
             Ok(s) => s,
             Err(refused) => return Ok(refused),
         };
@@ -42,7 +42,12 @@ pub(in crate::web) async fn enter_code(
             source: ctx.source,
         };
         // Counted before the code is looked up, so parallel guesses cannot pass the limit.
-        let reservation = match st.limits.reserve_code(who, policy, ctx.now) {
+        let reservation = match st
+            .limits
+            .reserve_code(who, policy, ctx.now)
+            .await
+            .map_err(OAuthError::internal)?
+        {
             Ok(r) => r,
             Err(_) => {
                 // The page it redirects to explains the pause.
@@ -61,23 +66,32 @@ pub(in crate::web) async fn enter_code(
             .await?
         {
             CodeLookup::Found(request) => {
-                st.limits.release(reservation);
-                remember(&st, &mut session, &request.user_code)?;
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
+                remember(&st, &mut session, &request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/consent", Some(&request.user_code)),
                     &[],
                 ))
             }
             CodeLookup::Decided(d) => {
-                st.limits.release(reservation);
-                remember(&st, &mut session, &d.request.user_code)?;
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
+                remember(&st, &mut session, &d.request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/done", Some(&d.request.user_code)),
                     &[],
                 ))
             }
             CodeLookup::Problem(CodeProblem::Expired) => {
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::internal)?;
                 Ok(expired(&st, &ctx))
             }
             CodeLookup::Problem(_) => {
@@ -116,12 +130,13 @@ pub(in crate::web) async fn consent(
     let sp = Speak::of(&headers);
     let typed = query.as_ref().ok().and_then(|q| q.user_code.clone());
     let result = async {
-        let Some((session, code)) = entered(&st, &headers, typed.as_deref(), &ctx)? else {
+        let Some((session, code)) = entered(&st, &headers, typed.as_deref(), &ctx).await? else {
             return Ok(see_other(&start_with(typed.as_deref()), &[]));
         };
         match st
             .oauth
-            .device_request(&code, Some(&session.decision_tag()), ctx.now)?
+            .device_request(&code, Some(&session.decision_tag()), ctx.now)
+            .await?
         {
             CodeLookup::Found(request) => {
                 let scopes = st.scopes.lines(&request.scope, sp.lang);
@@ -147,14 +162,14 @@ pub(in crate::web) async fn consent(
 
 /// The signed-in session and the code in `typed`, if this session entered that code (the GET
 /// pages show nothing about a code the rate-limited POST did not see from this session).
-pub(super) fn entered(
+pub(super) async fn entered(
     st: &WebState,
     headers: &HeaderMap,
     typed: Option<&str>,
     ctx: &RequestCtx,
 ) -> Result<Option<(Session, UserCode)>, OAuthError> {
     let Some(Caller::SignedIn(session)) =
-        Caller::from_request(&st.oauth, &st.key, headers, ctx.now)?
+        Caller::from_request(&st.oauth, &st.key, headers, ctx.now).await?
     else {
         return Ok(None);
     };
@@ -166,9 +181,9 @@ pub(super) fn entered(
 
 /// Note that this session entered `code` (durable with the next commit; losing it only means
 /// entering the code again).
-fn remember(st: &WebState, session: &mut Session, code: &UserCode) -> Result<(), OAuthError> {
+async fn remember(st: &WebState, session: &mut Session, code: &UserCode) -> Result<(), OAuthError> {
     if session.remember(code) {
-        session.save(&st.oauth)?;
+        session.save(&st.oauth).await?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub(in crate::web) async fn decide(
     let sp = Speak::of(&headers);
     let form = parse(&body);
     let result = async {
-        let session = match signed_in(&st, sp, &headers, &form, &ctx)? {
+        let session = match signed_in(&st, sp, &headers, &form, &ctx).await? {
             Ok(s) => s,
             Err(refused) => return Ok(refused),
         };
@@ -74,12 +74,13 @@ pub(in crate::web) async fn done(
     let sp = Speak::of(&headers);
     let typed = query.as_ref().ok().and_then(|q| q.user_code.clone());
     let result = async {
-        let Some((session, code)) = entered(&st, &headers, typed.as_deref(), &ctx)? else {
+        let Some((session, code)) = entered(&st, &headers, typed.as_deref(), &ctx).await? else {
             return Ok(see_other("/device", &[]));
         };
         match st
             .oauth
-            .device_request(&code, Some(&session.decision_tag()), ctx.now)?
+            .device_request(&code, Some(&session.decision_tag()), ctx.now)
+            .await?
         {
             CodeLookup::Decided(d) => {
                 let outcome = match (d.same_session, d.user == session.user, d.approved) {

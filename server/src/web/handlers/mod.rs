@@ -81,20 +81,20 @@ pub(super) async fn show(
     let sp = Speak::of(&headers);
     let from_query = query.as_ref().ok().and_then(|q| q.user_code.as_deref());
     let flash = Flash::from_request(&st.key, &headers, ctx.now);
-    let mut resp = match Caller::from_request(&st.oauth, &st.key, &headers, ctx.now) {
+    let mut resp = match Caller::from_request(&st.oauth, &st.key, &headers, ctx.now).await {
         Err(e) => internal(sp, e),
         Ok(None) => {
             // Nothing is stored for a visitor: the cookie itself carries the CSRF token.
             let v = Visitor::fresh(st.oauth.settings.device.session_ttl, ctx.now);
-            let mut resp = sign_in_page(&st, sp, &v, from_query, None, &ctx);
+            let mut resp = sign_in_page(&st, sp, &v, from_query, None, &ctx).await;
             resp.headers_mut().append(
                 header::SET_COOKIE,
                 session::visitor_cookie(&v, &st.key, ctx.now),
             );
             resp
         }
-        Ok(Some(Caller::Visitor(v))) => sign_in_page(&st, sp, &v, from_query, flash, &ctx),
-        Ok(Some(Caller::SignedIn(s))) => code_page(&st, sp, &s, from_query, flash, &ctx),
+        Ok(Some(Caller::Visitor(v))) => sign_in_page(&st, sp, &v, from_query, flash, &ctx).await,
+        Ok(Some(Caller::SignedIn(s))) => code_page(&st, sp, &s, from_query, flash, &ctx).await,
     };
     if flash::present(&headers) {
         resp.headers_mut()
@@ -103,7 +103,7 @@ pub(super) async fn show(
     resp
 }
 
-fn sign_in_page(
+async fn sign_in_page(
     st: &WebState,
     sp: Speak,
     v: &Visitor,
@@ -113,10 +113,15 @@ fn sign_in_page(
 ) -> Response {
     let t = sp.t;
     let d = &st.oauth.settings.device;
-    if let Some(l) =
-        st.limits
-            .sign_in_lockout(&v.limit_key(), ctx.source, sign_in_policy(d), ctx.now)
-    {
+    let lockout = st
+        .limits
+        .sign_in_lockout(&v.limit_key(), ctx.source, sign_in_policy(d), ctx.now)
+        .await;
+    let lockout = match lockout {
+        Ok(l) => l,
+        Err(e) => return internal(sp, OAuthError::internal(e)),
+    };
+    if let Some(l) = lockout {
         let reason = match l.by {
             LockedBy::Session => t.sign_in_paused_session,
             _ => t.sign_in_paused_source,
@@ -162,7 +167,7 @@ fn sign_in_page(
     page(sp, StatusCode::OK, markup)
 }
 
-fn code_page(
+async fn code_page(
     st: &WebState,
     sp: Speak,
     s: &Session,
@@ -178,7 +183,11 @@ fn code_page(
         account: &s.user,
         source: ctx.source,
     };
-    if let Some(l) = st.limits.code_lockout(who, code_policy(d), ctx.now) {
+    let lockout = match st.limits.code_lockout(who, code_policy(d), ctx.now).await {
+        Ok(l) => l,
+        Err(e) => return internal(sp, OAuthError::internal(e)),
+    };
+    if let Some(l) = lockout {
         let not_checked = flash
             .as_ref()
             .is_some_and(|f| f.notice == FlashNotice::CodeNotChecked);
@@ -267,14 +276,14 @@ fn code_policy(d: &DeviceSettings) -> CodePolicy {
 
 /// The request's caller if its CSRF token matches, else the refusal page (its way back keeps the
 /// code the form carried).
-fn checked_caller(
+async fn checked_caller(
     st: &WebState,
     sp: Speak,
     headers: &HeaderMap,
     form: &PageForm,
     ctx: &RequestCtx,
 ) -> Result<Result<Caller, Response>, OAuthError> {
-    let caller = Caller::from_request(&st.oauth, &st.key, headers, ctx.now)?;
+    let caller = Caller::from_request(&st.oauth, &st.key, headers, ctx.now).await?;
     Ok(match caller {
         Some(c) if c.csrf_matches(form.csrf.as_deref()) => Ok(c),
         _ => {
@@ -290,14 +299,14 @@ fn checked_caller(
 }
 
 /// [`checked_caller`] for a signed-in person; a visitor is sent to sign in, the code kept.
-fn signed_in(
+async fn signed_in(
     st: &WebState,
     sp: Speak,
     headers: &HeaderMap,
     form: &PageForm,
     ctx: &RequestCtx,
 ) -> Result<Result<Session, Response>, OAuthError> {
-    match checked_caller(st, sp, headers, form, ctx)? {
+    match checked_caller(st, sp, headers, form, ctx).await? {
         Ok(Caller::SignedIn(s)) => Ok(Ok(s)),
         Ok(Caller::Visitor(_)) => {
             let typed = form.user_code.as_deref().unwrap_or_default();
@@ -424,10 +433,17 @@ fn see_other(to: &str, cookies: &[HeaderValue]) -> Response {
 }
 
 fn internal(sp: Speak, e: OAuthError) -> Response {
-    tracing::error!(error = %e, "verification page failed");
+    // Storage out of reach is not our bug: 503, and the router adds `Retry-After`.
+    let status = if matches!(e, OAuthError::TemporarilyUnavailable(_)) {
+        tracing::warn!(error = %e, "verification page: storage unavailable");
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        tracing::error!(error = %e, "verification page failed");
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
     page(
         sp,
-        StatusCode::INTERNAL_SERVER_ERROR,
+        status,
         pages::message(sp.t, sp.t.something_wrong, sp.t.try_later, "/device"),
     )
 }

@@ -27,7 +27,7 @@ pub(in crate::web) async fn sign_in(
 ) -> Response {
     let sp = Speak::of(&headers);
     let form = parse(&body);
-    let caller = match checked_caller(&st, sp, &headers, &form, &ctx) {
+    let caller = match checked_caller(&st, sp, &headers, &form, &ctx).await {
         Ok(Ok(c)) => c,
         Ok(Err(refused)) => return refused,
         Err(e) => return internal(sp, e),
@@ -37,12 +37,15 @@ pub(in crate::web) async fn sign_in(
     let code = prefill(form.user_code.as_deref());
     let back = start_with(form.user_code.as_deref());
     // Counted before the password is checked, so concurrent attempts cannot pass the limit.
-    let Ok(reservation) =
-        st.limits
-            .reserve_sign_in(&caller.limit_key(), ctx.source, policy, ctx.now)
-    else {
+    let reservation = match st
+        .limits
+        .reserve_sign_in(&caller.limit_key(), ctx.source, policy, ctx.now)
+        .await
+    {
+        Ok(Ok(r)) => r,
         // The page it redirects to explains the pause.
-        return see_other(&back, &[]);
+        Ok(Err(_)) => return see_other(&back, &[]),
+        Err(e) => return internal(sp, OAuthError::from(e)),
     };
     let name = form.username.unwrap_or_default();
     let password = form
@@ -51,25 +54,27 @@ pub(in crate::web) async fn sign_in(
     let result = async {
         match st.oauth.sign_in(&name, password, &ctx).await? {
             SignIn::Accepted(user) => {
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::from)?;
                 // A new session id at sign-in: an id planted before it (session fixation) is
                 // worthless, and the visitor's cookie is replaced by the session's.
                 if let Caller::SignedIn(old) = &caller {
-                    old.end(&st.oauth)?;
+                    old.end(&st.oauth).await?;
                 }
                 let fresh = Session::fresh(user, d.session_ttl, ctx.now);
-                fresh.save(&st.oauth)?;
-                st.oauth
-                    .commit
-                    .commit()
-                    .await
-                    .map_err(OAuthError::internal)?;
+                fresh.save(&st.oauth).await?;
+                st.oauth.commit_for(&ctx).await?;
                 Ok(see_other(&back, &[fresh.set_cookie()]))
             }
             SignIn::Busy => {
                 // Nothing was checked: the attempt does not count, and nothing changed, so
                 // this answer needs no redirect.
-                st.limits.release(reservation);
+                st.limits
+                    .release(reservation)
+                    .await
+                    .map_err(OAuthError::from)?;
                 let markup = pages::sign_in(
                     sp.t,
                     &pages::SignInView {
@@ -106,15 +111,11 @@ pub(in crate::web) async fn sign_out(
     let sp = Speak::of(&headers);
     let form = parse(&body);
     let result = async {
-        match checked_caller(&st, sp, &headers, &form, &ctx)? {
+        match checked_caller(&st, sp, &headers, &form, &ctx).await? {
             Ok(Caller::SignedIn(session)) => {
-                session.end(&st.oauth)?;
+                session.end(&st.oauth).await?;
                 // Durable before the answer: a crash must not bring the session back.
-                st.oauth
-                    .commit
-                    .commit()
-                    .await
-                    .map_err(OAuthError::internal)?;
+                st.oauth.commit_for(&ctx).await?;
                 Ok(see_other("/device", &[session::clear_cookie()]))
             }
             Ok(Caller::Visitor(_)) => Ok(see_other("/device", &[])),

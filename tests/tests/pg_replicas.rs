@@ -1,0 +1,271 @@
+//! Three `hallmark-server` replicas on one PostgreSQL database behave as one server: what one
+//! issues, revokes, spends or counts, the others see; killing a replica loses nothing it
+//! acknowledged, and every replica's audit chain stays intact.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hallmark_e2e::pg::PgCluster;
+use hallmark_e2e::server::{ClientKey, TestServer, JWT_BEARER};
+use hallmark_e2e::verification::{create_user, hidden_value, Browser};
+use serde_json::{json, Value};
+
+fn introspect(at: &TestServer, token: &str) -> bool {
+    at.introspect(token)["active"] == true
+}
+
+#[test]
+fn tokens_revocations_and_one_time_values_are_shared_by_every_replica() {
+    let pg = PgCluster::get();
+    let url = pg.database();
+    let r = TestServer::start_replicas(3, &url, &["--device-poll-interval", "1"]);
+    let (a, b, c) = (&r[0], &r[1], &r[2]);
+
+    // A token from A is active at B; revoked at C, it is inactive at A at once.
+    let (id, secret) = a.register_secret_client("api:read", "client_secret_basic");
+    let (status, _, token) = a.token_basic(&id, &secret, None);
+    assert_eq!(status, 200, "{token}");
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    assert!(introspect(b, &token));
+    let (status, _) = c.post_form("/oauth2/revoke", Some((&id, &secret)), &[("token", &token)]);
+    assert_eq!(status, 200);
+    assert!(!introspect(a, &token) && !introspect(b, &token));
+
+    // A client assertion accepted at A is a replay at B.
+    let key = ClientKey::es256();
+    let kid = b.register_jwt_client("api:read", &[(&key, Some("k1"))]);
+    let assertion = key.assertion(Some("k1"), &a.assertion_claims(&kid));
+    assert_eq!(a.token_assertion(&assertion, &[]).0, 200);
+    let (status, _, body) = b.token_assertion(&assertion, &[]);
+    assert_eq!(status, 401, "a replayed assertion: {body}");
+
+    // A device flow started at A, approved at B's page, polled at C; its refresh token
+    // rotated at A, then replayed at B: the family dies everywhere.
+    let device = a.register(json!({
+        "client_name": "kiosk",
+        "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+        "scope": "api:read",
+        "token_endpoint_auth_method": "none",
+    }));
+    let device = device["client_id"].as_str().unwrap().to_owned();
+    create_user(a, "ann", "correct horse battery");
+    let (_, auth) = a.post_form(
+        "/oauth2/device_authorization",
+        None,
+        &[("client_id", &device)],
+    );
+    let page = Browser::new(b).decide(
+        "ann",
+        "correct horse battery",
+        auth["user_code"].as_str().unwrap(),
+        true,
+    );
+    assert_eq!(page.status, 200, "{}", page.html);
+    let poll = || {
+        c.post_form(
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("client_id", &device),
+                ("device_code", auth["device_code"].as_str().unwrap()),
+            ],
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let tokens = loop {
+        let (status, body) = poll();
+        if status == 200 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // The device code is spent for every replica.
+    let (status, body) = a.post_form(
+        "/oauth2/token",
+        None,
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("client_id", &device),
+            ("device_code", auth["device_code"].as_str().unwrap()),
+        ],
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let rt1 = tokens["refresh_token"].as_str().unwrap();
+    let refresh = |at: &TestServer, rt: &str| {
+        at.post_form(
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", &device),
+                ("refresh_token", rt),
+            ],
+        )
+    };
+    let (status, second) = refresh(a, rt1);
+    assert_eq!(status, 200, "{second}");
+    let (status, _) = refresh(b, rt1);
+    assert_eq!(status, 400, "reuse at another replica is a replay");
+    let rt2 = second["refresh_token"].as_str().unwrap();
+    assert_eq!(refresh(c, rt2).0, 400, "the family is revoked everywhere");
+    assert!(!introspect(c, second["access_token"].as_str().unwrap()));
+}
+
+#[test]
+fn a_device_disabled_at_one_replica_is_refused_at_the_others_within_a_second() {
+    let pg = PgCluster::get();
+    let r = TestServer::start_replicas(2, &pg.database(), &[]);
+    let (a, b) = (&r[0], &r[1]);
+    let provision = a.admin_token("devices:provision");
+    let (status, dev) = a.post_raw(
+        "/admin/devices",
+        "application/json",
+        Some(&format!("Bearer {provision}")),
+        json!({"serial": "REP-1", "model": "m", "ek_fingerprint": "ab".repeat(32)})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 201, "{dev}");
+    let (id, secret) = (
+        dev["client_id"].as_str().unwrap(),
+        dev["factory_secret"].as_str().unwrap(),
+    );
+    // B has it cached now.
+    assert_eq!(b.token_basic(id, secret, None).0, 200);
+    let admin = a.admin_token("devices:admin");
+    let (status, _) = a.post_raw(
+        &format!("/admin/devices/{id}/disable"),
+        "application/json",
+        Some(&format!("Bearer {admin}")),
+        b"",
+    );
+    assert_eq!(status, 200);
+    // The stated bound: a replica trusts a cached client for at most 1 s.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(b.token_basic(id, secret, None).0, 401);
+}
+
+#[test]
+fn sign_in_failures_from_one_address_are_counted_across_replicas() {
+    let pg = PgCluster::get();
+    let r = TestServer::start_replicas(3, &pg.database(), &["--sign-in-failures-per-source", "3"]);
+    create_user(&r[0], "ann", "correct horse battery");
+    // Three wrong passwords, one at each replica, from the same address (loopback).
+    for server in &r {
+        let mut browser = Browser::new(server);
+        let start = browser.get("/device");
+        let page = browser.post(
+            "/device/sign-in",
+            &[
+                ("csrf", &start.csrf()),
+                ("username", "ann"),
+                ("password", "wrong password"),
+            ],
+        );
+        assert!(!page.html.contains("Signing in paused"), "{}", page.html);
+    }
+    // The limit is reached for every replica: the right password is not even checked.
+    let mut browser = Browser::new(&r[1]);
+    let start = browser.get("/device");
+    assert!(start.html.contains("Signing in paused"), "{}", start.html);
+    let page = browser.post(
+        "/device/sign-in",
+        &[
+            (
+                "csrf",
+                &hidden_value(&start.html, "csrf").unwrap_or_default(),
+            ),
+            ("username", "ann"),
+            ("password", "correct horse battery"),
+        ],
+    );
+    assert!(
+        !page.html.contains("action=\"/device/sign-out\""),
+        "{}",
+        page.html
+    );
+}
+
+#[test]
+fn killing_a_replica_under_load_loses_nothing_acknowledged_and_every_chain_stays_intact() {
+    let pg = PgCluster::get();
+    let url = pg.database();
+    let mut r = TestServer::start_replicas(3, &url, &[]);
+    let (id, secret) = r[0].register_secret_client("api:read", "client_secret_basic");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = r
+        .iter()
+        .map(|server| {
+            let (http, endpoint) = (server.http.clone(), server.url("/oauth2/token"));
+            let (id, secret, stop) = (id.clone(), secret.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = http
+                        .post(&endpoint)
+                        .header(
+                            "Authorization",
+                            &hallmark_e2e::server::basic_header(&id, &secret),
+                        )
+                        .send_form([("grant_type", "client_credentials")]);
+                    let Ok(mut resp) = sent else { continue };
+                    if resp.status() != 200 {
+                        continue;
+                    }
+                    let body: Value =
+                        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+                    let token = body["access_token"].as_str().unwrap().to_owned();
+                    acknowledged.push(hallmark_e2e::server::jwt_parts(&token).1["jti"].clone());
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    r[1].kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged: Vec<Value> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acknowledged.len() > 20, "{} tokens", acknowledged.len());
+    for server in r.iter_mut() {
+        if server.is_running() {
+            assert!(server.terminate().success(), "{}", server.log());
+        }
+    }
+    // Every acknowledged issuance is in some replica's chain.
+    let audited = pg.sql(&url, "SELECT entry FROM audit_entries");
+    for jti in &acknowledged {
+        assert!(
+            audited.contains(&format!("jti={}", jti.as_str().unwrap())),
+            "token {jti} was acknowledged but is not in the audit log"
+        );
+    }
+    // Three chains (and no other), each intact — the killed replica's included.
+    let chains = pg.sql(
+        &url,
+        "SELECT count(*) FROM audit_heads WHERE chain <> 'command'",
+    );
+    assert_eq!(chains.trim(), "3");
+    let out = hallmark_e2e::server::clean_command(hallmark_e2e::server::server_bin())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&r[0].data_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("intact"),
+        "{stdout}"
+    );
+    let _ = JWT_BEARER;
+}
