@@ -20,6 +20,11 @@ impl PgCluster {
                 own: None,
             };
         }
+        PgCluster::own()
+    }
+
+    /// A new cluster of this test's own, which it may stop and start (`restart`).
+    pub fn own() -> PgCluster {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(script())
             .arg("start")
@@ -72,21 +77,26 @@ impl PgCluster {
 
     /// Stop the cluster (all its connections drop), then start it again on the same data.
     pub fn restart(&self, down_for: std::time::Duration) {
-        let dir = self
-            .own
-            .as_ref()
-            .expect("only a test's own cluster is restarted")
-            .path();
+        self.stop();
+        std::thread::sleep(down_for);
+        self.start_again();
+    }
+
+    /// Stop this test's own cluster (fast shutdown: every connection drops).
+    pub fn stop(&self) {
         assert!(Command::new(script())
             .arg("stop")
-            .arg(dir)
+            .arg(self.own_dir())
             .status()
             .unwrap()
             .success());
-        std::thread::sleep(down_for);
+    }
+
+    /// Start this test's own, stopped cluster again on its data.
+    pub fn start_again(&self) {
         let out = Command::new(script())
             .arg("restart")
-            .arg(dir)
+            .arg(self.own_dir())
             .output()
             .unwrap();
         assert!(
@@ -94,6 +104,13 @@ impl PgCluster {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    fn own_dir(&self) -> &std::path::Path {
+        self.own
+            .as_ref()
+            .expect("only a test's own cluster is stopped and started")
+            .path()
     }
 }
 

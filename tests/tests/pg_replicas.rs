@@ -269,3 +269,175 @@ fn killing_a_replica_under_load_loses_nothing_acknowledged_and_every_chain_stays
     );
     let _ = JWT_BEARER;
 }
+
+/// The database goes away under load and comes back: while it is down every replica answers
+/// 503 with `Retry-After` (never a 2xx for a write it could not save) and `/readyz` says 503;
+/// once it is back every replica serves again by itself, without a restart, and everything a
+/// replica acknowledged — issued tokens in the audit chains, revocations — is there.
+#[test]
+fn a_database_restart_under_load_acknowledges_nothing_unsaved_and_replicas_resume_alone() {
+    let pg = PgCluster::own();
+    let url = pg.database();
+    let r = TestServer::start_replicas(3, &url, &[]);
+    let (id, secret) = r[0].register_secret_client("api:read", "client_secret_basic");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = r
+        .iter()
+        .map(|server| {
+            let (http, base) = (server.http.clone(), server.url(""));
+            let (id, secret, stop) = (id.clone(), secret.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let auth = hallmark_e2e::server::basic_header(&id, &secret);
+                let mut load = Load::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, retry, body) = post(
+                        &http,
+                        &format!("{base}/oauth2/token"),
+                        &auth,
+                        &[("grant_type", "client_credentials")],
+                    );
+                    let Some(token) = load.check(status, retry, &body) else {
+                        continue;
+                    };
+                    let token = token.as_str().unwrap().to_owned();
+                    load.issued
+                        .push(hallmark_e2e::server::jwt_parts(&token).1["jti"].clone());
+                    // Every other token is revoked at once: a 200 there is a promise too.
+                    if load.issued.len() % 2 == 0 {
+                        let (status, retry, body) = post(
+                            &http,
+                            &format!("{base}/oauth2/revoke"),
+                            &auth,
+                            &[("token", &token)],
+                        );
+                        load.check(status, retry, &body);
+                        if status == 200 {
+                            load.revoked.push(token);
+                        }
+                    }
+                }
+                load
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.stop();
+    // Down: every replica reports it and refuses writes with 503 (what the workers check).
+    for server in &r {
+        let ready = wait_for(Duration::from_secs(10), || server.get("/readyz").0 == 503);
+        assert!(
+            ready,
+            "/readyz at a replica kept saying ready with the database down"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.start_again();
+    // Back: each replica serves again on its own, its process never restarted.
+    for server in &r {
+        let back = wait_for(Duration::from_secs(20), || {
+            server.get("/readyz").0 == 200 && server.token_basic(&id, &secret, None).0 == 200
+        });
+        assert!(back, "a replica did not resume: {}", server.log());
+        assert!(server.is_running());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let loads: Vec<Load> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let refused: usize = loads.iter().map(|l| l.refused).sum();
+    let issued: Vec<&Value> = loads.iter().flat_map(|l| &l.issued).collect();
+    assert!(
+        refused > 0,
+        "no request was refused while the database was down"
+    );
+    assert!(issued.len() > 20, "{} tokens", issued.len());
+    for load in &loads {
+        assert!(
+            load.wrong.is_empty(),
+            "answers besides 200 and 503: {:?}",
+            load.wrong
+        );
+    }
+
+    // Every acknowledged issuance is in the audit log; every acknowledged revocation holds.
+    let audited = pg.sql(&url, "SELECT entry FROM audit_entries");
+    for jti in &issued {
+        assert!(
+            audited.contains(&format!("jti={}", jti.as_str().unwrap())),
+            "token {jti} was acknowledged but is not in the audit log"
+        );
+    }
+    for token in loads.iter().flat_map(|l| &l.revoked) {
+        assert!(
+            !introspect(&r[1], token),
+            "an acknowledged revocation was lost"
+        );
+    }
+    let out = hallmark_e2e::server::clean_command(hallmark_e2e::server::server_bin())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&r[0].data_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("intact"),
+        "{stdout}"
+    );
+}
+
+/// What one load worker saw.
+#[derive(Default)]
+struct Load {
+    issued: Vec<Value>,
+    revoked: Vec<String>,
+    refused: usize,
+    /// Answers that are neither success nor a 503 with `Retry-After`.
+    wrong: Vec<(u16, String)>,
+}
+
+impl Load {
+    /// Sort one answer; the access token of a successful token response.
+    fn check(&mut self, status: u16, retry_after: bool, body: &str) -> Option<Value> {
+        match status {
+            200 => serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("access_token").cloned()),
+            503 if retry_after => {
+                self.refused += 1;
+                None
+            }
+            _ => {
+                self.wrong.push((status, body.to_owned()));
+                None
+            }
+        }
+    }
+}
+
+/// POST a form with Basic credentials; (status, whether `Retry-After` was set, body). A
+/// connection error counts as status 0.
+fn post(http: &ureq::Agent, url: &str, auth: &str, form: &[(&str, &str)]) -> (u16, bool, String) {
+    match http
+        .post(url)
+        .header("Authorization", auth)
+        .send_form(form.iter().copied())
+    {
+        Ok(mut resp) => (
+            resp.status().as_u16(),
+            resp.headers().contains_key("retry-after"),
+            resp.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (0, false, e.to_string()),
+    }
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}

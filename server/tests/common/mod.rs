@@ -114,11 +114,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether this run's servers use PostgreSQL (`HALLMARK_TEST_BACKEND=postgres`): for the few
+/// tests whose subject is the embedded store's own files.
+pub fn on_postgres() -> bool {
+    std::env::var("HALLMARK_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
 /// The database the test's server should use: with `HALLMARK_TEST_BACKEND=postgres` (and
 /// `HALLMARK_TEST_PG`, the socket directory of a running cluster — `scripts/test` sets both),
 /// a fresh database there; otherwise `None`, the embedded store. One test body, two backends.
 pub fn test_database() -> Option<String> {
-    if std::env::var("HALLMARK_TEST_BACKEND").as_deref() != Ok("postgres") {
+    if !on_postgres() {
         return None;
     }
     let dir = std::env::var("HALLMARK_TEST_PG").expect(
