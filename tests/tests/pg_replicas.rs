@@ -112,11 +112,17 @@ fn tokens_revocations_and_one_time_values_are_shared_by_every_replica() {
     };
     let (status, second) = refresh(a, rt1);
     assert_eq!(status, 200, "{second}");
-    let (status, _) = refresh(b, rt1);
-    assert_eq!(status, 400, "reuse at another replica is a replay");
     let rt2 = second["refresh_token"].as_str().unwrap();
-    assert_eq!(refresh(c, rt2).0, 400, "the family is revoked everywhere");
-    assert!(!introspect(c, second["access_token"].as_str().unwrap()));
+    // Presented again at B within the refresh grace (an answer lost in transit): the same
+    // successor, once — the grace is shared state too.
+    let (status, retried) = refresh(b, rt1);
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["refresh_token"], rt2);
+    // A third time, at C: a replay, and the family dies everywhere.
+    let (status, _) = refresh(c, rt1);
+    assert_eq!(status, 400, "reuse past the grace is a replay");
+    assert_eq!(refresh(a, rt2).0, 400, "the family is revoked everywhere");
+    assert!(!introspect(b, second["access_token"].as_str().unwrap()));
 }
 
 #[test]
@@ -158,8 +164,9 @@ fn sign_in_failures_from_one_address_are_counted_across_replicas() {
     let pg = PgCluster::get();
     let r = TestServer::start_replicas(3, &pg.database(), &["--sign-in-failures-per-source", "3"]);
     create_user(&r[0], "ann", "correct horse battery");
-    // Three wrong passwords, one at each replica, from the same address (loopback).
-    for server in &r {
+    // Three wrong passwords, one at each replica, from the same address (loopback): the
+    // third, at C, reaches the limit the first two set at A and B.
+    for (i, server) in r.iter().enumerate() {
         let mut browser = Browser::new(server);
         let start = browser.get("/device");
         let page = browser.post(
@@ -170,7 +177,8 @@ fn sign_in_failures_from_one_address_are_counted_across_replicas() {
                 ("password", "wrong password"),
             ],
         );
-        assert!(!page.html.contains("Signing in paused"), "{}", page.html);
+        let paused = page.html.contains("Signing in paused");
+        assert_eq!(paused, i == 2, "failure {}: {}", i + 1, page.html);
     }
     // The limit is reached for every replica: the right password is not even checked.
     let mut browser = Browser::new(&r[1]);
@@ -351,11 +359,12 @@ fn a_database_restart_under_load_acknowledges_nothing_unsaved_and_replicas_resum
         "no request was refused while the database was down"
     );
     assert!(issued.len() > 20, "{} tokens", issued.len());
-    for load in &loads {
+    for (load, server) in loads.iter().zip(&r) {
         assert!(
             load.wrong.is_empty(),
-            "answers besides 200 and 503: {:?}",
-            load.wrong
+            "answers besides 200 and 503: {:?}\n{}",
+            load.wrong,
+            server.log()
         );
     }
 

@@ -91,7 +91,7 @@ async fn audit_chains(State(state): State<super::State>, _caller: Caller<AuditRe
             StatusCode::OK,
             serde_json::to_vec(&serde_json::json!({ "chains": chains })).unwrap_or_default(),
         ),
-        Err(e) => OAuthResponse(OAuthError::internal(e)).into_response(),
+        Err(e) => OAuthResponse(OAuthError::from(e)).into_response(),
     }
 }
 

@@ -87,6 +87,14 @@ impl IntoResponse for BearerError {
                     &serde_json::json!({"error": "server_error"}),
                 );
             }
+            // The router adds `Retry-After` to every 503.
+            BearerError::Unavailable(detail) => {
+                tracing::debug!(%detail, "refused: storage unavailable");
+                return OAuthResponse(crate::oauth::OAuthError::TemporarilyUnavailable(
+                    detail.clone(),
+                ))
+                .into_response();
+            }
         };
         let body = match code {
             Some(c) => serde_json::json!({"error": c, "error_description": self.to_string()}),

@@ -141,9 +141,23 @@ pub enum TokenRejection {
     /// The client of a token it was exchanged from was disabled or deleted.
     #[error("the client of a token it was exchanged from is disabled or deleted")]
     SourceClientGone,
-    /// Storage could not answer.
+    /// Storage could not answer: our fault (a 500).
     #[error("storage: {0}")]
     Storage(String),
+    /// Storage is out of reach for now (the disk, the database): a 503 with `Retry-After`,
+    /// never an answer that the token is inactive.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<crate::store::StoreError> for TokenRejection {
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_outage() {
+            TokenRejection::Unavailable(e.describe())
+        } else {
+            TokenRejection::Storage(e.describe())
+        }
+    }
 }
 
 impl AuthServer {
@@ -242,7 +256,7 @@ impl AuthServer {
             .tokens
             .is_access_token_revoked(&claims.jti)
             .await
-            .map_err(|e| TokenRejection::Storage(e.to_string()))?
+            .map_err(TokenRejection::from)?
         {
             return Err(TokenRejection::Revoked);
         }
@@ -250,7 +264,7 @@ impl AuthServer {
             .clients
             .client(&claims.client_id)
             .await
-            .map_err(|e| TokenRejection::Storage(e.to_string()))?;
+            .map_err(TokenRejection::from)?;
         if client.is_none_or(|c| c.disabled) {
             return Err(TokenRejection::ClientGone);
         }
@@ -273,14 +287,14 @@ impl AuthServer {
         self.refresh_tokens
             .refresh_family_revoked(family)
             .await
-            .map_err(|e| TokenRejection::Storage(e.to_string()))
+            .map_err(TokenRejection::from)
     }
 
     /// The recorded lineage of the exchanged token `jti`, provided every ancestor is unrevoked
     /// and its client enabled. RFC 8693 leaves revocation of derived tokens to the server; an
     /// exchanged token stands on the tokens it was made from, so it lives only while they do.
     async fn live_lineage(&self, jti: &str) -> Result<Lineage, TokenRejection> {
-        let storage = |e: crate::store::StoreError| TokenRejection::Storage(e.to_string());
+        let storage = TokenRejection::from;
         // Fail closed: without the record (never written, or a token we did not issue) nothing
         // shows that the token descends only from live tokens. The record outlives the token
         // (it is purged after its exp and the skew), so a live token always has one.

@@ -219,6 +219,27 @@ mod tests {
     }
 
     #[test]
+    fn a_database_out_of_reach_during_a_token_check_is_503_not_inactive_or_500() {
+        use crate::oauth::access_token::TokenRejection;
+        let down = || crate::store::StoreError::DatabaseUnavailable {
+            what: "connect",
+            reason: "connection refused".into(),
+        };
+        assert!(matches!(
+            TokenRejection::from(down()),
+            TokenRejection::Unavailable(_)
+        ));
+        let corrupt = crate::store::StoreError::Decode {
+            what: "client",
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        assert!(matches!(
+            TokenRejection::from(corrupt),
+            TokenRejection::Storage(_)
+        ));
+    }
+
+    #[test]
     fn internal_errors_hide_detail() {
         let e = OAuthError::internal("sled exploded at /var/lib");
         assert_eq!(e.status(), 500);

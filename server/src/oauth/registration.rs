@@ -94,6 +94,9 @@ pub enum BearerError {
     /// Storage failed.
     #[error("server error: {0}")]
     Internal(String),
+    /// Storage is out of reach for now: 503 `temporarily_unavailable` with `Retry-After`.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AuthServer {
@@ -114,6 +117,7 @@ impl AuthServer {
             .await
             .map_err(|e| match e {
                 TokenRejection::Storage(s) => BearerError::Internal(s),
+                TokenRejection::Unavailable(s) => BearerError::Unavailable(s),
                 other => BearerError::InvalidToken(other),
             })?;
         if !claims.has_scope(required) {

@@ -119,6 +119,9 @@ impl AuthServer {
             Err(super::access_token::TokenRejection::Storage(e)) => {
                 return Err(OAuthError::Internal(e))
             }
+            Err(super::access_token::TokenRejection::Unavailable(e)) => {
+                return Err(OAuthError::TemporarilyUnavailable(e))
+            }
             Err(why) => {
                 tracing::debug!(caller = %caller.client_id, %why, "introspected token inactive");
                 Introspection {
@@ -148,6 +151,9 @@ impl AuthServer {
             Ok(c) => c,
             Err(super::access_token::TokenRejection::Storage(e)) => {
                 return Err(OAuthError::Internal(e))
+            }
+            Err(super::access_token::TokenRejection::Unavailable(e)) => {
+                return Err(OAuthError::TemporarilyUnavailable(e))
             }
             Err(_) => {
                 return match self

@@ -149,7 +149,7 @@ impl AuthServer {
                     issued_token_type: Some(ACCESS_TOKEN_TYPE),
                 })
             }
-            Err(e @ OAuthError::Internal(_)) => Err(e),
+            Err(e @ (OAuthError::Internal(_) | OAuthError::TemporarilyUnavailable(_))) => Err(e),
             Err(e) => {
                 let event = AuditEvent::new("token.exchange_refused", Outcome::Failure)
                     .actor(&client.client_id)
@@ -299,6 +299,7 @@ impl AuthServer {
         match self.validate_with_lineage(token, now).await {
             Ok(found) => Ok(found),
             Err(TokenRejection::Storage(e)) => Err(OAuthError::Internal(e)),
+            Err(TokenRejection::Unavailable(e)) => Err(OAuthError::TemporarilyUnavailable(e)),
             Err(why) => Err(OAuthError::InvalidRequest(
                 format!(
                     "{param} is not an active access token: {}",

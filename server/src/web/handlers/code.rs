@@ -46,7 +46,7 @@ pub(in crate::web) async fn enter_code(
             .limits
             .reserve_code(who, policy, ctx.now)
             .await
-            .map_err(OAuthError::internal)?
+            .map_err(OAuthError::from)?
         {
             Ok(r) => r,
             Err(_) => {
@@ -69,7 +69,7 @@ pub(in crate::web) async fn enter_code(
                 st.limits
                     .release(reservation)
                     .await
-                    .map_err(OAuthError::internal)?;
+                    .map_err(OAuthError::from)?;
                 remember(&st, &mut session, &request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/consent", Some(&request.user_code)),
@@ -80,7 +80,7 @@ pub(in crate::web) async fn enter_code(
                 st.limits
                     .release(reservation)
                     .await
-                    .map_err(OAuthError::internal)?;
+                    .map_err(OAuthError::from)?;
                 remember(&st, &mut session, &d.request.user_code).await?;
                 Ok(see_other(
                     &with_code("/device/done", Some(&d.request.user_code)),
@@ -91,7 +91,7 @@ pub(in crate::web) async fn enter_code(
                 st.limits
                     .release(reservation)
                     .await
-                    .map_err(OAuthError::internal)?;
+                    .map_err(OAuthError::from)?;
                 Ok(expired(&st, &ctx))
             }
             CodeLookup::Problem(_) => {

@@ -119,7 +119,7 @@ async fn sign_in_page(
         .await;
     let lockout = match lockout {
         Ok(l) => l,
-        Err(e) => return internal(sp, OAuthError::internal(e)),
+        Err(e) => return internal(sp, OAuthError::from(e)),
     };
     if let Some(l) = lockout {
         let reason = match l.by {
@@ -185,7 +185,7 @@ async fn code_page(
     };
     let lockout = match st.limits.code_lockout(who, code_policy(d), ctx.now).await {
         Ok(l) => l,
-        Err(e) => return internal(sp, OAuthError::internal(e)),
+        Err(e) => return internal(sp, OAuthError::from(e)),
     };
     if let Some(l) = lockout {
         let not_checked = flash
