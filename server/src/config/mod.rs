@@ -32,6 +32,10 @@ pub const DEFAULT_IDLE_TIMEOUT: u64 = 60;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default automatic signing-key rotation period: 30 days.
 pub const DEFAULT_KEY_ROTATION_PERIOD: u64 = 30 * 24 * 3600;
+/// How often a running server reloads its key ring (keys rotated by another replica or
+/// offline). With a shared database a new key must be published for at least two such periods
+/// before it signs, so that every replica can verify what any replica signs.
+pub const KEY_CHECK_INTERVAL_SECS: u64 = 10;
 /// Default time a new key is published before it signs: 10 minutes, a validator's JWKS cache.
 pub const DEFAULT_KEY_PUBLISH_AHEAD: u64 = 600;
 /// Default most nested `act` levels a token exchange may produce (RFC 8693 §4.1): 3.
@@ -222,6 +226,12 @@ impl ServeSettings {
         if key_rotation_period != 0 && key_rotation_period <= key_publish_ahead {
             return Err(invalid(format!(
                 "key rotation period {key_rotation_period} s must be longer than the publish-ahead time {key_publish_ahead} s"
+            )));
+        }
+        if database.is_some() && key_publish_ahead < 2 * KEY_CHECK_INTERVAL_SECS {
+            return Err(invalid(format!(
+                "with a database, the publish-ahead time {key_publish_ahead} s must be at least {} s, so that every replica loads a new key before any signs with it",
+                2 * KEY_CHECK_INTERVAL_SECS
             )));
         }
         let max_delegation_depth = layer

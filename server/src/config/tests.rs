@@ -184,3 +184,17 @@ fn device_flow_settings_have_defaults_and_ranges() {
         );
     }
 }
+
+#[test]
+fn with_a_database_a_new_key_is_published_long_enough_for_every_replica() {
+    let base = "issuer = \"https://a.example\"\nkey_publish_ahead = 15";
+    // One server alone may switch keys as soon as it likes.
+    assert!(ServeSettings::from_layer(Path::new("/d"), layer(base)).is_ok());
+    let shared = layer(&format!(
+        "{base}\ndatabase_url = \"postgres://h/db?sslmode=disable\""
+    ));
+    let err = ServeSettings::from_layer(Path::new("/d"), shared)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 20 s"), "{err}");
+}

@@ -157,20 +157,15 @@ impl PgStore {
 }
 
 fn pool(url: &DatabaseUrl, ca_pem: Option<&[u8]>) -> Result<Pool, StoreError> {
-    let config = url.config()?;
+    let config = connection_config(url)?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let over_unix_socket = config
-        .get_hosts()
-        .iter()
-        .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
-    let manager =
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable || over_unix_socket {
-            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
-        } else {
-            Manager::from_config(config, tls(ca_pem)?, manager_config)
-        };
+    let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+        Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+    } else {
+        Manager::from_config(config, tls(ca_pem)?, manager_config)
+    };
     Pool::builder(manager)
         .max_size(POOL_SIZE)
         .wait_timeout(Some(Duration::from_secs(5)))
@@ -180,6 +175,23 @@ fn pool(url: &DatabaseUrl, ca_pem: Option<&[u8]>) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::DatabaseSetup {
             reason: e.to_string(),
         })
+}
+
+/// The URL's settings, with TLS required over TCP. libpq's default `sslmode=prefer` would fall
+/// back to plain text when the server (or whoever sits between) declines TLS — a downgrade
+/// that exposes the password and every token hash; so over TCP TLS is `require`d (with the
+/// certificate verified by rustls) unless the URL says `sslmode=disable` on purpose. A Unix
+/// socket needs none.
+fn connection_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config, StoreError> {
+    use tokio_postgres::config::{Host, SslMode};
+    let mut config = url.config()?;
+    let over_unix_socket = config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+    if over_unix_socket {
+        config.ssl_mode(SslMode::Disable);
+    } else if config.get_ssl_mode() != SslMode::Disable {
+        config.ssl_mode(SslMode::Require);
+    }
+    Ok(config)
 }
 
 /// rustls for the database connection: the given CA bundle, else the WebPKI roots.
@@ -645,5 +657,20 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://hallmark:s3cret@db.example/hallmark").unwrap();
         assert!(!format!("{url:?}").contains("s3cret"));
         assert!(DatabaseUrl::parse("postgres://a:b@h/d?sslmode=bogus").is_err());
+    }
+
+    #[test]
+    fn tls_is_required_over_tcp_unless_disabled_on_purpose() {
+        use tokio_postgres::config::SslMode;
+        let mode = |url: &str| {
+            connection_config(&DatabaseUrl::parse(url).unwrap())
+                .unwrap()
+                .get_ssl_mode()
+        };
+        // libpq's default, `prefer`, would accept a plain-text downgrade.
+        assert_eq!(mode("postgres://h/d"), SslMode::Require);
+        assert_eq!(mode("postgres://h/d?sslmode=prefer"), SslMode::Require);
+        assert_eq!(mode("postgres://h/d?sslmode=disable"), SslMode::Disable);
+        assert_eq!(mode("host=/run/postgresql dbname=d"), SslMode::Disable);
     }
 }
