@@ -19,8 +19,7 @@ use crate::web::visitor::{CookieKey, CookieKeyError};
 /// How often expired revocation and replay records are dropped.
 const PURGE_INTERVAL: Duration = Duration::from_secs(300);
 /// How often the key file is re-read and the rotation schedule checked.
-const KEY_CHECK_INTERVAL: Duration =
-    Duration::from_secs(crate::config::KEY_CHECK_INTERVAL_SECS);
+const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(crate::config::KEY_CHECK_INTERVAL_SECS);
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long they get when the server stops because storage is lost.

@@ -185,7 +185,10 @@ fn pool(url: &DatabaseUrl, ca_pem: Option<&[u8]>) -> Result<Pool, StoreError> {
 fn connection_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config, StoreError> {
     use tokio_postgres::config::{Host, SslMode};
     let mut config = url.config()?;
-    let over_unix_socket = config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+    let over_unix_socket = config
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, Host::Unix(_)));
     if over_unix_socket {
         config.ssl_mode(SslMode::Disable);
     } else if config.get_ssl_mode() != SslMode::Disable {
