@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hallmark_e2e::pg::PgCluster;
-use hallmark_e2e::server::{ClientKey, TestServer, JWT_BEARER};
+use hallmark_e2e::server::{ClientKey, TestServer};
 use hallmark_e2e::verification::{create_user, hidden_value, Browser};
 use serde_json::{json, Value};
 
@@ -252,30 +252,14 @@ fn killing_a_replica_under_load_loses_nothing_acknowledged_and_every_chain_stays
         }
     }
     // Every acknowledged issuance is in some replica's chain.
-    let audited = pg.sql(&url, "SELECT entry FROM audit_entries");
-    for jti in &acknowledged {
-        assert!(
-            audited.contains(&format!("jti={}", jti.as_str().unwrap())),
-            "token {jti} was acknowledged but is not in the audit log"
-        );
-    }
+    assert_audited(&pg, &url, acknowledged.iter());
     // Three chains (and no other), each intact — the killed replica's included.
     let chains = pg.sql(
         &url,
         "SELECT count(*) FROM audit_heads WHERE chain <> 'command'",
     );
     assert_eq!(chains.trim(), "3");
-    let out = hallmark_e2e::server::clean_command(hallmark_e2e::server::server_bin())
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&r[0].data_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("intact"),
-        "{stdout}"
-    );
-    let _ = JWT_BEARER;
+    assert_every_chain_intact(&r[0]);
 }
 
 /// The database goes away under load and comes back: while it is down every replica answers
@@ -369,29 +353,14 @@ fn a_database_restart_under_load_acknowledges_nothing_unsaved_and_replicas_resum
     }
 
     // Every acknowledged issuance is in the audit log; every acknowledged revocation holds.
-    let audited = pg.sql(&url, "SELECT entry FROM audit_entries");
-    for jti in &issued {
-        assert!(
-            audited.contains(&format!("jti={}", jti.as_str().unwrap())),
-            "token {jti} was acknowledged but is not in the audit log"
-        );
-    }
+    assert_audited(&pg, &url, issued.iter().copied());
     for token in loads.iter().flat_map(|l| &l.revoked) {
         assert!(
             !introspect(&r[1], token),
             "an acknowledged revocation was lost"
         );
     }
-    let out = hallmark_e2e::server::clean_command(hallmark_e2e::server::server_bin())
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&r[0].data_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("intact"),
-        "{stdout}"
-    );
+    assert_every_chain_intact(&r[0]);
 }
 
 /// What one load worker saw.
@@ -449,4 +418,29 @@ fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// Every one of these token ids is in some replica's audit chain.
+fn assert_audited<'a>(pg: &PgCluster, url: &str, jtis: impl Iterator<Item = &'a Value>) {
+    let audited = pg.sql(url, "SELECT entry FROM audit_entries");
+    for jti in jtis {
+        assert!(
+            audited.contains(&format!("jti={}", jti.as_str().unwrap())),
+            "token {jti} was acknowledged but is not in the audit log"
+        );
+    }
+}
+
+/// `audit verify` (from any replica's data directory) finds every chain intact.
+fn assert_every_chain_intact(replica: &TestServer) {
+    let out = hallmark_e2e::server::clean_command(hallmark_e2e::server::server_bin())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&replica.data_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("intact"),
+        "{stdout}"
+    );
 }
