@@ -21,7 +21,11 @@ fn bearer(token: &str) -> String {
 /// Introspect `token` `WARM` times as the admin client, each time active.
 fn warm(server: &TestServer, token: &str) {
     for n in 0..WARM {
-        assert_eq!(server.introspect(token)["active"], true, "introspection {n}");
+        assert_eq!(
+            server.introspect(token)["active"],
+            true,
+            "introspection {n}"
+        );
     }
 }
 
@@ -83,7 +87,8 @@ fn a_cached_token_is_inactive_at_the_next_introspection_after_revocation() {
     assert_eq!(status, 200, "{tok}");
     let token = tok["access_token"].as_str().unwrap();
     warm(&server, token);
-    let (status, body) = server.post_form("/oauth2/revoke", Some((&id, &secret)), &[("token", token)]);
+    let (status, body) =
+        server.post_form("/oauth2/revoke", Some((&id, &secret)), &[("token", token)]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(server.introspect(token), json!({"active": false}));
     // And it stays so: the cache never brings it back.
@@ -99,7 +104,11 @@ fn a_cached_token_is_inactive_at_the_next_introspection_after_its_device_is_disa
         let (id, token) = device_with_token(&server, &format!("HM-cache-{action}"));
         warm(&server, &token);
         end_device(&server, &id, action);
-        assert_eq!(server.introspect(&token), json!({"active": false}), "{action}");
+        assert_eq!(
+            server.introspect(&token),
+            json!({"active": false}),
+            "{action}"
+        );
     }
 }
 
@@ -122,7 +131,11 @@ fn on_postgres_a_change_at_another_replica_reaches_a_cached_token() {
     let (status, body) =
         changer.post_form("/oauth2/revoke", Some((&id, &secret)), &[("token", token)]);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(cacher.introspect(token), json!({"active": false}), "revoked");
+    assert_eq!(
+        cacher.introspect(token),
+        json!({"active": false}),
+        "revoked"
+    );
 
     for action in ["disable", "delete"] {
         let (id, token) = device_with_token(changer, &format!("HM-replica-{action}"));
@@ -131,6 +144,10 @@ fn on_postgres_a_change_at_another_replica_reaches_a_cached_token() {
         std::thread::sleep(
             hallmark_server::store::pg::CLIENT_CACHE_TTL + Duration::from_millis(100),
         );
-        assert_eq!(cacher.introspect(&token), json!({"active": false}), "{action}");
+        assert_eq!(
+            cacher.introspect(&token),
+            json!({"active": false}),
+            "{action}"
+        );
     }
 }

@@ -396,10 +396,16 @@ mod tests {
     async fn cached_token(oauth: &AuthServer, now: u64) -> (String, AccessClaims) {
         let (token, claims) = oauth.mint_access_token("device-1", "device-1", "s", now);
         for _ in 0..3 {
-            assert_eq!(oauth.validate_access_token(&token, now).await, Ok(claims.clone()));
+            assert_eq!(
+                oauth.validate_access_token(&token, now).await,
+                Ok(claims.clone())
+            );
         }
         let digest = TokenDigest::of(&token);
-        assert!(oauth.verified.get(&digest, &oauth.keys.current(), now).is_some());
+        assert!(oauth
+            .verified
+            .get(&digest, &oauth.keys.current(), now)
+            .is_some());
         (token, claims)
     }
 
