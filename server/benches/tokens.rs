@@ -1,5 +1,6 @@
 //! The token endpoint's hot path, piece by piece, in-process: minting an access token (Ed25519
-//! signing), validating one (what introspection and the admin API do), and verifying a client
+//! signing), validating one (what introspection and the admin API do) seen before or fresh,
+//! introspecting one (RFC 7662, caller authentication included), and verifying a client
 //! assertion for an ES256 and an EdDSA client key (ring verification, claim checks, the jti
 //! recorded once). Run with `cargo bench -p hallmark-server --bench tokens`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,8 +11,10 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hallmark_server::config::{ConfigLayer, ServeSettings};
 use hallmark_server::datadir::{self, InitOptions};
+use hallmark_server::oauth::client_auth::Presented;
+use hallmark_server::oauth::form::Form;
 use hallmark_server::oauth::registration::{client_from_metadata, ClientMetadata};
-use hallmark_server::oauth::AuthServer;
+use hallmark_server::oauth::{AuthServer, RequestCtx};
 use hallmark_server::secret::Secret;
 use ring::rand::SecureRandom as _;
 use serde_json::json;
@@ -155,7 +158,7 @@ fn mint(c: &mut Criterion) {
         .oauth
         .mint_access_token("device-1", "device-1", "telemetry", now);
     // The token's client must exist for validation to succeed.
-    let (mut client, _) = client_from_metadata(
+    let (mut client, secret) = client_from_metadata(
         ClientMetadata {
             scope: Some("telemetry".into()),
             ..ClientMetadata::default()
@@ -163,6 +166,7 @@ fn mint(c: &mut Criterion) {
         now,
     )
     .unwrap();
+    let secret = secret.expect("a client_secret_basic client gets a secret");
     client.client_id = "device-1".into();
     let rt = &b.runtime;
     assert!(rt
@@ -173,6 +177,9 @@ fn mint(c: &mut Criterion) {
         .is_ok());
     // The store is async; each iteration runs the validation to completion on the runtime (a
     // cache hit never yields, so this measures the validation plus a block_on's overhead).
+    // `validate`: the same token every time, as a resource server introspects it (a hit in the
+    // verified-token cache); `validate_fresh`: a token never seen before (the full Ed25519
+    // verification and claims parse, then the cache insert), minted untimed.
     group.bench_function("validate", |bench| {
         bench.iter(|| {
             black_box(
@@ -180,6 +187,48 @@ fn mint(c: &mut Criterion) {
                     .unwrap(),
             )
         })
+    });
+    group.bench_function("validate_fresh", |bench| {
+        bench.iter_batched(
+            || {
+                b.oauth
+                    .mint_access_token("device-1", "device-1", "telemetry", now)
+                    .0
+            },
+            |fresh| {
+                rt.block_on(b.oauth.validate_access_token(&fresh, now))
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // RFC 7662 in-process, as `POST /oauth2/introspect` runs it after the HTTP layer: the
+    // caller authenticates with client_secret_basic and introspects its own token.
+    let introspect = |token: &str| {
+        let presented = Presented::Basic {
+            client_id: "device-1".into(),
+            secret: zeroize::Zeroizing::new(secret.expose().to_owned()),
+        };
+        let form = Form::from_pairs(vec![("token".into(), token.to_owned())]).unwrap();
+        let answer = rt
+            .block_on(b.oauth.introspect(presented, form, &RequestCtx::at(now)))
+            .unwrap();
+        assert!(answer.active);
+        answer
+    };
+    group.bench_function("introspect", |bench| {
+        bench.iter(|| black_box(introspect(black_box(&token))))
+    });
+    group.bench_function("introspect_fresh", |bench| {
+        bench.iter_batched(
+            || {
+                b.oauth
+                    .mint_access_token("device-1", "device-1", "telemetry", now)
+                    .0
+            },
+            |fresh| introspect(&fresh),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

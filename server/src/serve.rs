@@ -98,6 +98,7 @@ pub async fn build(settings: &ServeSettings) -> Result<Built, ServeError> {
         users: store.clone(),
         sessions: store.clone(),
         password_checks: crate::accounts::PasswordChecks::per_core(),
+        verified: Arc::default(),
         database: backend.database,
     };
     Ok(Built {

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::jws::{JwsError, Unverified};
+use super::verified::TokenDigest;
 use super::AuthServer;
+use crate::keys::KeyRing;
 use crate::secret::random_id;
 use crate::store::{KeyAlg, Lineage};
 
@@ -219,39 +221,15 @@ impl AuthServer {
         token: &str,
         now: u64,
     ) -> Result<(AccessClaims, Option<Lineage>), TokenRejection> {
-        let jws = Unverified::parse(token)?;
-        let typ_ok = jws.header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
-        });
-        if !typ_ok {
-            return Err(TokenRejection::Type);
-        }
+        // The signature and the claims it covers are checked once per token string and key
+        // ring (see [`super::verified`]); everything below that can change is checked every time.
         let ring = self.keys.current();
-        let key = jws
-            .header
-            .kid
-            .as_deref()
-            .and_then(|kid| ring.verifier(kid))
-            .ok_or(TokenRejection::UnknownKey)?;
-        let payload = jws.verify(KeyAlg::EdDSA, key.as_bytes())?;
-        let claims: AccessClaims =
-            serde_json::from_slice(payload).map_err(|_| TokenRejection::Claims)?;
-        if claims.delegation_depth() > MAX_ACT_NESTING {
-            return Err(TokenRejection::Claims);
-        }
-        let s = &self.settings;
-        if claims.iss != s.issuer {
-            return Err(TokenRejection::Issuer);
-        }
-        if claims.aud != s.audience {
-            return Err(TokenRejection::Audience);
-        }
-        if now >= claims.exp.saturating_add(s.clock_skew) {
-            return Err(TokenRejection::Expired);
-        }
-        if claims.nbf > now + s.clock_skew || claims.iat > now + s.clock_skew {
-            return Err(TokenRejection::NotYetValid);
-        }
+        let digest = TokenDigest::of(token);
+        let (claims, cached) = match self.verified.get(&digest, &ring, now) {
+            Some(claims) => (claims, true),
+            None => (verify_signature(token, &ring)?, false),
+        };
+        self.check_claims(&claims, now)?;
         if self
             .tokens
             .is_access_token_revoked(&claims.jti)
@@ -278,7 +256,35 @@ impl AuthServer {
             None => None,
             Some(_) => Some(self.live_lineage(&claims.jti).await?),
         };
+        // Only a token found active is remembered: a dead one gains nothing from the cache.
+        if !cached {
+            let stale_at = claims.exp.saturating_add(self.settings.clock_skew);
+            self.verified
+                .insert(digest, &ring, claims.clone(), stale_at, now);
+        }
         Ok((claims, lineage))
+    }
+
+    /// The checks of RFC 9068 §4 on the claims themselves: issuer, audience, expiry and
+    /// not-before (with `clock_skew` and no more), and a bound on `act` nesting.
+    fn check_claims(&self, claims: &AccessClaims, now: u64) -> Result<(), TokenRejection> {
+        if claims.delegation_depth() > MAX_ACT_NESTING {
+            return Err(TokenRejection::Claims);
+        }
+        let s = &self.settings;
+        if claims.iss != s.issuer {
+            return Err(TokenRejection::Issuer);
+        }
+        if claims.aud != s.audience {
+            return Err(TokenRejection::Audience);
+        }
+        if now >= claims.exp.saturating_add(s.clock_skew) {
+            return Err(TokenRejection::Expired);
+        }
+        if claims.nbf > now + s.clock_skew || claims.iat > now + s.clock_skew {
+            return Err(TokenRejection::NotYetValid);
+        }
+        Ok(())
     }
 
     /// Whether the refresh-token family `family` was revoked. A family forgotten after it
@@ -330,5 +336,171 @@ impl AuthServer {
             }
         }
         Ok(lineage)
+    }
+}
+
+/// The header checks of RFC 9068 §4 (`typ`, a `kid` of the ring) and the signature, then the
+/// claims parsed: the part of validation that depends only on the token string and the ring.
+fn verify_signature(token: &str, ring: &KeyRing) -> Result<AccessClaims, TokenRejection> {
+    let jws = Unverified::parse(token)?;
+    let typ_ok = jws.header.typ.as_deref().is_some_and(|t| {
+        t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+    });
+    if !typ_ok {
+        return Err(TokenRejection::Type);
+    }
+    let key = jws
+        .header
+        .kid
+        .as_deref()
+        .and_then(|kid| ring.verifier(kid))
+        .ok_or(TokenRejection::UnknownKey)?;
+    let payload = jws.verify(KeyAlg::EdDSA, key.as_bytes())?;
+    serde_json::from_slice(payload).map_err(|_| TokenRejection::Claims)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The verified-token cache as validation uses it: a hit skips only the signature, never a
+    //! check whose answer can change.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::config::{ConfigLayer, ServeSettings};
+    use crate::datadir::{self, InitOptions};
+    use crate::keys::KeyFile;
+    use crate::oauth::registration::{client_from_metadata, ClientMetadata};
+
+    /// A server core over a fresh embedded store, with a client `device-1`.
+    async fn server() -> (AuthServer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        datadir::init(&InitOptions {
+            data_dir: data_dir.clone(),
+            issuer: "https://localhost:8443".into(),
+            hosts: vec!["localhost".into()],
+            database: None,
+        })
+        .await
+        .unwrap();
+        let settings = ServeSettings::resolve(&data_dir, None, ConfigLayer::default()).unwrap();
+        let oauth = crate::serve::build(&settings).await.unwrap().oauth;
+        let (mut client, _) =
+            client_from_metadata(ClientMetadata::default(), crate::unix_now()).unwrap();
+        client.client_id = "device-1".into();
+        assert!(oauth.clients.insert_new_client(&client).await.unwrap());
+        (oauth, dir)
+    }
+
+    /// A token for `device-1`, validated (so cached) three times at `now`.
+    async fn cached_token(oauth: &AuthServer, now: u64) -> (String, AccessClaims) {
+        let (token, claims) = oauth.mint_access_token("device-1", "device-1", "s", now);
+        for _ in 0..3 {
+            assert_eq!(
+                oauth.validate_access_token(&token, now).await,
+                Ok(claims.clone())
+            );
+        }
+        let digest = TokenDigest::of(&token);
+        assert!(oauth
+            .verified
+            .get(&digest, &oauth.keys.current(), now)
+            .is_some());
+        (token, claims)
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_revoked_is_inactive_at_the_next_validation() {
+        let (oauth, _dir) = server().await;
+        let now = crate::unix_now();
+        let (token, claims) = cached_token(&oauth, now).await;
+        oauth
+            .tokens
+            .revoke_access_token(&claims.jti, claims.exp + 60)
+            .await
+            .unwrap();
+        assert_eq!(
+            oauth.validate_access_token(&token, now).await,
+            Err(TokenRejection::Revoked)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_of_a_disabled_or_deleted_client_is_inactive() {
+        let (oauth, _dir) = server().await;
+        let now = crate::unix_now();
+        let (token, _) = cached_token(&oauth, now).await;
+        let mut disable = |c: &mut crate::store::Client| {
+            c.disabled = true;
+            true
+        };
+        oauth
+            .clients
+            .update_client("device-1", &mut disable)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            oauth.validate_access_token(&token, now).await,
+            Err(TokenRejection::ClientGone)
+        );
+        // A token of a client that was never registered (or is gone) fares the same.
+        let (ghost, _) = oauth.mint_access_token("ghost", "ghost", "s", now);
+        assert_eq!(
+            oauth.validate_access_token(&ghost, now).await,
+            Err(TokenRejection::ClientGone)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_expires_on_time() {
+        let (oauth, _dir) = server().await;
+        let now = crate::unix_now();
+        let (token, claims) = cached_token(&oauth, now).await;
+        let skew = oauth.settings.clock_skew;
+        let last = claims.exp + skew - 1;
+        assert!(oauth.validate_access_token(&token, last).await.is_ok());
+        assert_eq!(
+            oauth.validate_access_token(&token, last + 1).await,
+            Err(TokenRejection::Expired)
+        );
+        // Met past its time, the entry is dropped.
+        let digest = TokenDigest::of(&token);
+        assert!(oauth
+            .verified
+            .get(&digest, &oauth.keys.current(), last + 1)
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_does_not_outlive_its_key() {
+        let (oauth, _dir) = server().await;
+        let now = crate::unix_now();
+        let (token, _) = cached_token(&oauth, now).await;
+        // The token's key retired: the ring in force holds only a newer key.
+        let mut file = KeyFile::default();
+        file.add_new(now, now);
+        oauth.keys.replace(KeyRing::build(&file, now).unwrap());
+        assert_eq!(
+            oauth.validate_access_token(&token, now).await,
+            Err(TokenRejection::UnknownKey)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rotation_that_keeps_the_key_verifies_the_token_again() {
+        let (oauth, dir) = server().await;
+        let now = crate::unix_now();
+        let (token, claims) = cached_token(&oauth, now).await;
+        // A new key published ahead, the token's key still in the ring: a new ring object,
+        // under which the token is verified once more and cached again.
+        let mut file = KeyFile::load(&dir.path().join("data")).unwrap();
+        file.add_new(now, now + 600);
+        oauth.keys.replace(KeyRing::build(&file, now).unwrap());
+        let ring = oauth.keys.current();
+        let digest = TokenDigest::of(&token);
+        assert!(oauth.verified.get(&digest, &ring, now).is_none());
+        assert_eq!(oauth.validate_access_token(&token, now).await, Ok(claims));
+        assert!(oauth.verified.get(&digest, &ring, now).is_some());
     }
 }

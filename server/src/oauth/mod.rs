@@ -13,6 +13,7 @@ pub mod registration;
 pub mod scope;
 pub mod token_endpoint;
 pub mod token_exchange;
+pub mod verified;
 
 use std::sync::Arc;
 
@@ -145,6 +146,8 @@ pub struct AuthServer {
     pub database: Option<Arc<crate::store::PgStore>>,
     /// Slots for Argon2id runs (sign-ins, new users).
     pub password_checks: crate::accounts::PasswordChecks,
+    /// Access tokens whose signature this replica already verified (see [`verified`]).
+    pub verified: Arc<verified::VerifiedTokens>,
 }
 
 /// Who is asking, when, from where: what an audit entry and a rate limit need from a request.
