@@ -476,9 +476,12 @@ mod tests {
         assert_eq!(down(&other).unwrap(), 1);
         assert!(!serves(devices[0].pid, &fleet.join(&devices[0].serial)));
 
-        // A pid file left behind by a TPM that died on its own: an error, and cleaned up.
+        // A pid file left behind by a TPM that died on its own: an error, and cleaned up. The
+        // pid is a reaped child's (the TPM just stopped may still be exiting, so still alive).
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
         let pid_file = fleet.join(&devices[0].serial).join("swtpm.pid");
-        fs::write(&pid_file, format!("{}\n", devices[0].pid)).unwrap();
+        fs::write(&pid_file, format!("{}\n", gone.id())).unwrap();
         let err = down(&fleet).unwrap_err().to_string();
         assert!(err.contains("none of its TPMs is running"), "{err}");
         assert!(!pid_file.exists());
