@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
         let header = format!("Basic {}", STANDARD.encode(encoded));
         let again = Presented::from_request(Some(&header), &mut Form::default())
             .expect("a re-encoded Basic credential parses");
-        let Presented::Basic { client_id: id2, secret: secret2 } = again else {
+        let Presented::Basic {
+            client_id: id2,
+            secret: secret2,
+        } = again
+        else {
             panic!("re-encoded Basic credential read as another method");
         };
         assert_eq!((&id2, secret2.as_str()), (client_id, secret.as_str()));

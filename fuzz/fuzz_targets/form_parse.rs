@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let accepted = Form::parse(content_type, body);
     let is_form = content_type
         .and_then(|ct| ct.split(';').next())
-        .is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|ct| {
+            ct.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     let Ok(form) = accepted else {
         return;
     };

@@ -21,7 +21,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let headers: Vec<&[u8]> = rest.split(|&b| b == b'\n').collect();
-    for peer in ["10.0.0.1", "192.0.2.7", "::1", "::ffff:10.1.2.3", "2001:db8::1"] {
+    for peer in [
+        "10.0.0.1",
+        "192.0.2.7",
+        "::1",
+        "::ffff:10.1.2.3",
+        "2001:db8::1",
+    ] {
         let peer: IpAddr = peer.parse().expect("literal address");
         let client = client_addr(peer, headers.iter().copied(), &trusted);
         if !trusted.contains(peer) {
@@ -34,6 +40,9 @@ fuzz_target!(|data: &[u8]| {
             .filter_map(|e| std::str::from_utf8(e).ok())
             .filter_map(|e| e.trim_matches([' ', '\t']).parse::<IpAddr>().ok())
             .any(|ip| ip.to_canonical() == client);
-        assert!(client == peer.to_canonical() || written, "invented {client}");
+        assert!(
+            client == peer.to_canonical() || written,
+            "invented {client}"
+        );
     }
 });

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         other => panic!("accepted a key of algorithm {}", other.as_str()),
     }
     for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
-        assert!(key.jwk.get(private).is_none(), "stored private member {private}");
+        assert!(
+            key.jwk.get(private).is_none(),
+            "stored private member {private}"
+        );
     }
     let again = parse_jwk(&key.jwk).expect("the stored JWK parses");
     assert_eq!((again.alg, &again.public), (key.alg, &key.public));

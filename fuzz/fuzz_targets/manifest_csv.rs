@@ -10,7 +10,11 @@ use hallmark_provision::batch::read_manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
     let mut file = tempfile::Builder::new()
         .prefix("hallmark-fuzz-manifest")
         .tempfile_in(dir)
@@ -21,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let (mut serials, mut tctis) = (HashSet::new(), HashSet::new());
     for spec in &specs {
-        assert!(serials.insert(&spec.serial), "serial {:?} twice", spec.serial);
+        assert!(
+            serials.insert(&spec.serial),
+            "serial {:?} twice",
+            spec.serial
+        );
         assert!(tctis.insert(&spec.tcti), "tcti {:?} twice", spec.tcti);
         assert!(spec.config_out.is_absolute(), "{:?}", spec.config_out);
     }

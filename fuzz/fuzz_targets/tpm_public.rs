@@ -16,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(&point[1..33], key.x());
     assert_eq!(&point[33..], key.y());
     assert!(key.attributes().sign() && key.attributes().fixed_tpm());
-    assert_eq!(&data[2..], key.tpmt_public(), "TPMT_PUBLIC is the whole rest of the input");
+    assert_eq!(
+        &data[2..],
+        key.tpmt_public(),
+        "TPMT_PUBLIC is the whole rest of the input"
+    );
     assert_eq!(&key.name()[..2], &[0x00, 0x0B], "Name is nameAlg SHA-256");
 });
