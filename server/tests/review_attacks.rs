@@ -607,3 +607,31 @@ fn authlib_private_key_jwt_works_at_every_endpoint() {
         server.log()
     );
 }
+
+/// A small-order Ed25519 key (found by the `jws_parse` fuzz target): under the all-zero key an
+/// all-zero signature verifies for about one message in four, so a client registered with it
+/// would accept assertions forged by anyone. Registration refuses such keys.
+#[test]
+fn a_small_order_ed25519_key_cannot_be_registered() {
+    let server = TestServer::start();
+    let token = server.admin_token("clients:admin");
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    for weak in [[0u8; 32], identity] {
+        let (status, body) = server.post_raw(
+            "/admin/clients",
+            "application/json",
+            Some(&format!("Bearer {token}")),
+            json!({"client_name": "weak key",
+                   "token_endpoint_auth_method": "private_key_jwt",
+                   "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "w",
+                                      "x": common::b64(&weak)}]}})
+            .to_string()
+            .as_bytes(),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "invalid_client_metadata");
+    }
+    // A real key still registers.
+    server.register_jwt_client("api:read", &[(&ClientKey::ed25519(), Some("k1"))]);
+}

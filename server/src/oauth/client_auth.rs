@@ -12,7 +12,7 @@ use super::form::Form;
 use super::jws::Unverified;
 use super::{AuthServer, OAuthError, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
-use crate::store::{AuthMethod, Client};
+use crate::store::{AuthMethod, Client, KeyAlg};
 use crate::untrusted::fingerprint;
 
 /// RFC 7523 §2.2 `client_assertion_type`.
@@ -381,6 +381,10 @@ impl AuthServer {
             .map(|k| (k, false))
             .chain(client.pending_key.iter().map(|k| (k, true)))
             .filter(|(k, _)| kid.is_none() || k.kid.as_deref() == kid)
+            // A weak Ed25519 key registered before registration refused them proves nothing.
+            .filter(|(k, _)| {
+                k.alg != KeyAlg::EdDSA || !super::registration::weak_ed25519(&k.public)
+            })
             .collect();
         if candidates.is_empty() {
             return Err(OAuthError::invalid_client(format!(

@@ -265,6 +265,15 @@ pub fn parse_jwks(jwks: &serde_json::Value) -> Result<Vec<ClientKey>, OAuthError
     keys.iter().map(parse_jwk).collect()
 }
 
+/// Whether `public` cannot serve as an Ed25519 verification key: not a curve point, or a
+/// point of small order, under which signatures can be forged without any private key.
+pub fn weak_ed25519(public: &[u8]) -> bool {
+    <[u8; 32]>::try_from(public)
+        .ok()
+        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+        .is_none_or(|k| k.is_weak())
+}
+
 /// Parse one public JWK (RFC 7517, RFC 7518 §6.2, RFC 8037 §2).
 pub fn parse_jwk(jwk: &serde_json::Value) -> Result<ClientKey, OAuthError> {
     let bad = |m: &'static str| OAuthError::InvalidClientMetadata(m.into());
@@ -302,6 +311,14 @@ pub fn parse_jwk(jwk: &serde_json::Value) -> Result<ClientKey, OAuthError> {
         }
         (Some("OKP"), Some("Ed25519")) => {
             let x = coord("x")?;
+            // A small-order point (all zeros, the identity, …) verifies forged signatures for
+            // many messages (RFC 8032 §5.1.7 leaves the check to the application); found by
+            // the jws_parse fuzz target.
+            if weak_ed25519(&x) {
+                return Err(bad(
+                    "jwk x is not a usable Ed25519 key (not a point, or of small order)",
+                ));
+            }
             let clean = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": field("x")});
             (KeyAlg::EdDSA, x, clean)
         }
@@ -328,6 +345,23 @@ pub fn parse_jwk(jwk: &serde_json::Value) -> Result<ClientKey, OAuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_order_and_off_curve_ed25519_keys_are_weak_and_real_ones_are_not() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // All zeros (order 4), the identity (order 1), and y = 2, which is on no curve point.
+        let mut off_curve = [0u8; 32];
+        off_curve[0] = 2;
+        for weak in [[0u8; 32], identity, off_curve] {
+            assert!(weak_ed25519(&weak), "{weak:?}");
+            let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(weak)});
+            assert!(parse_jwk(&jwk).is_err());
+        }
+        assert!(weak_ed25519(&[0u8; 31]));
+        let real = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+        assert!(!weak_ed25519(real.as_bytes()));
+    }
 
     fn meta(json: serde_json::Value) -> ClientMetadata {
         serde_json::from_value(json).unwrap()
@@ -377,7 +411,8 @@ mod tests {
             (k.alg, k.public.len(), k.kid.as_deref()),
             (KeyAlg::ES256, 65, Some("k1"))
         );
-        let okp = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([2u8; 32])});
+        let real = ed25519_dalek::SigningKey::from_bytes(&[2u8; 32]).verifying_key();
+        let okp = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(real.as_bytes())});
         assert_eq!(parse_jwk(&okp).unwrap().alg, KeyAlg::EdDSA);
     }
 }
