@@ -26,18 +26,8 @@ impl PgCluster {
     /// A new cluster of this test's own, which it may stop and start (`restart`).
     pub fn own() -> PgCluster {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(script())
-            .arg("start")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/pg-cluster start: {} (scripts/install-deps installs postgresql)",
-            String::from_utf8_lossy(&out.stderr)
-        );
         PgCluster {
-            socket_dir: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            socket_dir: pg_cluster("start", dir.path()),
             own: Some(dir),
         }
     }
@@ -84,26 +74,12 @@ impl PgCluster {
 
     /// Stop this test's own cluster (fast shutdown: every connection drops).
     pub fn stop(&self) {
-        assert!(Command::new(script())
-            .arg("stop")
-            .arg(self.own_dir())
-            .status()
-            .unwrap()
-            .success());
+        pg_cluster("stop", self.own_dir());
     }
 
     /// Start this test's own, stopped cluster again on its data.
     pub fn start_again(&self) {
-        let out = Command::new(script())
-            .arg("restart")
-            .arg(self.own_dir())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg_cluster("restart", self.own_dir());
     }
 
     fn own_dir(&self) -> &std::path::Path {
@@ -120,6 +96,21 @@ impl Drop for PgCluster {
             let _ = Command::new(script()).arg("stop").arg(dir.path()).status();
         }
     }
+}
+
+/// `scripts/pg-cluster COMMAND DIR`, which must succeed; what it printed (the socket dir).
+fn pg_cluster(command: &str, dir: &std::path::Path) -> String {
+    let out = Command::new(script())
+        .arg(command)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/pg-cluster {command}: {} (scripts/install-deps installs postgresql)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn script() -> PathBuf {
