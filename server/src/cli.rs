@@ -94,8 +94,25 @@ pub struct InitArgs {
     /// Issuer URL (https; http only for a loopback host).
     #[arg(long, env = "HALLMARK_ISSUER", default_value = crate::datadir::DEFAULT_ISSUER)]
     pub issuer: String,
-    /// PostgreSQL connection string: create or migrate the schema there and keep everything in
-    /// it (written to hallmark.toml, which is then 0600). Default: the embedded store.
+    /// The PostgreSQL database (default: the embedded store).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Host names and IP addresses for the server certificate.
+    #[arg(
+        long,
+        env = "HALLMARK_HOSTS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    pub hosts: Vec<String>,
+}
+
+/// Where the server keeps its state, for `init` and `serve`.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection string instead of the embedded store; replicas share it. At
+    /// `init`, the schema is created or migrated there and the URL written to hallmark.toml
+    /// (then 0600).
     #[arg(
         long = "database",
         env = "HALLMARK_DATABASE_URL",
@@ -106,14 +123,6 @@ pub struct InitArgs {
     /// PEM bundle of the CAs the database's TLS certificate must chain to.
     #[arg(long, env = "HALLMARK_DATABASE_CA", value_name = "PEM")]
     pub database_ca: Option<PathBuf>,
-    /// Host names and IP addresses for the server certificate.
-    #[arg(
-        long,
-        env = "HALLMARK_HOSTS",
-        value_delimiter = ',',
-        default_value = "localhost,127.0.0.1"
-    )]
-    pub hosts: Vec<String>,
 }
 
 /// `serve` arguments; each overrides the config files.
@@ -128,17 +137,9 @@ pub struct ServeArgs {
     /// Listen address, IP:PORT.
     #[arg(long, env = "HALLMARK_LISTEN")]
     pub listen: Option<String>,
-    /// PostgreSQL connection string instead of the embedded store (replicas share it).
-    #[arg(
-        long = "database",
-        env = "HALLMARK_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
-    /// PEM bundle of the CAs the database's TLS certificate must chain to.
-    #[arg(long, env = "HALLMARK_DATABASE_CA", value_name = "PEM")]
-    pub database_ca: Option<PathBuf>,
+    /// The PostgreSQL database (default: the embedded store).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// PEM certificate chain (default: the one init made).
     #[arg(long, env = "HALLMARK_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -225,8 +226,8 @@ impl ServeArgs {
         ConfigLayer {
             issuer: None,
             listen: self.listen.clone(),
-            database_url: self.database_url.clone(),
-            database_ca: self.database_ca.clone(),
+            database_url: self.database.database_url.clone(),
+            database_ca: self.database.database_ca.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             insecure_http: self.insecure_http.then_some(true),

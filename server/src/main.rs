@@ -30,11 +30,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => {
-            let database = match args.database_url.filter(|u| !u.is_empty()) {
+            let database = match args.database.database_url.filter(|u| !u.is_empty()) {
                 None => None,
                 Some(url) => Some(hallmark_server::backend::Database {
                     url: hallmark_server::store::DatabaseUrl::parse(&url)?,
-                    ca: args.database_ca,
+                    ca: args.database.database_ca,
                 }),
             };
             let out = hallmark_server::store::block_on(datadir::init(&InitOptions {
