@@ -23,6 +23,9 @@ pub enum Top {
     /// Many manufactured TPMs running in the background.
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// Play N devices' token traffic against one real server and report what it carries:
+    /// grants/s, latency, server CPU and memory, database size (software ES256 keys, no TPM).
+    FleetLoad(FleetLoadArgs),
     /// The whole story with 3 devices: server, station, provisioning, first boot, tokens and
     /// the device flow; cleans up after itself.
     Demo {
@@ -70,4 +73,45 @@ pub enum FleetCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+/// `fleet-load` options. Run it pinned: `taskset -c 0 hallmark-hwsim fleet-load --server-cpu 1`.
+#[derive(Debug, clap::Args)]
+pub struct FleetLoadArgs {
+    /// Fleet sizes to play one after the other, e.g. `100000,200000,400000`.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub devices: Vec<usize>,
+    /// Access token lifetime, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub token_lifetime: u64,
+    /// Renew a token at this fraction of its life.
+    #[arg(long, default_value_t = 0.8)]
+    pub renew_at: f64,
+    /// ± this fraction of its life, uniformly.
+    #[arg(long, default_value_t = 0.1)]
+    pub jitter: f64,
+    /// Share of renewals that come with a device-flow login (authorization request + a poll).
+    #[arg(long, default_value_t = 0.01)]
+    pub device_flow_share: f64,
+    /// Introspections by a resource server per token.
+    #[arg(long, default_value_t = 1.0)]
+    pub introspections: f64,
+    /// Unmeasured steady load before each measurement, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// Measured steady load per fleet size, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Worker threads: the most requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    /// Pin the server to this CPU with taskset.
+    #[arg(long)]
+    pub server_cpu: Option<usize>,
+    /// The p99 the summary judges fleet sizes by, milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_limit_ms: f64,
+    /// The hallmark-server binary (default: beside this one).
+    #[arg(long)]
+    pub server: Option<PathBuf>,
 }

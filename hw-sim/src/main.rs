@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use hallmark_hwsim::cli::{Cli, FleetCommand, Top, TpmCommand};
-use hallmark_hwsim::{demo, fleet, Swtpm};
+use hallmark_hwsim::cli::{Cli, FleetCommand, FleetLoadArgs, Top, TpmCommand};
+use hallmark_hwsim::{demo, fleet, fleet_load, Swtpm};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -50,11 +50,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             non_interactive,
             keep,
         })?),
+        Top::FleetLoad(args) => {
+            fleet_load::run(&load_options(args))?;
+            Ok(())
+        }
         Top::Fleet(FleetCommand::Down { dir }) => {
             let stopped = fleet::down(&dir)
                 .with_context(|| format!("stopping the fleet in {}", dir.display()))?;
             println!("stopped {stopped} TPMs");
             Ok(())
         }
+    }
+}
+
+fn load_options(args: FleetLoadArgs) -> fleet_load::Options {
+    fleet_load::Options {
+        server_bin: args.server,
+        fleets: args.devices,
+        token_lifetime: args.token_lifetime,
+        renew_at: args.renew_at,
+        jitter: args.jitter,
+        device_flow_share: args.device_flow_share,
+        introspections: args.introspections,
+        warmup: std::time::Duration::from_secs(args.warmup),
+        duration: std::time::Duration::from_secs(args.duration),
+        workers: args.workers,
+        server_cpu: args.server_cpu,
+        p99_limit_ms: args.p99_limit_ms,
     }
 }

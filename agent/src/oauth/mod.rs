@@ -445,7 +445,7 @@ fn registration(
 }
 
 /// Parses a 2xx JSON body as `T`, or an RFC 6749 §5.2 error body into [`OAuthError::Rejected`].
-pub(crate) fn parse_success<T: serde::de::DeserializeOwned>(
+pub fn parse_success<T: serde::de::DeserializeOwned>(
     endpoint: &str,
     resp: &Response,
 ) -> Result<T, OAuthError> {

@@ -28,7 +28,7 @@ use std::time::SystemTime;
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
-use x509_cert::der::{Decode as _, Reader as _, SliceReader};
+use x509_cert::der::{Decode as _, Encode as _, Reader as _, SliceReader};
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfoOwned};
 use x509_cert::Certificate;
@@ -98,6 +98,16 @@ impl EkCertificate {
     /// The issuer's distinguished name, RFC 4514 string form.
     pub fn issuer(&self) -> String {
         self.cert.cert.tbs_certificate.issuer.to_string()
+    }
+
+    /// The certified key's SubjectPublicKeyInfo, DER (`None` if it does not re-encode).
+    pub fn public_key_der(&self) -> Option<Vec<u8>> {
+        self.cert
+            .cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .ok()
     }
 
     /// Checks that the certificate certifies the key `ek_public_der` (SubjectPublicKeyInfo

@@ -103,4 +103,46 @@ mod tests {
             assert!(grant(Some(bad), &allowed()).is_err(), "{bad}");
         }
     }
+
+    /// A scope parameter built from a small vocabulary, so that requests hit allowed scopes,
+    /// disallowed ones, repeats and malformed separators often.
+    fn scope_param() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy as _;
+        proptest::collection::vec(
+            proptest::sample::select(vec!["a", "b", "c", "d", "admin", "", "a\"", "é"]),
+            0..8,
+        )
+        .prop_map(|tokens| tokens.join(" "))
+    }
+
+    proptest::proptest! {
+        /// Invariant: a grant never widens. Whatever is requested, every granted scope is one
+        /// the client registered, none is granted twice, and granting again from the result
+        /// (a refresh or an exchange narrowing it) gives a subset of it.
+        #[test]
+        fn a_grant_never_widens(
+            requested in proptest::option::of(scope_param()),
+            narrower in proptest::option::of(scope_param()),
+            allowed in proptest::sample::subsequence(vec!["a", "b", "c"], 0..=3),
+        ) {
+            let allowed: Vec<String> = allowed.into_iter().map(str::to_owned).collect();
+            if let Ok(granted) = grant(requested.as_deref(), &allowed) {
+                proptest::prop_assert!(granted.iter().all(|s| allowed.contains(s)));
+                let unique: std::collections::HashSet<&String> = granted.iter().collect();
+                proptest::prop_assert_eq!(unique.len(), granted.len());
+                if let Ok(again) = grant(narrower.as_deref(), &granted) {
+                    proptest::prop_assert!(again.iter().all(|s| granted.contains(s)));
+                }
+            }
+        }
+
+        /// What `parse` accepts serialises (joined by spaces) to a parameter that parses to
+        /// the same tokens.
+        #[test]
+        fn parsed_scopes_round_trip(param in scope_param()) {
+            if let Ok(tokens) = parse(&param) {
+                proptest::prop_assert_eq!(parse(&tokens.join(" ")).ok(), Some(tokens));
+            }
+        }
+    }
 }

@@ -545,4 +545,27 @@ mod tests {
             "invalid_request: delegation chain too deep"
         );
     }
+
+    proptest::proptest! {
+        /// Invariant (RFC 8693 §5): an exchange only narrows. Whatever is requested, the
+        /// exchanged scope lies within both the subject token's scope and the client's
+        /// registration.
+        #[test]
+        fn an_exchange_never_widens(
+            requested in proptest::option::of(proptest::collection::vec(
+                proptest::sample::select(vec!["a", "b", "c", "d", "x"]), 0..5)),
+            subject in proptest::sample::subsequence(vec!["a", "b", "d", "x"], 0..=4),
+            registered in proptest::sample::subsequence(vec!["a", "b", "c"], 0..=3),
+        ) {
+            let registered: Vec<String> = registered.into_iter().map(str::to_owned).collect();
+            let requested = requested.map(|r| r.join(" "));
+            let subject = claims(&subject.join(" "), None);
+            if let Ok(scope) = narrowed_scope(requested.as_deref(), &subject, &registered) {
+                for granted in scope.split(' ') {
+                    proptest::prop_assert!(registered.iter().any(|r| r == granted));
+                    proptest::prop_assert!(subject.scope.split(' ').any(|s| s == granted));
+                }
+            }
+        }
+    }
 }

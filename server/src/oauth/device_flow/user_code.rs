@@ -95,4 +95,20 @@ mod tests {
     fn debug_hides_the_user_code() {
         assert!(!format!("{:?}", UserCode::parse("BCDFGHJK").unwrap()).contains("BCDF"));
     }
+
+    proptest::proptest! {
+        /// Invariant: normalisation is idempotent and lossless for what it accepts: the normal
+        /// form and the displayed form both read back as the same code, whatever a person
+        /// typed (case, dashes, spaces, Unicode dashes, junk).
+        #[test]
+        fn normalisation_is_idempotent(
+            typed in "[BCDFGHJKLMNPQRSTVWXZbcdfghjklmnpqrstvwxz \\-\u{2010}-\u{2015}A1é]{0,14}"
+        ) {
+            if let Some(code) = UserCode::parse(&typed) {
+                proptest::prop_assert_eq!(UserCode::parse(code.as_str()), Some(code.clone()));
+                proptest::prop_assert_eq!(UserCode::parse(&code.display()), Some(code.clone()));
+                proptest::prop_assert_eq!(code.as_str().len(), USER_CODE_LEN);
+            }
+        }
+    }
 }
