@@ -182,6 +182,7 @@ pub fn run(options: &Options) -> Result<Vec<StepReport>, LoadError> {
         println!("   bootstrap: every device got a token, {rate:.0} grants/s closed-loop");
         let disk_before = server.disk_bytes();
         let cpu_before = server.cpu_seconds();
+        let flushes_before = server.flushes();
         let own_before = server::cpu_seconds("/proc/self/stat");
         let started = Instant::now();
         let stats = traffic::run(&fleet, options.workers, options.warmup, options.duration);
@@ -251,6 +252,9 @@ pub fn run(options: &Options) -> Result<Vec<StepReport>, LoadError> {
             mb(grew),
             grew as f64 / (grants * span).max(1.0),
         );
+        if let (Some(a), Some(b)) = (flushes_before, server.flushes()) {
+            println!("   group commit: {}", b.since(&a));
+        }
         reports.push(StepReport {
             devices: size,
             offered_grants: offered,

@@ -123,6 +123,35 @@ impl Server {
         Some((kib("VmRSS:")? / 1024.0, kib("VmHWM:")? / 1024.0))
     }
 
+    /// The group commit's storage flushes so far, from `/metrics`: (count, total seconds,
+    /// requests made durable, flushes slower than 16 ms).
+    pub(super) fn flushes(&self) -> Option<Flushes> {
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        let mut resp = http.get(&format!("{}/metrics", self.base)).call().ok()?;
+        let text = resp.body_mut().read_to_string().ok()?;
+        let value = |prefix: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.starts_with(prefix))?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        };
+        let count = value("hallmark_storage_flush_seconds_count")?;
+        // Buckets are cumulative: what is not in the 12.8 ms bucket took longer.
+        let fast = value("hallmark_storage_flush_seconds_bucket{le=\"0.0128\"}").unwrap_or(count);
+        Some(Flushes {
+            count,
+            seconds: value("hallmark_storage_flush_seconds_sum")?,
+            durable: value("hallmark_storage_flush_batch_sum").unwrap_or(f64::NAN),
+            slow: count - fast,
+        })
+    }
+
     /// Bytes the data directory holds on disk.
     pub(super) fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.data)
@@ -138,6 +167,31 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Group-commit flush counters (see [`Server::flushes`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Flushes {
+    pub(super) count: f64,
+    pub(super) seconds: f64,
+    pub(super) durable: f64,
+    pub(super) slow: f64,
+}
+
+impl Flushes {
+    /// "N flushes, mean X ms, Y writes each, Z over 12.8 ms" for the window since `before`.
+    pub(super) fn since(&self, before: &Flushes) -> String {
+        let n = self.count - before.count;
+        if n <= 0.0 {
+            return "no storage flushes".into();
+        }
+        format!(
+            "{n:.0} storage flushes, mean {:.2} ms, {:.1} writes each, {:.0} over 12.8 ms",
+            (self.seconds - before.seconds) / n * 1000.0,
+            (self.durable - before.durable) / n,
+            self.slow - before.slow
+        )
     }
 }
 
