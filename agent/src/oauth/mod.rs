@@ -445,6 +445,9 @@ fn registration(
 }
 
 /// Parses a 2xx JSON body as `T`, or an RFC 6749 §5.2 error body into [`OAuthError::Rejected`].
+/// Both must be JSON objects (RFC 6749 §5.1, §5.2): serde would also read a struct from a JSON
+/// array by position, so `["x"]` would otherwise pass as a token response carrying token "x"
+/// (found by the `agent_response` fuzz target).
 pub fn parse_success<T: serde::de::DeserializeOwned>(
     endpoint: &str,
     resp: &Response,
@@ -454,8 +457,12 @@ pub fn parse_success<T: serde::de::DeserializeOwned>(
         status: resp.status,
         reason,
     };
+    let object = serde_json::from_str::<serde_json::Value>(&resp.body)
+        .ok()
+        .filter(serde_json::Value::is_object);
     if (200..300).contains(&resp.status) {
-        return serde_json::from_str(&resp.body).map_err(|e| bad(e.to_string()));
+        let object = object.ok_or_else(|| bad("not a JSON object".into()))?;
+        return T::deserialize(object).map_err(|e| bad(e.to_string()));
     }
     #[derive(Deserialize)]
     struct ErrorBody {
@@ -463,13 +470,13 @@ pub fn parse_success<T: serde::de::DeserializeOwned>(
         #[serde(default)]
         error_description: Option<String>,
     }
-    match serde_json::from_str::<ErrorBody>(&resp.body) {
-        Ok(e) => Err(OAuthError::Rejected {
+    match object.map(ErrorBody::deserialize) {
+        Some(Ok(e)) => Err(OAuthError::Rejected {
             endpoint: endpoint.to_owned(),
             code: ErrorCode::parse(&e.error),
             description: e.error_description,
         }),
-        Err(_) => Err(bad("not an RFC 6749 §5.2 error".into())),
+        _ => Err(bad("not an RFC 6749 §5.2 error".into())),
     }
 }
 
@@ -560,6 +567,33 @@ mod tests {
             parse_success::<TokenResponse>("t", &garbage),
             Err(OAuthError::BadResponse { .. })
         ));
+    }
+
+    /// Found by the `agent_response` fuzz target: serde reads a struct from a JSON array by
+    /// position, so `["x"]` passed as a token response and `[""]` as an error. Only objects do.
+    #[test]
+    fn json_arrays_are_neither_tokens_nor_errors() {
+        for status in [200, 400] {
+            for body in [
+                r#"["x"]"#,
+                r#"[""]"#,
+                r#"["x","Bearer",300]"#,
+                "7",
+                r#""s""#,
+            ] {
+                let resp = Response {
+                    status,
+                    body: body.into(),
+                };
+                assert!(
+                    matches!(
+                        parse_success::<TokenResponse>("t", &resp),
+                        Err(OAuthError::BadResponse { .. })
+                    ),
+                    "{status} {body}"
+                );
+            }
+        }
     }
 
     #[test]
