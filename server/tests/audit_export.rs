@@ -24,12 +24,25 @@ fn exported_lines(dir: &Path) -> Vec<String> {
         let path = item.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let mut text = String::new();
+        // A running server renames and removes segments as it closes them: a file gone
+        // between listing and reading is read again at the next poll.
         if name.ends_with(".jsonl.gz") {
-            flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
-                .read_to_string(&mut text)
-                .unwrap();
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            if flate2::read::MultiGzDecoder::new(file)
+                .read_to_end(&mut bytes)
+                .is_err()
+            {
+                continue;
+            }
+            text = String::from_utf8_lossy(&bytes).into_owned();
         } else if name.ends_with(".jsonl") {
-            text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            text = String::from_utf8_lossy(&bytes).into_owned();
         }
         out.extend(text.lines().map(str::to_owned));
     }
@@ -40,6 +53,8 @@ fn exported_lines(dir: &Path) -> Vec<String> {
 fn exported_jtis(dir: &Path) -> HashSet<String> {
     exported_lines(dir)
         .iter()
+        // Whole lines only: the open segment may be read in the middle of a write.
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
         .filter_map(|l| l.split("jti=").nth(1))
         .map(|rest| rest.split(['"', ' ']).next().unwrap_or_default().to_owned())
         .collect()
