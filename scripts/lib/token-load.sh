@@ -2,11 +2,13 @@
 # data directory over plain loopback HTTP, one registered client, and wrk issuing
 # client_credentials tokens to it. Source it; needs wrk and curl.
 
-BIN=${CARGO_TARGET_DIR:-target}/release/hallmark-server
-
-build_release() {
-    cargo build --release --locked -p hallmark-server >&2
-}
+# BIN=path/to/hallmark-server uses that binary as it is (no build).
+if [ -n "${BIN:-}" ]; then
+    build_release() { :; }
+else
+    BIN=${CARGO_TARGET_DIR:-target}/release/hallmark-server
+    build_release() { cargo build --release --locked -p hallmark-server >&2; }
+fi
 
 # start_server WORK [serve flags…]: init WORK/data (once) and serve it; sets PORT, PID.
 start_server() {

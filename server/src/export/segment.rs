@@ -198,16 +198,15 @@ impl Writer {
         if last.is_none() && closed_upto > 0 {
             let seg = segments
                 .iter()
-                .filter(|s| s.last == Some(closed_upto))
-                .last()
+                .rfind(|s| s.last == Some(closed_upto))
                 .cloned()
                 .ok_or_else(|| ExportError::Diverged("no last closed segment".into()))?;
             let path = dir.join(seg.file_name());
             let text = read_text(&path, true).map_err(io("read", &path))?;
             let entry = text
                 .split(|b| *b == b'\n')
-                .filter_map(|l| serde_json::from_slice::<AuditEntry>(l).ok())
-                .last()
+                .rev()
+                .find_map(|l| serde_json::from_slice::<AuditEntry>(l).ok())
                 .ok_or_else(|| {
                     ExportError::Diverged(format!("{} holds no entry", path.display()))
                 })?;
@@ -296,8 +295,8 @@ impl Writer {
         let text = read_text(&path, false).map_err(io("read", &path))?;
         let last = text
             .split(|b| *b == b'\n')
-            .filter_map(|l| serde_json::from_slice::<AuditEntry>(l).ok())
-            .last()
+            .rev()
+            .find_map(|l| serde_json::from_slice::<AuditEntry>(l).ok())
             .map(|e| e.body.seq)
             .unwrap_or(open.name.first);
         let closed = SegmentName {

@@ -239,8 +239,11 @@ pub fn put_record(out: &mut Vec<u8>, body: &[u8], hash: &[u8; 32]) {
     out.extend_from_slice(hash);
 }
 
-/// The records of a compact segment's value (after its format byte): (body, hash) each.
-pub fn records(mut bytes: &[u8]) -> Result<Vec<(&[u8], [u8; 32])>, DecodeError> {
+/// One stored record: its body and hash.
+pub type Record<'a> = (&'a [u8], [u8; 32]);
+
+/// The records of a compact segment's value (after its format byte).
+pub fn records(mut bytes: &[u8]) -> Result<Vec<Record<'_>>, DecodeError> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let mut r = Reader(bytes);
