@@ -130,6 +130,35 @@ pub enum CheckpointError {
         /// The hash in the checkpoint.
         recorded: String,
     },
+    /// A checkpoint's entry was pruned from the database: only the export can still show it.
+    #[error(
+        "checkpoint {} (seq {seq}): entry {seq} was pruned from the database (it keeps entries after {anchor}); check the checkpoint against the export with --export-dir",
+        path.display()
+    )]
+    Pruned {
+        /// The file.
+        path: PathBuf,
+        /// The checkpoint's seq.
+        seq: u64,
+        /// The database's anchor.
+        anchor: u64,
+    },
+    /// A chain's pruning anchor is not signed by this server, or says something else.
+    #[error("audit chain {}anchor (pruned up to entry {seq}): {reason}", chain.as_deref().map(|c| format!("{c} ")).unwrap_or_default())]
+    Anchor {
+        /// The chain.
+        chain: Option<String>,
+        /// The anchor's seq.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The export is broken, missing a segment, or disagrees with the database.
+    #[error(transparent)]
+    Export(#[from] crate::export::verify::ExportBreak),
+    /// The export directory could not be read.
+    #[error("{0}")]
+    ExportRead(String),
     /// An audit chain itself is broken (each broken chain is named); checkpoints are not
     /// compared.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -152,6 +181,8 @@ impl CheckpointError {
         !matches!(
             self,
             CheckpointError::Read { .. }
+                | CheckpointError::Pruned { .. }
+                | CheckpointError::ExportRead(_)
                 | CheckpointError::Store(_)
                 | CheckpointError::Keys(_)
                 | CheckpointError::Backend(_)
@@ -219,11 +250,181 @@ impl<'a> Verifier<'a> {
             .await?
             .map_err(CheckpointError::Chains)?;
         let heads = self.audit.chains().await?;
+        for head in &heads {
+            self.check_anchor(head.chain.as_deref()).await?;
+        }
         let mut matched = Vec::new();
         for path in files {
             matched.push(self.check(path, &heads).await?);
         }
         Ok((count, matched))
+    }
+
+    /// A chain's pruning anchor must be a checkpoint of this server over exactly its seq and
+    /// hash.
+    async fn check_anchor(&self, chain: Option<&str>) -> Result<(), CheckpointError> {
+        let Some(anchor) = self.audit.anchor(chain).await? else {
+            return Ok(());
+        };
+        let bad = |reason: String| CheckpointError::Anchor {
+            chain: chain.map(str::to_owned),
+            seq: anchor.seq,
+            reason,
+        };
+        let (cp, _) = self
+            .open_checkpoint(&anchor.checkpoint)
+            .map_err(|why| bad(format!("its checkpoint {why}")))?;
+        if cp.seq != anchor.seq || cp.head_hash != anchor.hash || cp.chain.as_deref() != chain {
+            return Err(bad(format!(
+                "its checkpoint vouches for entry {} with hash {}, the anchor records entry {} with hash {}",
+                cp.seq, cp.head_hash, anchor.seq, anchor.hash
+            )));
+        }
+        Ok(())
+    }
+
+    /// Verify the export directory's segments end to end, then against the database: each
+    /// chain's anchor must be in the export with the same hash (never prune what no file
+    /// holds), and where export and database overlap they must hold the same entry.
+    pub async fn verify_export(
+        &self,
+        dir: &Path,
+    ) -> Result<Vec<crate::export::verify::ChainReport>, CheckpointError> {
+        use crate::export::segment_prefix;
+        use crate::export::verify::{verify_dir, ExportBreak, VerifyError};
+        let heads = self.audit.chains().await?;
+        let mut want = Vec::new();
+        let mut anchors = Vec::new();
+        for head in &heads {
+            if let Some(a) = self.audit.anchor(head.chain.as_deref()).await? {
+                want.push((segment_prefix(head.chain.as_deref()), a.seq));
+                anchors.push((head.chain.clone(), a));
+            }
+        }
+        let reports =
+            verify_dir(dir, &want, &|jws| self.open_checkpoint(jws)).map_err(|e| match e {
+                VerifyError::Broken(b) => CheckpointError::Export(b),
+                other => CheckpointError::ExportRead(other.to_string()),
+            })?;
+        let brk = |chain: &Option<String>, seq: u64, reason: String| {
+            CheckpointError::Export(ExportBreak {
+                segment: format!("{}-*", segment_prefix(chain.as_deref())),
+                seq: Some(seq),
+                reason,
+            })
+        };
+        for (chain, anchor) in &anchors {
+            let prefix = segment_prefix(chain.as_deref());
+            // Each replica exports its own chain, maybe to a directory of its own: a chain
+            // with no segment here is another directory's to prove.
+            let Some(report) = reports.iter().find(|r| r.prefix == prefix) else {
+                continue;
+            };
+            match report.hashes.get(&anchor.seq) {
+                Some(hash) if *hash == anchor.hash => {}
+                Some(hash) => {
+                    return Err(brk(
+                        chain,
+                        anchor.seq,
+                        format!(
+                            "the export holds hash {hash} for it, the database's pruning anchor {}",
+                            anchor.hash
+                        ),
+                    ))
+                }
+                None => {
+                    let end = report.last.0;
+                    return Err(brk(chain, end + 1, format!(
+                        "the database pruned entries up to {} but the export ends at entry {end}: segments after it are missing",
+                        anchor.seq
+                    )));
+                }
+            }
+        }
+        for report in &reports {
+            let Some(head) = heads
+                .iter()
+                .find(|h| segment_prefix(h.chain.as_deref()) == report.prefix)
+            else {
+                continue;
+            };
+            let (seq, hash) = &report.last;
+            if *seq > head.seq {
+                return Err(brk(
+                    &head.chain,
+                    head.seq + 1,
+                    format!(
+                        "the export holds entries up to {seq} but the database's chain ends at {}",
+                        head.seq
+                    ),
+                ));
+            }
+            let pruned = anchors
+                .iter()
+                .any(|(c, a)| *c == head.chain && a.seq >= *seq);
+            if *seq > 0 && !pruned {
+                let found = self
+                    .audit
+                    .entries(head.chain.as_deref(), seq - 1, 1)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|e| e.hash)
+                    .unwrap_or_default();
+                if found != *hash {
+                    return Err(brk(&head.chain, *seq, format!(
+                        "the export and the database hold different entries (export hash {hash}, database {found})"
+                    )));
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Check a checkpoint JWS: its signature (when its key is still in the key file) and
+    /// issuer. Returns what it says and, if its signature could not be checked, its kid.
+    pub fn open_checkpoint(&self, jws: &str) -> Result<(Checkpoint, Option<String>), String> {
+        let parsed = Unverified::parse(jws.trim()).map_err(|e| format!("is not a JWS ({e})"))?;
+        if parsed.header.typ.as_deref() != Some(CHECKPOINT_TYP) {
+            return Err(format!("is not of type {CHECKPOINT_TYP}"));
+        }
+        let (checkpoint, signed_by) = self.open_parsed(&parsed)?;
+        Ok((
+            checkpoint,
+            signed_by
+                .err()
+                .map(|_| parsed.header.kid.clone().unwrap_or_default()),
+        ))
+    }
+
+    fn open_parsed(
+        &self,
+        jws: &Unverified<'_>,
+    ) -> Result<(Checkpoint, Result<String, String>), String> {
+        let kid = jws.header.kid.clone().unwrap_or_default();
+        let (payload, signed_by) = match self.keys.get(&kid) {
+            Some(key) => {
+                let payload = jws
+                    .verify(KeyAlg::EdDSA, key.as_bytes())
+                    .map_err(|e| format!("its signature does not verify ({e})"))?;
+                (payload.to_vec(), Ok(kid))
+            }
+            None => (
+                jws.untrusted_payload().to_vec(),
+                Err(format!(
+                    "signature not checked: key {kid} is no longer in the key file"
+                )),
+            ),
+        };
+        let checkpoint: Checkpoint = serde_json::from_slice(&payload)
+            .map_err(|e| format!("its payload is not a checkpoint ({e})"))?;
+        if checkpoint.issuer != self.issuer {
+            return Err(format!(
+                "it is of issuer {}, this data directory is {}",
+                checkpoint.issuer, self.issuer
+            ));
+        }
+        Ok((checkpoint, signed_by))
     }
 
     async fn check(&self, path: &Path, heads: &[ChainHead]) -> Result<Matched, CheckpointError> {
@@ -238,29 +439,7 @@ impl<'a> Verifier<'a> {
         let jws = find_checkpoint(&text).ok_or_else(|| CheckpointError::NotFound {
             path: path.to_owned(),
         })?;
-        let kid = jws.header.kid.clone().unwrap_or_default();
-        let (payload, signed_by) = match self.keys.get(&kid) {
-            Some(key) => {
-                let payload = jws
-                    .verify(KeyAlg::EdDSA, key.as_bytes())
-                    .map_err(|e| foreign(format!("its signature does not verify ({e})")))?;
-                (payload.to_vec(), Ok(kid))
-            }
-            None => (
-                jws.untrusted_payload().to_vec(),
-                Err(format!(
-                    "signature not checked: key {kid} is no longer in the key file"
-                )),
-            ),
-        };
-        let checkpoint: Checkpoint = serde_json::from_slice(&payload)
-            .map_err(|e| foreign(format!("its payload is not a checkpoint ({e})")))?;
-        if checkpoint.issuer != self.issuer {
-            return Err(foreign(format!(
-                "it is of issuer {}, this data directory is {}",
-                checkpoint.issuer, self.issuer
-            )));
-        }
+        let (checkpoint, signed_by) = self.open_parsed(&jws).map_err(foreign)?;
         // A store keeps either one unnamed chain (sled) or one named chain per replica.
         let named = self.audit.own_chain().is_some();
         let count = match (&checkpoint.chain, named) {
@@ -289,8 +468,19 @@ impl<'a> Verifier<'a> {
                 count,
             });
         }
+        let anchor = self.audit.anchor(checkpoint.chain.as_deref()).await?;
         let found = match seq {
             0 => crate::store::audit::GENESIS_HASH.to_owned(),
+            _ if anchor.as_ref().is_some_and(|a| a.seq == seq) => {
+                anchor.map(|a| a.hash).unwrap_or_default()
+            }
+            _ if anchor.as_ref().is_some_and(|a| a.seq > seq) => {
+                return Err(CheckpointError::Pruned {
+                    path: path.to_owned(),
+                    seq,
+                    anchor: anchor.map_or(0, |a| a.seq),
+                })
+            }
             _ => self
                 .audit
                 .entries(checkpoint.chain.as_deref(), seq - 1, 1)

@@ -66,6 +66,11 @@ pub enum AuditCommand {
         /// file may hold the JSON answer, the log line or the bare JWS); repeatable.
         #[arg(long = "checkpoint", value_name = "FILE", num_args = 1..)]
         checkpoints: Vec<PathBuf>,
+        /// Also verify the exported segments in DIR end to end (every entry's hash and link,
+        /// no missing segment, each closed segment's signed checkpoint) and against the
+        /// database (its pruning anchor must be in the export).
+        #[arg(long, value_name = "DIR")]
+        export_dir: Option<PathBuf>,
     },
 }
 
@@ -215,6 +220,20 @@ pub struct ServeArgs {
     /// (default 3600).
     #[arg(long, env = "HALLMARK_AUDIT_CHECKPOINT_INTERVAL")]
     pub audit_checkpoint_interval: Option<u64>,
+    /// Directory the audit log is exported to, as JSON-lines segments gzipped when closed
+    /// (default none: no export, nothing pruned).
+    #[arg(long, env = "HALLMARK_AUDIT_EXPORT_DIR", value_name = "DIR")]
+    pub audit_export_dir: Option<PathBuf>,
+    /// Size in bytes at which an export segment is closed (default 64 MiB).
+    #[arg(long, env = "HALLMARK_AUDIT_EXPORT_MAX_BYTES", value_name = "BYTES")]
+    pub audit_export_max_bytes: Option<u64>,
+    /// Age at which an export segment is closed: seconds or 90s, 15m, 1h, 1d (default 1h).
+    #[arg(long, env = "HALLMARK_AUDIT_EXPORT_MAX_AGE", value_name = "DURATION")]
+    pub audit_export_max_age: Option<String>,
+    /// How long audit entries stay in the database once exported: seconds or 90s, 15m, 12h,
+    /// 30d (default forever; never without an export directory).
+    #[arg(long, env = "HALLMARK_AUDIT_RETENTION", value_name = "DURATION")]
+    pub audit_retention: Option<String>,
     /// Device flow, refresh token and verification-page settings.
     #[command(flatten)]
     pub device_flow: Box<DeviceFlowArgs>,
@@ -246,6 +265,16 @@ impl ServeArgs {
             device_scopes: (!self.device_scopes.is_empty()).then(|| self.device_scopes.clone()),
             storage_retry_interval: self.storage_retry_interval,
             audit_checkpoint_interval: self.audit_checkpoint_interval,
+            audit_export_dir: self.audit_export_dir.clone(),
+            audit_export_max_bytes: self.audit_export_max_bytes,
+            audit_export_max_age: self
+                .audit_export_max_age
+                .clone()
+                .map(crate::config::DurationText::Text),
+            audit_retention: self
+                .audit_retention
+                .clone()
+                .map(crate::config::DurationText::Text),
             attestation: self.attestation.clone(),
             ek_roots: self.ek_roots.clone(),
             device_code_expires_in: self.device_flow.device_code_expires_in,

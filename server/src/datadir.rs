@@ -255,7 +255,8 @@ pub async fn init(opts: &InitOptions) -> Result<Initialised, InitError> {
 pub fn verify_audit(
     data_dir: &Path,
     checkpoints: &[PathBuf],
-) -> Result<(u64, Vec<crate::checkpoint::Matched>), crate::checkpoint::CheckpointError> {
+    export_dir: Option<&Path>,
+) -> Result<AuditReport, crate::checkpoint::CheckpointError> {
     use crate::backend::{database_of, open, Role};
     let database = database_of(data_dir)?;
     // The issuer `init` wrote; checkpoints must be this server's.
@@ -266,10 +267,38 @@ pub fn verify_audit(
     crate::store::block_on(async {
         let backend = open(data_dir, database.as_ref(), Role::Command).await?;
         let key_file = backend.keys.load().await?;
-        crate::checkpoint::Verifier::new(&*backend.store, &key_file, issuer)?
-            .verify(checkpoints)
-            .await
+        let verifier = crate::checkpoint::Verifier::new(&*backend.store, &key_file, issuer)?;
+        let (entries, matched) = verifier.verify(checkpoints).await?;
+        let export = match export_dir {
+            Some(dir) => verifier.verify_export(dir).await?,
+            None => Vec::new(),
+        };
+        let mut anchors = Vec::new();
+        for head in backend.store.chains().await? {
+            if let Some(a) = backend.store.anchor(head.chain.as_deref()).await? {
+                anchors.push((head.chain, a.seq));
+            }
+        }
+        Ok(AuditReport {
+            entries,
+            matched,
+            export,
+            anchors,
+        })
     })?
+}
+
+/// What `audit verify` found intact.
+#[derive(Debug)]
+pub struct AuditReport {
+    /// Entries in the database's chains.
+    pub entries: u64,
+    /// Checkpoints that matched.
+    pub matched: Vec<crate::checkpoint::Matched>,
+    /// Exported chains verified.
+    pub export: Vec<crate::export::verify::ChainReport>,
+    /// Chains whose prefix was pruned, and up to which entry.
+    pub anchors: Vec<(Option<String>, u64)>,
 }
 
 /// `keys rotate`: add a key signing in `activate_in` seconds, prune dead ones; the new kid.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod datadir;
+pub mod export;
 pub mod http;
 pub mod keys;
 pub mod metrics;
@@ -26,5 +27,13 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch: the audit log's clock.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

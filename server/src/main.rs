@@ -72,9 +72,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Verify {
             data_dir,
             checkpoints,
-        }) => match datadir::verify_audit(&data_dir, &checkpoints) {
-            Ok((n, matched)) => {
-                for m in &matched {
+            export_dir,
+        }) => match datadir::verify_audit(&data_dir, &checkpoints, export_dir.as_deref()) {
+            Ok(report) => {
+                for m in &report.matched {
                     let cp = &m.checkpoint;
                     let signed = m
                         .signed_by
@@ -87,7 +88,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         hallmark_server::checkpoint::utc(cp.time)
                     );
                 }
-                println!("audit chain intact: {n} entries");
+                for chain in &report.export {
+                    for note in &chain.unchecked_signatures {
+                        println!("note: {note}");
+                    }
+                    println!(
+                        "audit export intact: {} entries 1..={} in {} segments{}",
+                        chain.prefix,
+                        chain.last.0,
+                        chain.segments,
+                        if chain.torn_tail {
+                            " (the open segment ends in a torn line from a crash; the server cuts it at start)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                let pruned = report
+                    .anchors
+                    .iter()
+                    .map(|(_, seq)| format!(" after pruned entries 1..={seq}"))
+                    .collect::<String>();
+                println!("audit chain intact: {} entries{pruned}", report.entries);
                 Ok(())
             }
             Err(e) if e.is_finding() => {

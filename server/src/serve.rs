@@ -44,6 +44,9 @@ pub enum ServeError {
     /// The verification page's cookie key could not be loaded or made.
     #[error(transparent)]
     PageKey(#[from] CookieKeyError),
+    /// The audit export directory cannot be used.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// Storage failed in a way this process cannot recover from (the reason is logged); a
     /// supervisor restarting the server is the way back.
     #[error("storage cannot recover in this process: {0}")]
@@ -139,6 +142,7 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         }
     });
     let key_task = spawn_key_maintenance(&settings, built.oauth.clone(), built.keys.clone());
+    let export = start_export(&settings, &built).await?;
     let checkpoints = settings
         .audit_checkpoint_interval
         .map(|every| spawn_checkpoint_log(every, built.oauth.clone()));
@@ -203,8 +207,53 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         .map_err(|e| StoreError::DatabaseSetup {
             reason: format!("final flush: {e}"),
         })??;
+    if let Some(task) = export {
+        // The last entries, now durable, go to the files before the process ends.
+        let _ = tokio::task::spawn_blocking(move || task.stop()).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Start the audit exporter, if configured; say at start what retention will do.
+async fn start_export(
+    settings: &ServeSettings,
+    built: &Built,
+) -> Result<Option<crate::export::ExportTask>, ServeError> {
+    let Some(export) = settings.audit_export.clone() else {
+        match settings.audit_retention {
+            Some(r) => tracing::warn!(
+                retention_s = r.as_secs(),
+                "audit_retention is set but audit_export_dir is not: nothing is pruned (entries leave the database only once a file holds them)"
+            ),
+            None => tracing::info!(
+                "no audit_export_dir: audit entries stay in the database and are never pruned"
+            ),
+        }
+        return Ok(None);
+    };
+    let oauth = built.oauth.clone();
+    let sign: crate::export::Signer = Arc::new(move |seq, hash: &str| {
+        crate::checkpoint::Checkpoint {
+            issuer: oauth.settings.issuer.clone(),
+            seq,
+            head_hash: hash.to_owned(),
+            time: crate::unix_now(),
+            chain: oauth.audit.own_chain(),
+        }
+        .sign(&oauth.keys.current())
+    });
+    let exporter = crate::export::Exporter::open(export.clone(), built.store.clone(), sign).await?;
+    tracing::info!(
+        dir = %export.dir.display(),
+        resume_after = exporter.last().0,
+        max_bytes = export.max_bytes,
+        max_age_s = export.max_age.as_secs(),
+        retention_s = export.retention.map(|r| r.as_secs()),
+        "exporting the audit log"
+    );
+    let task = crate::export::ExportTask::start(exporter, tokio::runtime::Handle::current())?;
+    Ok(Some(task))
 }
 
 /// Keep the key ring current: rotate on schedule, pick up keys rotated offline, and switch the

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{jwt_parts, TestServer};
-use hallmark_server::store::audit::{AuditEntry, AuditEvent, ChainedEvent, Outcome};
+use hallmark_server::store::audit::{compact, seal_compact, AuditEvent, Outcome};
 use serde_json::Value;
 
 #[test]
@@ -195,8 +195,9 @@ fn copy_data_dir(data: &Path, work: &Path, name: &str) -> PathBuf {
     to
 }
 
-/// The audit tree as an attacker with the database sees it: segments of JSON lines keyed by
-/// their first seq (8 bytes, big-endian), and the head `[seq, hash]` under `head`.
+/// The audit tree as an attacker with the database sees it: segments keyed by their first seq
+/// (8 bytes, big-endian), each the byte 2 then compact records (`varint len ‖ body ‖ hash`),
+/// and the head `[seq, hash]` under `head`.
 fn audit_tree(data: &Path) -> (sled::Db, sled::Tree) {
     let db = sled::open(data.join("db")).unwrap();
     let tree = db.open_tree("audit").unwrap();
@@ -206,37 +207,34 @@ fn audit_tree(data: &Path) -> (sled::Db, sled::Tree) {
 /// Keep entries 1..=keep, drop the rest, and rewrite the head to match.
 fn truncate(data: &Path, keep: u64) {
     let (db, tree) = audit_tree(data);
-    let mut last: Option<AuditEntry> = None;
+    let mut last: Option<(u64, String)> = None;
     for item in tree.iter() {
         let (key, value) = item.unwrap();
-        if key.as_ref() == b"head" {
+        if key.len() != 8 {
             continue;
         }
         let first = u64::from_be_bytes(key.as_ref().try_into().unwrap());
-        let lines: Vec<&[u8]> = value
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        let kept: Vec<&[u8]> = lines
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| first + (*i as u64) <= keep)
-            .map(|(_, l)| *l)
-            .collect();
-        if let Some(l) = kept.last() {
-            last = Some(serde_json::from_slice(l).unwrap());
+        assert_eq!(value[0], compact::SEGMENT_V2);
+        let records = compact::records(&value[1..]).unwrap();
+        let mut kept = vec![compact::SEGMENT_V2];
+        let mut n = 0;
+        for (i, (body, hash)) in records.iter().enumerate() {
+            let seq = first + i as u64;
+            if seq <= keep {
+                compact::put_record(&mut kept, body, hash);
+                last = Some((seq, hex::encode(hash)));
+                n += 1;
+            }
         }
-        if kept.is_empty() {
+        if n == 0 {
             tree.remove(key).unwrap();
-        } else if kept.len() < lines.len() {
-            let mut joined = kept.join(&b'\n');
-            joined.push(b'\n');
-            tree.insert(key, joined).unwrap();
+        } else if n < records.len() {
+            tree.insert(key, kept).unwrap();
         }
     }
     let last = last.unwrap();
-    assert_eq!(last.body.seq, keep);
-    tree.insert(b"head", serde_json::to_vec(&(keep, last.hash)).unwrap())
+    assert_eq!(last.0, keep);
+    tree.insert(b"head", serde_json::to_vec(&last).unwrap())
         .unwrap();
     db.flush().unwrap();
 }
@@ -246,21 +244,14 @@ fn append_forged(data: &Path, n: u64) {
     let (db, tree) = audit_tree(data);
     let (seq, mut prev): (u64, String) =
         serde_json::from_slice(&tree.get(b"head").unwrap().unwrap()).unwrap();
-    let mut lines = Vec::new();
+    let mut segment = vec![compact::SEGMENT_V2];
     for i in 1..=n {
-        let entry = ChainedEvent {
-            seq: seq + i,
-            time_ms: 1,
-            chain: None,
-            event: AuditEvent::new("token.issued", Outcome::Success).client("nobody"),
-            prev_hash: prev.clone(),
-        }
-        .seal();
-        prev = entry.hash.clone();
-        lines.extend_from_slice(&serde_json::to_vec(&entry).unwrap());
-        lines.push(b'\n');
+        let event = AuditEvent::new("token.issued", Outcome::Success).client("nobody");
+        let (entry, body, hash) = seal_compact(seq + i, 1, None, event, prev.clone());
+        prev = entry.hash;
+        compact::put_record(&mut segment, &body, &hash);
     }
-    tree.insert((seq + 1).to_be_bytes(), lines).unwrap();
+    tree.insert((seq + 1).to_be_bytes(), segment).unwrap();
     tree.insert(b"head", serde_json::to_vec(&(seq + n, prev)).unwrap())
         .unwrap();
     db.flush().unwrap();

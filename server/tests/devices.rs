@@ -453,7 +453,8 @@ fn audit_log_is_readable_with_its_scope_and_verify_catches_tampering() {
             hallmark_server::store::Durability::flush(&store).unwrap();
         }
         Some(db) => {
-            // The same edit with SQL: entry 2 of the replica's chain names another actor.
+            // The same kind of edit with SQL: entry 2 of the replica's chain (a compact record:
+            // body then hash) gets its outcome bit flipped.
             let url = db.url.expose().to_owned();
             let parts: std::collections::HashMap<&str, &str> = url
                 .split_whitespace()
@@ -470,8 +471,8 @@ fn audit_log_is_readable_with_its_scope_and_verify_catches_tampering() {
                 ])
                 .args(["-qAt", "-c"])
                 .arg(
-                    "UPDATE audit_entries SET entry = \
-                     regexp_replace(entry, '\"actor\":\"[^\"]*\"', '\"actor\":\"someone-else\"') \
+                    "UPDATE audit_entries SET record = \
+                     set_byte(record, 0, get_byte(record, 0) # 1) \
                      WHERE seq = 2 AND chain <> 'command'",
                 )
                 .output()

@@ -62,6 +62,19 @@ pub struct ConfigLayer {
     /// Seconds between the signed audit checkpoints the server logs (one at start, then one
     /// per interval), 10 to 86400; 0 = none. Default 3600.
     pub audit_checkpoint_interval: Option<u64>,
+    /// Directory the audit log is exported to as JSON-lines segments (gzipped when closed, each
+    /// ending with a signed checkpoint). Default none: no export, and nothing is ever pruned.
+    pub audit_export_dir: Option<PathBuf>,
+    /// Size at which an export segment is closed, bytes (at least 1024). Default 67108864
+    /// (64 MiB).
+    pub audit_export_max_bytes: Option<u64>,
+    /// Age at which an export segment is closed: seconds, or a number with `s`, `m`, `h` or
+    /// `d`. Default 1 h.
+    pub audit_export_max_age: Option<super::DurationText>,
+    /// How long audit entries stay in the database once a closed export segment holds them:
+    /// seconds, or a number with `s`, `m`, `h` or `d` (`30d`). Default: forever. Without
+    /// `audit_export_dir`, nothing is pruned.
+    pub audit_retention: Option<super::DurationText>,
     /// Whether a device's new key must prove it lives in the device's TPM (credential
     /// activation): `required` or `off`. Default `required`.
     pub attestation: Option<String>,
@@ -154,6 +167,10 @@ impl ConfigLayer {
                 .or(self.audit_checkpoint_interval),
             device_scopes: top.device_scopes.or(self.device_scopes),
             attestation: top.attestation.or(self.attestation),
+            audit_export_dir: top.audit_export_dir.or(self.audit_export_dir),
+            audit_export_max_bytes: top.audit_export_max_bytes.or(self.audit_export_max_bytes),
+            audit_export_max_age: top.audit_export_max_age.or(self.audit_export_max_age),
+            audit_retention: top.audit_retention.or(self.audit_retention),
             ek_roots: top.ek_roots.or(self.ek_roots),
             device_code_expires_in: top.device_code_expires_in.or(self.device_code_expires_in),
             device_poll_interval: top.device_poll_interval.or(self.device_poll_interval),

@@ -119,6 +119,10 @@ pub struct ServeSettings {
     pub storage_retry_interval: std::time::Duration,
     /// Time between logged audit checkpoints; `None`: none are logged.
     pub audit_checkpoint_interval: Option<std::time::Duration>,
+    /// Audit export (and retention behind it); `None`: no export.
+    pub audit_export: Option<crate::export::ExportSettings>,
+    /// `audit_retention` as configured, even without an export (then only warned about).
+    pub audit_retention: Option<std::time::Duration>,
     /// What the protocol logic needs.
     pub oauth: Settings,
     /// The verification page's own settings.
@@ -151,6 +155,7 @@ impl ServeSettings {
     fn from_layer(data_dir: &Path, layer: ConfigLayer) -> Result<Self, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(m);
         let device_flow = DeviceFlowLayer::of(&layer);
+        let (audit_export, audit_retention) = audit_export(&layer)?;
         let issuer = layer
             .issuer
             .ok_or_else(|| invalid("no issuer configured".into()))?;
@@ -307,10 +312,109 @@ impl ServeSettings {
             storage_retry_interval: std::time::Duration::from_secs(storage_retry_interval),
             audit_checkpoint_interval: (audit_checkpoint_interval > 0)
                 .then(|| std::time::Duration::from_secs(audit_checkpoint_interval)),
+            audit_export,
+            audit_retention,
             oauth,
             page: PageSettings { scope_descriptions },
         })
     }
+}
+
+/// A duration in the config file: a number of seconds, or text (`600`, `90s`, `15m`, `12h`,
+/// `30d`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum DurationText {
+    /// Seconds.
+    Seconds(u64),
+    /// A number of seconds, optionally with a unit: `s`, `m`, `h`, `d`.
+    Text(String),
+}
+
+impl DurationText {
+    /// The duration, or why the text is not one.
+    pub fn duration(&self) -> Result<std::time::Duration, String> {
+        let secs = match self {
+            DurationText::Seconds(n) => *n,
+            DurationText::Text(text) => {
+                let t = text.trim();
+                let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+                    Some((i, _)) => t.split_at(i),
+                    None => (t, ""),
+                };
+                let n: u64 = digits.parse().map_err(|_| {
+                    format!("{text:?} is not a duration (e.g. 600, 90s, 15m, 12h, 30d)")
+                })?;
+                let scale = match unit {
+                    "" | "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 86_400,
+                    _ => {
+                        return Err(format!(
+                            "{text:?} is not a duration (e.g. 600, 90s, 15m, 12h, 30d)"
+                        ))
+                    }
+                };
+                n.checked_mul(scale)
+                    .ok_or_else(|| format!("{text:?} is too long a duration"))?
+            }
+        };
+        Ok(std::time::Duration::from_secs(secs))
+    }
+}
+
+/// `audit_export_dir` and the settings that go with it, and `audit_retention`.
+#[allow(clippy::type_complexity)]
+fn audit_export(
+    layer: &ConfigLayer,
+) -> Result<
+    (
+        Option<crate::export::ExportSettings>,
+        Option<std::time::Duration>,
+    ),
+    ConfigError,
+> {
+    let invalid = |m: String| ConfigError::Invalid(m);
+    let retention = layer
+        .audit_retention
+        .as_ref()
+        .map(|d| {
+            d.duration()
+                .map_err(|e| invalid(format!("audit_retention: {e}")))
+        })
+        .transpose()?;
+    if retention.is_some_and(|r| r.is_zero()) {
+        return Err(invalid("audit_retention must be at least 1 s".into()));
+    }
+    let max_bytes = layer
+        .audit_export_max_bytes
+        .unwrap_or(crate::export::DEFAULT_MAX_BYTES);
+    if max_bytes < 1024 {
+        return Err(invalid(format!(
+            "audit_export_max_bytes {max_bytes} is below 1024"
+        )));
+    }
+    let max_age = match &layer.audit_export_max_age {
+        None => crate::export::DEFAULT_MAX_AGE,
+        Some(d) => d
+            .duration()
+            .map_err(|e| invalid(format!("audit_export_max_age: {e}")))?,
+    };
+    if max_age.is_zero() {
+        return Err(invalid("audit_export_max_age must be at least 1 s".into()));
+    }
+    let export = layer
+        .audit_export_dir
+        .as_ref()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|dir| crate::export::ExportSettings {
+            dir: dir.clone(),
+            max_bytes,
+            max_age,
+            retention,
+        });
+    Ok((export, retention))
 }
 
 /// `device_scopes`: well-formed, at least one, and no admin scope — a device's factory secret

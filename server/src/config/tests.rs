@@ -198,3 +198,49 @@ fn with_a_database_a_new_key_is_published_long_enough_for_every_replica() {
         .to_string();
     assert!(err.contains("at least 20 s"), "{err}");
 }
+
+#[test]
+fn audit_export_and_retention_layer_and_take_durations_with_units() {
+    let base = layer("issuer = \"https://a.example\"");
+    let s = ServeSettings::from_layer(Path::new("/d"), base.clone()).unwrap();
+    assert_eq!(s.audit_export, None);
+    assert_eq!(s.audit_retention, None);
+    let l = base.clone().under(layer(
+        "audit_export_dir = \"/var/log/hallmark\"\naudit_retention = \"30d\"\naudit_export_max_age = 90",
+    ));
+    let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+    let e = s.audit_export.unwrap();
+    assert_eq!(e.dir, Path::new("/var/log/hallmark"));
+    assert_eq!(
+        e.retention,
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(e.max_age, std::time::Duration::from_secs(90));
+    assert_eq!(e.max_bytes, crate::export::DEFAULT_MAX_BYTES);
+    // Retention without an export directory is kept (to be warned about), never applied.
+    let l = base.clone().under(layer("audit_retention = \"12h\""));
+    let s = ServeSettings::from_layer(Path::new("/d"), l).unwrap();
+    assert_eq!(s.audit_export, None);
+    assert_eq!(
+        s.audit_retention,
+        Some(std::time::Duration::from_secs(43_200))
+    );
+    for bad in [
+        "audit_retention = \"30 days\"",
+        "audit_retention = \"0\"",
+        "audit_export_max_bytes = 10",
+        "audit_export_max_age = \"1w\"",
+    ] {
+        let l = base.clone().under(layer(bad));
+        assert!(
+            ServeSettings::from_layer(Path::new("/d"), l).is_err(),
+            "{bad}"
+        );
+    }
+    for (text, secs) in [("600", 600), ("90s", 90), ("15m", 900), ("2h", 7200)] {
+        assert_eq!(
+            DurationText::Text(text.into()).duration(),
+            Ok(std::time::Duration::from_secs(secs))
+        );
+    }
+}

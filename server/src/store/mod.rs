@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretHash;
 
-use self::audit::{AuditEntry, AuditEvent, ChainBreak, ChainHead};
+use self::audit::{Anchor, AuditEntry, AuditEvent, ChainBreak, ChainHead};
 
 pub use self::commit::{CommitError, GroupCommit};
 pub use self::grants::{DeviceGrantStore, RefreshTokenStore};
@@ -109,6 +109,14 @@ pub enum StoreError {
         /// What the decoder said.
         source: serde_json::Error,
     },
+    /// A stored binary record could not be decoded.
+    #[error("stored {what} record is corrupt: {reason}")]
+    Corrupt {
+        /// Which kind of record.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store is closed for a moment (being reopened after a failure).
     #[error("storage is being reopened")]
     Reopening,
@@ -140,6 +148,7 @@ impl StoreError {
             // A database that answers, but with an error other than "cannot serve now".
             StoreError::Database { source, .. } => database_outage(source),
             StoreError::Decode { .. }
+            | StoreError::Corrupt { .. }
             | StoreError::DatabaseUrl
             | StoreError::DatabaseSetup { .. }
             | StoreError::ChainInUse { .. }
@@ -281,6 +290,10 @@ pub trait WindowStore: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
 }
 
+/// Signs a pruning anchor over `(seq, hash)`: a checkpoint JWS. (An alias, so that the
+/// `&str` stays higher-ranked inside `async_trait` methods.)
+pub type SignAnchor = dyn Fn(u64, &str) -> String + Send + Sync;
+
 /// Registered OAuth clients.
 #[async_trait::async_trait]
 pub trait ClientStore: Send + Sync {
@@ -377,6 +390,19 @@ pub trait AuditLog: Send + Sync {
     fn own_chain(&self) -> Option<String> {
         None
     }
+    /// The anchor of `chain`'s pruned prefix (default: this process's own), if any was pruned.
+    async fn anchor(&self, chain: Option<&str>) -> Result<Option<Anchor>, StoreError>;
+    /// Remove this process's chain's oldest entries: only entries with seq at most `upto` (the
+    /// caller's guarantee that files hold them) and time before `before_ms`, from the oldest
+    /// on, in whole stored segments. The last removed entry becomes the chain's [`Anchor`],
+    /// signed by `sign(seq, hash)`, written in the same atomic write as the removal and made
+    /// durable before this returns. Returns the new anchor, if anything was removed.
+    async fn prune(
+        &self,
+        upto: u64,
+        before_ms: u64,
+        sign: &crate::store::SignAnchor,
+    ) -> Result<Option<Anchor>, StoreError>;
 }
 
 /// A device registered by a factory station. Its credential lives on its [`Client`] record.

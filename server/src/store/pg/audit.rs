@@ -2,6 +2,10 @@
 //! data directory), so appending never waits on another replica. Appending chains the entry in
 //! memory; the group committer's flush writes every pending entry and the chain's head in one
 //! transaction. `audit verify` checks every chain and names the first broken entry of each.
+//!
+//! Rows are written in the compact form (format 2, column `record`: body then 32-byte hash);
+//! rows from before it keep their JSON (format 1, column `entry`) and still verify. Pruning
+//! deletes a chain's oldest rows and upserts its anchor (`audit_anchors`) in one transaction.
 
 use std::sync::Mutex;
 
@@ -9,7 +13,8 @@ use deadpool_postgres::Pool;
 
 use super::{db, from_i64, pool_err, to_i64, PgStore};
 use crate::store::audit::{
-    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainHead, ChainedEvent, GENESIS_HASH,
+    seal_compact, verify_chain, Anchor, AuditEntry, AuditEvent, ChainBreak, ChainHead, Stored,
+    GENESIS_HASH,
 };
 use crate::store::{AuditLog, StoreError};
 
@@ -19,11 +24,43 @@ pub(super) struct PgAudit {
     state: Mutex<ChainState>,
 }
 
+/// An entry waiting to be written: seq, time, and the stored record (body ‖ hash).
+struct Pending {
+    seq: u64,
+    time_ms: u64,
+    record: Vec<u8>,
+}
+
 struct ChainState {
     head: (u64, String),
-    pending: Vec<AuditEntry>,
+    pending: Vec<Pending>,
     /// The head as last committed to the database: what a checkpoint may vouch for.
     durable: (u64, String),
+}
+
+fn corrupt(reason: String) -> StoreError {
+    StoreError::Corrupt {
+        what: "audit entry",
+        reason,
+    }
+}
+
+/// A row as stored: the JSON of a format 1 entry, or a format 2 record (body ‖ hash).
+fn stored(entry: Option<String>, record: Option<Vec<u8>>) -> Stored {
+    match (entry, record) {
+        (_, Some(mut record)) if record.len() >= 32 => {
+            let hash = record.split_off(record.len() - 32);
+            let mut raw = [0u8; 32];
+            raw.copy_from_slice(&hash);
+            Stored::Compact {
+                body: record,
+                hash: raw,
+            }
+        }
+        (Some(text), _) => Stored::Json(text.into_bytes()),
+        // Neither: left for the chain check to name as undecodable.
+        (None, record) => Stored::Json(record.unwrap_or_default()),
+    }
 }
 
 impl PgAudit {
@@ -84,7 +121,7 @@ impl PgAudit {
 async fn write(
     pool: &Pool,
     chain: &str,
-    entries: &[AuditEntry],
+    entries: &[Pending],
     head: &(u64, String),
 ) -> Result<(), StoreError> {
     let mut conn = pool.get().await.map_err(pool_err)?;
@@ -94,20 +131,19 @@ async fn write(
         .map_err(db("write the audit log"))?;
     let insert = tx
         .prepare_cached(
-            "INSERT INTO audit_entries (chain, seq, entry, time_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO audit_entries (chain, seq, record, time_ms) VALUES ($1, $2, $3, $4)",
         )
         .await
         .map_err(db("write the audit log"))?;
     for entry in entries {
-        // The stored text is what the hash covers: the entry as serialised, byte for byte.
-        let text = serde_json::to_string(entry).unwrap_or_default();
+        // The stored bytes are what the hash covers.
         tx.execute(
             &insert,
             &[
                 &chain,
-                &to_i64(entry.body.seq),
-                &text,
-                &to_i64(entry.body.time_ms),
+                &to_i64(entry.seq),
+                &entry.record,
+                &to_i64(entry.time_ms),
             ],
         )
         .await
@@ -128,16 +164,16 @@ impl AuditLog for PgStore {
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError> {
         let mut state = self.audit.lock();
         let seq = state.head.0 + 1;
-        let entry = ChainedEvent {
+        let prev = std::mem::take(&mut state.head.1);
+        let (entry, mut record, hash) =
+            seal_compact(seq, time_ms, Some(self.audit.chain.clone()), event, prev);
+        record.extend_from_slice(&hash);
+        state.head = (seq, entry.hash);
+        state.pending.push(Pending {
             seq,
             time_ms,
-            chain: Some(self.audit.chain.clone()),
-            event,
-            prev_hash: state.head.1.clone(),
-        }
-        .seal();
-        state.head = (seq, entry.hash.clone());
-        state.pending.push(entry);
+            record,
+        });
         Ok(seq)
     }
 
@@ -148,28 +184,43 @@ impl AuditLog for PgStore {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let chain = chain.unwrap_or(&self.audit.chain);
+        let mut prev = self
+            .anchor(Some(chain))
+            .await?
+            .map_or_else(|| GENESIS_HASH.to_owned(), |a| a.hash);
+        // Entry `after` itself too, when present, for its hash.
         let rows = self
             .conn()
             .await?
             .query(
-                "SELECT entry FROM audit_entries WHERE chain = $1 AND seq > $2
+                "SELECT seq, entry, record FROM audit_entries WHERE chain = $1 AND seq >= $2
                  ORDER BY seq LIMIT $3",
                 &[
                     &chain,
                     &to_i64(after),
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                    &i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1),
                 ],
             )
             .await
             .map_err(db("read the audit log"))?;
-        rows.iter()
-            .map(|r| {
-                serde_json::from_str(r.get(0)).map_err(|source| StoreError::Decode {
-                    what: "audit entry",
-                    source,
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for r in &rows {
+            let seq = from_i64(r.get(0));
+            let stored = stored(r.get(1), r.get(2));
+            if seq <= after {
+                if let Some((_, hash)) = stored.time_and_hash() {
+                    prev = hash;
+                }
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            let entry = stored.decode(seq, Some(chain), &prev).map_err(corrupt)?;
+            prev.clone_from(&entry.hash);
+            out.push(entry);
+        }
+        Ok(out)
     }
 
     async fn chains(&self) -> Result<Vec<ChainHead>, StoreError> {
@@ -213,19 +264,20 @@ impl AuditLog for PgStore {
                 .iter()
                 .find(|h| h.chain.as_deref() == Some(chain.as_str()))
                 .map(|h| (h.seq, h.hash.clone()));
+            let anchor = self.anchor(Some(&chain)).await?.map(|a| (a.seq, a.hash));
             let rows = self
                 .conn()
                 .await?
                 .query(
-                    "SELECT seq, entry FROM audit_entries WHERE chain = $1 ORDER BY seq",
+                    "SELECT seq, entry, record FROM audit_entries WHERE chain = $1 ORDER BY seq",
                     &[&chain],
                 )
                 .await
                 .map_err(db("read the audit log"))?;
             let entries = rows
                 .iter()
-                .map(|r| (from_i64(r.get(0)), r.get::<_, String>(1).into_bytes()));
-            match verify_chain(entries, head) {
+                .map(|r| (from_i64(r.get(0)), stored(r.get(1), r.get(2))));
+            match verify_chain(entries, head, anchor, Some(&chain)) {
                 Ok(n) => total += n,
                 Err(e) => breaks.push(ChainBreak {
                     chain: Some(chain),
@@ -246,5 +298,91 @@ impl AuditLog for PgStore {
 
     fn own_chain(&self) -> Option<String> {
         Some(self.audit.chain.clone())
+    }
+
+    async fn anchor(&self, chain: Option<&str>) -> Result<Option<Anchor>, StoreError> {
+        let chain = chain.unwrap_or(&self.audit.chain);
+        Ok(self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT seq, hash, checkpoint FROM audit_anchors WHERE chain = $1",
+                &[&chain],
+            )
+            .await
+            .map_err(db("read the audit anchor"))?
+            .map(|r| Anchor {
+                seq: from_i64(r.get(0)),
+                hash: r.get(1),
+                checkpoint: r.get(2),
+            }))
+    }
+
+    async fn prune(
+        &self,
+        upto: u64,
+        before_ms: u64,
+        sign: &crate::store::SignAnchor,
+    ) -> Result<Option<Anchor>, StoreError> {
+        let chain = self.audit.chain.as_str();
+        let head = self.audit.lock().durable.0;
+        let mut conn = self.conn().await?;
+        // The oldest entry too young to go bounds the prefix, as do the export and the head
+        // (the newest entry stays, beside the head record).
+        let young: Option<i64> = conn
+            .query_one(
+                "SELECT min(seq) FROM audit_entries WHERE chain = $1 AND time_ms >= $2",
+                &[&chain, &to_i64(before_ms)],
+            )
+            .await
+            .map_err(db("read the audit log"))?
+            .get(0);
+        let last = upto
+            .min(head.saturating_sub(1))
+            .min(young.map_or(u64::MAX, |y| from_i64(y).saturating_sub(1)));
+        let row = conn
+            .query_opt(
+                "SELECT entry, record FROM audit_entries WHERE chain = $1 AND seq = $2",
+                &[&chain, &to_i64(last)],
+            )
+            .await
+            .map_err(db("read the audit log"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (_, hash) = stored(row.get(0), row.get(1))
+            .time_and_hash()
+            .ok_or_else(|| corrupt(format!("entry {last} does not decode")))?;
+        let checkpoint = sign(last, &hash);
+        let anchor = Anchor {
+            seq: last,
+            checkpoint,
+            hash,
+        };
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(db("prune the audit log"))?;
+        tx.execute(
+            "DELETE FROM audit_entries WHERE chain = $1 AND seq <= $2",
+            &[&chain, &to_i64(last)],
+        )
+        .await
+        .map_err(db("prune the audit log"))?;
+        tx.execute(
+            "INSERT INTO audit_anchors (chain, seq, hash, checkpoint) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash,
+             checkpoint = EXCLUDED.checkpoint",
+            &[
+                &chain,
+                &to_i64(anchor.seq),
+                &anchor.hash,
+                &anchor.checkpoint,
+            ],
+        )
+        .await
+        .map_err(db("write the audit anchor"))?;
+        tx.commit().await.map_err(db("prune the audit log"))?;
+        Ok(Some(anchor))
     }
 }

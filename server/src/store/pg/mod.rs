@@ -37,6 +37,7 @@ const MIGRATION_LOCK: i64 = 0x6861_6c6c_6d61_726b;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("schema.sql")),
     (2, include_str!("schema_2.sql")),
+    (3, include_str!("schema_3.sql")),
 ];
 
 /// A replica's connection to the database.

@@ -1,26 +1,34 @@
 //! The audit log in sled. Appending only chains the entry in memory; the group committer's flush
 //! writes every entry appended since the last one as one record (a *segment*, keyed by the
-//! big-endian sequence number of its first entry, one JSON entry per line) together with the
-//! head record (last sequence number and hash), in one atomic batch, then makes it durable. So
-//! a request pays for hashing its entry, not for a storage write of its own.
+//! big-endian sequence number of its first entry) together with the head record (last
+//! sequence number and hash), in one atomic batch, then makes it durable. So a request pays
+//! for hashing its entry, not for a storage write of its own.
+//!
+//! A segment is either format 2 — the byte [`SEGMENT_V2`] then compact records
+//! ([`compact`]) — or, in data directories from before it, format 1: one JSON entry per line.
+//! Both are read; only format 2 is written. Pruning removes whole segments from the oldest
+//! and writes the [`Anchor`] (key `anchor`) in the same batch.
 
 use std::sync::Mutex;
 
 use super::SledDb;
+use crate::store::audit::compact::{self, SEGMENT_V2};
 use crate::store::audit::{
-    verify_chain, AuditEntry, AuditEvent, ChainBreak, ChainHead, ChainedEvent, Head, StoredEntries,
-    GENESIS_HASH,
+    seal_compact, verify_chain, Anchor, AuditEntry, AuditEvent, ChainBreak, ChainHead, Head,
+    Stored, StoredEntries, GENESIS_HASH,
 };
 use crate::store::{AuditLog, StoreError};
 
 /// Key of the head record; segment keys are 8 bytes, so it cannot collide with one.
 pub const AUDIT_HEAD_KEY: &[u8] = b"head";
+/// Key of the pruned prefix's anchor.
+pub const AUDIT_ANCHOR_KEY: &[u8] = b"anchor";
 
 /// Chain state: the head and the entries not yet written.
 struct Chain {
     /// Sequence number and hash of the last entry appended.
     head: (u64, String),
-    /// Entries appended since the last write: (first seq, lines).
+    /// Entries appended since the last write: (first seq, segment value).
     pending: Option<(u64, Vec<u8>)>,
     /// The head as last written to the tree, durable once the database is flushed.
     written: Option<Head>,
@@ -41,11 +49,49 @@ fn read_err(source: sled::Error) -> StoreError {
     }
 }
 
-fn decode_err(source: serde_json::Error) -> StoreError {
-    StoreError::Decode {
+fn corrupt(reason: String) -> StoreError {
+    StoreError::Corrupt {
         what: "audit entry",
-        source,
+        reason,
     }
+}
+
+/// The entries of one segment, `first` being its key.
+pub fn split_segment(first: u64, value: &[u8]) -> Result<StoredEntries, String> {
+    if value.first() == Some(&SEGMENT_V2) {
+        let records = compact::records(&value[1..]).map_err(|e| e.to_string())?;
+        return Ok(records
+            .into_iter()
+            .zip(first..)
+            .map(|((body, hash), seq)| {
+                (
+                    seq,
+                    Stored::Compact {
+                        body: body.to_vec(),
+                        hash,
+                    },
+                )
+            })
+            .collect());
+    }
+    // Format 1: JSON escapes newlines inside strings, so one entry is one line.
+    Ok(value
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .zip(first..)
+        .map(|(line, seq)| (seq, Stored::Json(line.to_vec())))
+        .collect())
+}
+
+/// A segment is written back in the format it was read in: compact if any entry is.
+fn value_is_compact(entries: &StoredEntries) -> bool {
+    entries
+        .iter()
+        .any(|(_, s)| matches!(s, Stored::Compact { .. }))
+}
+
+fn segment_key(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
 impl SledAudit {
@@ -77,18 +123,18 @@ impl SledAudit {
     /// Write the pending segment and the head in one atomic batch (not yet flushed).
     pub(super) fn write_pending(&self) -> Result<(), StoreError> {
         let mut chain = self.lock();
-        let Some((first, lines)) = chain.pending.take() else {
+        let Some((first, segment)) = chain.pending.take() else {
             return Ok(());
         };
         let mut batch = sled::Batch::default();
-        batch.insert(&first.to_be_bytes(), lines.as_slice());
+        batch.insert(&first.to_be_bytes(), segment.as_slice());
         batch.insert(
             AUDIT_HEAD_KEY,
             serde_json::to_vec(&chain.head).unwrap_or_default(),
         );
         if let Err(source) = self.tree.apply_batch(batch) {
             // Keep them for the next flush: later entries chain onto these.
-            chain.pending = Some((first, lines));
+            chain.pending = Some((first, segment));
             return Err(StoreError::Write {
                 what: "audit segment",
                 source,
@@ -106,8 +152,22 @@ impl SledAudit {
         }
     }
 
-    /// Every stored entry as (seq, bytes), in order, and the stored head.
-    fn stored(&self) -> Result<(StoredEntries, Option<Head>), StoreError> {
+    fn anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        match self.tree.get(AUDIT_ANCHOR_KEY).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Decode {
+                        what: "audit anchor",
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Every stored entry as (seq, stored), in order, the stored head and the anchor.
+    fn stored(&self) -> Result<(StoredEntries, Option<Head>, Option<Anchor>), StoreError> {
         let mut entries = Vec::new();
         let mut head = None;
         for item in self.tree.iter() {
@@ -116,18 +176,128 @@ impl SledAudit {
                 head = serde_json::from_slice::<(u64, String)>(&value).ok();
                 continue;
             }
-            let first = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            for (i, line) in value
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .enumerate()
-            {
-                entries.push((first + i as u64, line.to_vec()));
+            let Some(first) = segment_key(&key) else {
+                continue;
+            };
+            match split_segment(first, &value) {
+                Ok(more) => entries.extend(more),
+                // Left for the chain check to name: the entry at the key is unreadable.
+                Err(e) => entries.push((
+                    first,
+                    Stored::Compact {
+                        body: e.into_bytes(),
+                        hash: [0u8; 32],
+                    },
+                )),
             }
         }
-        Ok((entries, head))
+        Ok((entries, head, self.anchor()?))
+    }
+
+    /// Up to `limit` entries after `after`, decoded with their `prev_hash`.
+    fn page(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let anchor = self.anchor()?;
+        let (floor, floor_hash) = anchor
+            .map(|a| (a.seq, a.hash))
+            .unwrap_or((0, GENESIS_HASH.to_owned()));
+        let want = after.max(floor).saturating_add(1);
+        // Start at the segment holding the entry before `want`, for its hash.
+        let before = want - 1;
+        let start = if before > floor {
+            self.tree
+                .range(..=before.to_be_bytes())
+                .next_back()
+                .transpose()
+                .map_err(read_err)?
+                .and_then(|(k, _)| segment_key(&k))
+                .unwrap_or(before)
+        } else {
+            want
+        };
+        let mut prev = floor_hash;
+        let mut out = Vec::new();
+        for item in self.tree.range(start.to_be_bytes()..) {
+            let (key, value) = item.map_err(read_err)?;
+            let Some(first) = segment_key(&key) else {
+                continue;
+            };
+            for (seq, stored) in split_segment(first, &value).map_err(corrupt)? {
+                if seq < want {
+                    if let Some((_, hash)) = stored.time_and_hash() {
+                        prev = hash;
+                    }
+                    continue;
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let entry = stored.decode(seq, None, &prev).map_err(corrupt)?;
+                prev.clone_from(&entry.hash);
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// See [`AuditLog::prune`].
+    fn prune(
+        &self,
+        upto: u64,
+        before_ms: u64,
+        sign: &crate::store::SignAnchor,
+    ) -> Result<Option<Anchor>, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut last: Option<(u64, String)> = None;
+        let mut segments = self.tree.range(..AUDIT_ANCHOR_KEY).peekable();
+        while let Some(item) = segments.next() {
+            let (key, value) = item.map_err(read_err)?;
+            let Some(first) = segment_key(&key) else {
+                continue;
+            };
+            let entries = split_segment(first, &value).map_err(corrupt)?;
+            let Some((seq, stored)) = entries.last() else {
+                continue;
+            };
+            let (time_ms, hash) = stored
+                .time_and_hash()
+                .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
+            // The newest segment is never removed whole: the head must stay readable beside
+            // its entry (and it is about to grow anyway).
+            let newest = segments.peek().is_none_or(|next| {
+                next.as_ref()
+                    .ok()
+                    .and_then(|(k, _)| segment_key(k))
+                    .is_none()
+            });
+            if *seq > upto || time_ms >= before_ms || newest {
+                break;
+            }
+            batch.remove(key);
+            last = Some((*seq, hash));
+        }
+        let Some((seq, hash)) = last else {
+            return Ok(None);
+        };
+        let checkpoint = sign(seq, &hash);
+        let anchor = Anchor {
+            seq,
+            checkpoint,
+            hash,
+        };
+        batch.insert(
+            AUDIT_ANCHOR_KEY,
+            serde_json::to_vec(&anchor).unwrap_or_default(),
+        );
+        self.tree
+            .apply_batch(batch)
+            .map_err(|source| StoreError::Write {
+                what: "audit pruning",
+                source,
+            })?;
+        self.tree
+            .flush()
+            .map_err(|source| StoreError::Flush { source })?;
+        Ok(Some(anchor))
     }
 }
 
@@ -136,19 +306,10 @@ impl AuditLog for SledDb {
     fn append(&self, event: AuditEvent, time_ms: u64) -> Result<u64, StoreError> {
         let mut chain = self.audit.lock();
         let seq = chain.head.0 + 1;
-        let entry = ChainedEvent {
-            seq,
-            time_ms,
-            chain: None,
-            event,
-            prev_hash: chain.head.1.clone(),
-        }
-        .seal();
-        // JSON escapes newlines inside strings, so one entry is one line.
-        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-        let segment = chain.pending.get_or_insert_with(|| (seq, Vec::new()));
-        segment.1.extend_from_slice(&bytes);
-        segment.1.push(b'\n');
+        let prev = std::mem::take(&mut chain.head.1);
+        let (entry, body, hash) = seal_compact(seq, time_ms, None, event, prev);
+        let segment = chain.pending.get_or_insert_with(|| (seq, vec![SEGMENT_V2]));
+        compact::put_record(&mut segment.1, &body, &hash);
         chain.head = (seq, entry.hash);
         Ok(seq)
     }
@@ -159,38 +320,7 @@ impl AuditLog for SledDb {
         after: u64,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let want = after.saturating_add(1);
-        let tree = &self.audit.tree;
-        // Start at the segment holding `want`: the last one that starts at or before it.
-        let start = tree
-            .range(..=want.to_be_bytes())
-            .next_back()
-            .transpose()
-            .map_err(read_err)?
-            .filter(|(k, _)| k.len() == 8)
-            .map(|(k, _)| k.to_vec())
-            .unwrap_or_else(|| want.to_be_bytes().to_vec());
-        let mut out = Vec::new();
-        for item in tree.range(start..) {
-            let (key, value) = item.map_err(read_err)?;
-            let Ok(first) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
-                continue;
-            };
-            for (i, line) in value
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .enumerate()
-            {
-                if first + (i as u64) < want {
-                    continue;
-                }
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                out.push(serde_json::from_slice(line).map_err(decode_err)?);
-            }
-        }
-        Ok(out)
+        self.audit.page(after, limit)
     }
 
     async fn chains(&self) -> Result<Vec<ChainHead>, StoreError> {
@@ -203,18 +333,34 @@ impl AuditLog for SledDb {
     }
 
     async fn verify(&self) -> Result<Result<u64, Vec<ChainBreak>>, StoreError> {
-        let (entries, head) = self.audit.stored()?;
-        Ok(verify_chain(entries, head).map_err(|b| vec![b]))
+        let (entries, head, anchor) = self.audit.stored()?;
+        let anchor = anchor.map(|a| (a.seq, a.hash));
+        Ok(verify_chain(entries, head, anchor, None).map_err(|b| vec![b]))
     }
 
     fn durable_head(&self) -> Result<Head, StoreError> {
         Ok(self.audit.lock().durable.clone())
     }
+
+    async fn anchor(&self, _chain: Option<&str>) -> Result<Option<Anchor>, StoreError> {
+        self.audit.anchor()
+    }
+
+    async fn prune(
+        &self,
+        upto: u64,
+        before_ms: u64,
+        sign: &crate::store::SignAnchor,
+    ) -> Result<Option<Anchor>, StoreError> {
+        self.audit.prune(upto, before_ms, sign)
+    }
 }
 
 impl SledDb {
-    /// Overwrite one stored audit entry's bytes, bypassing the chain. Exists so that tests can
-    /// prove `audit verify` catches exactly this; nothing in the server calls it.
+    /// Overwrite one stored audit entry, bypassing the chain, its stored hash kept: the JSON
+    /// of an edited [`AuditEntry`] is laid out as the entry's format lays it out; other bytes
+    /// become the stored body as they are. Exists so that
+    /// tests can prove `audit verify` catches exactly this; nothing in the server calls it.
     #[doc(hidden)]
     pub fn overwrite_audit_entry_for_test(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
         let tree = &self.audit.tree;
@@ -226,20 +372,41 @@ impl SledDb {
         let Some((key, value)) = found.filter(|(k, _)| k.len() == 8) else {
             return Ok(());
         };
-        let first = <[u8; 8]>::try_from(key.as_ref())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        let mut lines: Vec<Vec<u8>> = value
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
-        if let Some(line) = lines.get_mut((seq - first) as usize) {
-            *line = bytes.to_vec();
+        let first = segment_key(&key).unwrap_or(0);
+        let mut entries = split_segment(first, &value).map_err(corrupt)?;
+        let edited: Option<AuditEntry> = serde_json::from_slice(bytes).ok();
+        if let Some((_, stored)) = entries.iter_mut().find(|(s, _)| *s == seq) {
+            *stored = match (edited, &stored) {
+                // An edited entry, laid out as the store lays it out, its stored hash kept.
+                (Some(e), Stored::Compact { hash, .. }) => Stored::Compact {
+                    body: compact::encode_body(
+                        &e.body.event,
+                        e.body.time_ms,
+                        &compact::raw(&e.body.prev_hash),
+                    ),
+                    hash: *hash,
+                },
+                (_, Stored::Compact { hash, .. }) => Stored::Compact {
+                    body: bytes.to_vec(),
+                    hash: *hash,
+                },
+                (_, Stored::Json(_)) => Stored::Json(bytes.to_vec()),
+            };
         }
-        let mut joined = lines.join(&b'\n');
-        joined.push(b'\n');
-        tree.insert(key, joined)
+        let mut value = Vec::new();
+        if value_is_compact(&entries) {
+            value.push(SEGMENT_V2);
+        }
+        for (_, stored) in &entries {
+            match stored {
+                Stored::Json(line) => {
+                    value.extend_from_slice(line);
+                    value.push(b'\n');
+                }
+                Stored::Compact { body, hash } => compact::put_record(&mut value, body, hash),
+            }
+        }
+        tree.insert(key, value)
             .map(|_| ())
             .map_err(|source| StoreError::Write {
                 what: "audit entry",
@@ -312,9 +479,88 @@ mod tests {
         store.flush().unwrap();
         let mut e = store.entries(None, 1, 1).await.unwrap().remove(0);
         e.body.event.client = Some("mallory".into());
+        let prev = compact::raw(&e.body.prev_hash);
         store
-            .overwrite_audit_entry_for_test(2, &serde_json::to_vec(&e).unwrap())
+            .overwrite_audit_entry_for_test(
+                2,
+                &compact::encode_body(&e.body.event, e.body.time_ms, &prev),
+            )
             .unwrap();
         assert_eq!(store.verify().await.unwrap().unwrap_err()[0].seq, 2);
+    }
+
+    #[tokio::test]
+    async fn a_format_1_log_keeps_verifying_and_grows_in_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data directory from before format 2: JSON lines and a JSON head.
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            let mut prev = GENESIS_HASH.to_owned();
+            let mut lines = Vec::new();
+            for seq in 1..=3 {
+                let e = crate::store::audit::ChainedEvent {
+                    seq,
+                    time_ms: seq,
+                    chain: None,
+                    event: AuditEvent::new("token.issued", Outcome::Success).client("old"),
+                    prev_hash: prev.clone(),
+                }
+                .seal();
+                prev = e.hash.clone();
+                lines.extend(serde_json::to_vec(&e).unwrap());
+                lines.push(b'\n');
+            }
+            tree.insert(1u64.to_be_bytes(), lines).unwrap();
+            tree.insert(AUDIT_HEAD_KEY, serde_json::to_vec(&(3u64, prev)).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledDb::open(dir.path()).unwrap();
+        store
+            .append(AuditEvent::new("token.issued", Outcome::Success), 9)
+            .unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.verify().await.unwrap(), Ok(4));
+        let all = store.entries(None, 0, 10).await.unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3].body.prev_hash, all[2].hash);
+        assert!(all.iter().all(AuditEntry::hash_matches));
+        assert_eq!((all[2].v, all[3].v), (None, Some(compact::FORMAT_V2)));
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_chain_verifiable_and_respects_both_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
+        // Five segments of two entries, entry n at time n.
+        for seq in 1..=10u64 {
+            store
+                .append(AuditEvent::new("token.issued", Outcome::Success), seq)
+                .unwrap();
+            if seq % 2 == 0 {
+                store.flush().unwrap();
+            }
+        }
+        let sign = |seq: u64, hash: &str| format!("signed {seq} {hash}");
+        // Nothing older than time 1; nothing exported.
+        assert_eq!(store.prune(10, 1, &sign).await.unwrap(), None);
+        assert_eq!(store.prune(0, 100, &sign).await.unwrap(), None);
+        // Exported up to 5 (inside the third segment): only the first two segments go.
+        let anchor = store.prune(5, 100, &sign).await.unwrap().unwrap();
+        assert_eq!(anchor.seq, 4);
+        assert_eq!(anchor.checkpoint, format!("signed 4 {}", anchor.hash));
+        assert_eq!(store.verify().await.unwrap(), Ok(6));
+        let page = store.entries(None, 0, 3).await.unwrap();
+        assert_eq!(page[0].body.seq, 5);
+        assert_eq!(page[0].body.prev_hash, anchor.hash);
+        // Time limit: entries at time < 7 only; the newest segment always stays.
+        assert_eq!(store.prune(10, 7, &sign).await.unwrap().unwrap().seq, 6);
+        assert_eq!(store.prune(10, 1000, &sign).await.unwrap().unwrap().seq, 8);
+        assert_eq!(store.verify().await.unwrap(), Ok(2));
+        drop(store);
+        let store = SledDb::open(dir.path()).unwrap();
+        assert_eq!(store.verify().await.unwrap(), Ok(2));
+        assert_eq!(store.anchor(None).await.unwrap().unwrap().seq, 8);
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use super::SledDb;
-use crate::store::audit::{AuditEntry, AuditEvent, ChainBreak, ChainHead, Head};
+use crate::store::audit::{Anchor, AuditEntry, AuditEvent, ChainBreak, ChainHead, Head};
 use crate::store::grants::{
     DeviceGrant, DeviceGrantStore, RefreshGrace, RefreshToken, RefreshTokenStore, Rotation,
     TokenHash,
@@ -202,6 +202,17 @@ impl AuditLog for SledStore {
     }
     fn durable_head(&self) -> Result<Head, StoreError> {
         self.db()?.durable_head()
+    }
+    async fn anchor(&self, chain: Option<&str>) -> Result<Option<Anchor>, StoreError> {
+        self.db()?.anchor(chain).await
+    }
+    async fn prune(
+        &self,
+        upto: u64,
+        before_ms: u64,
+        sign: &crate::store::SignAnchor,
+    ) -> Result<Option<Anchor>, StoreError> {
+        self.db()?.prune(upto, before_ms, sign).await
     }
 }
 
