@@ -521,4 +521,91 @@ mod tests {
             1
         );
     }
+
+    /// One way to touch a stored chain (its head record left as it was).
+    #[derive(Debug, Clone)]
+    enum Tamper {
+        /// XOR one byte of entry `at`'s stored body (or JSON) with a non-zero mask.
+        Body { at: usize, byte: usize, mask: u8 },
+        /// XOR one byte of entry `at`'s stored hash (or of the hash in its JSON).
+        Hash { at: usize, byte: usize, mask: u8 },
+        /// Remove entry `at`.
+        Drop { at: usize },
+        /// Swap the stored entries at `at` and `at + 1` under their keys.
+        Swap { at: usize },
+    }
+
+    fn tamper() -> impl proptest::strategy::Strategy<Value = Tamper> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (any::<usize>(), any::<usize>(), 1u8..).prop_map(|(at, byte, mask)| Tamper::Body {
+                at,
+                byte,
+                mask
+            }),
+            (any::<usize>(), any::<usize>(), 1u8..).prop_map(|(at, byte, mask)| Tamper::Hash {
+                at,
+                byte,
+                mask
+            }),
+            any::<usize>().prop_map(|at| Tamper::Drop { at }),
+            any::<usize>().prop_map(|at| Tamper::Swap { at }),
+        ]
+    }
+
+    fn apply(entries: &mut StoredEntries, tamper: Tamper) {
+        let n = entries.len();
+        match tamper {
+            Tamper::Swap { at } if n >= 2 => {
+                let at = at % (n - 1);
+                let next = entries[at + 1].1.clone();
+                entries[at + 1].1 = std::mem::replace(&mut entries[at].1, next);
+            }
+            Tamper::Drop { at } | Tamper::Swap { at } => {
+                entries.remove(at % n);
+            }
+            Tamper::Body { at, byte, mask } => match &mut entries[at % n].1 {
+                Stored::Json(bytes) | Stored::Compact { body: bytes, .. } => {
+                    let i = byte % bytes.len();
+                    bytes[i] ^= mask;
+                }
+            },
+            Tamper::Hash { at, byte, mask } => match &mut entries[at % n].1 {
+                Stored::Compact { hash, .. } => hash[byte % hash.len()] ^= mask,
+                Stored::Json(bytes) => {
+                    // The 64 hex digits after `"hash":"`, swapped for other hex digits.
+                    let text = String::from_utf8(bytes.clone()).unwrap();
+                    let start = text.rfind("\"hash\":\"").unwrap() + 8;
+                    let i = start + byte % 64;
+                    let digit = (text.as_bytes()[i] as char).to_digit(16).unwrap() as u8;
+                    let other = (digit ^ (mask % 15 + 1)) & 0xf;
+                    bytes[i] = char::from_digit(u32::from(other), 16).unwrap() as u8;
+                }
+            },
+        }
+    }
+
+    proptest::proptest! {
+        /// Invariant: a chain verifies if and only if nobody touched it. Any one change to the
+        /// stored entries (a flipped bit in a record or its hash, an entry removed, two entries
+        /// swapped), in either format or a mix, is found; the untouched chain verifies whole.
+        #[test]
+        fn the_chain_verifies_iff_untouched(
+            n in 1u64..10,
+            json in 0u64..10,
+            tamper in proptest::option::of(tamper()),
+        ) {
+            let (mut entries, head) = chain(n, json.min(n));
+            let touched = tamper.is_some();
+            if let Some(tamper) = tamper {
+                apply(&mut entries, tamper);
+            }
+            let result = verify_chain(entries, Some(head), None, None);
+            if touched {
+                proptest::prop_assert!(result.is_err(), "a touched chain verified");
+            } else {
+                proptest::prop_assert_eq!(result, Ok(n));
+            }
+        }
+    }
 }
