@@ -98,7 +98,6 @@ pub struct Refusals {
 }
 
 /// A bound, listening token socket.
-#[derive(Debug)]
 pub struct TokenSocket {
     listener: UnixListener,
     path: PathBuf,
@@ -106,9 +105,23 @@ pub struct TokenSocket {
     prover: Option<SharedProver>,
 }
 
+impl std::fmt::Debug for TokenSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSocket")
+            .field("path", &self.path)
+            .field("peers", &self.peers)
+            .field("proofs", &self.prover.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What signs DPoP proofs for the socket's clients (see [`protocol::Prover`]): the daemon hands
 /// in one that opens the TPM for each proof, so the key never leaves it.
-pub type SharedProver = Arc<protocol::Prover<'static>>;
+pub type SharedProver = Arc<
+    dyn Fn(crate::tpm::KeySlot, &protocol::ProofRequest, &str) -> Result<String, String>
+        + Send
+        + Sync,
+>;
 
 impl TokenSocket {
     /// Binds `path` for `peers` (mode 0600, or 0666 when uids other than the agent's and
@@ -156,7 +169,8 @@ impl TokenSocket {
                 Ok((stream, _)) => match peer_uid(&stream) {
                     Ok(uid) if self.peers.permits(uid) => {
                         // A client that hung up or stalled is its own problem.
-                        let _ = answer_client(stream, &token, self.prover.as_deref());
+                        let prover = self.prover.as_deref().map(|p| p as &protocol::Prover<'_>);
+                        let _ = answer_client(stream, &token, prover);
                     }
                     Ok(uid) => {
                         let _ = refuse(stream, uid);
@@ -219,7 +233,7 @@ fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
 fn answer_client(
     mut stream: UnixStream,
     token: &SharedToken,
-    prover: Option<&protocol::Prover<'static>>,
+    prover: Option<&protocol::Prover<'_>>,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;

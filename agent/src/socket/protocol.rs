@@ -187,7 +187,9 @@ pub fn parse(line: Option<&[u8]>) -> Result<Op, Answer> {
     match raw.op.as_ref().and_then(serde_json::Value::as_str) {
         Some("token") => Ok(Op::Token),
         Some("proof") => {
-            let text = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str());
+            fn text(v: &Option<serde_json::Value>) -> Option<&str> {
+                v.as_ref().and_then(serde_json::Value::as_str)
+            }
             // RFC 9110 §9.1: a method is a token of visible characters.
             let method = text(&raw.method)
                 .filter(|m| {
