@@ -38,6 +38,23 @@ pub enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Print a DPoP proof (RFC 9449) for a request to METHOD URL, signed in the TPM by the key
+    /// the running agent's token is bound to, with `ath` for that token (`dpop = true`). With
+    /// --with-token, the access token follows on a second line.
+    Proof {
+        /// The request's method (`htm`).
+        #[arg(long)]
+        method: String,
+        /// The request's URL (`htu`).
+        #[arg(long)]
+        url: String,
+        /// A resource server's DPoP-Nonce.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Also print the access token the proof covers.
+        #[arg(long)]
+        with_token: bool,
+    },
     /// Show client_id, credential state, server and token expiry.
     Status {
         /// As JSON, with the active public JWK.
@@ -82,6 +99,34 @@ pub fn execute(
             }
             let token = agent.token(scope.as_deref())?;
             println!("{}", token.token);
+        }
+        Command::Proof {
+            method,
+            url,
+            nonce,
+            with_token,
+        } => {
+            // From the running agent: it holds the token the proof must cover.
+            match socket::fetch_proof(&socket_path, &method, &url, nonce.as_deref())
+                .with_context(|| format!("no agent answers on {}", socket_path.display()))?
+            {
+                Answer::Proof {
+                    proof,
+                    access_token,
+                    ..
+                } => {
+                    println!("{proof}");
+                    if with_token {
+                        println!("{access_token}");
+                    }
+                }
+                Answer::Error {
+                    error,
+                    error_description,
+                    ..
+                } => anyhow::bail!("{error}: {error_description}"),
+                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+            }
         }
         Command::Status { json } => status(&mut agent, json, &socket_path, &clock)?,
         Command::Enroll { retry_for } => {

@@ -95,6 +95,11 @@ pub struct AgentConfig {
     /// Left out of the file when 0, so configs read by agents older than the field still load.
     #[serde(default, skip_serializing_if = "RekeyInterval::is_never")]
     pub rekey_interval_days: RekeyInterval,
+    /// Sender-constrained tokens (RFC 9449 DPoP): every token request carries a proof signed
+    /// by the device key in the TPM, and the socket signs proofs for the device's software.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop: bool,
 }
 
 /// How often `run` replaces the device key: whole days, 0 for never. Checked when the config
@@ -298,6 +303,7 @@ mod tests {
             handles: Handles::default(),
             serial: Some("HM-1".into()),
             rekey_interval_days: RekeyInterval::NEVER,
+            dpop: false,
         }
     }
 

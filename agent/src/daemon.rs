@@ -47,18 +47,20 @@ impl Agent {
             .map_err(|source| AgentError::State { source })?;
         let peers = AllowedPeers::new(&self.config.socket_allowed_uids);
         let allowed_uids = peers.uids();
-        let socket = TokenSocket::bind(&path, peers).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AddrInUse {
-                AgentError::AlreadyRunning {
-                    path: path.display().to_string(),
+        let socket = TokenSocket::bind(&path, peers)
+            .map(|s| s.with_prover(self.prover()))
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    AgentError::AlreadyRunning {
+                        path: path.display().to_string(),
+                    }
+                } else {
+                    AgentError::Socket {
+                        path: path.display().to_string(),
+                        source,
+                    }
                 }
-            } else {
-                AgentError::Socket {
-                    path: path.display().to_string(),
-                    source,
-                }
-            }
-        })?;
+            })?;
         let shared: SharedToken = Arc::new(Mutex::new(None));
         let (refused, refusals) = mpsc::channel();
         let server = {
@@ -74,6 +76,29 @@ impl Agent {
         // The socket thread only sleeps and writes; it cannot panic short of a bug.
         let _ = server.join();
         result
+    }
+
+    /// Signs the socket's DPoP proofs (RFC 9449 §4): opens the TPM for each, signs with the key
+    /// the current token is bound to, and dates it by the server's clock as the agent knows it.
+    fn prover(&self) -> crate::socket::SharedProver {
+        let tcti = self.config.tcti.clone();
+        let clock = self.http.clock().clone();
+        std::sync::Arc::new(
+            move |slot, request: &crate::socket::protocol::ProofRequest, token: &str| {
+                let mut tpm = crate::tpm::Tpm::open(&tcti).map_err(|e| e.to_string())?;
+                crate::tokens::sign_proof(
+                    &mut tpm,
+                    slot,
+                    &request.method,
+                    &request.url,
+                    Some(token),
+                    request.nonce.as_deref(),
+                    clock.server_now(),
+                )
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the key the token is bound to is gone (rekeyed?)".to_owned())
+            },
+        )
     }
 
     fn keep_fresh(

@@ -3,7 +3,7 @@
 //! response passes through one function, which also teaches the [`Clock`] the server's time.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
@@ -96,6 +96,9 @@ pub struct Response {
 pub struct Http {
     agent: ureq::Agent,
     clock: Clock,
+    /// The last `DPoP-Nonce` the server sent (RFC 9449 §8), shared by clones: the next proof
+    /// carries it, so a server that requires nonces seldom needs to ask twice.
+    dpop_nonce: Arc<Mutex<Option<String>>>,
 }
 
 impl Http {
@@ -132,7 +135,19 @@ impl Http {
             .user_agent(concat!("hallmark-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        Ok(Http { agent, clock })
+        Ok(Http {
+            agent,
+            clock,
+            dpop_nonce: Arc::default(),
+        })
+    }
+
+    /// The last DPoP nonce the server sent, if any (RFC 9449 §8).
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.dpop_nonce
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The clock this client keeps in step with the server's.
@@ -147,7 +162,7 @@ impl Http {
             .get(url)
             .header("Accept", "application/json")
             .call();
-        finish(&self.clock, url, result)
+        self.finish(url, result)
     }
 
     /// POST a form (RFC 6749 §4.4.2 and friends), with an optional `Authorization` header.
@@ -157,11 +172,25 @@ impl Http {
         authorization: Option<&str>,
         form: &[(&str, &str)],
     ) -> Result<Response, HttpError> {
+        self.post_form_dpop(url, authorization, None, form)
+    }
+
+    /// [`Http::post_form`] with a `DPoP` proof header (RFC 9449 §4.1), if one is given.
+    pub fn post_form_dpop(
+        &self,
+        url: &str,
+        authorization: Option<&str>,
+        dpop: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> Result<Response, HttpError> {
         let mut req = self.agent.post(url).header("Accept", "application/json");
         if let Some(a) = authorization {
             req = req.header("Authorization", a);
         }
-        finish(&self.clock, url, req.send_form(form.iter().copied()))
+        if let Some(p) = dpop {
+            req = req.header("DPoP", p);
+        }
+        self.finish(url, req.send_form(form.iter().copied()))
     }
 
     /// POST a JSON document, with an optional `Authorization` header.
@@ -175,7 +204,27 @@ impl Http {
         if let Some(a) = authorization {
             req = req.header("Authorization", a);
         }
-        finish(&self.clock, url, req.send_json(body))
+        self.finish(url, req.send_json(body))
+    }
+
+    /// [`finish`], first keeping the response's `DPoP-Nonce` for the next proof.
+    fn finish(
+        &self,
+        url: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Response, HttpError> {
+        if let Ok(resp) = &result {
+            let nonce = resp
+                .headers()
+                .get("dpop-nonce")
+                .and_then(|v| v.to_str().ok())
+                // A nonce is a short token (§8: NQCHAR); anything else is not kept.
+                .filter(|n| !n.is_empty() && n.len() <= 256);
+            if let Some(n) = nonce {
+                *self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()) = Some(n.to_owned());
+            }
+        }
+        finish(&self.clock, url, result)
     }
 }
 

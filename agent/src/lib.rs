@@ -142,6 +142,12 @@ pub struct AccessToken {
     pub issued_at: u64,
     /// The granted scope, if the server said.
     pub scope: Option<String>,
+    /// `Bearer`, or `DPoP` for a token bound to the device key (RFC 9449 §5): send it as
+    /// `Authorization: DPoP` with a proof from the agent.
+    pub token_type: String,
+    /// For a DPoP-bound token, the TPM slot of the key it is bound to: the key that signs its
+    /// proofs (a rekey binds the next token to the next key).
+    pub bound_to: Option<KeySlot>,
 }
 
 impl fmt::Debug for AccessToken {

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use crate::clock::{self, unix_now};
 use crate::http::Http;
 use crate::oauth::device::{self, DeviceFlowError, Poll, Schedule};
+use crate::oauth::dpop::{self, ProofFor};
 use crate::oauth::{self, assertion, ClientAuth, ErrorCode, OAuthError, TokenResponse};
 use crate::rotation::schedule::{rekey_due, RekeyDue};
 use crate::rotation::tpm_err;
@@ -31,6 +32,10 @@ struct LoginToken {
     access_token: String,
     expires_at: i64,
     scope: Option<String>,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    bound_to: Option<KeySlot>,
 }
 
 /// Lifetime assumed when a token response has no `expires_in` (RFC 6749 §5.1 makes it
@@ -113,13 +118,78 @@ impl Agent {
         mut send: impl FnMut(&Http, &ClientAuth) -> Result<T, E>,
         refused: impl Fn(&E) -> bool,
     ) -> Result<Result<T, E>, AgentError> {
-        // A clone shares the connection pool and the clock; it frees `self` for signing.
-        let http = self.http.clone();
-        clock::send_resigning(
-            http.clock(),
-            || self.client_auth(credential),
-            |auth| send(&http, auth),
+        self.send_with_proof(
+            credential,
+            None,
+            |http, auth, _| send(http, auth),
             refused,
+            |_| false,
+        )
+    }
+
+    /// [`Agent::send_authenticated`] for a POST to `url` that carries a DPoP proof when
+    /// `dpop = true` (RFC 9449 §5): each attempt gets a fresh proof, signed in the TPM with
+    /// the credential's key. A server asking for a nonce (`wants_nonce`, §8) is answered once
+    /// more with the nonce it sent (the HTTP client keeps the last one).
+    pub(crate) fn send_with_proof<T, E>(
+        &mut self,
+        credential: &Credential,
+        url: Option<&str>,
+        mut send: impl FnMut(&Http, &ClientAuth, Option<&str>) -> Result<T, E>,
+        refused: impl Fn(&E) -> bool,
+        wants_nonce: impl Fn(&E) -> bool,
+    ) -> Result<Result<T, E>, AgentError> {
+        // A clone shares the connection pool, the clock and the nonce; it frees `self` for
+        // signing.
+        let http = self.http.clone();
+        let url = url.filter(|_| self.config.dpop);
+        let mut round = 0;
+        loop {
+            round += 1;
+            let result = clock::send_resigning(
+                http.clock(),
+                || {
+                    let (auth, offset) = self.client_auth(credential)?;
+                    let proof = match url {
+                        Some(u) => self.dpop_proof(credential, "POST", u, None)?,
+                        None => None,
+                    };
+                    Ok(((auth, proof), offset))
+                },
+                |(auth, proof)| send(&http, auth, proof.as_deref()),
+                &refused,
+            )?;
+            match result {
+                Err(e) if round == 1 && url.is_some() && wants_nonce(&e) => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// A DPoP proof (RFC 9449 §4) for `method` at `url`, signed in the TPM by the key of
+    /// `credential`, with `ath` for `access_token` and the server's last nonce. `None` on the
+    /// factory credential, which has no key in the TPM yet: its tokens stay bearer tokens.
+    pub(crate) fn dpop_proof(
+        &mut self,
+        credential: &Credential,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+    ) -> Result<Option<String>, AgentError> {
+        let Credential::Key { slot, .. } = credential else {
+            return Ok(None);
+        };
+        let nonce = self.http.dpop_nonce();
+        let now = self.http.clock().server_now();
+        let mut tpm = self.tpm()?;
+        sign_proof(
+            &mut tpm,
+            *slot,
+            method,
+            url,
+            access_token,
+            nonce.as_deref(),
+            now,
         )
     }
 
@@ -149,13 +219,15 @@ impl Agent {
             params.push(("scope", s));
         }
         let response = self
-            .send_authenticated(
+            .send_with_proof(
                 credential,
-                |http, auth| oauth::token_request(http, &endpoint, auth, &params),
+                Some(&endpoint),
+                |http, auth, proof| oauth::token_request(http, &endpoint, auth, proof, &params),
                 refused,
+                OAuthError::wants_dpop_nonce,
             )?
             .map_err(|source| self.token_error(credential, source))?;
-        Ok(self.accept(response))
+        Ok(self.accept(response, credential))
     }
 
     /// Refresh with the sealed refresh token (RFC 6749 §6), sealing the rotated one.
@@ -186,10 +258,12 @@ impl Agent {
         }
         // The server authenticates the client before it looks at the refresh token (RFC 6749
         // §6), so a refused assertion has not spent it and sending it again is safe.
-        let sent = self.send_authenticated(
+        let sent = self.send_with_proof(
             credential,
-            |http, auth| oauth::token_request(http, &endpoint, auth, &params),
+            Some(&endpoint),
+            |http, auth, proof| oauth::token_request(http, &endpoint, auth, proof, &params),
             refused,
+            OAuthError::wants_dpop_nonce,
         )?;
         let response = match sent {
             Ok(r) => r,
@@ -209,7 +283,7 @@ impl Agent {
             }
             _ => self.emit(Event::RefreshTokenKept),
         }
-        Ok(self.accept(response))
+        Ok(self.accept(response, credential))
     }
 
     /// Without a refresh token: the access token of a login that brought none, while it lives.
@@ -248,6 +322,8 @@ impl Agent {
             expires_at: issued_at + left,
             issued_at,
             scope: stored.scope,
+            token_type: stored.token_type.unwrap_or_else(|| "Bearer".into()),
+            bound_to: stored.bound_to,
         })
     }
 
@@ -259,6 +335,8 @@ impl Agent {
             access_token: token.token.clone(),
             expires_at: self.local_now().saturating_add(lifetime),
             scope: token.scope.clone(),
+            token_type: Some(token.token_type.clone()),
+            bound_to: token.bound_to,
         };
         let json = Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
         let mut tpm = self.tpm()?;
@@ -284,11 +362,16 @@ impl Agent {
         };
         let flow_err = |source| AgentError::DeviceFlow { source };
         let scope = self.scope_default();
+        // RFC 9449 §10: a proof here binds the device code, so only this TPM can poll for it.
         let authorization = self
-            .send_authenticated(
+            .send_with_proof(
                 &credential,
-                |http, auth| device::authorize(http, &endpoint, auth, scope.as_deref()),
+                Some(&endpoint),
+                |http, auth, proof| {
+                    device::authorize(http, &endpoint, auth, proof, scope.as_deref())
+                },
                 |e| matches!(e, DeviceFlowError::Authorize { source } if refused(source)),
+                |e| matches!(e, DeviceFlowError::Authorize { source } if source.wants_dpop_nonce()),
             )?
             .map_err(flow_err)?;
         show(&authorization);
@@ -298,17 +381,20 @@ impl Agent {
             if schedule.expired() {
                 return Err(flow_err(DeviceFlowError::Expired));
             }
-            let polled = self.send_authenticated(
+            let polled = self.send_with_proof(
                 &credential,
-                |http, auth| {
+                Some(&metadata.token_endpoint),
+                |http, auth, proof| {
                     device::poll_once(
                         http,
                         &metadata.token_endpoint,
                         auth,
+                        proof,
                         &authorization.device_code,
                     )
                 },
                 |e| matches!(e, DeviceFlowError::Poll { source } if refused(source)),
+                |e| matches!(e, DeviceFlowError::Poll { source } if source.wants_dpop_nonce()),
             )?;
             match polled {
                 Ok(Poll::Token(response)) => {
@@ -317,7 +403,7 @@ impl Agent {
                     if let Some(rt) = &response.refresh_token {
                         self.store_refresh_token(rt)?;
                     }
-                    let access_token = self.accept(response);
+                    let access_token = self.accept(response, &credential);
                     if refresh_token {
                         self.state.remove(LOGIN_TOKEN_FILE)
                     } else {
@@ -462,14 +548,20 @@ impl Agent {
 
     /// Token lifetimes are local: `expires_in` (RFC 6749 §5.1) is a duration, so the device
     /// clock measures it correctly however wrong its wall time is.
-    fn accept(&mut self, response: TokenResponse) -> AccessToken {
+    fn accept(&mut self, response: TokenResponse, credential: &Credential) -> AccessToken {
         let now = unix_now();
         let lifetime = response.expires_in.unwrap_or(DEFAULT_LIFETIME);
+        let bound = response.token_type.eq_ignore_ascii_case(dpop::TOKEN_TYPE);
         let token = AccessToken {
             token: response.access_token,
             expires_at: now + lifetime,
             issued_at: now,
             scope: response.scope,
+            token_type: if bound { dpop::TOKEN_TYPE } else { "Bearer" }.to_owned(),
+            bound_to: match credential {
+                Credential::Key { slot, .. } if bound => Some(*slot),
+                _ => None,
+            },
         };
         self.emit(Event::TokenRenewed {
             expires_at: token.expires_at,
@@ -481,4 +573,31 @@ impl Agent {
 /// The server refused the client's authentication (RFC 6749 §5.2 `invalid_client`).
 fn refused(e: &OAuthError) -> bool {
     e.code() == Some(&ErrorCode::InvalidClient)
+}
+
+/// A proof signed by the key in `slot` (see [`Agent::dpop_proof`]); `None` if the slot holds no
+/// key.
+pub(crate) fn sign_proof(
+    tpm: &mut crate::tpm::Tpm,
+    slot: KeySlot,
+    method: &str,
+    url: &str,
+    access_token: Option<&str>,
+    nonce: Option<&str>,
+    now: u64,
+) -> Result<Option<String>, AgentError> {
+    let Some(key) = tpm.device_key(slot).map_err(tpm_err)? else {
+        return Ok(None);
+    };
+    let what = ProofFor {
+        method,
+        url,
+        access_token,
+        nonce,
+    };
+    dpop::build(&key.jwk_json(), what, now, |input| {
+        tpm.sign_es256(slot, input)
+    })
+    .map(Some)
+    .map_err(tpm_err)
 }

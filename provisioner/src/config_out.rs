@@ -42,6 +42,7 @@ impl DeviceConfig {
             handles: Handles::default(),
             serial: Some(self.serial.clone()),
             rekey_interval_days: RekeyInterval::NEVER,
+            dpop: false,
         }
     }
 }

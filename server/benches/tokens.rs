@@ -2,7 +2,8 @@
 //! signing), validating one (what introspection and the admin API do) seen before or fresh,
 //! introspecting one (RFC 7662, caller authentication included), and verifying a client
 //! assertion for an ES256 and an EdDSA client key (ring verification, claim checks, the jti
-//! recorded once). Run with `cargo bench -p hallmark-server --bench tokens`.
+//! recorded once), and verifying a DPoP proof (RFC 9449) of each algorithm. Run with
+//! `cargo bench -p hallmark-server --bench tokens`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -265,6 +266,65 @@ fn assertions(c: &mut Criterion) {
     group.finish();
 }
 
+/// A DPoP proof (RFC 9449 §4.2) by `key` for POST at the token endpoint, jti `bench-{n}`.
+fn dpop_proof(key: &Key, htu: &str, now: u64, n: u64) -> String {
+    let mut jwk = key.jwk();
+    jwk.as_object_mut().unwrap().remove("kid");
+    let header = json!({"typ": "dpop+jwt", "alg": key.alg(), "jwk": jwk});
+    let claims = json!({"jti": format!("bench-{n}"), "htm": "POST", "htu": htu, "iat": now});
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = match key {
+        Key::Es256(pair) => pair
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec(),
+        Key::Ed25519(k) => ed25519_dalek::Signer::sign(k, input.as_bytes())
+            .to_bytes()
+            .to_vec(),
+    };
+    format!("{input}.{}", b64(&sig))
+}
+
+/// DPoP proof verification as the token endpoint does it: parse, the embedded JWK, the
+/// signature, every claim check, the thumbprint and the jti recorded once (not flushed).
+fn dpop(c: &mut Criterion) {
+    use hallmark_server::oauth::dpop::ProofRequest;
+    let b = server();
+    let htu = b.oauth.settings.token_endpoint.clone();
+    let mut group = c.benchmark_group("dpop_proof");
+    group.throughput(Throughput::Elements(1));
+    for key in [es256(), ed25519()] {
+        let now = hallmark_server::unix_now();
+        let mut n = 0u64;
+        let rt = &b.runtime;
+        group.bench_function(format!("verify_{}", key.alg()), |bench| {
+            bench.iter_batched(
+                || {
+                    n += 1;
+                    ProofRequest {
+                        proof: Some(dpop_proof(&key, &htu, now, n)),
+                        repeated: false,
+                        method: "POST".into(),
+                        url: htu.clone(),
+                    }
+                },
+                |request| {
+                    rt.block_on(b.oauth.check_dpop_proof(&request, None, now))
+                        .unwrap()
+                        .unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn secrets(c: &mut Criterion) {
     // For scale: what client_secret_basic costs once the client is found (SHA-256, constant-time).
     let secret = Secret::generate();
@@ -275,5 +335,5 @@ fn secrets(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, mint, assertions, secrets);
+criterion_group!(benches, mint, assertions, dpop, secrets);
 criterion_main!(benches);

@@ -185,6 +185,12 @@ pub struct ServeArgs {
     /// The furthest ahead a client assertion's exp may lie, 60 to 3600 seconds (default 300).
     #[arg(long, env = "HALLMARK_MAX_ASSERTION_LIFETIME")]
     pub max_assertion_lifetime: Option<u64>,
+    /// Require a server nonce in every DPoP proof (RFC 9449 §8); default off.
+    #[arg(long, env = "HALLMARK_DPOP_NONCE")]
+    pub dpop_nonce: bool,
+    /// How old a DPoP proof may be, 10 to 300 seconds beyond the clock skew (default 60).
+    #[arg(long, env = "HALLMARK_DPOP_PROOF_MAX_AGE")]
+    pub dpop_proof_max_age: Option<u64>,
     /// A reverse proxy whose X-Forwarded-For names the client: an IP address or CIDR block;
     /// repeat for more (the variable takes a comma-separated list). Replaces the config files'
     /// list. Default none: X-Forwarded-For is ignored.
@@ -260,6 +266,8 @@ impl ServeArgs {
             key_publish_ahead: self.key_publish_ahead,
             max_delegation_depth: self.max_delegation_depth,
             max_assertion_lifetime: self.max_assertion_lifetime,
+            dpop_nonce: self.dpop_nonce.then_some(true),
+            dpop_proof_max_age: self.dpop_proof_max_age,
             trusted_proxies: (!self.trusted_proxies.is_empty())
                 .then(|| self.trusted_proxies.clone()),
             device_scopes: (!self.device_scopes.is_empty()).then(|| self.device_scopes.clone()),

@@ -209,6 +209,19 @@ impl ActiveKey {
 }
 
 impl ActiveKey {
+    /// A 32-byte key for `label`, derived from this signing key (HMAC-SHA256 under its seed):
+    /// every replica holding the ring derives the same, and nothing derived reveals the seed.
+    /// The DPoP nonces (`oauth::dpop`) are tagged with one.
+    pub fn derive_key(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let seed = Zeroizing::new(self.key.to_bytes());
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_slice());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(ring::hmac::sign(&key, label).as_ref());
+        out
+    }
+}
+
+impl ActiveKey {
     /// Sign `payload_json` as a compact JWS of media type `typ` (RFC 7515 §4.1.9), for what
     /// the server signs besides access tokens (audit checkpoints): a distinct `typ` keeps one
     /// from ever passing for the other.

@@ -373,6 +373,7 @@ async fn expired_used_and_wrong_codes_get_clear_messages() {
         last_poll: None,
         state: GrantState::Pending,
         decided_in: None,
+        dpop_jkt: None,
     };
     assert!(s
         .oauth

@@ -80,6 +80,7 @@ async fn retrying_an_expired_or_used_code_is_never_counted_as_guessing() {
         last_poll: None,
         state: GrantState::Pending,
         decided_in: None,
+        dpop_jkt: None,
     };
     assert!(s
         .oauth

@@ -120,6 +120,7 @@ impl Device {
             handles: Handles::default(),
             serial: Some(serial.clone()),
             rekey_interval_days: RekeyInterval::NEVER,
+            dpop: false,
         };
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, config.to_toml()).unwrap();

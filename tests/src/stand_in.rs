@@ -187,6 +187,7 @@ pub fn write_stand_in_config_for(
         handles: Handles::default(),
         serial: None,
         rekey_interval_days: RekeyInterval::NEVER,
+        dpop: false,
     };
     let path = dir.join("agent.toml");
     std::fs::write(&path, config.to_toml()).unwrap();

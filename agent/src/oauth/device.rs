@@ -73,10 +73,11 @@ pub fn authorize(
     http: &Http,
     endpoint: &str,
     auth: &ClientAuth,
+    dpop: Option<&str>,
     scope: Option<&str>,
 ) -> Result<DeviceAuthorization, DeviceFlowError> {
     let params: Vec<(&str, &str)> = scope.map(|s| ("scope", s)).into_iter().collect();
-    let resp = post_form(http, endpoint, auth, &params)
+    let resp = post_form(http, endpoint, auth, dpop, &params)
         .map_err(|source| DeviceFlowError::Authorize { source })?;
     parse_success(endpoint, &resp).map_err(|source| DeviceFlowError::Authorize { source })
 }
@@ -99,13 +100,14 @@ pub fn poll_once(
     http: &Http,
     token_endpoint: &str,
     auth: &ClientAuth,
+    dpop: Option<&str>,
     device_code: &str,
 ) -> Result<Poll, DeviceFlowError> {
     let params = [
         ("grant_type", super::DEVICE_CODE_GRANT),
         ("device_code", device_code),
     ];
-    let result = post_form(http, token_endpoint, auth, &params)
+    let result = post_form(http, token_endpoint, auth, dpop, &params)
         .and_then(|resp| parse_success::<TokenResponse>(token_endpoint, &resp));
     match result {
         Ok(token) => Ok(Poll::Token(token)),

@@ -6,6 +6,7 @@
 
 pub mod assertion;
 pub mod device;
+pub mod dpop;
 
 use std::fmt;
 
@@ -79,6 +80,12 @@ impl OAuthError {
             OAuthError::Rejected { code, .. } => *code == ErrorCode::TemporarilyUnavailable,
             _ => false,
         }
+    }
+
+    /// Whether the server asked for a DPoP nonce (RFC 9449 §8 `use_dpop_nonce`).
+    pub fn wants_dpop_nonce(&self) -> bool {
+        self.code()
+            .is_some_and(|c| c.as_str() == dpop::USE_DPOP_NONCE)
     }
 
     /// The RFC 6749 error code, if the server answered with one.
@@ -300,9 +307,10 @@ pub fn token_request(
     http: &Http,
     endpoint: &str,
     auth: &ClientAuth,
+    dpop: Option<&str>,
     params: &[(&str, &str)],
 ) -> Result<TokenResponse, OAuthError> {
-    let resp = post_form(http, endpoint, auth, params)?;
+    let resp = post_form(http, endpoint, auth, dpop, params)?;
     parse_success(endpoint, &resp)
 }
 
@@ -311,12 +319,13 @@ pub(crate) fn post_form(
     http: &Http,
     endpoint: &str,
     auth: &ClientAuth,
+    dpop: Option<&str>,
     params: &[(&str, &str)],
 ) -> Result<Response, OAuthError> {
     let (authorization, extra) = auth.apply();
     let mut form: Vec<(&str, &str)> = params.to_vec();
     form.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-    http.post_form(endpoint, authorization.as_deref(), &form)
+    http.post_form_dpop(endpoint, authorization.as_deref(), dpop, &form)
         .map_err(|source| OAuthError::Request {
             endpoint: endpoint.to_owned(),
             source,

@@ -98,12 +98,30 @@ pub struct Refusals {
 }
 
 /// A bound, listening token socket.
-#[derive(Debug)]
 pub struct TokenSocket {
     listener: UnixListener,
     path: PathBuf,
     peers: AllowedPeers,
+    prover: Option<SharedProver>,
 }
+
+impl std::fmt::Debug for TokenSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSocket")
+            .field("path", &self.path)
+            .field("peers", &self.peers)
+            .field("proofs", &self.prover.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What signs DPoP proofs for the socket's clients (see [`protocol::Prover`]): the daemon hands
+/// in one that opens the TPM for each proof, so the key never leaves it.
+pub type SharedProver = Arc<
+    dyn Fn(crate::tpm::KeySlot, &protocol::ProofRequest, &str) -> Result<String, String>
+        + Send
+        + Sync,
+>;
 
 impl TokenSocket {
     /// Binds `path` for `peers` (mode 0600, or 0666 when uids other than the agent's and
@@ -131,7 +149,14 @@ impl TokenSocket {
             listener,
             path: path.to_owned(),
             peers,
+            prover: None,
         })
+    }
+
+    /// Answers proof requests with `prover` (without one they get `proof_failed`).
+    pub fn with_prover(mut self, prover: SharedProver) -> TokenSocket {
+        self.prover = Some(prover);
+        self
     }
 
     /// Serves `token` to every allowed client until `stop` is set, then removes the socket
@@ -144,7 +169,8 @@ impl TokenSocket {
                 Ok((stream, _)) => match peer_uid(&stream) {
                     Ok(uid) if self.peers.permits(uid) => {
                         // A client that hung up or stalled is its own problem.
-                        let _ = answer_client(stream, &token);
+                        let prover = self.prover.as_deref().map(|p| p as &protocol::Prover<'_>);
+                        let _ = answer_client(stream, &token, prover);
                     }
                     Ok(uid) => {
                         let _ = refuse(stream, uid);
@@ -171,12 +197,28 @@ impl TokenSocket {
 
 /// Reads one answer from the agent serving on `path` (protocol version 1, `token`).
 pub fn fetch(path: &Path) -> std::io::Result<Answer> {
+    exchange(path, &protocol::request_line("token"))
+}
+
+/// Asks the agent serving on `path` for a DPoP proof for `method` at `url` (protocol version
+/// 1, `proof`).
+pub fn fetch_proof(
+    path: &Path,
+    method: &str,
+    url: &str,
+    nonce: Option<&str>,
+) -> std::io::Result<Answer> {
+    exchange(path, &protocol::proof_request_line(method, url, nonce))
+}
+
+fn exchange(path: &Path, request: &[u8]) -> std::io::Result<Answer> {
     let mut stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A proof is signed in the TPM, which may be busy with the daemon's own request.
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     // An agent older than the request line answers without reading and may have closed
     // already; its answer is still there to read.
-    let _ = stream.write_all(&protocol::request_line("token"));
+    let _ = stream.write_all(request);
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
@@ -188,14 +230,25 @@ fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
     Ok(cred.uid.as_raw())
 }
 
-fn answer_client(mut stream: UnixStream, token: &SharedToken) -> std::io::Result<()> {
+fn answer_client(
+    mut stream: UnixStream,
+    token: &SharedToken,
+    prover: Option<&protocol::Prover<'_>>,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let no_prover = |_: crate::tpm::KeySlot, _: &protocol::ProofRequest, _: &str| {
+        Err("this agent signs no proofs".to_owned())
+    };
     let answer = match read_request(&mut stream) {
         Ok(line) => match protocol::parse(line.as_deref()) {
             Ok(op) => {
-                let guard = token.lock().unwrap_or_else(|p| p.into_inner());
-                protocol::answer(op, guard.as_ref())
+                // A copy, so the lock is not held while the TPM signs.
+                let current = token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match prover {
+                    Some(p) => protocol::answer(&op, current.as_ref(), p),
+                    None => protocol::answer(&op, current.as_ref(), &no_prover),
+                }
             }
             Err(refusal) => refusal,
         },
@@ -317,6 +370,8 @@ mod tests {
             expires_at: unix_now() + 60,
             issued_at: unix_now(),
             scope: Some("device".into()),
+            token_type: "Bearer".into(),
+            bound_to: None,
         });
         match fetch(&path).unwrap() {
             Answer::Token { access_token, .. } => assert_eq!(access_token, "tok"),

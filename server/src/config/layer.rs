@@ -53,6 +53,12 @@ pub struct ConfigLayer {
     /// The furthest ahead a client assertion's `exp` may lie, 60 to 3600 s; its `jti` is kept
     /// that long. Default 300.
     pub max_assertion_lifetime: Option<u64>,
+    /// Whether every DPoP proof must carry a server nonce (RFC 9449 §8): clients are sent one
+    /// in `DPoP-Nonce` and retry. Default false.
+    pub dpop_nonce: Option<bool>,
+    /// How old (by `iat`) a DPoP proof may be, 10 to 300 s, on top of the clock skew; its
+    /// `jti` is remembered that long. Default 60.
+    pub dpop_proof_max_age: Option<u64>,
     /// Reverse proxies whose `X-Forwarded-For` names the client: IP addresses and CIDR blocks.
     /// Default none: the header is ignored and the TCP peer is the client.
     pub trusted_proxies: Option<Vec<String>>,
@@ -159,6 +165,8 @@ impl ConfigLayer {
             key_publish_ahead: top.key_publish_ahead.or(self.key_publish_ahead),
             max_delegation_depth: top.max_delegation_depth.or(self.max_delegation_depth),
             max_assertion_lifetime: top.max_assertion_lifetime.or(self.max_assertion_lifetime),
+            dpop_nonce: top.dpop_nonce.or(self.dpop_nonce),
+            dpop_proof_max_age: top.dpop_proof_max_age.or(self.dpop_proof_max_age),
             // A list is replaced whole, not merged: a higher layer says the complete set.
             trusted_proxies: top.trusted_proxies.or(self.trusted_proxies),
             storage_retry_interval: top.storage_retry_interval.or(self.storage_retry_interval),

@@ -296,6 +296,18 @@ impl ServeSettings {
             )));
         }
         oauth.max_assertion_lifetime = max_assertion_lifetime;
+        let proof_max_age = layer
+            .dpop_proof_max_age
+            .unwrap_or(crate::oauth::dpop::DEFAULT_PROOF_MAX_AGE);
+        if !(10..=300).contains(&proof_max_age) {
+            return Err(invalid(format!(
+                "DPoP proof max age {proof_max_age} s is outside 10..=300"
+            )));
+        }
+        oauth.dpop = crate::oauth::dpop::DpopSettings {
+            require_nonce: layer.dpop_nonce.unwrap_or(false),
+            proof_max_age,
+        };
         device_flow.apply(&mut oauth.device)?;
         Ok(ServeSettings {
             data_dir: data_dir.to_owned(),

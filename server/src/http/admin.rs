@@ -56,7 +56,7 @@ async fn create_client(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<ClientsAdmin>::from_headers(&state, &headers).await {
+    let caller = match Caller::<ClientsAdmin>::from_headers(&state, &headers, "POST", &ctx).await {
         Ok(c) => c.claims,
         Err(e) => return e.into_response(),
     };

@@ -10,8 +10,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
+use super::ctx::Ctx;
 use crate::oauth::access_token::AccessClaims;
 use crate::oauth::registration::BearerError;
+use crate::oauth::RequestCtx;
 
 /// A scope an admin route requires.
 pub trait Scope {
@@ -59,10 +61,13 @@ impl<S> Caller<S> {
 }
 
 impl<S: Scope> Caller<S> {
-    /// Check the request's headers.
+    /// Check the request's headers: `Authorization: Bearer`, or `Authorization: DPoP` with a
+    /// `DPoP` proof for `method` at the URL of the path `ctx` reached (RFC 9449 §7.1).
     pub async fn from_headers(
         state: &super::State,
         headers: &HeaderMap,
+        method: &str,
+        ctx: &RequestCtx,
     ) -> Result<Self, BearerError> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let first = values.next();
@@ -76,9 +81,11 @@ impl<S: Scope> Caller<S> {
                     .map_err(|_| BearerError::Malformed("Authorization header is not ASCII"))?,
             ),
         };
+        let settings = &state.oauth.settings;
+        let dpop = super::oauth::proof_request(headers, method, settings, ctx, &settings.issuer);
         let claims = state
             .oauth
-            .authorize_bearer(authorization, S::NAME, crate::unix_now())
+            .authorize_bearer(authorization, &dpop, S::NAME, ctx.now)
             .await?;
         Ok(Caller {
             claims,
@@ -94,6 +101,8 @@ impl<S: Scope> FromRequestParts<super::State> for Caller<S> {
         parts: &mut Parts,
         state: &super::State,
     ) -> Result<Self, Self::Rejection> {
-        Self::from_headers(state, &parts.headers).await
+        let Ok(Ctx(ctx)) = Ctx::from_request_parts(parts, state).await;
+        let method = parts.method.as_str().to_owned();
+        Self::from_headers(state, &parts.headers, &method, &ctx).await
     }
 }

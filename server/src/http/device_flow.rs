@@ -22,14 +22,22 @@ async fn device_authorization(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let settings = &state.oauth.settings;
+    let dpop = super::oauth::proof_request(
+        &headers,
+        "POST",
+        settings,
+        &ctx,
+        &settings.device.device_authorization_endpoint,
+    );
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
         state
             .oauth
-            .device_authorization(presented, form, &ctx)
+            .device_authorization_with_dpop(presented, form, &dpop, &ctx)
             .await
     }
     .await;
     // §3.2: 200 with a JSON body, never cached (it holds the device code).
-    json_or_error(result)
+    super::oauth::with_nonce(&state, &ctx, json_or_error(result))
 }

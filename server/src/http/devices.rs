@@ -45,10 +45,11 @@ async fn register(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+    let caller =
+        match Caller::<DevicesProvision>::from_headers(&state, &headers, "POST", &ctx).await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
     let station = caller.client_id();
     let req: DeviceRegistration = match json_body(&headers, body) {
         Ok(r) => r,
@@ -150,10 +151,11 @@ async fn attest_ek(
     Path(client_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<DevicesProvision>::from_headers(&state, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+    let caller =
+        match Caller::<DevicesProvision>::from_headers(&state, &headers, "POST", &ctx).await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
     let req: EkAttestation = match json_body(&headers, body) {
         Ok(r) => r,
         Err(e) => return OAuthResponse(e).into_response(),

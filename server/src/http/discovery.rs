@@ -56,6 +56,8 @@ pub(super) fn metadata(s: &Settings) -> Vec<u8> {
         // RFC 7009 §2.1: public clients revoke their own tokens by client_id alone.
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "revocation_endpoint_auth_signing_alg_values_supported": algs,
+        // RFC 9449 §5.1.
+        "dpop_signing_alg_values_supported": crate::oauth::dpop::DPOP_SIGNING_ALGS,
     });
     serde_json::to_vec(&body).unwrap_or_default()
 }

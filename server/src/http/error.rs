@@ -41,6 +41,12 @@ impl IntoResponse for OAuthResponse {
         }
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let mut resp = json_response(status, &e.body());
+        // RFC 9449 §8: the nonce to use comes in `DPoP-Nonce`.
+        if let OAuthError::UseDpopNonce { nonce } = &e {
+            if let Ok(v) = HeaderValue::from_str(nonce) {
+                resp.headers_mut().insert("dpop-nonce", v);
+            }
+        }
         if matches!(e, OAuthError::InvalidClient { .. }) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -72,6 +78,31 @@ impl IntoResponse for BearerError {
                     Some("invalid_token"),
                     "Bearer realm=\"hallmark\", error=\"invalid_token\"".to_owned(),
                 )
+            }
+            // RFC 9449 §7.1-7.2: a DPoP failure is a DPoP challenge; a nonce comes with it.
+            BearerError::Dpop(e) => {
+                tracing::info!(error = %e, "DPoP proof refused at a resource");
+                let (code, nonce) = match e {
+                    crate::oauth::dpop::DpopError::UseNonce { nonce } => {
+                        ("use_dpop_nonce", Some(nonce.as_str()))
+                    }
+                    _ => ("invalid_dpop_proof", None),
+                };
+                let mut resp = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"error": code, "error_description": e.to_string()}),
+                );
+                let challenge = format!(
+                    "DPoP algs=\"{}\", error=\"{code}\"",
+                    crate::oauth::dpop::DPOP_SIGNING_ALGS.join(" ")
+                );
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                if let Some(n) = nonce.and_then(|n| HeaderValue::from_str(n).ok()) {
+                    resp.headers_mut().insert("dpop-nonce", n);
+                }
+                return resp;
             }
             BearerError::InsufficientScope(scope) => (
                 StatusCode::FORBIDDEN,

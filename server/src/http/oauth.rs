@@ -11,8 +11,9 @@ use axum::Router;
 use super::ctx::Ctx;
 use super::error::json_or_error;
 use crate::oauth::client_auth::Presented;
+use crate::oauth::dpop::ProofRequest;
 use crate::oauth::form::Form;
-use crate::oauth::OAuthError;
+use crate::oauth::{OAuthError, RequestCtx, Settings};
 
 pub(super) fn router() -> Router<super::State> {
     Router::new()
@@ -68,18 +69,64 @@ pub(super) fn read_request_form(
     Ok((authorization, form))
 }
 
+/// What a request brings for DPoP (RFC 9449 §4.3): its `DPoP` header(s), the method, and the
+/// URL the proof must name — the issuer and the path this request reached, as clients are
+/// told them by the metadata (and as client assertions' `aud` are checked).
+pub(super) fn proof_request(
+    headers: &HeaderMap,
+    method: &str,
+    settings: &Settings,
+    ctx: &RequestCtx,
+    fallback_url: &str,
+) -> ProofRequest {
+    let mut values = headers.get_all("dpop").iter();
+    let first = values.next();
+    let repeated = values.next().is_some();
+    ProofRequest {
+        // A value that is not ASCII is no compact JWS: kept empty, refused as malformed.
+        proof: first.map(|v| v.to_str().unwrap_or_default().to_owned()),
+        repeated,
+        method: method.to_owned(),
+        url: ctx.endpoint.as_deref().map_or_else(
+            || fallback_url.to_owned(),
+            |path| format!("{}{path}", settings.issuer),
+        ),
+    }
+}
+
+/// RFC 9449 §8: with nonces required, every answer of an endpoint that takes proofs carries
+/// the current one, so a client rarely needs the extra round trip of `use_dpop_nonce`.
+pub(super) fn with_nonce(
+    state: &super::State,
+    ctx: &RequestCtx,
+    mut response: Response,
+) -> Response {
+    let oauth = &state.oauth;
+    if oauth.settings.dpop.require_nonce && !response.headers().contains_key("dpop-nonce") {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&oauth.dpop_nonce(ctx.now)) {
+            response.headers_mut().insert("dpop-nonce", v);
+        }
+    }
+    response
+}
+
 async fn token(
     State(state): State<super::State>,
     Ctx(ctx): Ctx,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let settings = &state.oauth.settings;
+    let dpop = proof_request(&headers, "POST", settings, &ctx, &settings.token_endpoint);
     let result = async {
         let (presented, form) = read_request(&headers, body)?;
-        state.oauth.token(presented, form, &ctx).await
+        state
+            .oauth
+            .token_with_dpop(presented, form, &dpop, &ctx)
+            .await
     }
     .await;
-    json_or_error(result)
+    with_nonce(&state, &ctx, json_or_error(result))
 }
 
 async fn introspect(

@@ -24,7 +24,7 @@ async fn create_user(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = match Caller::<UsersAdmin>::from_headers(&state, &headers).await {
+    let caller = match Caller::<UsersAdmin>::from_headers(&state, &headers, "POST", &ctx).await {
         Ok(c) => c.claims,
         Err(e) => return e.into_response(),
     };

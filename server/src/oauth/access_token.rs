@@ -44,6 +44,10 @@ pub struct AccessClaims {
     /// token (RFC 7009 §2.1) or replaying a spent one ends the grant's access tokens too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// The key the token is bound to (RFC 9449 §6.1): only a request with a DPoP proof by that
+    /// key may use it. Absent on bearer tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<super::dpop::Confirmation>,
 }
 
 /// An `act` claim (RFC 8693 §4.1): who acts, and in `act` the actor before it.
@@ -143,6 +147,9 @@ pub enum TokenRejection {
     /// The client of a token it was exchanged from was disabled or deleted.
     #[error("the client of a token it was exchanged from is disabled or deleted")]
     SourceClientGone,
+    /// Bound to a DPoP key (RFC 9449 §7.2) but presented as a bearer token.
+    #[error("the token is DPoP-bound; present it with Authorization: DPoP and a proof")]
+    DpopBound,
     /// Storage could not answer: our fault (a 500).
     #[error("storage: {0}")]
     Storage(String),
@@ -191,6 +198,7 @@ impl AuthServer {
             act: None,
             purpose: None,
             sid: None,
+            cnf: None,
         }
     }
 

@@ -40,6 +40,16 @@ pub enum OAuthError {
     /// missing where `ek_roots` requires one, or does not certify the EK, or does not chain.
     #[error("invalid_ek_certificate: {0}")]
     InvalidEkCertificate(Cow<'static, str>),
+    /// RFC 9449 §5 `invalid_dpop_proof`: the `DPoP` proof is missing where required, or fails
+    /// a check of §4.3 (which one is said: the words are fixed, never the proof's content).
+    #[error("invalid_dpop_proof: {0}")]
+    InvalidDpopProof(Cow<'static, str>),
+    /// RFC 9449 §8 `use_dpop_nonce`: the proof must carry `nonce`, sent in `DPoP-Nonce`.
+    #[error("use_dpop_nonce")]
+    UseDpopNonce {
+        /// The nonce to use.
+        nonce: String,
+    },
     /// RFC 7009 §2.2.1 `unsupported_token_type`.
     #[error("unsupported_token_type")]
     UnsupportedTokenType,
@@ -101,6 +111,8 @@ impl OAuthError {
             OAuthError::InvalidClientMetadata(_) => "invalid_client_metadata",
             OAuthError::InvalidEkCertificate(_) => "invalid_ek_certificate",
             OAuthError::UnsupportedTokenType => "unsupported_token_type",
+            OAuthError::InvalidDpopProof(_) => "invalid_dpop_proof",
+            OAuthError::UseDpopNonce { .. } => "use_dpop_nonce",
             OAuthError::AuthorizationPending => "authorization_pending",
             OAuthError::SlowDown => "slow_down",
             OAuthError::AccessDenied => "access_denied",
@@ -131,7 +143,11 @@ impl OAuthError {
             | OAuthError::InvalidScope(d)
             | OAuthError::InvalidTarget(d)
             | OAuthError::InvalidClientMetadata(d)
-            | OAuthError::InvalidEkCertificate(d) => Some(d),
+            | OAuthError::InvalidEkCertificate(d)
+            | OAuthError::InvalidDpopProof(d) => Some(d),
+            OAuthError::UseDpopNonce { .. } => {
+                Some("resend the request with a DPoP proof carrying the nonce in DPoP-Nonce")
+            }
             OAuthError::InvalidClient { .. } => Some("client authentication failed"),
             OAuthError::PayloadTooLarge => Some("request body too large"),
             OAuthError::AuthorizationPending => {

@@ -43,6 +43,10 @@ pub struct Header {
     /// Which key signed it.
     #[serde(default)]
     pub kid: Option<String>,
+    /// An embedded public key (RFC 7515 §4.1.3): only a DPoP proof carries one (RFC 9449
+    /// §4.2); every other verifier ignores it and uses a key it already holds.
+    #[serde(default)]
+    pub jwk: Option<serde_json::Value>,
     #[serde(default)]
     crit: Option<serde_json::Value>,
 }

@@ -5,6 +5,7 @@ pub mod access_token;
 pub mod client_auth;
 pub mod device_flow;
 pub mod devices;
+pub mod dpop;
 mod error;
 pub mod form;
 pub mod jws;
@@ -62,6 +63,8 @@ pub struct Settings {
     pub ek_roots: Option<Arc<crate::attest::EkRoots>>,
     /// The device authorization grant, refresh tokens and the verification page.
     pub device: device_flow::DeviceSettings,
+    /// DPoP (RFC 9449): proof age and server nonces.
+    pub dpop: dpop::DpopSettings,
 }
 
 impl Settings {
@@ -83,6 +86,7 @@ impl Settings {
                 .collect(),
             attestation: Attestation::Required,
             ek_roots: None,
+            dpop: dpop::DpopSettings::default(),
         }
     }
 }

@@ -6,12 +6,23 @@
 //! allow). The successor is kept for that sealed under a key only the spent token derives.
 
 use super::client_auth::Presented;
+use super::dpop::Proof;
 use super::form::Form;
-use super::token_endpoint::{issued_event, TokenResponse};
+use super::token_endpoint::{bind, issued_event, proof_by, require_proof, TokenResponse};
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
 use crate::secret::{random_id, Secret};
 use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::grants::{RefreshGrace, RefreshToken, Rotation, TokenHash};
+use crate::store::{AuthMethod, Client};
+
+/// The key a public client's new refresh token is bound to: the proof's, if it sent one
+/// (RFC 9449 §5). A confidential client's refresh tokens are bound to its authentication
+/// instead, and stay unbound to a DPoP key.
+pub(super) fn public_binding(client: &Client, proof: Option<&Proof>) -> Option<String> {
+    (client.auth_method == AuthMethod::None)
+        .then(|| proof.map(|p| p.jkt.clone()))
+        .flatten()
+}
 
 impl AuthServer {
     /// Issue the first refresh token of a new family, for a fresh grant. The write is durable at
@@ -22,6 +33,7 @@ impl AuthServer {
         client_id: &str,
         sub: &str,
         scope: &str,
+        dpop_jkt: Option<String>,
         now: u64,
     ) -> Result<(String, String), OAuthError> {
         let token = Secret::generate();
@@ -35,6 +47,7 @@ impl AuthServer {
             expires_at: now + self.settings.device.refresh_token_ttl,
             spent_at: None,
             grace: None,
+            dpop_jkt,
         };
         self.refresh_tokens
             .insert_refresh_token(&TokenHash::of(token.expose()), &record)
@@ -49,9 +62,11 @@ impl AuthServer {
         &self,
         presented: Presented,
         form: &Form,
+        proof: Option<&Proof>,
         ctx: &RequestCtx,
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, true, ctx).await?;
+        require_proof(&client, proof)?;
         // Refresh tokens come from the device code grant; a client registered for either may
         // use them.
         if !client.allows_grant(grant::REFRESH_TOKEN) && !client.allows_grant(grant::DEVICE_CODE) {
@@ -87,6 +102,9 @@ impl AuthServer {
         if family_revoked {
             return Err(invalid("refresh token was revoked"));
         }
+        // RFC 9449 §5: a bound refresh token is redeemed only with a proof by its key; refused
+        // without spending it, so whoever stole it cannot even end the family.
+        proof_by(current.dpop_jkt.as_deref(), proof)?;
         if current.spent_at.is_none() && ctx.now >= current.expires_at {
             return Err(invalid("refresh token expired"));
         }
@@ -117,6 +135,13 @@ impl AuthServer {
             expires_at: ctx.now + self.settings.device.refresh_token_ttl,
             spent_at: None,
             grace: None,
+            // A binding carries over; a public client's unbound family becomes bound at its
+            // first refresh with a proof (§5: refresh tokens issued to public clients with a
+            // proof are bound).
+            dpop_jkt: current
+                .dpop_jkt
+                .clone()
+                .or_else(|| public_binding(&client, proof)),
             ..current.clone()
         };
         let grace_secs = self.settings.device.refresh_token_grace;
@@ -167,6 +192,7 @@ impl AuthServer {
         }
         let mut claims = self.access_claims(&current.sub, &client.client_id, &granted, ctx.now);
         claims.sid = Some(current.family.clone());
+        let token_type = bind(&mut claims, proof);
         let access_token = self.sign_access_token(&claims);
         let event = issued_event(grant::REFRESH_TOKEN, &claims);
         let event = AuditEvent {
@@ -185,7 +211,7 @@ impl AuthServer {
         self.record(ctx, event).await?;
         Ok(TokenResponse {
             access_token,
-            token_type: "Bearer",
+            token_type,
             expires_in: self.settings.access_token_ttl,
             scope: granted,
             refresh_token: Some(successor),

@@ -6,6 +6,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde::{Deserialize, Serialize};
 
 use super::access_token::{AccessClaims, TokenRejection};
+use super::dpop::{DpopError, ProofRequest};
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
 use crate::secret::{random_id, Secret};
 use crate::store::audit::{AuditEvent, Outcome};
@@ -46,6 +47,9 @@ pub struct ClientMetadata {
     pub jwks: Option<serde_json::Value>,
     /// Keys by reference: not supported (a device key is registered by value).
     pub jwks_uri: Option<String>,
+    /// RFC 9449 §5.2: the client always uses DPoP; token requests without a proof are
+    /// refused. Default false.
+    pub dpop_bound_access_tokens: Option<bool>,
 }
 
 /// RFC 7591 §3.2.1 client information response. The secret appears here once.
@@ -73,6 +77,8 @@ pub struct ClientInformation {
     /// Registered keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
+    /// RFC 9449 §5.2, echoed.
+    pub dpop_bound_access_tokens: bool,
 }
 
 /// Why a bearer token was refused at the admin API (RFC 6750 §3.1).
@@ -88,6 +94,9 @@ pub enum BearerError {
     /// The token is not active.
     #[error("invalid_token: {0}")]
     InvalidToken(TokenRejection),
+    /// A DPoP proof was required and missing, or failed a check (RFC 9449 §7.1).
+    #[error("invalid DPoP proof: {0}")]
+    Dpop(super::dpop::DpopError),
     /// Active, but without the scope this route needs.
     #[error("insufficient_scope: {0} required")]
     InsufficientScope(&'static str),
@@ -100,18 +109,24 @@ pub enum BearerError {
 }
 
 impl AuthServer {
-    /// Check `Authorization: Bearer` for an active token holding `required` scope.
+    /// Check `Authorization: Bearer` (RFC 6750), or `Authorization: DPoP` with the request's
+    /// proof (RFC 9449 §7), for an active token holding `required` scope. A DPoP-bound token
+    /// is accepted only the second way, with a proof by its key that covers it (`ath`).
     pub async fn authorize_bearer(
         &self,
         authorization: Option<&str>,
+        dpop: &ProofRequest,
         required: &'static str,
         now: u64,
     ) -> Result<AccessClaims, BearerError> {
-        let token = authorization
+        let (scheme, token) = authorization
             .and_then(|h| h.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
+            .map(|(scheme, t)| (scheme, t.trim()))
+            .filter(|(scheme, _)| {
+                scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop")
+            })
             .ok_or(BearerError::Missing)?;
+        let by_dpop = scheme.eq_ignore_ascii_case("dpop");
         let claims = self
             .validate_access_token(token, now)
             .await
@@ -120,6 +135,35 @@ impl AuthServer {
                 TokenRejection::Unavailable(s) => BearerError::Unavailable(s),
                 other => BearerError::InvalidToken(other),
             })?;
+        match (&claims.cnf, by_dpop) {
+            (None, false) => {}
+            // §7.2: a bound token presented as a bearer token is refused: whoever holds it
+            // without the key must not get in by dropping the proof.
+            (Some(_), false) => {
+                return Err(BearerError::InvalidToken(TokenRejection::DpopBound));
+            }
+            // §7.1: an unbound token sent under the DPoP scheme proves nothing about the key.
+            (None, true) => return Err(BearerError::Dpop(DpopError::KeyMismatch)),
+            (Some(cnf), true) => {
+                let proof = self
+                    .check_dpop_proof(dpop, Some(token), now)
+                    .await
+                    .map_err(|e| match e {
+                        DpopError::Storage(s) => BearerError::Internal(s),
+                        DpopError::Unavailable(s) => BearerError::Unavailable(s),
+                        other => BearerError::Dpop(other),
+                    })?
+                    .ok_or(BearerError::Dpop(DpopError::Missing))?;
+                if proof.jkt != cnf.jkt {
+                    return Err(BearerError::Dpop(DpopError::KeyMismatch));
+                }
+                // The proof's jti must be on disk before the request acts, or a crash could let
+                // a replay in.
+                self.commit_for(&RequestCtx::at(now))
+                    .await
+                    .map_err(|e| BearerError::Unavailable(e.to_string()))?;
+            }
+        }
         if !claims.has_scope(required) {
             return Err(BearerError::InsufficientScope(required));
         }
@@ -232,6 +276,7 @@ pub fn client_from_metadata(
         disabled: false,
         pending_key: None,
         key_challenge: None,
+        dpop_bound_access_tokens: meta.dpop_bound_access_tokens.unwrap_or(false),
     };
     Ok((client, secret))
 }
@@ -247,6 +292,7 @@ pub fn information(client: &Client, secret: Option<Secret>) -> ClientInformation
         grant_types: client.grant_types.clone(),
         scope: client.scopes.join(" "),
         token_endpoint_auth_method: client.auth_method.as_str(),
+        dpop_bound_access_tokens: client.dpop_bound_access_tokens,
         jwks: (!client.keys.is_empty())
             .then(|| serde_json::json!({ "keys": client.keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })),
     }

@@ -2,17 +2,20 @@
 
 use serde::Serialize;
 
+use super::access_token::AccessClaims;
 use super::client_auth::Presented;
+use super::dpop::{Confirmation, DpopError, Proof, ProofRequest};
 use super::form::Form;
 use super::{grant, scope, token_exchange, AuthServer, OAuthError, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
+use crate::store::Client;
 
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Serialize)]
 pub struct TokenResponse {
     /// The access token.
     pub access_token: String,
-    /// Always `Bearer`.
+    /// `Bearer`, or `DPoP` for a token bound to a DPoP key (RFC 9449 §5).
     pub token_type: &'static str,
     /// Lifetime in seconds.
     pub expires_in: u64,
@@ -34,28 +37,57 @@ pub struct Introspection {
     /// The claims, when active.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub claims: Option<super::access_token::AccessClaims>,
-    /// `Bearer`, when active.
+    /// `Bearer` or `DPoP`, when active.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<&'static str>,
 }
 
 impl AuthServer {
-    /// Handle a token request whose credentials and form were read by the HTTP adapter.
+    /// Handle a token request without a DPoP proof whose credentials and form were read by the
+    /// HTTP adapter.
     pub async fn token(
         &self,
         presented: Presented,
         form: Form,
         ctx: &RequestCtx,
     ) -> Result<TokenResponse, OAuthError> {
+        let dpop = ProofRequest::none("POST", self.settings.token_endpoint.clone());
+        self.token_with_dpop(presented, form, &dpop, ctx).await
+    }
+
+    /// Handle a token request with what it brought for DPoP (RFC 9449 §5): a valid proof binds
+    /// the access token (and a public client's refresh token) to the proof's key.
+    pub async fn token_with_dpop(
+        &self,
+        presented: Presented,
+        form: Form,
+        dpop: &ProofRequest,
+        ctx: &RequestCtx,
+    ) -> Result<TokenResponse, OAuthError> {
         let grant_type = form.require("grant_type")?;
-        match grant_type {
-            grant::CLIENT_CREDENTIALS => self.client_credentials(presented, &form, ctx).await,
-            grant::DEVICE_CODE => self.device_code_grant(presented, &form, ctx).await,
-            grant::REFRESH_TOKEN => self.refresh_token_grant(presented, &form, ctx).await,
-            grant::TOKEN_EXCHANGE => self.token_exchange(presented, &form, ctx).await,
-            _ => Err(OAuthError::UnsupportedGrantType(
+        if ![
+            grant::CLIENT_CREDENTIALS,
+            grant::DEVICE_CODE,
+            grant::REFRESH_TOKEN,
+            grant::TOKEN_EXCHANGE,
+        ]
+        .contains(&grant_type)
+        {
+            return Err(OAuthError::UnsupportedGrantType(
                 "unknown grant_type".into(),
-            )),
+            ));
+        }
+        // §5: the proof is checked before anything is issued. Its jti is recorded now and made
+        // durable by the commit every grant makes before it answers.
+        let proof = self.check_dpop_proof(dpop, None, ctx.now).await?;
+        let proof = proof.as_ref();
+        match grant_type {
+            grant::CLIENT_CREDENTIALS => {
+                self.client_credentials(presented, &form, proof, ctx).await
+            }
+            grant::DEVICE_CODE => self.device_code_grant(presented, &form, proof, ctx).await,
+            grant::REFRESH_TOKEN => self.refresh_token_grant(presented, &form, proof, ctx).await,
+            _ => self.token_exchange(presented, &form, proof, ctx).await,
         }
     }
 
@@ -64,9 +96,11 @@ impl AuthServer {
         &self,
         presented: Presented,
         form: &Form,
+        proof: Option<&Proof>,
         ctx: &RequestCtx,
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, false, ctx).await?;
+        require_proof(&client, proof)?;
         if !client.allows_grant(grant::CLIENT_CREDENTIALS) {
             return Err(OAuthError::UnauthorizedClient(
                 "client is not registered for client_credentials".into(),
@@ -78,12 +112,13 @@ impl AuthServer {
         let mut claims =
             self.access_claims(&client.client_id, &client.client_id, &granted, ctx.now);
         claims.purpose = purpose;
+        let token_type = bind(&mut claims, proof);
         let access_token = self.sign_access_token(&claims);
         self.record(ctx, issued_event(grant::CLIENT_CREDENTIALS, &claims))
             .await?;
         Ok(TokenResponse {
             access_token,
-            token_type: "Bearer",
+            token_type,
             expires_in: self.settings.access_token_ttl,
             scope: granted,
             refresh_token: None,
@@ -110,10 +145,12 @@ impl AuthServer {
                         .reason(format!("jti={}", claims.jti));
                     self.record(ctx, event).await?;
                 }
+                // RFC 9449 §6.2: the binding is in the claims (`cnf`); the type says so too.
+                let token_type = token_type_of(&claims);
                 Introspection {
                     active: true,
                     claims: Some(claims),
-                    token_type: Some("Bearer"),
+                    token_type: Some(token_type),
                 }
             }
             Err(super::access_token::TokenRejection::Storage(e)) => {
@@ -204,4 +241,41 @@ pub fn issued_event(grant_type: &str, claims: &super::access_token::AccessClaims
             "grant={grant_type} scope={} jti={}",
             claims.scope, claims.jti
         ))
+}
+
+/// RFC 9449 §5.2: a client registered with `dpop_bound_access_tokens` gets no token without a
+/// proof.
+pub(super) fn require_proof(client: &Client, proof: Option<&Proof>) -> Result<(), OAuthError> {
+    if client.dpop_bound_access_tokens && proof.is_none() {
+        return Err(DpopError::Missing.into());
+    }
+    Ok(())
+}
+
+/// Bind `claims` to the proof's key, if there is a proof (RFC 9449 §6.1); the `token_type` of
+/// the response (§5).
+pub(super) fn bind(claims: &mut AccessClaims, proof: Option<&Proof>) -> &'static str {
+    if let Some(p) = proof {
+        claims.cnf = Some(Confirmation { jkt: p.jkt.clone() });
+    }
+    token_type_of(claims)
+}
+
+/// `DPoP` for a bound token, else `Bearer`.
+pub fn token_type_of(claims: &AccessClaims) -> &'static str {
+    if claims.cnf.is_some() {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
+}
+
+/// A proof by the key `bound` names, when it names one (a bound refresh token or device code).
+pub(super) fn proof_by(bound: Option<&str>, proof: Option<&Proof>) -> Result<(), OAuthError> {
+    match (bound, proof) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(DpopError::Missing.into()),
+        (Some(jkt), Some(p)) if p.jkt == jkt => Ok(()),
+        (Some(_), Some(_)) => Err(DpopError::KeyMismatch.into()),
+    }
 }

@@ -7,8 +7,9 @@
 
 use super::access_token::{AccessClaims, Actor, TokenRejection};
 use super::client_auth::Presented;
+use super::dpop::Proof;
 use super::form::Form;
-use super::token_endpoint::TokenResponse;
+use super::token_endpoint::{bind, require_proof, token_type_of, TokenResponse};
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
 use crate::store::audit::{AuditEvent, Outcome};
 use crate::store::{Ancestor, Client, Lineage};
@@ -94,10 +95,12 @@ impl AuthServer {
         &self,
         presented: Presented,
         form: &Form,
+        proof: Option<&Proof>,
         ctx: &RequestCtx,
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, false, ctx).await?;
-        match self.exchange(&client, form, ctx.now).await {
+        require_proof(&client, proof)?;
+        match self.exchange(&client, form, proof, ctx.now).await {
             Ok((
                 access_token,
                 claims,
@@ -142,7 +145,7 @@ impl AuthServer {
                 self.record(ctx, event).await?;
                 Ok(TokenResponse {
                     access_token,
-                    token_type: "Bearer",
+                    token_type: token_type_of(&claims),
                     expires_in: claims.exp.saturating_sub(ctx.now),
                     scope: claims.scope,
                     refresh_token: None,
@@ -167,6 +170,7 @@ impl AuthServer {
         &self,
         client: &Client,
         form: &Form,
+        proof: Option<&Proof>,
         now: u64,
     ) -> Result<(String, AccessClaims, Exchanged), OAuthError> {
         let invalid = |why: String| OAuthError::InvalidRequest(why.into());
@@ -276,6 +280,11 @@ impl AuthServer {
         claims.exp = exp;
         claims.act = Some(act);
         claims.purpose = purpose_param.or_else(|| subject.purpose.clone());
+        // RFC 9449 leaves exchange to the server: the new token keeps the subject token's
+        // binding (whoever uses it must hold that key, as for the subject token), unless the
+        // requesting client binds it to its own key with a proof.
+        claims.cnf = subject.cnf.clone();
+        bind(&mut claims, proof);
         let lineage = lineage(&subject, subject_lineage, actor_claims.as_ref());
         Ok((
             self.sign_access_token(&claims),
@@ -387,6 +396,7 @@ mod tests {
             act,
             purpose: None,
             sid: None,
+            cnf: None,
         }
     }
 

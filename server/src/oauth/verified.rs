@@ -206,6 +206,7 @@ mod tests {
             act: None,
             purpose: None,
             sid: None,
+            cnf: None,
         }
     }
 

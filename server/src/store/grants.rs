@@ -79,6 +79,10 @@ pub struct DeviceGrant {
     /// session is told "approved" again and any other "already decided".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_in: Option<String>,
+    /// The thumbprint of the DPoP key whose proof came with the device authorization request
+    /// (RFC 9449 §10): every poll must carry a proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// Pending device authorization requests.
@@ -132,6 +136,11 @@ pub struct RefreshToken {
     /// response carrying its successor was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace: Option<RefreshGrace>,
+    /// The RFC 7638 thumbprint of the DPoP key the token is bound to (RFC 9449 §5: a public
+    /// client's refresh token is redeemable only with a proof by that key). Copied to every
+    /// successor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// The grace of a spent refresh token: presented again before `until`, while its successor is

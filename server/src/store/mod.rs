@@ -670,6 +670,10 @@ pub struct Client {
     /// The open credential-activation challenge of a rotation, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_challenge: Option<KeyChallenge>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`: the client always uses DPoP, so a token
+    /// request without a proof is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop_bound_access_tokens: bool,
 }
 
 impl Client {

@@ -8,8 +8,10 @@ mod verification;
 use serde::Serialize;
 
 use super::client_auth::Presented;
+use super::dpop::{DpopError, Proof, ProofRequest};
 use super::form::Form;
-use super::token_endpoint::{issued_event, TokenResponse};
+use super::refresh::public_binding;
+use super::token_endpoint::{bind, issued_event, require_proof, TokenResponse};
 use super::{grant, scope, AuthServer, OAuthError, RequestCtx};
 use crate::secret::Secret;
 use crate::store::grants::{DeviceGrant, GrantState, TokenHash};
@@ -112,20 +114,42 @@ pub struct DeviceAuthorization {
 /// What one poll of the device code grant does (RFC 8628 §3.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Poll {
-    Issue { user: String },
+    Issue {
+        user: String,
+    },
     Pending,
     SlowDown,
     Denied,
     Expired,
     Spent,
     WrongClient,
+    /// RFC 9449 §10: the device code is bound to a DPoP key and the poll came without a proof
+    /// by it. Nothing changes: not even `slow_down` counts.
+    WrongKey {
+        missing: bool,
+    },
 }
 
 /// One poll against `grant` by `client_id` at `now`: the answer, and the record to store.
-fn poll_step(grant: &DeviceGrant, client_id: &str, now: u64) -> (Poll, Option<DeviceGrant>) {
+fn poll_step(
+    grant: &DeviceGrant,
+    client_id: &str,
+    jkt: Option<&str>,
+    now: u64,
+) -> (Poll, Option<DeviceGrant>) {
     // §3.4: the device code is bound to the client it was issued to.
     if grant.client_id != client_id {
         return (Poll::WrongClient, None);
+    }
+    if let Some(bound) = &grant.dpop_jkt {
+        if jkt != Some(bound.as_str()) {
+            return (
+                Poll::WrongKey {
+                    missing: jkt.is_none(),
+                },
+                None,
+            );
+        }
     }
     match &grant.state {
         GrantState::Redeemed { .. } => (Poll::Spent, None),
@@ -177,7 +201,26 @@ impl AuthServer {
         form: Form,
         ctx: &RequestCtx,
     ) -> Result<DeviceAuthorization, OAuthError> {
+        let dpop = ProofRequest::none(
+            "POST",
+            self.settings.device.device_authorization_endpoint.clone(),
+        );
+        self.device_authorization_with_dpop(presented, form, &dpop, ctx)
+            .await
+    }
+
+    /// [`AuthServer::device_authorization`] with what the request brought for DPoP: a proof
+    /// binds the device code to its key (RFC 9449 §10), so only that key can poll for tokens.
+    pub async fn device_authorization_with_dpop(
+        &self,
+        presented: Presented,
+        form: Form,
+        dpop: &ProofRequest,
+        ctx: &RequestCtx,
+    ) -> Result<DeviceAuthorization, OAuthError> {
+        let proof = self.check_dpop_proof(dpop, None, ctx.now).await?;
         let client = self.authenticate(presented, true, ctx).await?;
+        require_proof(&client, proof.as_ref())?;
         if !client.allows_grant(grant::DEVICE_CODE) {
             return Err(OAuthError::UnauthorizedClient(
                 "client is not registered for the device_code grant".into(),
@@ -198,6 +241,7 @@ impl AuthServer {
             last_poll: None,
             state: GrantState::Pending,
             decided_in: None,
+            dpop_jkt: proof.map(|p| p.jkt),
         };
         let mut user_code = None;
         for _ in 0..USER_CODE_DRAWS {
@@ -234,20 +278,23 @@ impl AuthServer {
         &self,
         presented: Presented,
         form: &Form,
+        proof: Option<&Proof>,
         ctx: &RequestCtx,
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate(presented, true, ctx).await?;
+        require_proof(&client, proof)?;
         if !client.allows_grant(grant::DEVICE_CODE) {
             return Err(OAuthError::UnauthorizedClient(
                 "client is not registered for the device_code grant".into(),
             ));
         }
+        let jkt = proof.map(|p| p.jkt.as_str());
         let hash = TokenHash::of(form.require("device_code")?);
         let mut poll = Poll::Spent;
         let stored = self
             .device_grants
             .update_device_grant(&hash, &mut |g| {
-                let (p, next) = poll_step(g, &client.client_id, ctx.now);
+                let (p, next) = poll_step(g, &client.client_id, jkt, ctx.now);
                 poll = p;
                 next
             })
@@ -272,13 +319,22 @@ impl AuthServer {
                     "device_code was issued to another client".into(),
                 ))
             }
+            Poll::WrongKey { missing: true } => return Err(DpopError::Missing.into()),
+            Poll::WrongKey { missing: false } => return Err(DpopError::KeyMismatch.into()),
         };
         let granted = stored.scope.join(" ");
         let (refresh_token, family) = self
-            .start_refresh_family(&client.client_id, &user, &granted, ctx.now)
+            .start_refresh_family(
+                &client.client_id,
+                &user,
+                &granted,
+                public_binding(&client, proof),
+                ctx.now,
+            )
             .await?;
         let mut claims = self.access_claims(&user, &client.client_id, &granted, ctx.now);
         claims.sid = Some(family);
+        let token_type = bind(&mut claims, proof);
         let access_token = self.sign_access_token(&claims);
         // record() commits: the spent device code, the refresh token and the audit entry are
         // durable together before the tokens leave.
@@ -286,7 +342,7 @@ impl AuthServer {
             .await?;
         Ok(TokenResponse {
             access_token,
-            token_type: "Bearer",
+            token_type,
             expires_in: self.settings.access_token_ttl,
             scope: granted,
             refresh_token: Some(refresh_token),
@@ -310,25 +366,26 @@ mod tests {
             last_poll,
             state: GrantState::Pending,
             decided_in: None,
+            dpop_jkt: None,
         }
     }
 
     #[test]
     fn polling_too_fast_grows_the_interval_by_five() {
-        let (p, next) = poll_step(&pending(5, None), "dev", 110);
+        let (p, next) = poll_step(&pending(5, None), "dev", None, 110);
         assert_eq!(p, Poll::Pending);
         let g = next.unwrap();
-        let (p, next) = poll_step(&g, "dev", 112);
+        let (p, next) = poll_step(&g, "dev", None, 112);
         assert_eq!(p, Poll::SlowDown);
         let g = next.unwrap();
         assert_eq!((g.interval, g.last_poll), (10, Some(112)));
         // 10 s now: 8 s later is still too fast, and it grows again.
-        let (p, next) = poll_step(&g, "dev", 120);
+        let (p, next) = poll_step(&g, "dev", None, 120);
         assert_eq!(
             (p, next.as_ref().map(|g| g.interval)),
             (Poll::SlowDown, Some(15))
         );
-        let (p, _) = poll_step(&next.unwrap(), "dev", 135);
+        let (p, _) = poll_step(&next.unwrap(), "dev", None, 135);
         assert_eq!(p, Poll::Pending);
     }
 
@@ -339,20 +396,20 @@ mod tests {
             user: "ann".into(),
             at: 120,
         };
-        let (p, next) = poll_step(&g, "dev", 121);
+        let (p, next) = poll_step(&g, "dev", None, 121);
         assert_eq!(p, Poll::Issue { user: "ann".into() });
         let spent = next.unwrap();
-        assert_eq!(poll_step(&spent, "dev", 122).0, Poll::Spent);
-        assert_eq!(poll_step(&g, "other", 121), (Poll::WrongClient, None));
-        assert_eq!(poll_step(&g, "dev", 700), (Poll::Expired, None));
+        assert_eq!(poll_step(&spent, "dev", None, 122).0, Poll::Spent);
+        assert_eq!(poll_step(&g, "other", None, 121), (Poll::WrongClient, None));
+        assert_eq!(poll_step(&g, "dev", None, 700), (Poll::Expired, None));
         assert_eq!(
-            poll_step(&pending(5, None), "dev", 700),
+            poll_step(&pending(5, None), "dev", None, 700),
             (Poll::Expired, None)
         );
         g.state = GrantState::Denied {
             user: "ann".into(),
             at: 120,
         };
-        assert_eq!(poll_step(&g, "dev", 121), (Poll::Denied, None));
+        assert_eq!(poll_step(&g, "dev", None, 121), (Poll::Denied, None));
     }
 }

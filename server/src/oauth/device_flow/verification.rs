@@ -256,6 +256,7 @@ mod tests {
             last_poll: None,
             state,
             decided_in: decided_in.map(str::to_owned),
+            dpop_jkt: None,
         }
     }
 

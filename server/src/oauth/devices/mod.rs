@@ -301,6 +301,7 @@ impl AuthServer {
             disabled: false,
             pending_key: None,
             key_challenge: None,
+            dpop_bound_access_tokens: false,
         };
         let device = Device {
             client_id: client_id.clone(),

@@ -157,6 +157,7 @@ mod tests {
             last_poll: None,
             state: GrantState::Pending,
             decided_in: None,
+            dpop_jkt: None,
         }
     }
 

@@ -443,6 +443,7 @@ mod tests {
             disabled: false,
             pending_key: None,
             key_challenge: None,
+            dpop_bound_access_tokens: false,
         }
     }
 

@@ -248,6 +248,7 @@ mod tests {
             expires_at,
             spent_at: None,
             grace: None,
+            dpop_jkt: None,
         }
     }
 
