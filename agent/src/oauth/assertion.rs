@@ -35,6 +35,16 @@ pub fn build(
         "exp": now + LIFETIME_SECS,
         "jti": random_token(16)?,
     });
+    compact_jws(&header, &claims, sign)
+}
+
+/// A compact JWS (RFC 7515 §7.1) of `header` and `claims`: `sign` receives the signing input
+/// and returns the ES256 signature r || s. Client assertions and DPoP proofs share it.
+pub fn compact_jws(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    sign: impl FnOnce(&[u8]) -> Result<[u8; 64], TpmError>,
+) -> Result<String, TpmError> {
     let mut input = URL_SAFE_NO_PAD.encode(header.to_string());
     input.push('.');
     input.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));

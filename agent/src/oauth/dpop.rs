@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use super::assertion::random_token;
+use super::assertion::{compact_jws, random_token};
 use crate::tpm::TpmError;
 
 /// The `token_type` of a DPoP-bound token (RFC 9449 §5).
@@ -56,13 +56,7 @@ pub fn build(
     if let Some(nonce) = what.nonce {
         claims["nonce"] = nonce.into();
     }
-    let mut input = URL_SAFE_NO_PAD.encode(header.to_string());
-    input.push('.');
-    input.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let signature = sign(input.as_bytes())?;
-    input.push('.');
-    input.push_str(&URL_SAFE_NO_PAD.encode(signature));
-    Ok(input)
+    compact_jws(&header, &claims, sign)
 }
 
 /// `ath`: base64url SHA-256 of the access token (RFC 9449 §4.2).
