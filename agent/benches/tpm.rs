@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+use hallmark_agent::oauth::dpop::{self, ProofFor};
 use hallmark_agent::tpm::{KeySlot, Tpm};
 use hallmark_hwsim::Swtpm;
 
@@ -62,11 +63,30 @@ fn tpm_ops(c: &mut Criterion) {
         });
     });
 
-    tpm.create_device_key(KeySlot::A).expect("create");
+    let key = tpm.create_device_key(KeySlot::A).expect("create");
     group.bench_function("sign_es256_400B", |b| {
         b.iter(|| {
             tpm.sign_es256(KeySlot::A, &jwt_signing_input)
                 .expect("sign")
+        });
+    });
+
+    // A whole DPoP proof as the agent makes one for a resource request (issue 15): header with
+    // the key's JWK, claims with a fresh jti and `ath`, signed by the device key in the TPM.
+    let jwk = key.jwk_json();
+    let token = "a".repeat(600);
+    group.bench_function("dpop_proof_with_ath", |b| {
+        b.iter(|| {
+            let what = ProofFor {
+                method: "GET",
+                url: "https://api.example/v1/telemetry",
+                access_token: Some(&token),
+                nonce: None,
+            };
+            dpop::build(&jwk, what, 1_700_000_000, |input| {
+                tpm.sign_es256(KeySlot::A, input)
+            })
+            .expect("proof")
         });
     });
 

@@ -26,6 +26,19 @@ pub enum Top {
     /// Play N devices' token traffic against one real server and report what it carries:
     /// grants/s, latency, server CPU and memory, database size (software ES256 keys, no TPM).
     FleetLoad(FleetLoadArgs),
+    /// Print COUNT pre-signed DPoP proofs (one software ES256 key, `iat` now, each its own
+    /// `jti`) for METHOD and URL, one per line: input for load generators such as wrk.
+    DpopProofs {
+        /// The `htu`: the URL the proofs are for.
+        #[arg(long)]
+        url: String,
+        /// The `htm`.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// How many proofs.
+        #[arg(long)]
+        count: u64,
+    },
     /// The whole story with 3 devices: server, station, provisioning, first boot, tokens and
     /// the device flow; cleans up after itself.
     Demo {

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod dpop_proofs;
 pub mod fleet;
 pub mod fleet_load;
 mod manufacture;

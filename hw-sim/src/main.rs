@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 
 use hallmark_hwsim::cli::{Cli, FleetCommand, FleetLoadArgs, Top, TpmCommand};
-use hallmark_hwsim::{demo, fleet, fleet_load, Swtpm};
+use hallmark_hwsim::{demo, dpop_proofs, fleet, fleet_load, Swtpm};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -53,6 +53,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Top::FleetLoad(args) => {
             fleet_load::run(&load_options(args))?;
             Ok(())
+        }
+        Top::DpopProofs { url, method, count } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            Ok(dpop_proofs::write(&mut out, &method, &url, count, now)?)
         }
         Top::Fleet(FleetCommand::Down { dir }) => {
             let stopped = fleet::down(&dir)

@@ -35,6 +35,10 @@ pub struct Common {
     /// devices:admin).
     #[arg(long, global = true)]
     pub reset_lost: bool,
+    /// Register devices as DPoP-bound (RFC 9449 §5.2: the server gives them no bearer token,
+    /// only tokens bound to their TPM key) and write `dpop = true` into their agent configs.
+    #[arg(long, global = true)]
+    pub dpop: bool,
 }
 
 /// What to provision.

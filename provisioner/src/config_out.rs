@@ -24,6 +24,8 @@ pub struct DeviceConfig {
     pub tcti: String,
     /// Its serial.
     pub serial: String,
+    /// Registered DPoP-bound: the agent must send proofs (`dpop = true`).
+    pub dpop: bool,
 }
 
 impl DeviceConfig {
@@ -42,7 +44,7 @@ impl DeviceConfig {
             handles: Handles::default(),
             serial: Some(self.serial.clone()),
             rekey_interval_days: RekeyInterval::NEVER,
-            dpop: false,
+            dpop: self.dpop,
         }
     }
 }
@@ -133,6 +135,11 @@ pub fn verify(path: &Path, device: &DeviceConfig, ca_pem: &[u8]) -> Result<(), C
     if fs::read(&loaded.ca_cert).ok().as_deref() != Some(ca_pem) {
         return Err(mismatch("ca_cert"));
     }
+    // A DPoP-bound device's agent without proofs would get no token; otherwise `dpop` is a
+    // local choice and kept.
+    if device.dpop && !loaded.dpop {
+        return Err(mismatch("dpop"));
+    }
     Ok(())
 }
 
@@ -177,6 +184,7 @@ mod tests {
             client_id: "abc".into(),
             tcti: "swtpm:host=127.0.0.1,port=2321".into(),
             serial: "HM-1".into(),
+            dpop: false,
         }
     }
 
@@ -233,5 +241,32 @@ mod tests {
         };
         let err = verify(&path, &other, b"CA").unwrap_err().to_string();
         assert!(err.contains("tcti"), "{err}");
+    }
+
+    #[test]
+    fn a_dpop_bound_device_gets_dpop_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        // Written without DPoP first (a station run without --dpop)…
+        ensure(&path, &device(), b"CA", false).unwrap();
+        assert!(!AgentConfig::load(&path).unwrap().dpop);
+        // …a --dpop run must turn it on: the server refuses that device bearer tokens.
+        let bound = DeviceConfig {
+            dpop: true,
+            ..device()
+        };
+        let err = verify(&path, &bound, b"CA").unwrap_err().to_string();
+        assert!(err.contains("dpop"), "{err}");
+        assert_eq!(
+            ensure(&path, &bound, b"CA", false).unwrap(),
+            ConfigAction::Rewritten
+        );
+        assert!(AgentConfig::load(&path).unwrap().dpop);
+        // A local `dpop = true` survives a run without --dpop.
+        assert_eq!(
+            ensure(&path, &device(), b"CA", false).unwrap(),
+            ConfigAction::Unchanged
+        );
+        assert!(AgentConfig::load(&path).unwrap().dpop);
     }
 }

@@ -113,6 +113,7 @@ pub struct Station {
     client: StationClient,
     ca_pem: Vec<u8>,
     reset_lost: bool,
+    dpop: bool,
     observer: Option<Observer>,
 }
 
@@ -121,6 +122,7 @@ impl std::fmt::Debug for Station {
         f.debug_struct("Station")
             .field("client", &self.client)
             .field("reset_lost", &self.reset_lost)
+            .field("dpop", &self.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -296,8 +298,16 @@ impl Station {
             client,
             ca_pem,
             reset_lost,
+            dpop: false,
             observer: None,
         }
+    }
+
+    /// Register devices as DPoP-bound (RFC 9449 §5.2) and write `dpop = true` into their
+    /// configs, so that every token they get is bound to their TPM key.
+    pub fn with_dpop(mut self, dpop: bool) -> Self {
+        self.dpop = dpop;
+        self
     }
 
     /// Tell `observer` of every step every device passes.
@@ -499,7 +509,7 @@ impl Station {
         ek: &EndorsementKey,
     ) -> Result<Registration, DeviceError> {
         self.client
-            .register_device(&spec.serial, &spec.model, ek)
+            .register_device(&spec.serial, &spec.model, ek, self.dpop)
             .map_err(|source| DeviceError::Register { source })
     }
 
@@ -514,6 +524,7 @@ impl Station {
             client_id: client_id.to_owned(),
             tcti: spec.tcti.clone(),
             serial: spec.serial.clone(),
+            dpop: self.dpop,
         };
         config_out::ensure(&spec.config_out, &device, &self.ca_pem, force)
             .map_err(|source| DeviceError::WriteConfig { source })

@@ -35,6 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         ca,
         station,
         reset_lost,
+        dpop,
     } = cli.common;
     let server = server.context("--server is required")?;
     let ca = ca.context("--ca is required")?;
@@ -43,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let ca_pem =
         std::fs::read(&ca).with_context(|| format!("cannot read the CA {}", ca.display()))?;
     let client = StationClient::new(&server, &ca, &ca_pem, credentials)?;
-    let mut station = Station::new(client, ca_pem, reset_lost);
+    let mut station = Station::new(client, ca_pem, reset_lost).with_dpop(dpop);
     // Test-only fault hook: `HALLMARK_PROVISION_FAULT=after:<step>` exits the process abruptly
     // right after the first device passes that step, as a power cut or a kill would (no
     // destructors, no report line, nothing flushed). Read here only; the library never looks.

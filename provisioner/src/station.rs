@@ -317,14 +317,20 @@ impl StationClient {
 
     /// `POST /admin/devices`: registers a device with its TPM's endorsement key (fingerprint,
     /// public key and, where the TPM has one, certificate), or learns that its serial exists.
+    /// With `dpop`, the device's client is registered `dpop_bound_access_tokens` (RFC 9449
+    /// §5.2).
     pub fn register_device(
         &self,
         serial: &str,
         model: &str,
         ek: &EndorsementKey,
+        dpop: bool,
     ) -> Result<Registration, StationError> {
         let url = format!("{}/admin/devices", self.server);
         let mut body = serde_json::json!({"serial": serial, "model": model});
+        if dpop {
+            body["dpop_bound_access_tokens"] = true.into();
+        }
         body["ek_fingerprint"] = ek.fingerprint().into();
         for (name, value) in ek_members(ek) {
             body[name] = value.into();

@@ -1,6 +1,7 @@
-# Shared by scripts/bench-audit-bytes and scripts/bench-audit-soak: a release server on a fresh
-# data directory over plain loopback HTTP, one registered client, and wrk issuing
-# client_credentials tokens to it. Source it; needs wrk and curl.
+# Shared by scripts/bench-audit-bytes, scripts/bench-audit-soak and scripts/bench-dpop: a
+# release server on a fresh data directory over plain loopback HTTP, one registered client, and
+# wrk issuing client_credentials tokens to it. Source it; needs wrk and curl.
+# SERVER_CPU / LOAD_CPU pin the server / wrk to one CPU each with taskset.
 
 # BIN=path/to/hallmark-server uses that binary as it is (no build).
 if [ -n "${BIN:-}" ]; then
@@ -18,7 +19,7 @@ start_server() {
         PORT=$((20000 + RANDOM % 20000))
         "$BIN" init --data-dir "$work/data" --issuer "http://127.0.0.1:$PORT" >"$work/init.json"
     fi
-    RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --data-dir "$work/data" --insecure-http \
+    RUST_LOG=${RUST_LOG:-warn} ${SERVER_CPU:+taskset -c "$SERVER_CPU"} "$BIN" serve --data-dir "$work/data" --insecure-http \
         --listen "127.0.0.1:$PORT" "$@" 2>>"$work/server.log" &
     PID=$!
     for _ in $(seq 200); do
@@ -55,11 +56,14 @@ wrk.headers["Authorization"] = "Basic $(printf '%s:%s' "$id" "$secret" | base64 
 LUA
 }
 
-# load WORK SECONDS: wrk against the token endpoint; prints "TOKENS RATE" (2xx only).
+# load WORK SECONDS [SCRIPT]: wrk against the token endpoint (SCRIPT defaults to
+# WORK/load.lua); prints "TOKENS RATE" (2xx only). WRK_OUT, if set, names a file that gets
+# wrk's whole report.
 load() {
-    local work=$1 secs=$2 out total bad
-    out=$(wrk -t2 -c${LOAD_CONNECTIONS:-32} -d"${secs}s" -s "$work/load.lua" \
-        "http://127.0.0.1:$PORT/oauth2/token")
+    local work=$1 secs=$2 script=${3:-$1/load.lua} out total bad
+    out=$(${LOAD_CPU:+taskset -c "$LOAD_CPU"} wrk -t2 -c${LOAD_CONNECTIONS:-32} -d"${secs}s" \
+        --latency -s "$script" "http://127.0.0.1:$PORT/oauth2/token")
+    [ -z "${WRK_OUT:-}" ] || echo "$out" >"$WRK_OUT"
     total=$(echo "$out" | awk '/requests in/ {print $1}')
     bad=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
     total=$((total - ${bad:-0}))

@@ -176,3 +176,103 @@ fn the_agent_binds_tokens_to_its_tpm_key_and_signs_proofs_for_local_software() {
     let _ = run.kill();
     let _ = run.wait();
 }
+
+/// The socket's proof and the token it covers (`hallmark-agent proof --with-token`).
+fn proof_with_token(device: &Device) -> (String, String) {
+    let out = device.agent_ok(&[
+        "proof",
+        "--method",
+        "GET",
+        "--url",
+        RESOURCE,
+        "--with-token",
+    ]);
+    let mut lines = out.lines().map(str::to_owned);
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
+#[test]
+fn a_rekey_moves_the_binding_to_the_new_tpm_key() {
+    // Tokens live 10 s, so the running agent renews every ~8 s.
+    let server = TestServer::start_with(&["--access-token-ttl", "10"]);
+    let mut device = Device::provision(&server);
+    device.edit_config(|c| c.dpop = true);
+    let mut run = device.spawn_run();
+    let old_token = device.wait_for_socket_token(Duration::from_secs(60), |_| true);
+    let old_jwk = device.status_json()["jwk"].clone();
+    assert_eq!(part(&old_token, 1)["cnf"]["jkt"], thumbprint(&old_jwk));
+
+    let rekeyed: Value = serde_json::from_str(&device.agent_ok(&["rekey"])).unwrap();
+    assert_eq!(rekeyed["slot"], "B", "{rekeyed}");
+    let new_jwk = device.status_json()["jwk"].clone();
+    assert_ne!(
+        thumbprint(&new_jwk),
+        thumbprint(&old_jwk),
+        "the key did not change"
+    );
+
+    // The running agent's next token is bound to the new key (the old one is gone from the
+    // TPM, so nothing can prove possession of it any more)…
+    device.wait_for_socket_token(Duration::from_secs(60), |t| {
+        part(t, 1)["cnf"]["jkt"] == thumbprint(&new_jwk)
+    });
+    // …and so is every proof from the socket, which passes the resource server's check with
+    // the token it covers.
+    let (proof, covered) = proof_with_token(&device);
+    assert_eq!(part(&covered, 1)["cnf"]["jkt"], thumbprint(&new_jwk));
+    assert_eq!(thumbprint(&part(&proof, 0)["jwk"]), thumbprint(&new_jwk));
+    let jwks = server.jwks();
+    resource_server_accepts(&jwks, &server.issuer, &covered, &proof, "GET", RESOURCE)
+        .expect("a proof by the new key for the new token");
+    let introspected = server.introspect(&covered);
+    assert_eq!(introspected["active"], true, "{introspected}");
+    assert_eq!(introspected["cnf"]["jkt"], thumbprint(&new_jwk));
+
+    let _ = run.kill();
+    let _ = run.wait();
+}
+
+#[test]
+fn a_device_provisioned_with_dpop_gets_no_bearer_token_only_tokens_bound_to_its_tpm_key() {
+    use hallmark_e2e::station::{device_by_serial, secret_authenticates, TestDevice, TestStation};
+    let server = TestServer::start();
+    let station = TestStation::register(&server, "devices:provision");
+    let device = TestDevice::new("HM-DPOP-1");
+    let out = station.provision_device(&device, &["--dpop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client_id = report["client_id"].as_str().unwrap();
+    let (_, registered) = device_by_serial(&server, "HM-DPOP-1");
+    assert_eq!(registered["dpop_bound_access_tokens"], true, "{registered}");
+    let config = hallmark_agent::config::AgentConfig::load(&device.config_out).unwrap();
+    assert!(config.dpop, "the station wrote dpop = true");
+
+    // The factory secret has no key to prove possession of: it gets no token at all.
+    let secret = device.unsealed_secret().expect("a sealed secret");
+    assert!(!secret_authenticates(&server, client_id, &secret));
+
+    // The agent moves to its TPM key, and the token it then gets is bound to that key.
+    let agent = |args: &[&str]| {
+        let out = hallmark_e2e::server::clean_command(hallmark_e2e::bin("hallmark-agent"))
+            .arg("--config")
+            .arg(&device.config_out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hallmark-agent {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    agent(&["enroll"]);
+    let status: Value = serde_json::from_str(&agent(&["status", "--json"])).unwrap();
+    let token = agent(&["token"]).trim().to_owned();
+    assert_eq!(part(&token, 1)["cnf"]["jkt"], thumbprint(&status["jwk"]));
+    assert_eq!(server.introspect(&token)["token_type"], "DPoP");
+}

@@ -36,7 +36,7 @@ fn the_station_token_is_reused_then_renewed_before_it_expires() {
     let register = |n: u8| {
         let serial = format!("HM-RENEW-{n}");
         match client
-            .register_device(&serial, "m", &eks[usize::from(n) - 1])
+            .register_device(&serial, "m", &eks[usize::from(n) - 1], false)
             .unwrap()
         {
             Registration::Created { .. } => {}

@@ -40,6 +40,11 @@ pub struct DeviceRegistration {
     /// of `device_scopes`.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+    /// RFC 9449 §5.2 for the device's client: no token without a DPoP proof. The factory
+    /// secret has no key to prove, so such a device gets its first token only once its key
+    /// lives in its TPM (enrollment). Default false.
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
 }
 
 /// What registration did.
@@ -86,6 +91,8 @@ pub struct DeviceView {
     pub pending_kid: Option<String>,
     /// Scopes it may be granted.
     pub scopes: Vec<String>,
+    /// Whether its tokens must be DPoP-bound (RFC 9449 §5.2).
+    pub dpop_bound_access_tokens: bool,
     /// What is proven of its hardware.
     pub attestation: AttestationView,
 }
@@ -301,7 +308,7 @@ impl AuthServer {
             disabled: false,
             pending_key: None,
             key_challenge: None,
-            dpop_bound_access_tokens: false,
+            dpop_bound_access_tokens: req.dpop_bound_access_tokens,
         };
         let device = Device {
             client_id: client_id.clone(),
@@ -319,7 +326,7 @@ impl AuthServer {
             .subject(&device.serial)
             .client(&client_id)
             .reason(format!(
-                "model={} ek={} ek_public={} ek_certificate={}",
+                "model={} ek={} ek_public={} ek_certificate={}{}",
                 device.model,
                 device.ek_fingerprint,
                 if device.ek_public.is_some() {
@@ -327,7 +334,12 @@ impl AuthServer {
                 } else {
                     "no"
                 },
-                device.ek_certificate.as_str()
+                device.ek_certificate.as_str(),
+                if client.dpop_bound_access_tokens {
+                    " dpop_bound"
+                } else {
+                    ""
+                }
             ));
         match self
             .devices
@@ -453,6 +465,7 @@ impl AuthServer {
             key_kid: client.keys.first().and_then(|k| k.kid.clone()),
             pending_kid: client.pending_key.as_ref().and_then(|k| k.kid.clone()),
             scopes: client.scopes.clone(),
+            dpop_bound_access_tokens: client.dpop_bound_access_tokens,
             attestation: AttestationView {
                 ek_public: d.ek_public.is_some(),
                 ek_certificate: d.ek_certificate.as_str(),
