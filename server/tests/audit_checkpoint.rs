@@ -196,8 +196,8 @@ fn copy_data_dir(data: &Path, work: &Path, name: &str) -> PathBuf {
 }
 
 /// The audit tree as an attacker with the database sees it: segments keyed by their first seq
-/// (8 bytes, big-endian), each the byte 2 then compact records (`varint len ‖ body ‖ hash`),
-/// and the head `[seq, hash]` under `head`.
+/// (8 bytes, big-endian), each the byte 3, the first entry's prev_hash, then compact records
+/// (`varint len ‖ body ‖ hash[..4]`), and the head `[seq, hash]` under `head`.
 fn audit_tree(data: &Path) -> (sled::Db, sled::Tree) {
     let db = sled::open(data.join("db")).unwrap();
     let tree = db.open_tree("audit").unwrap();
@@ -214,14 +214,16 @@ fn truncate(data: &Path, keep: u64) {
             continue;
         }
         let first = u64::from_be_bytes(key.as_ref().try_into().unwrap());
-        assert_eq!(value[0], compact::SEGMENT_V2);
-        let records = compact::records(&value[1..]).unwrap();
-        let mut kept = vec![compact::SEGMENT_V2];
+        assert_eq!(value[0], compact::SEGMENT_V3);
+        let (mut prev, records) = compact::checked_records(&value[1..]).unwrap();
+        let mut kept = value[..33].to_vec();
         let mut n = 0;
-        for (i, (body, hash)) in records.iter().enumerate() {
+        for (i, (body, check)) in records.iter().enumerate() {
             let seq = first + i as u64;
+            let hash = compact::hash(&prev, seq, None, body);
+            prev = hash;
             if seq <= keep {
-                compact::put_record(&mut kept, body, hash);
+                compact::put_checked_record(&mut kept, body, check);
                 last = Some((seq, hex::encode(hash)));
                 n += 1;
             }
@@ -244,12 +246,13 @@ fn append_forged(data: &Path, n: u64) {
     let (db, tree) = audit_tree(data);
     let (seq, mut prev): (u64, String) =
         serde_json::from_slice(&tree.get(b"head").unwrap().unwrap()).unwrap();
-    let mut segment = vec![compact::SEGMENT_V2];
+    let mut segment = vec![compact::SEGMENT_V3];
+    segment.extend_from_slice(&compact::raw(&prev));
     for i in 1..=n {
         let event = AuditEvent::new("token.issued", Outcome::Success).client("nobody");
         let (entry, body, hash) = seal_compact(seq + i, 1, None, event, prev.clone());
         prev = entry.hash;
-        compact::put_record(&mut segment, &body, &hash);
+        compact::put_checked_record(&mut segment, &body, &compact::check_of(&hash));
     }
     tree.insert((seq + 1).to_be_bytes(), segment).unwrap();
     tree.insert(b"head", serde_json::to_vec(&(seq + n, prev)).unwrap())

@@ -22,6 +22,19 @@
 //! entry that was edited (its own hash fails) from one whose predecessor was replaced whole
 //! with a fresh hash (its link fails), and names the right one.
 //!
+//! How records are laid out in a sled segment (the value of one group commit):
+//! - layout 2 ([`SEGMENT_V2`]): the records as above, each with its whole hash;
+//! - layout 3 ([`SEGMENT_V3`], written since): `prev_hash[32]` of the segment's first entry,
+//!   then per entry `varint(len(body)) ‖ body ‖ check[4]`, `check` being the first 4 bytes of
+//!   the entry's hash. The whole hash is not stored: it follows from the segment's `prev_hash`
+//!   and the bodies, so a reader derives it, and the check still tells an edited entry (its
+//!   derived hash disagrees with its check) from a replaced predecessor (its link disagrees),
+//!   as the whole hash did. Against an attacker who can write the database the anchor was
+//!   never the per-entry hash (it is recomputable) but the head, the signed checkpoints and
+//!   the exported files; 28 bytes per entry are saved.
+//!
+//! The hash, and so an exported entry (`"v":2`), is the same in both layouts.
+//!
 //! Encoding is canonical (the same event always gives the same bytes), so an exported JSON line
 //! can be re-encoded and its hash checked without the database.
 
@@ -32,6 +45,13 @@ use super::{AuditEvent, Outcome};
 /// Format byte that opens a sled segment of compact records. A legacy segment of JSON lines
 /// opens with `{`, so the two never mix up.
 pub const SEGMENT_V2: u8 = 0x02;
+
+/// Format byte that opens a sled segment in layout 3: the segment's `prev_hash`, then records
+/// with a 4-byte check instead of their whole hash.
+pub const SEGMENT_V3: u8 = 0x03;
+
+/// Bytes of an entry's hash a layout 3 record keeps.
+pub const CHECK_LEN: usize = 4;
 
 /// The format number exported lines carry (`"v":2`); JSON entries (format 1) carry none.
 pub const FORMAT_V2: u8 = 2;
@@ -258,6 +278,41 @@ pub fn records(mut bytes: &[u8]) -> Result<Vec<Record<'_>>, DecodeError> {
     Ok(out)
 }
 
+/// Append a layout 3 record (`varint len ‖ body ‖ hash[..4]`) to a segment.
+pub fn put_checked_record(out: &mut Vec<u8>, body: &[u8], check: &[u8; CHECK_LEN]) {
+    put_varint(out, body.len() as u64);
+    out.extend_from_slice(body);
+    out.extend_from_slice(check);
+}
+
+/// The first bytes of a hash that a layout 3 record keeps.
+pub fn check_of(hash: &[u8; 32]) -> [u8; CHECK_LEN] {
+    let mut check = [0u8; CHECK_LEN];
+    check.copy_from_slice(&hash[..CHECK_LEN]);
+    check
+}
+
+/// One layout 3 record: its body and check.
+pub type CheckedRecord<'a> = (&'a [u8], [u8; CHECK_LEN]);
+
+/// A layout 3 segment's value (after its format byte): the first entry's `prev_hash` and the
+/// records.
+pub fn checked_records(bytes: &[u8]) -> Result<([u8; 32], Vec<CheckedRecord<'_>>), DecodeError> {
+    let mut r = Reader(bytes);
+    let prev = <[u8; 32]>::try_from(r.take(32, "segment prev_hash")?)
+        .map_err(|_| DecodeError::Truncated("segment prev_hash"))?;
+    let mut out = Vec::new();
+    while !r.0.is_empty() {
+        let len =
+            usize::try_from(r.varint("length")?).map_err(|_| DecodeError::Truncated("body"))?;
+        let body = r.take(len, "body")?;
+        let check = <[u8; CHECK_LEN]>::try_from(r.take(CHECK_LEN, "check")?)
+            .map_err(|_| DecodeError::Truncated("check"))?;
+        out.push((body, check));
+    }
+    Ok((prev, out))
+}
+
 /// A hex hash as 32 bytes; anything else (a corrupt head) as zeros, which no entry chains to.
 pub fn raw(hex_hash: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -368,5 +423,31 @@ mod tests {
         put_record(&mut seg, &body, &[2u8; 32]);
         assert_eq!(records(&seg).unwrap().len(), 2);
         assert!(records(&seg[..seg.len() - 1]).is_err());
+        // Layout 3: the segment's prev_hash, then records with a check.
+        let mut seg = vec![9u8; 32];
+        put_checked_record(&mut seg, &body, &[1, 2, 3, 4]);
+        put_checked_record(&mut seg, &body, &[5, 6, 7, 8]);
+        let (prev, records) = checked_records(&seg).unwrap();
+        assert_eq!(prev, [9u8; 32]);
+        assert_eq!(
+            records,
+            vec![(&body[..], [1, 2, 3, 4]), (&body[..], [5, 6, 7, 8])]
+        );
+        for n in 0..seg.len() {
+            let short = checked_records(&seg[..n]);
+            assert!(short.is_err() || short.unwrap().1.len() < 2, "prefix {n}");
+        }
+        assert!(checked_records(&seg[..31]).is_err());
+    }
+
+    #[test]
+    fn layout_3_keeps_28_bytes_less_per_entry() {
+        let body = encode_body(&issued(), 1_700_000_000_123, &[0u8; 32]);
+        let hash = [7u8; 32];
+        let (mut v2, mut v3) = (Vec::new(), Vec::new());
+        put_record(&mut v2, &body, &hash);
+        put_checked_record(&mut v3, &body, &check_of(&hash));
+        assert_eq!(v2.len() - v3.len(), 32 - CHECK_LEN);
+        assert_eq!(check_of(&hash), [7u8; 4]);
     }
 }

@@ -201,6 +201,16 @@ pub enum Stored {
         /// The hash stored beside them.
         hash: [u8; 32],
     },
+    /// Format 2 in a layout 3 segment: a compact record's body and the first bytes of its
+    /// hash; the whole hash as the reader derived it from the segment's chain.
+    Checked {
+        /// The body bytes.
+        body: Vec<u8>,
+        /// The first [`compact::CHECK_LEN`] bytes of its hash, as stored.
+        check: [u8; compact::CHECK_LEN],
+        /// Its hash, derived from the segment's `prev_hash` and the bodies before it.
+        hash: [u8; 32],
+    },
 }
 
 impl Stored {
@@ -214,7 +224,7 @@ impl Stored {
     ) -> Result<AuditEntry, String> {
         match self {
             Stored::Json(bytes) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Stored::Compact { body, hash } => {
+            Stored::Compact { body, hash } | Stored::Checked { body, hash, .. } => {
                 let b = compact::decode_body(body).map_err(|e| e.to_string())?;
                 Ok(AuditEntry {
                     body: ChainedEvent {
@@ -237,9 +247,11 @@ impl Stored {
             Stored::Json(bytes) => serde_json::from_slice::<AuditEntry>(bytes)
                 .ok()
                 .map(|e| (e.body.time_ms, e.hash)),
-            Stored::Compact { body, hash } => compact::decode_body(body)
-                .ok()
-                .map(|b| (b.time_ms, hex::encode(hash))),
+            Stored::Compact { body, hash } | Stored::Checked { body, hash, .. } => {
+                compact::decode_body(body)
+                    .ok()
+                    .map(|b| (b.time_ms, hex::encode(hash)))
+            }
         }
     }
 }
@@ -343,6 +355,30 @@ where
                 }
                 prev_hash = entry.hash;
             }
+            Stored::Checked { body, check, .. } => {
+                // The derived hash proves nothing (it was computed from the same bytes): the
+                // stored check is what the entry's content must match.
+                let decoded = compact::decode_body(body)
+                    .map_err(|e| brk(seq, format!("entry does not decode: {e}")))?;
+                let prev = compact::raw(&prev_hash);
+                let hash = compact::hash(&prev, seq, chain, body);
+                if compact::check_of(&hash) != *check {
+                    return Err(if decoded.link != prev[..4] {
+                        brk(
+                            victim,
+                            format!(
+                                "entry was replaced (entry {seq} records a different hash for it)"
+                            ),
+                        )
+                    } else {
+                        brk(
+                            seq,
+                            "entry was altered (its content does not match its hash)".into(),
+                        )
+                    });
+                }
+                prev_hash = hex::encode(hash);
+            }
             Stored::Compact { body, hash } => {
                 let decoded = compact::decode_body(body)
                     .map_err(|e| brk(seq, format!("entry does not decode: {e}")))?;
@@ -387,8 +423,10 @@ mod tests {
     use super::*;
 
     /// `n` entries: the first `json` as format 1, the rest as format 2, as a data directory
-    /// from before format 2 that kept running.
+    /// from before format 2 that kept running; of those, the later half in layout 3 (a check
+    /// instead of the whole hash), as a data directory from before layout 3.
     fn chain(n: u64, json: u64) -> (StoredEntries, Head) {
+        let layout3_from = json + (n - json) / 2 + 1;
         let mut prev = GENESIS_HASH.to_owned();
         let mut out = Vec::new();
         for seq in 1..=n {
@@ -408,7 +446,18 @@ mod tests {
                 let (e, body, hash) = seal_compact(seq, seq, None, event, prev.clone());
                 assert!(e.hash_matches());
                 prev = e.hash;
-                out.push((seq, Stored::Compact { body, hash }));
+                out.push((
+                    seq,
+                    if seq >= layout3_from {
+                        Stored::Checked {
+                            body,
+                            check: compact::check_of(&hash),
+                            hash,
+                        }
+                    } else {
+                        Stored::Compact { body, hash }
+                    },
+                ));
             }
         }
         (out, (n, prev))
@@ -423,7 +472,7 @@ mod tests {
                     .replace("\"success\"", "\"failure\"")
                     .into_bytes();
             }
-            Stored::Compact { body, .. } => body[0] |= 1,
+            Stored::Compact { body, .. } | Stored::Checked { body, .. } => body[0] |= 1,
         }
     }
 
@@ -481,7 +530,14 @@ mod tests {
                     Some(_) => {
                         let (_, body, hash) =
                             seal_compact(seq, e.body.time_ms, None, e.body.event, prev);
-                        Stored::Compact { body, hash }
+                        match entries[victim].1 {
+                            Stored::Checked { .. } => Stored::Checked {
+                                body,
+                                check: compact::check_of(&hash),
+                                hash,
+                            },
+                            _ => Stored::Compact { body, hash },
+                        }
                     }
                 };
                 let err = verify_chain(entries, Some(head), None, None).unwrap_err();
@@ -527,7 +583,8 @@ mod tests {
     enum Tamper {
         /// XOR one byte of entry `at`'s stored body (or JSON) with a non-zero mask.
         Body { at: usize, byte: usize, mask: u8 },
-        /// XOR one byte of entry `at`'s stored hash (or of the hash in its JSON).
+        /// XOR one byte of entry `at`'s stored hash (or of the hash in its JSON, or of its
+        /// stored check).
         Hash { at: usize, byte: usize, mask: u8 },
         /// Remove entry `at`.
         Drop { at: usize },
@@ -565,13 +622,16 @@ mod tests {
                 entries.remove(at % n);
             }
             Tamper::Body { at, byte, mask } => match &mut entries[at % n].1 {
-                Stored::Json(bytes) | Stored::Compact { body: bytes, .. } => {
+                Stored::Json(bytes)
+                | Stored::Compact { body: bytes, .. }
+                | Stored::Checked { body: bytes, .. } => {
                     let i = byte % bytes.len();
                     bytes[i] ^= mask;
                 }
             },
             Tamper::Hash { at, byte, mask } => match &mut entries[at % n].1 {
                 Stored::Compact { hash, .. } => hash[byte % hash.len()] ^= mask,
+                Stored::Checked { check, .. } => check[byte % check.len()] ^= mask,
                 Stored::Json(bytes) => {
                     // The 64 hex digits after `"hash":"`, swapped for other hex digits.
                     let text = String::from_utf8(bytes.clone()).unwrap();
@@ -587,8 +647,9 @@ mod tests {
 
     proptest::proptest! {
         /// Invariant: a chain verifies if and only if nobody touched it. Any one change to the
-        /// stored entries (a flipped bit in a record or its hash, an entry removed, two entries
-        /// swapped), in either format or a mix, is found; the untouched chain verifies whole.
+        /// stored entries (a flipped bit in a record or its hash or check, an entry removed, two
+        /// entries swapped), in either format or layout or a mix, is found; the untouched chain
+        /// verifies whole.
         #[test]
         fn the_chain_verifies_iff_untouched(
             n in 1u64..10,

@@ -4,15 +4,16 @@
 //! sequence number and hash), in one atomic batch, then makes it durable. So a request pays
 //! for hashing its entry, not for a storage write of its own.
 //!
-//! A segment is either format 2 — the byte [`SEGMENT_V2`] then compact records
-//! ([`compact`]) — or, in data directories from before it, format 1: one JSON entry per line.
-//! Both are read; only format 2 is written. Pruning removes whole segments from the oldest
+//! A segment is compact records ([`compact`]) in layout 3 — the byte [`SEGMENT_V3`], the first
+//! entry's `prev_hash`, then records with a 4-byte check in place of their hash — or, in data
+//! directories from before it, in layout 2 ([`SEGMENT_V2`], each record with its whole hash),
+//! or format 1: one JSON entry per line. All are read; only layout 3 is written. Pruning removes whole segments from the oldest
 //! and writes the [`Anchor`] (key `anchor`) in the same batch.
 
 use std::sync::Mutex;
 
 use super::SledDb;
-use crate::store::audit::compact::{self, SEGMENT_V2};
+use crate::store::audit::compact::{self, SEGMENT_V2, SEGMENT_V3};
 use crate::store::audit::{
     seal_compact, verify_chain, Anchor, AuditEntry, AuditEvent, ChainBreak, ChainHead, Head,
     Stored, StoredEntries, GENESIS_HASH,
@@ -58,6 +59,26 @@ fn corrupt(reason: String) -> StoreError {
 
 /// The entries of one segment, `first` being its key.
 pub fn split_segment(first: u64, value: &[u8]) -> Result<StoredEntries, String> {
+    if value.first() == Some(&SEGMENT_V3) {
+        let (mut prev, records) =
+            compact::checked_records(&value[1..]).map_err(|e| e.to_string())?;
+        return Ok(records
+            .into_iter()
+            .zip(first..)
+            .map(|((body, check), seq)| {
+                let hash = compact::hash(&prev, seq, None, body);
+                prev = hash;
+                (
+                    seq,
+                    Stored::Checked {
+                        body: body.to_vec(),
+                        check,
+                        hash,
+                    },
+                )
+            })
+            .collect());
+    }
     if value.first() == Some(&SEGMENT_V2) {
         let records = compact::records(&value[1..]).map_err(|e| e.to_string())?;
         return Ok(records
@@ -81,13 +102,6 @@ pub fn split_segment(first: u64, value: &[u8]) -> Result<StoredEntries, String> 
         .zip(first..)
         .map(|(line, seq)| (seq, Stored::Json(line.to_vec())))
         .collect())
-}
-
-/// A segment is written back in the format it was read in: compact if any entry is.
-fn value_is_compact(entries: &StoredEntries) -> bool {
-    entries
-        .iter()
-        .any(|(_, s)| matches!(s, Stored::Compact { .. }))
 }
 
 fn segment_key(key: &[u8]) -> Option<u64> {
@@ -307,9 +321,15 @@ impl AuditLog for SledDb {
         let mut chain = self.audit.lock();
         let seq = chain.head.0 + 1;
         let prev = std::mem::take(&mut chain.head.1);
+        let prev_raw = compact::raw(&prev);
         let (entry, body, hash) = seal_compact(seq, time_ms, None, event, prev);
-        let segment = chain.pending.get_or_insert_with(|| (seq, vec![SEGMENT_V2]));
-        compact::put_record(&mut segment.1, &body, &hash);
+        let segment = chain.pending.get_or_insert_with(|| {
+            let mut value = Vec::with_capacity(4096);
+            value.push(SEGMENT_V3);
+            value.extend_from_slice(&prev_raw);
+            (seq, value)
+        });
+        compact::put_checked_record(&mut segment.1, &body, &compact::check_of(&hash));
         chain.head = (seq, entry.hash);
         Ok(seq)
     }
@@ -376,37 +396,46 @@ impl SledDb {
         let mut entries = split_segment(first, &value).map_err(corrupt)?;
         let edited: Option<AuditEntry> = serde_json::from_slice(bytes).ok();
         if let Some((_, stored)) = entries.iter_mut().find(|(s, _)| *s == seq) {
-            *stored = match (edited, &stored) {
-                // An edited entry, laid out as the store lays it out, its stored hash kept.
-                (Some(e), Stored::Compact { hash, .. }) => Stored::Compact {
-                    body: compact::encode_body(
-                        &e.body.event,
-                        e.body.time_ms,
-                        &compact::raw(&e.body.prev_hash),
-                    ),
+            let body = match &edited {
+                // An edited entry, laid out as the store lays it out.
+                Some(e) => compact::encode_body(
+                    &e.body.event,
+                    e.body.time_ms,
+                    &compact::raw(&e.body.prev_hash),
+                ),
+                None => bytes.to_vec(),
+            };
+            *stored = match &stored {
+                // Its stored hash or check kept.
+                Stored::Compact { hash, .. } => Stored::Compact { body, hash: *hash },
+                Stored::Checked { check, hash, .. } => Stored::Checked {
+                    body,
+                    check: *check,
                     hash: *hash,
                 },
-                (_, Stored::Compact { hash, .. }) => Stored::Compact {
-                    body: bytes.to_vec(),
-                    hash: *hash,
-                },
-                (_, Stored::Json(_)) => Stored::Json(bytes.to_vec()),
+                Stored::Json(_) => Stored::Json(bytes.to_vec()),
             };
         }
-        let mut value = Vec::new();
-        if value_is_compact(&entries) {
-            value.push(SEGMENT_V2);
+        // Written back in the layout it was read in (layout 3 with its stored prev_hash).
+        let mut out = Vec::new();
+        match value.first() {
+            Some(&SEGMENT_V3) => out.extend_from_slice(value.get(..33).unwrap_or_default()),
+            Some(&SEGMENT_V2) => out.push(SEGMENT_V2),
+            _ => {}
         }
         for (_, stored) in &entries {
             match stored {
                 Stored::Json(line) => {
-                    value.extend_from_slice(line);
-                    value.push(b'\n');
+                    out.extend_from_slice(line);
+                    out.push(b'\n');
                 }
-                Stored::Compact { body, hash } => compact::put_record(&mut value, body, hash),
+                Stored::Compact { body, hash } => compact::put_record(&mut out, body, hash),
+                Stored::Checked { body, check, .. } => {
+                    compact::put_checked_record(&mut out, body, check);
+                }
             }
         }
-        tree.insert(key, value)
+        tree.insert(key, out)
             .map(|_| ())
             .map_err(|source| StoreError::Write {
                 what: "audit entry",
@@ -527,6 +556,56 @@ mod tests {
         assert_eq!(all[3].body.prev_hash, all[2].hash);
         assert!(all.iter().all(AuditEntry::hash_matches));
         assert_eq!((all[2].v, all[3].v), (None, Some(compact::FORMAT_V2)));
+    }
+
+    #[tokio::test]
+    async fn a_layout_2_log_keeps_verifying_and_grows_in_layout_3() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data directory from before layout 3: records with their whole hash.
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            let mut prev = GENESIS_HASH.to_owned();
+            let mut segment = vec![SEGMENT_V2];
+            for seq in 1..=3 {
+                let event = AuditEvent::new("token.issued", Outcome::Success).client("old");
+                let (e, body, hash) = seal_compact(seq, seq, None, event, prev);
+                prev = e.hash;
+                compact::put_record(&mut segment, &body, &hash);
+            }
+            tree.insert(1u64.to_be_bytes(), segment).unwrap();
+            tree.insert(AUDIT_HEAD_KEY, serde_json::to_vec(&(3u64, prev)).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledDb::open(dir.path()).unwrap();
+        for _ in 0..2 {
+            store
+                .append(AuditEvent::new("token.issued", Outcome::Success), 9)
+                .unwrap();
+        }
+        store.flush().unwrap();
+        assert_eq!(store.verify().await.unwrap(), Ok(5));
+        let new = store.audit.tree.get(4u64.to_be_bytes()).unwrap().unwrap();
+        assert_eq!(new[0], SEGMENT_V3);
+        let all = store.entries(None, 0, 10).await.unwrap();
+        assert_eq!(all.len(), 5);
+        for pair in all.windows(2) {
+            assert_eq!(pair[1].body.prev_hash, pair[0].hash);
+        }
+        assert!(all.iter().all(AuditEntry::hash_matches));
+        // A page that starts inside the layout 3 segment derives the hash before it.
+        let page = store.entries(None, 4, 1).await.unwrap();
+        assert_eq!(page[0].body.prev_hash, all[3].hash);
+        // An edit of the last layout 3 entry's content is caught, and named.
+        let mut e = all[4].clone();
+        e.body.event.client = Some("mallory".into());
+        store
+            .overwrite_audit_entry_for_test(5, &serde_json::to_vec(&e).unwrap())
+            .unwrap();
+        let breaks = store.verify().await.unwrap().unwrap_err();
+        assert_eq!(breaks[0].seq, 5, "{breaks:?}");
+        assert!(breaks[0].reason.contains("altered"), "{breaks:?}");
     }
 
     #[tokio::test]
