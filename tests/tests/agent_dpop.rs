@@ -115,16 +115,8 @@ fn the_agent_binds_tokens_to_its_tpm_key_and_signs_proofs_for_local_software() {
     assert_eq!(introspected["token_type"], "DPoP");
 
     // A proof from the socket, through the CLI, passes the resource server.
-    let out = device.agent_ok(&[
-        "proof",
-        "--method",
-        "GET",
-        "--url",
-        RESOURCE,
-        "--with-token",
-    ]);
-    let mut lines = out.lines();
-    let (proof, covered) = (lines.next().unwrap(), lines.next().unwrap());
+    let (proof, covered) = proof_with_token(&device);
+    let proof = proof.as_str();
     assert_eq!(covered, token);
     let jwks = server.jwks();
     resource_server_accepts(&jwks, &server.issuer, &token, proof, "GET", RESOURCE)
