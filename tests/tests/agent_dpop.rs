@@ -268,3 +268,33 @@ fn a_device_provisioned_with_dpop_gets_no_bearer_token_only_tokens_bound_to_its_
     assert_eq!(part(&token, 1)["cnf"]["jkt"], thumbprint(&status["jwk"]));
     assert_eq!(server.introspect(&token)["token_type"], "DPoP");
 }
+
+#[test]
+fn the_agent_answers_a_servers_nonce_and_passes_a_resource_servers_nonce_into_its_proof() {
+    // Every proof must carry a nonce this server issued (RFC 9449 §8): the agent's first proof
+    // cannot, so a token means it took the nonce from the `use_dpop_nonce` answer and retried.
+    let server = TestServer::start_with(&["--dpop-nonce"]);
+    let mut device = Device::provision(&server);
+    device.edit_config(|c| c.dpop = true);
+    let mut run = device.spawn_run();
+    let token = device.wait_for_socket_token(Duration::from_secs(60), |_| true);
+    let jwk = device.status_json()["jwk"].clone();
+    assert_eq!(part(&token, 1)["cnf"]["jkt"], thumbprint(&jwk));
+
+    // A resource server's nonce, handed to the socket, is in the proof.
+    let out = device.agent_ok(&[
+        "proof",
+        "--method",
+        "GET",
+        "--url",
+        RESOURCE,
+        "--nonce",
+        "rs-nonce-1",
+    ]);
+    let proof = out.lines().next().unwrap();
+    assert_eq!(part(proof, 1)["nonce"], "rs-nonce-1");
+    assert_eq!(thumbprint(&part(proof, 0)["jwk"]), thumbprint(&jwk));
+
+    let _ = run.kill();
+    let _ = run.wait();
+}
