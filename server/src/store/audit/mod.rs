@@ -4,7 +4,9 @@
 //!
 //! Two stored forms exist: format 1, the entry's JSON (hashed as JSON, data directories from
 //! before format 2), and format 2, [`compact`]'s binary record (hashed over its stored bytes).
-//! A chain may hold format 1 entries followed by format 2 ones; both verify. Once a prefix of
+//! A chain may hold format 1 entries followed by format 2 ones; both verify. The embedded store
+//! keeps format 2 records either with their whole hash (layout 2) or, since, with a 4-byte check
+//! from which the reader derives it ([`Stored::Checked`], layout 3). Once a prefix of
 //! the chain is pruned, an [`Anchor`] (the last pruned entry's seq and hash, signed) stands in
 //! for it and verification starts there.
 

@@ -7,8 +7,9 @@
 //! A segment is compact records ([`compact`]) in layout 3 — the byte [`SEGMENT_V3`], the first
 //! entry's `prev_hash`, then records with a 4-byte check in place of their hash — or, in data
 //! directories from before it, in layout 2 ([`SEGMENT_V2`], each record with its whole hash),
-//! or format 1: one JSON entry per line. All are read; only layout 3 is written. Pruning removes whole segments from the oldest
-//! and writes the [`Anchor`] (key `anchor`) in the same batch.
+//! or format 1: one JSON entry per line. All are read; only layout 3 is written. Pruning
+//! removes whole segments from the oldest and writes the [`Anchor`] (key `anchor`) in the same
+//! batch.
 
 use std::sync::Mutex;
 
