@@ -169,16 +169,16 @@ fn the_agent_binds_tokens_to_its_tpm_key_and_signs_proofs_for_local_software() {
     let _ = run.wait();
 }
 
+/// `hallmark-agent proof --method GET --url RESOURCE` with `extra` flags: its output.
+fn proof_cli(device: &Device, extra: &[&str]) -> String {
+    let mut args = vec!["proof", "--method", "GET", "--url", RESOURCE];
+    args.extend_from_slice(extra);
+    device.agent_ok(&args)
+}
+
 /// The socket's proof and the token it covers (`hallmark-agent proof --with-token`).
 fn proof_with_token(device: &Device) -> (String, String) {
-    let out = device.agent_ok(&[
-        "proof",
-        "--method",
-        "GET",
-        "--url",
-        RESOURCE,
-        "--with-token",
-    ]);
+    let out = proof_cli(device, &["--with-token"]);
     let mut lines = out.lines().map(str::to_owned);
     (lines.next().unwrap(), lines.next().unwrap())
 }
@@ -282,15 +282,7 @@ fn the_agent_answers_a_servers_nonce_and_passes_a_resource_servers_nonce_into_it
     assert_eq!(part(&token, 1)["cnf"]["jkt"], thumbprint(&jwk));
 
     // A resource server's nonce, handed to the socket, is in the proof.
-    let out = device.agent_ok(&[
-        "proof",
-        "--method",
-        "GET",
-        "--url",
-        RESOURCE,
-        "--nonce",
-        "rs-nonce-1",
-    ]);
+    let out = proof_cli(&device, &["--nonce", "rs-nonce-1"]);
     let proof = out.lines().next().unwrap();
     assert_eq!(part(proof, 1)["nonce"], "rs-nonce-1");
     assert_eq!(thumbprint(&part(proof, 0)["jwk"]), thumbprint(&jwk));
