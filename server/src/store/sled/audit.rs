@@ -322,12 +322,13 @@ impl AuditLog for SledDb {
         let mut chain = self.audit.lock();
         let seq = chain.head.0 + 1;
         let prev = std::mem::take(&mut chain.head.1);
-        let prev_raw = compact::raw(&prev);
+        // Only the first entry of a segment stores its prev_hash (decoded from hex once).
+        let opens = chain.pending.is_none().then(|| compact::raw(&prev));
         let (entry, body, hash) = seal_compact(seq, time_ms, None, event, prev);
         let segment = chain.pending.get_or_insert_with(|| {
             let mut value = Vec::with_capacity(4096);
             value.push(SEGMENT_V3);
-            value.extend_from_slice(&prev_raw);
+            value.extend_from_slice(&opens.unwrap_or_default());
             (seq, value)
         });
         compact::put_checked_record(&mut segment.1, &body, &compact::check_of(&hash));
