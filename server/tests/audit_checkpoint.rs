@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{jwt_parts, TestServer};
-use hallmark_server::store::audit::{compact, seal_compact, AuditEvent, Outcome};
+use hallmark_server::store::audit::{AuditEvent, Outcome};
+use hallmark_server::store::AuditLog as _;
 use serde_json::Value;
 
 #[test]
@@ -195,67 +196,30 @@ fn copy_data_dir(data: &Path, work: &Path, name: &str) -> PathBuf {
     to
 }
 
-/// The audit tree as an attacker with the database sees it: segments keyed by their first seq
-/// (8 bytes, big-endian), each the byte 3, the first entry's prev_hash, then compact records
-/// (`varint len ‖ body ‖ hash[..4]`), and the head `[seq, hash]` under `head`.
-fn audit_tree(data: &Path) -> (sled::Db, sled::Tree) {
-    let db = sled::open(data.join("db")).unwrap();
-    let tree = db.open_tree("audit").unwrap();
-    (db, tree)
+/// The audit log as an attacker with the data directory can change it: through the store,
+/// which writes well-formed, correctly chained files.
+fn audit_store(data: &Path) -> hallmark_server::store::SledStore {
+    hallmark_server::store::SledStore::open(&data.join("db")).unwrap()
 }
 
-/// Keep entries 1..=keep, drop the rest, and rewrite the head to match.
+/// Keep entries 1..=keep and drop the rest.
 fn truncate(data: &Path, keep: u64) {
-    let (db, tree) = audit_tree(data);
-    let mut last: Option<(u64, String)> = None;
-    for item in tree.iter() {
-        let (key, value) = item.unwrap();
-        if key.len() != 8 {
-            continue;
-        }
-        let first = u64::from_be_bytes(key.as_ref().try_into().unwrap());
-        assert_eq!(value[0], compact::SEGMENT_V3);
-        let (mut prev, records) = compact::checked_records(&value[1..]).unwrap();
-        let mut kept = value[..33].to_vec();
-        let mut n = 0;
-        for (i, (body, check)) in records.iter().enumerate() {
-            let seq = first + i as u64;
-            let hash = compact::hash(&prev, seq, None, body);
-            prev = hash;
-            if seq <= keep {
-                compact::put_checked_record(&mut kept, body, check);
-                last = Some((seq, hex::encode(hash)));
-                n += 1;
-            }
-        }
-        if n == 0 {
-            tree.remove(key).unwrap();
-        } else if n < records.len() {
-            tree.insert(key, kept).unwrap();
-        }
-    }
-    let last = last.unwrap();
-    assert_eq!(last.0, keep);
-    tree.insert(b"head", serde_json::to_vec(&last).unwrap())
+    let store = audit_store(data);
+    store.truncate_audit_for_test(keep).unwrap();
+    drop(store);
+    let store = audit_store(data);
+    let heads = hallmark_server::store::block_on(store.chains())
+        .unwrap()
         .unwrap();
-    db.flush().unwrap();
+    assert_eq!(heads[0].seq, keep);
 }
 
-/// Append `n` forged entries, correctly chained, and point the head at the last.
+/// Append `n` forged entries, correctly chained.
 fn append_forged(data: &Path, n: u64) {
-    let (db, tree) = audit_tree(data);
-    let (seq, mut prev): (u64, String) =
-        serde_json::from_slice(&tree.get(b"head").unwrap().unwrap()).unwrap();
-    let mut segment = vec![compact::SEGMENT_V3];
-    segment.extend_from_slice(&compact::raw(&prev));
-    for i in 1..=n {
+    let store = audit_store(data);
+    for _ in 0..n {
         let event = AuditEvent::new("token.issued", Outcome::Success).client("nobody");
-        let (entry, body, hash) = seal_compact(seq + i, 1, None, event, prev.clone());
-        prev = entry.hash;
-        compact::put_checked_record(&mut segment, &body, &compact::check_of(&hash));
+        store.append(event, 1).unwrap();
     }
-    tree.insert((seq + 1).to_be_bytes(), segment).unwrap();
-    tree.insert(b"head", serde_json::to_vec(&(seq + n, prev)).unwrap())
-        .unwrap();
-    db.flush().unwrap();
+    hallmark_server::store::Durability::flush(&store).unwrap();
 }

@@ -120,6 +120,16 @@ pub enum StoreError {
     /// The store is closed for a moment (being reopened after a failure).
     #[error("storage is being reopened")]
     Reopening,
+    /// An audit log file could not be written or read.
+    #[error("audit file {what} failed ({path})")]
+    AuditFile {
+        /// What was done: "append to", "create", "read"…
+        what: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The filesystem under the store refused a test write.
     #[error("the filesystem at {path} does not take writes")]
     Probe {
@@ -144,6 +154,7 @@ impl StoreError {
             StoreError::Locked { .. }
             | StoreError::Reopening
             | StoreError::Probe { .. }
+            | StoreError::AuditFile { .. }
             | StoreError::DatabaseUnavailable { .. } => true,
             // A database that answers, but with an error other than "cannot serve now".
             StoreError::Database { source, .. } => database_outage(source),
@@ -168,6 +179,9 @@ impl StoreError {
             | StoreError::Flush { source } => Some(source),
             _ => None,
         };
+        if let StoreError::AuditFile { source, .. } = self {
+            return format!("{self}: {}", os_words(source));
+        }
         match engine {
             Some(::sled::Error::Io(io)) => format!("{self}: {}", os_words(io)),
             _ => error_chain(self),

@@ -1,18 +1,23 @@
-//! The audit log in sled. Appending only chains the entry in memory; the group committer's flush
-//! writes every entry appended since the last one as one record (a *segment*, keyed by the
-//! big-endian sequence number of its first entry) together with the head record (last
-//! sequence number and hash), in one atomic batch, then makes it durable. So a request pays
-//! for hashing its entry, not for a storage write of its own.
+//! The audit log of the embedded backend. Appending only chains the entry in memory; the group
+//! committer's flush appends every entry appended since the last one as one *segment* to the
+//! audit files ([`super::audit_files`]) and syncs them before the commit answers. So a request
+//! pays for hashing its entry, not for a storage write of its own.
 //!
 //! A segment is compact records ([`compact`]) in layout 3 — the byte [`SEGMENT_V3`], the first
-//! entry's `prev_hash`, then records with a 4-byte check in place of their hash — or, in data
-//! directories from before it, in layout 2 ([`SEGMENT_V2`], each record with its whole hash),
-//! or format 1: one JSON entry per line. All are read; only layout 3 is written. Pruning
-//! removes whole segments from the oldest and writes the [`Anchor`] (key `anchor`) in the same
-//! batch.
+//! entry's `prev_hash`, then records with a 4-byte check in place of their hash — or, in logs
+//! from before it, layout 2 ([`SEGMENT_V2`], each record with its whole hash) or format 1 (one
+//! JSON entry per line). All are read; only layout 3 is written.
+//!
+//! Before the audit files, segments were records of sled's `audit` tree (keyed by the big-endian
+//! seq of their first entry, with a `head` and an `anchor` record). Opening such a database moves
+//! them into the files, in order and synced, and only then removes them from the tree; a crash in
+//! between is finished by the next open. Pruning removes whole files from the oldest, after
+//! writing the [`Anchor`] that stands for them (`anchor.json` beside the files) durably.
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::audit_files::{self, AuditFiles, Segment};
 use super::SledDb;
 use crate::store::audit::compact::{self, SEGMENT_V2, SEGMENT_V3};
 use crate::store::audit::{
@@ -21,10 +26,16 @@ use crate::store::audit::{
 };
 use crate::store::{AuditLog, StoreError};
 
-/// Key of the head record; segment keys are 8 bytes, so it cannot collide with one.
-pub const AUDIT_HEAD_KEY: &[u8] = b"head";
-/// Key of the pruned prefix's anchor.
+/// Key of the head record in a legacy audit tree; segment keys are 8 bytes, so it cannot
+/// collide with one.
+#[cfg(test)]
+const AUDIT_HEAD_KEY: &[u8] = b"head";
+/// Key of the pruned prefix's anchor in a legacy audit tree.
 pub const AUDIT_ANCHOR_KEY: &[u8] = b"anchor";
+/// The anchor's file, beside the audit files.
+const ANCHOR_FILE: &str = "anchor.json";
+/// Legacy segments moved into the files per sync.
+const MIGRATE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Chain state: the head and the entries not yet written.
 struct Chain {
@@ -32,23 +43,18 @@ struct Chain {
     head: (u64, String),
     /// Entries appended since the last write: (first seq, segment value).
     pending: Option<(u64, Vec<u8>)>,
-    /// The head as last written to the tree, durable once the database is flushed.
+    /// The head as last taken for writing, durable once the write and the flush succeed.
     written: Option<Head>,
     /// The head as last flushed: what a checkpoint may vouch for.
     durable: Head,
 }
 
-/// Appends one entry at a time, so that the chain has one order.
-pub(super) struct SledAudit {
-    tree: sled::Tree,
+/// Appends one entry at a time, so that the chain has one order. Shared by every [`SledDb`] a
+/// store opens in turn, so entries appended to one that is being replaced are not lost.
+pub(crate) struct SledAudit {
+    dir: PathBuf,
+    files: AuditFiles,
     chain: Mutex<Chain>,
-}
-
-fn read_err(source: sled::Error) -> StoreError {
-    StoreError::Read {
-        what: "audit log",
-        source,
-    }
 }
 
 fn corrupt(reason: String) -> StoreError {
@@ -56,6 +62,11 @@ fn corrupt(reason: String) -> StoreError {
         what: "audit entry",
         reason,
     }
+}
+
+fn file_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.display().to_string();
+    move |source| StoreError::AuditFile { what, path, source }
 }
 
 /// The entries of one segment, `first` being its key.
@@ -105,28 +116,136 @@ pub fn split_segment(first: u64, value: &[u8]) -> Result<StoredEntries, String> 
         .collect())
 }
 
+/// The last entry of a segment: its seq and hash.
+fn last_of(first: u64, segment: &[u8]) -> Result<Option<Head>, StoreError> {
+    let entries = split_segment(first, segment).map_err(corrupt)?;
+    let Some((seq, stored)) = entries.last() else {
+        return Ok(None);
+    };
+    let (_, hash) = stored
+        .time_and_hash()
+        .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
+    Ok(Some((*seq, hash)))
+}
+
 fn segment_key(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
+/// A stand-in for a segment that cannot be read, for the chain check to name.
+fn unreadable(seq: u64, why: &str) -> (u64, Stored) {
+    (
+        seq,
+        Stored::Compact {
+            body: why.as_bytes().to_vec(),
+            hash: [0u8; 32],
+        },
+    )
+}
+
 impl SledAudit {
-    pub(super) fn open(tree: sled::Tree) -> Result<Self, StoreError> {
-        let head = match tree.get(AUDIT_HEAD_KEY).map_err(read_err)? {
-            None => (0, GENESIS_HASH.to_owned()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
-                what: "audit head",
-                source,
-            })?,
+    /// Open the audit log of the database at `db` (its files in `db/audit`), moving the
+    /// segments of a legacy `tree` into the files first.
+    pub(super) fn open(db: &Path, tree: &sled::Tree) -> Result<Self, StoreError> {
+        let dir = db.join(audit_files::DIR);
+        let (files, last) = AuditFiles::open_with(&dir, audit_files::ROTATE_BYTES)?;
+        let mut head = match &last {
+            Some(segment) => last_of(segment.first, &segment.bytes)?
+                .map(|(seq, _)| (seq, hex::encode(segment.last_hash))),
+            None => None,
         };
-        Ok(SledAudit {
-            tree,
+        let audit = SledAudit {
+            dir,
+            files,
             chain: Mutex::new(Chain {
-                durable: head.clone(),
-                head,
+                head: (0, GENESIS_HASH.to_owned()),
                 pending: None,
                 written: None,
+                durable: (0, GENESIS_HASH.to_owned()),
             }),
-        })
+        };
+        if let Some(migrated) = audit.migrate(tree, head.as_ref().map_or(0, |h| h.0))? {
+            head = Some(migrated);
+        }
+        let head = match head {
+            Some(head) => head,
+            None => audit
+                .anchor()?
+                .map_or_else(|| (0, GENESIS_HASH.to_owned()), |a| (a.seq, a.hash)),
+        };
+        {
+            let mut chain = audit.lock();
+            chain.head = head.clone();
+            chain.durable = head;
+        }
+        Ok(audit)
+    }
+
+    /// Move a legacy tree's segments (after `have`, the last seq the files hold) and anchor
+    /// into the files, then remove them from the tree. Returns the new head, if any moved.
+    fn migrate(&self, tree: &sled::Tree, have: u64) -> Result<Option<Head>, StoreError> {
+        let read_err = |source| StoreError::Read {
+            what: "audit log",
+            source,
+        };
+        let mut head = None;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut keys = Vec::new();
+        for item in tree.iter() {
+            let (key, value) = item.map_err(read_err)?;
+            keys.push(key.clone());
+            let Some(first) = segment_key(&key) else {
+                continue;
+            };
+            let Some(last) = last_of(first, &value)? else {
+                continue;
+            };
+            if last.0 <= have {
+                continue;
+            }
+            bytes += value.len();
+            batch.push(Segment {
+                first,
+                bytes: value.to_vec(),
+                last_hash: compact::raw(&last.1),
+            });
+            head = Some(last);
+            if bytes >= MIGRATE_BYTES {
+                self.files.append_all(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        self.files.append_all(batch)?;
+        if let Some(bytes) = tree.get(AUDIT_ANCHOR_KEY).map_err(read_err)? {
+            if !self.dir.join(ANCHOR_FILE).exists() {
+                let anchor: Anchor =
+                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
+                        what: "audit anchor",
+                        source,
+                    })?;
+                self.put_anchor(&anchor)?;
+            }
+        }
+        let write_err = |source| StoreError::Write {
+            what: "audit migration",
+            source,
+        };
+        let mut removal = sled::Batch::default();
+        for key in keys {
+            removal.remove(key);
+        }
+        tree.apply_batch(removal).map_err(write_err)?;
+        tree.flush()
+            .map_err(|source| StoreError::Flush { source })?;
+        tracing::info!(
+            dir = %self.dir.display(),
+            "the audit log moved from the database's audit tree into its own files"
+        );
+        Ok(head)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Chain> {
@@ -135,31 +254,22 @@ impl SledAudit {
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Write the pending segment and the head in one atomic batch (not yet flushed).
+    /// Append the pending segment to the files and sync them.
     pub(super) fn write_pending(&self) -> Result<(), StoreError> {
-        let mut chain = self.lock();
-        let Some((first, segment)) = chain.pending.take() else {
-            return Ok(());
-        };
-        let mut batch = sled::Batch::default();
-        batch.insert(&first.to_be_bytes(), segment.as_slice());
-        batch.insert(
-            AUDIT_HEAD_KEY,
-            serde_json::to_vec(&chain.head).unwrap_or_default(),
-        );
-        if let Err(source) = self.tree.apply_batch(batch) {
-            // Keep them for the next flush: later entries chain onto these.
-            chain.pending = Some((first, segment));
-            return Err(StoreError::Write {
-                what: "audit segment",
-                source,
-            });
-        }
-        chain.written = Some(chain.head.clone());
+        self.files.append(|| {
+            let mut chain = self.lock();
+            let (first, bytes) = chain.pending.take()?;
+            chain.written = Some(chain.head.clone());
+            Some(Segment {
+                first,
+                bytes,
+                last_hash: compact::raw(&chain.head.1),
+            })
+        })?;
         Ok(())
     }
 
-    /// The database was flushed: what was written is durable.
+    /// The rest of the store was flushed too: what was written is durable.
     pub(super) fn flushed(&self) {
         let mut chain = self.lock();
         if let Some(written) = chain.written.take() {
@@ -168,9 +278,9 @@ impl SledAudit {
     }
 
     fn anchor(&self) -> Result<Option<Anchor>, StoreError> {
-        match self.tree.get(AUDIT_ANCHOR_KEY).map_err(read_err)? {
-            None => Ok(None),
-            Some(bytes) => {
+        let path = self.dir.join(ANCHOR_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|source| StoreError::Decode {
@@ -178,35 +288,57 @@ impl SledAudit {
                         source,
                     })
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(file_err("read", &path)(e)),
         }
     }
 
-    /// Every stored entry as (seq, stored), in order, the stored head and the anchor.
-    fn stored(&self) -> Result<(StoredEntries, Option<Head>, Option<Anchor>), StoreError> {
-        let mut entries = Vec::new();
+    fn put_anchor(&self, anchor: &Anchor) -> Result<(), StoreError> {
+        let path = self.dir.join(ANCHOR_FILE);
+        crate::datadir::write_atomic(
+            &path,
+            &serde_json::to_vec(anchor).unwrap_or_default(),
+            0o600,
+        )
+        .map_err(file_err("write", &path))
+    }
+
+    /// Every stored entry after the anchor as (seq, stored), in order; the last segment's last
+    /// entry as its frame records it (the head); the anchor; and the first segment whose last
+    /// entry does not match the hash its frame records.
+    #[allow(clippy::type_complexity)]
+    fn stored(
+        &self,
+    ) -> Result<(StoredEntries, Option<Head>, Option<Anchor>, Option<u64>), StoreError> {
+        let anchor = self.anchor()?;
+        let floor = anchor.as_ref().map_or(0, |a| a.seq);
+        let mut entries: StoredEntries = Vec::new();
         let mut head = None;
-        for item in self.tree.iter() {
-            let (key, value) = item.map_err(read_err)?;
-            if key.as_ref() == AUDIT_HEAD_KEY {
-                head = serde_json::from_slice::<(u64, String)>(&value).ok();
-                continue;
-            }
-            let Some(first) = segment_key(&key) else {
-                continue;
+        let mut mismatch = None;
+        self.files.read_from(None, |segment| {
+            let next = entries.last().map_or(floor, |(s, _)| *s) + 1;
+            let Some(segment) = segment else {
+                entries.push(unreadable(next, "a damaged frame in the audit file"));
+                return Ok(false);
             };
-            match split_segment(first, &value) {
-                Ok(more) => entries.extend(more),
-                // Left for the chain check to name: the entry at the key is unreadable.
-                Err(e) => entries.push((
-                    first,
-                    Stored::Compact {
-                        body: e.into_bytes(),
-                        hash: [0u8; 32],
-                    },
-                )),
+            match split_segment(segment.first, &segment.bytes) {
+                Ok(more) => {
+                    if let Some((seq, stored)) = more.last() {
+                        let recorded = hex::encode(segment.last_hash);
+                        let derived = stored.time_and_hash().map(|(_, h)| h);
+                        if mismatch.is_none() && *seq > floor && derived.as_ref() != Some(&recorded)
+                        {
+                            mismatch = Some(*seq);
+                        }
+                        head = Some((*seq, recorded));
+                    }
+                    entries.extend(more.into_iter().filter(|(seq, _)| *seq > floor));
+                }
+                Err(e) => entries.push(unreadable(segment.first, &e)),
             }
-        }
-        Ok((entries, head, self.anchor()?))
+            Ok(true)
+        })?;
+        Ok((entries, head, anchor, mismatch))
     }
 
     /// Up to `limit` entries after `after`, decoded with their `prev_hash`.
@@ -218,25 +350,20 @@ impl SledAudit {
         let want = after.max(floor).saturating_add(1);
         // Start at the segment holding the entry before `want`, for its hash.
         let before = want - 1;
-        let start = if before > floor {
-            self.tree
-                .range(..=before.to_be_bytes())
-                .next_back()
-                .transpose()
-                .map_err(read_err)?
-                .and_then(|(k, _)| segment_key(&k))
-                .unwrap_or(before)
-        } else {
-            want
-        };
+        let start = if before > floor { before } else { want };
         let mut prev = floor_hash;
         let mut out = Vec::new();
-        for item in self.tree.range(start.to_be_bytes()..) {
-            let (key, value) = item.map_err(read_err)?;
-            let Some(first) = segment_key(&key) else {
-                continue;
+        self.files.read_from(Some(start), |segment| {
+            let Some(segment) = segment else {
+                return Err(corrupt(format!(
+                    "a damaged frame in the audit files after entry {}",
+                    out.last().map_or(before, |e: &AuditEntry| e.body.seq)
+                )));
             };
-            for (seq, stored) in split_segment(first, &value).map_err(corrupt)? {
+            for (seq, stored) in split_segment(segment.first, &segment.bytes).map_err(corrupt)? {
+                if seq <= floor {
+                    continue;
+                }
                 if seq < want {
                     if let Some((_, hash)) = stored.time_and_hash() {
                         prev = hash;
@@ -244,53 +371,60 @@ impl SledAudit {
                     continue;
                 }
                 if out.len() >= limit {
-                    return Ok(out);
+                    return Ok(false);
                 }
                 let entry = stored.decode(seq, None, &prev).map_err(corrupt)?;
                 prev.clone_from(&entry.hash);
                 out.push(entry);
             }
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
-    /// See [`AuditLog::prune`].
+    /// See [`AuditLog::prune`]: whole files, never the newest.
     fn prune(
         &self,
         upto: u64,
         before_ms: u64,
         sign: &crate::store::SignAnchor,
     ) -> Result<Option<Anchor>, StoreError> {
-        let mut batch = sled::Batch::default();
+        let files = self.files.list();
+        let Some((newest, older)) = files.split_last() else {
+            return Ok(None);
+        };
         let mut last: Option<(u64, String)> = None;
-        let mut segments = self.tree.range(..AUDIT_ANCHOR_KEY).peekable();
-        while let Some(item) = segments.next() {
-            let (key, value) = item.map_err(read_err)?;
-            let Some(first) = segment_key(&key) else {
-                continue;
-            };
-            let entries = split_segment(first, &value).map_err(corrupt)?;
-            let Some((seq, stored)) = entries.last() else {
-                continue;
-            };
-            let (time_ms, hash) = stored
-                .time_and_hash()
-                .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
-            // The newest segment is never removed whole: the head must stay readable beside
-            // its entry (and it is about to grow anyway).
-            let newest = segments.peek().is_none_or(|next| {
-                next.as_ref()
-                    .ok()
-                    .and_then(|(k, _)| segment_key(k))
-                    .is_none()
-            });
-            if *seq > upto || time_ms >= before_ms || newest {
-                break;
+        let mut keep_from = None;
+        for (i, info) in older.iter().enumerate() {
+            let segments = self.files.segments_of(info)?;
+            if let Some(segment) = segments.last() {
+                let entries = split_segment(segment.first, &segment.bytes).map_err(corrupt)?;
+                let Some((seq, stored)) = entries.last() else {
+                    break;
+                };
+                let (time_ms, hash) = stored
+                    .time_and_hash()
+                    .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
+                if *seq > upto || time_ms >= before_ms {
+                    break;
+                }
+                last = Some((*seq, hash));
             }
-            batch.remove(key);
-            last = Some((*seq, hash));
+            keep_from = Some(files.get(i + 1).map_or(newest.first, |f| f.first));
         }
-        let Some((seq, hash)) = last else {
+        // The newest file holds entries due for pruning: close it, so the next round can.
+        if newest.first <= upto {
+            let first_time = self
+                .files
+                .segments_of(newest)?
+                .first()
+                .and_then(|segment| split_segment(segment.first, &segment.bytes).ok())
+                .and_then(|entries| entries.first().and_then(|(_, s)| s.time_and_hash()));
+            if first_time.is_some_and(|(time_ms, _)| time_ms < before_ms) {
+                self.files.rotate_soon();
+            }
+        }
+        let (Some((seq, hash)), Some(keep_from)) = (last, keep_from) else {
             return Ok(None);
         };
         let checkpoint = sign(seq, &hash);
@@ -299,19 +433,8 @@ impl SledAudit {
             checkpoint,
             hash,
         };
-        batch.insert(
-            AUDIT_ANCHOR_KEY,
-            serde_json::to_vec(&anchor).unwrap_or_default(),
-        );
-        self.tree
-            .apply_batch(batch)
-            .map_err(|source| StoreError::Write {
-                what: "audit pruning",
-                source,
-            })?;
-        self.tree
-            .flush()
-            .map_err(|source| StoreError::Flush { source })?;
+        self.put_anchor(&anchor)?;
+        self.files.remove_before(keep_from)?;
         Ok(Some(anchor))
     }
 }
@@ -355,9 +478,23 @@ impl AuditLog for SledDb {
     }
 
     async fn verify(&self) -> Result<Result<u64, Vec<ChainBreak>>, StoreError> {
-        let (entries, head, anchor) = self.audit.stored()?;
+        let (entries, head, anchor, mismatch) = self.audit.stored()?;
         let anchor = anchor.map(|a| (a.seq, a.hash));
-        Ok(verify_chain(entries, head, anchor, None).map_err(|b| vec![b]))
+        let head = head.or_else(|| anchor.clone());
+        let result = verify_chain(entries, head, anchor, None);
+        // A segment's last entry replaced (its 4-byte check forged) shows only against the hash
+        // its frame records.
+        let replaced = |seq| ChainBreak {
+            chain: None,
+            seq,
+            reason: "entry was replaced (it does not match the hash its audit file records)".into(),
+        };
+        Ok(match (result, mismatch) {
+            (Err(b), Some(seq)) if seq < b.seq => Err(vec![replaced(seq)]),
+            (Err(b), _) => Err(vec![b]),
+            (Ok(_), Some(seq)) => Err(vec![replaced(seq)]),
+            (Ok(n), None) => Ok(n),
+        })
     }
 
     fn durable_head(&self) -> Result<Head, StoreError> {
@@ -381,20 +518,20 @@ impl AuditLog for SledDb {
 impl SledDb {
     /// Overwrite one stored audit entry, bypassing the chain, its stored hash kept: the JSON
     /// of an edited [`AuditEntry`] is laid out as the entry's format lays it out; other bytes
-    /// become the stored body as they are. Exists so that
-    /// tests can prove `audit verify` catches exactly this; nothing in the server calls it.
+    /// become the stored body as they are. The file's frame checks are made to match, as an
+    /// intruder would. Exists so that tests can prove `audit verify` catches exactly this;
+    /// nothing in the server calls it.
     #[doc(hidden)]
     pub fn overwrite_audit_entry_for_test(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let tree = &self.audit.tree;
-        let found = tree
-            .range(..=seq.to_be_bytes())
-            .next_back()
-            .transpose()
-            .map_err(read_err)?;
-        let Some((key, value)) = found.filter(|(k, _)| k.len() == 8) else {
+        let files = &self.audit.files;
+        let Some(info) = files.list().into_iter().rev().find(|f| f.first <= seq) else {
             return Ok(());
         };
-        let first = segment_key(&key).unwrap_or(0);
+        let mut segments = files.segments_of(&info)?;
+        let Some(slot) = segments.iter_mut().rev().find(|s| s.first <= seq) else {
+            return Ok(());
+        };
+        let (first, value) = (slot.first, slot.bytes.clone());
         let mut entries = split_segment(first, &value).map_err(corrupt)?;
         let edited: Option<AuditEntry> = serde_json::from_slice(bytes).ok();
         if let Some((_, stored)) = entries.iter_mut().find(|(s, _)| *s == seq) {
@@ -437,12 +574,50 @@ impl SledDb {
                 }
             }
         }
-        tree.insert(key, out)
-            .map(|_| ())
-            .map_err(|source| StoreError::Write {
-                what: "audit entry",
-                source,
-            })
+        slot.bytes = out;
+        files.rewrite_for_test(&info, &segments)
+    }
+
+    /// Keep audit entries 1..=`keep` and remove the rest from the files, as an intruder who
+    /// wants the log to end earlier would (tests only; nothing in the server calls it).
+    #[doc(hidden)]
+    pub fn truncate_audit_for_test(&self, keep: u64) -> Result<(), StoreError> {
+        let files = &self.audit.files;
+        for info in files.list() {
+            let mut kept = Vec::new();
+            for segment in files.segments_of(&info)? {
+                if segment.first > keep {
+                    continue;
+                }
+                let entries = split_segment(segment.first, &segment.bytes).map_err(corrupt)?;
+                let n = entries.iter().filter(|(s, _)| *s <= keep).count();
+                if n == entries.len() {
+                    kept.push(segment);
+                    continue;
+                }
+                // Layout 3: the prev_hash, then the first n records; the frame records the hash
+                // of the new last entry.
+                let (prev, records) =
+                    compact::checked_records(segment.bytes.get(1..).unwrap_or_default())
+                        .map_err(|e| corrupt(e.to_string()))?;
+                let mut out = vec![SEGMENT_V3];
+                out.extend_from_slice(&prev);
+                for (body, check) in records.into_iter().take(n) {
+                    compact::put_checked_record(&mut out, body, &check);
+                }
+                let last_hash = match entries.get(n.wrapping_sub(1)) {
+                    Some((_, Stored::Checked { hash, .. })) => *hash,
+                    _ => [0u8; 32],
+                };
+                kept.push(Segment {
+                    first: segment.first,
+                    bytes: out,
+                    last_hash,
+                });
+            }
+            files.rewrite_for_test(&info, &kept)?;
+        }
+        Ok(())
     }
 }
 
@@ -588,8 +763,12 @@ mod tests {
         }
         store.flush().unwrap();
         assert_eq!(store.verify().await.unwrap(), Ok(5));
-        let new = store.audit.tree.get(4u64.to_be_bytes()).unwrap().unwrap();
-        assert_eq!(new[0], SEGMENT_V3);
+        // Moved out of the tree into the files, where the new segment is layout 3.
+        assert_eq!(store.db.open_tree("audit").unwrap().len(), 0);
+        let files = store.audit.files.list();
+        let segments = store.audit.files.segments_of(&files[0]).unwrap();
+        assert_eq!(segments[0].bytes[0], SEGMENT_V2);
+        assert_eq!((segments[1].first, segments[1].bytes[0]), (4, SEGMENT_V3));
         let all = store.entries(None, 0, 10).await.unwrap();
         assert_eq!(all.len(), 5);
         for pair in all.windows(2) {
@@ -611,37 +790,77 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pruning_keeps_the_chain_verifiable_and_respects_both_limits() {
+    async fn pruning_removes_whole_files_and_keeps_the_chain_verifiable() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledDb::open(dir.path()).unwrap();
-        // Five segments of two entries, entry n at time n.
-        for seq in 1..=10u64 {
+        let append = |seq: u64| {
+            store
+                .append(AuditEvent::new("token.issued", Outcome::Success), seq)
+                .unwrap()
+        };
+        let sign = |seq: u64, hash: &str| format!("signed {seq} {hash}");
+        append(1);
+        append(2);
+        store.flush().unwrap();
+        // The only file is the one being written: nothing goes, but it is closed at the next
+        // write, since it holds entries due for pruning.
+        assert_eq!(store.prune(10, 100, &sign).await.unwrap(), None);
+        for seq in 3..=6 {
+            append(seq);
+            store.flush().unwrap();
+        }
+        let files = store.audit.files.list();
+        assert_eq!(
+            files.iter().map(|f| f.first).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        let first_file = std::fs::read(&files[0].path).unwrap();
+        // Not exported (upto), not old enough (time 2 is not before 2): kept.
+        assert_eq!(store.prune(1, 100, &sign).await.unwrap(), None);
+        assert_eq!(store.prune(10, 2, &sign).await.unwrap(), None);
+        let anchor = store.prune(10, 100, &sign).await.unwrap().unwrap();
+        assert_eq!(anchor.seq, 2);
+        assert_eq!(anchor.checkpoint, format!("signed 2 {}", anchor.hash));
+        assert!(!files[0].path.exists());
+        assert_eq!(store.verify().await.unwrap(), Ok(4));
+        let page = store.entries(None, 0, 3).await.unwrap();
+        assert_eq!(page[0].body.seq, 3);
+        assert_eq!(page[0].body.prev_hash, anchor.hash);
+        drop(store);
+        // A crash after the anchor was written but before the file was deleted: the entries it
+        // stands for are skipped.
+        std::fs::write(&files[0].path, first_file).unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
+        assert_eq!(store.verify().await.unwrap(), Ok(4));
+        assert_eq!(store.anchor(None).await.unwrap().unwrap().seq, 2);
+        assert_eq!(store.entries(None, 0, 1).await.unwrap()[0].body.seq, 3);
+        assert_eq!(
+            store
+                .append(AuditEvent::new("token.issued", Outcome::Success), 7)
+                .unwrap(),
+            7
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_file_is_named_by_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledDb::open(dir.path()).unwrap();
+        for seq in 1..=6u64 {
             store
                 .append(AuditEvent::new("token.issued", Outcome::Success), seq)
                 .unwrap();
+            store.flush().unwrap();
             if seq % 2 == 0 {
-                store.flush().unwrap();
+                store.audit.files.rotate_soon();
             }
         }
-        let sign = |seq: u64, hash: &str| format!("signed {seq} {hash}");
-        // Nothing older than time 1; nothing exported.
-        assert_eq!(store.prune(10, 1, &sign).await.unwrap(), None);
-        assert_eq!(store.prune(0, 100, &sign).await.unwrap(), None);
-        // Exported up to 5 (inside the third segment): only the first two segments go.
-        let anchor = store.prune(5, 100, &sign).await.unwrap().unwrap();
-        assert_eq!(anchor.seq, 4);
-        assert_eq!(anchor.checkpoint, format!("signed 4 {}", anchor.hash));
-        assert_eq!(store.verify().await.unwrap(), Ok(6));
-        let page = store.entries(None, 0, 3).await.unwrap();
-        assert_eq!(page[0].body.seq, 5);
-        assert_eq!(page[0].body.prev_hash, anchor.hash);
-        // Time limit: entries at time < 7 only; the newest segment always stays.
-        assert_eq!(store.prune(10, 7, &sign).await.unwrap().unwrap().seq, 6);
-        assert_eq!(store.prune(10, 1000, &sign).await.unwrap().unwrap().seq, 8);
-        assert_eq!(store.verify().await.unwrap(), Ok(2));
+        let files = store.audit.files.list();
+        assert!(files.len() >= 3, "{files:?}");
         drop(store);
+        std::fs::remove_file(&files[1].path).unwrap();
         let store = SledDb::open(dir.path()).unwrap();
-        assert_eq!(store.verify().await.unwrap(), Ok(2));
-        assert_eq!(store.anchor(None).await.unwrap().unwrap().seq, 8);
+        let breaks = store.verify().await.unwrap().unwrap_err();
+        assert!(breaks[0].reason.contains("missing"), "{breaks:?}");
     }
 }

@@ -3,6 +3,7 @@
 //! again after an I/O error, since sled refuses every write once one has failed.
 
 mod audit;
+mod audit_files;
 mod device_grants;
 mod devices;
 mod live;
@@ -64,7 +65,8 @@ pub(crate) struct SledDb {
     assertion_jtis: sled::Tree,
     /// Exchanged tokens' lineage by `jti`: the big-endian purge time, then the JSON record.
     lineage: sled::Tree,
-    audit: audit::SledAudit,
+    /// Shared with the databases opened after this one (see [`SledStore`]).
+    audit: Arc<audit::SledAudit>,
     devices: sled::Tree,
     device_serials: sled::Tree,
     device_eks: sled::Tree,
@@ -100,6 +102,15 @@ impl SledDb {
     /// moment after the last handle is dropped; so a lock conflict is retried for
     /// [`LOCK_WAIT`] before it is reported as [`StoreError::Locked`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_audit(path, None)
+    }
+
+    /// [`Self::open`], going on with `audit` (the audit log of the database this one replaces)
+    /// if given, instead of opening the audit files again.
+    pub(crate) fn open_with_audit(
+        path: &Path,
+        audit: Option<Arc<audit::SledAudit>>,
+    ) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -120,12 +131,16 @@ impl SledDb {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let audit = match audit {
+            Some(audit) => audit,
+            None => Arc::new(audit::SledAudit::open(path, &tree("audit")?)?),
+        };
         Ok(SledDb {
             clients: tree("clients")?,
             revoked: tree("revoked_access_tokens")?,
             assertion_jtis: tree("assertion_jtis")?,
             lineage: tree("access_token_lineage")?,
-            audit: audit::SledAudit::open(tree("audit")?)?,
+            audit,
             devices: tree("devices")?,
             device_serials: tree("device_serials")?,
             device_eks: tree("device_eks")?,

@@ -1,0 +1,593 @@
+//! The audit log's entries on disk: append-only files beside sled, removed whole when pruned.
+//!
+//! sled rewrites its pages in a log of its own and reclaims the space of removed records only
+//! when it cleans that log, so an audit log that grows at one end and is pruned at the other kept
+//! growing its files long after the live entries stopped growing. Here each group commit's entries
+//! (one *segment*, the same bytes the sled tree held: see [`super::audit`]) are appended to the
+//! newest file of `<db>/audit/` and synced before the commit answers; pruning deletes whole files.
+//! So the disk holds the live entries and nothing more.
+//!
+//! A file is named after the sequence number of its first entry (`00000000000000000001.log`),
+//! opens with [`MAGIC`], and holds frames:
+//! `len: u32 BE ‖ first: u64 BE ‖ segment ‖ last hash: 32 bytes ‖ crc: u32 BE`, the *last hash*
+//! being the whole hash of the segment's last entry (layout 3 records keep only 4 bytes of
+//! theirs: this is what pins the end of each segment, as the head record did in sled) and the
+//! CRC-32 covering everything before it. The CRC finds torn writes, not tampering: the hash chain
+//! does that. A write is appended at the file's durable end and synced;
+//! a failed write is cut off again, and its frames are written again by the next commit. After a
+//! crash, bytes after the last whole frame of the newest file are a write that was never
+//! acknowledged: opening moves them to a `.torn` file beside it (kept for the operator, never
+//! read) and cuts them off.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use crate::store::StoreError;
+
+/// The directory, inside sled's.
+pub const DIR: &str = "audit";
+/// The first bytes of every file: the format and its version.
+pub const MAGIC: &[u8; 8] = b"HMAUDIT1";
+/// A file is closed, and the next one started, once it holds this many bytes.
+pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes of a frame besides its segment.
+const FRAME_OVERHEAD: usize = 4 + 8 + 32 + 4;
+
+/// One group commit's entries as a file holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Sequence number of its first entry.
+    pub first: u64,
+    /// The segment as [`super::audit`] lays it out.
+    pub bytes: Vec<u8>,
+    /// The whole hash of its last entry.
+    pub last_hash: [u8; 32],
+}
+
+/// Append the frame of `segment`.
+pub fn put_frame(out: &mut Vec<u8>, segment: &Segment) {
+    let start = out.len();
+    // A segment is one group commit's entries: far below 4 GiB.
+    out.extend_from_slice(
+        &u32::try_from(segment.bytes.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(&segment.first.to_be_bytes());
+    out.extend_from_slice(&segment.bytes);
+    out.extend_from_slice(&segment.last_hash);
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// The whole frames of a file's bytes (after [`MAGIC`]) and the number of bytes they take:
+/// anything after that is a torn or damaged frame.
+pub fn frames(bytes: &[u8]) -> (Vec<Segment>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(rest) = bytes.get(at..) {
+        let Some((len, first)) = rest.get(..12).map(|h| {
+            let (len, first) = h.split_at(4);
+            (
+                u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize,
+                u64::from_be_bytes(first.try_into().unwrap_or_default()),
+            )
+        }) else {
+            break;
+        };
+        let Some(covered) = rest.get(..FRAME_OVERHEAD - 4 + len) else {
+            break;
+        };
+        let Some(crc) = rest.get(FRAME_OVERHEAD - 4 + len..FRAME_OVERHEAD + len) else {
+            break;
+        };
+        if u32::from_be_bytes(crc.try_into().unwrap_or_default()) != crc32fast::hash(covered) {
+            break;
+        }
+        let (segment, last_hash) = covered[12..].split_at(len);
+        out.push(Segment {
+            first,
+            bytes: segment.to_vec(),
+            last_hash: last_hash.try_into().unwrap_or_default(),
+        });
+        at += FRAME_OVERHEAD + len;
+    }
+    (out, at)
+}
+
+/// The file name of the file whose first entry is `first`.
+pub fn file_name(first: u64) -> String {
+    format!("{first:020}.log")
+}
+
+fn first_of(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.display().to_string();
+    move |source| StoreError::AuditFile { what, path, source }
+}
+
+/// One file, as far as readers may read it.
+#[derive(Debug, Clone)]
+pub(super) struct FileInfo {
+    /// Sequence number of its first entry (its name).
+    pub first: u64,
+    pub path: PathBuf,
+    /// Bytes known durable: readers read no further.
+    pub len: u64,
+}
+
+/// The file being appended to.
+struct Active {
+    file: File,
+    first: u64,
+    /// Its durable length: a failed write is cut back to it.
+    len: u64,
+}
+
+struct Writer {
+    active: Option<Active>,
+    /// Segments taken from the chain but not yet durable, oldest first.
+    queue: Vec<Segment>,
+    /// Start a new file at the next write (pruning asked for it).
+    rotate: bool,
+}
+
+/// The files of one audit log.
+pub(super) struct AuditFiles {
+    dir: PathBuf,
+    rotate_bytes: u64,
+    /// Held across the write and its sync; taken before the chain's lock, never after.
+    writer: Mutex<Writer>,
+    /// Every file, oldest first, with its readable length. Held only to copy or update it.
+    index: Mutex<Vec<FileInfo>>,
+    /// Readers hold it shared while they read files; pruning holds it to delete them.
+    removal: RwLock<()>,
+}
+
+/// What opening found: the last whole entry's segment, if any file holds one.
+pub(super) type LastSegment = Option<Segment>;
+
+impl AuditFiles {
+    /// Open the files in `dir` (created if missing), closing each at `rotate_bytes`; the newest
+    /// file's torn tail, if any, is moved aside. Returns the last segment written, for the
+    /// chain's head.
+    pub fn open_with(dir: &Path, rotate_bytes: u64) -> Result<(Self, LastSegment), StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_err("create the directory", dir))?;
+        let mut firsts = Vec::new();
+        for item in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+            let item = item.map_err(io_err("list", dir))?;
+            if let Some(first) = item.file_name().to_str().and_then(first_of) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut index = Vec::new();
+        for &first in &firsts {
+            let path = dir.join(file_name(first));
+            let len = std::fs::metadata(&path)
+                .map_err(io_err("read", &path))?
+                .len();
+            index.push(FileInfo { first, path, len });
+        }
+        let mut active = None;
+        let mut last = None;
+        // The newest file: cut off a torn tail; an empty one (created, then the crash) goes.
+        if let Some(info) = index.last_mut() {
+            let (file, whole) = recover_tail(&info.path)?;
+            if whole.is_none() {
+                std::fs::remove_file(&info.path).map_err(io_err("remove", &info.path))?;
+                sync_dir(dir)?;
+                index.pop();
+            } else if let (Some(file), Some((len, segment))) = (file, whole) {
+                info.len = len;
+                last = segment;
+                active = Some(Active {
+                    file,
+                    first: info.first,
+                    len,
+                });
+            }
+        }
+        // The newest file held no whole frame: the one before ends the log.
+        if last.is_none() {
+            for info in index.iter().rev() {
+                let bytes = read_file(info)?;
+                if let Some(segment) = frames(&bytes).0.pop() {
+                    last = Some(segment);
+                    break;
+                }
+            }
+        }
+        Ok((
+            AuditFiles {
+                dir: dir.to_owned(),
+                rotate_bytes,
+                writer: Mutex::new(Writer {
+                    active,
+                    queue: Vec::new(),
+                    rotate: false,
+                }),
+                index: Mutex::new(index),
+                removal: RwLock::new(()),
+            },
+            last,
+        ))
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // Every field is replaced whole, and a failed write is undone before the lock is let go.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index(&self) -> MutexGuard<'_, Vec<FileInfo>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make `segments` durable, in one write (for moving a legacy log in).
+    pub fn append_all(&self, segments: Vec<Segment>) -> Result<bool, StoreError> {
+        let mut segments = Some(segments);
+        let mut writer = self.writer();
+        writer.queue.extend(segments.take().unwrap_or_default());
+        drop(writer);
+        self.append(|| None)
+    }
+
+    /// Take a segment from `take` (called under the writer's lock, so segments reach the files in
+    /// the order they were taken) and make it and every segment a failed write left queued
+    /// durable. Returns whether anything was written.
+    pub fn append(&self, take: impl FnOnce() -> Option<Segment>) -> Result<bool, StoreError> {
+        let mut writer = self.writer();
+        if let Some(segment) = take() {
+            writer.queue.push(segment);
+        }
+        let Some(first) = writer.queue.first().map(|s| s.first) else {
+            return Ok(false);
+        };
+        let mut frames = Vec::new();
+        for segment in &writer.queue {
+            put_frame(&mut frames, segment);
+        }
+        let rotate = writer.rotate
+            || writer
+                .active
+                .as_ref()
+                .is_none_or(|a| a.len >= self.rotate_bytes);
+        let current = if rotate { None } else { writer.active.take() };
+        let (active, is_new) = match current {
+            Some(active) => (active, false),
+            None => (self.create(first)?, true),
+        };
+        let written = active
+            .file
+            .write_all_at(&frames, active.len)
+            .and_then(|()| active.file.sync_data());
+        if let Err(source) = written {
+            // Undo the partial write; the queue stays for the next commit.
+            let path = self.dir.join(file_name(active.first));
+            if is_new {
+                let _ = std::fs::remove_file(&path);
+            } else {
+                let _ = active.file.set_len(active.len);
+                writer.active = Some(active);
+            }
+            return Err(StoreError::AuditFile {
+                what: "append to",
+                path: path.display().to_string(),
+                source,
+            });
+        }
+        let len = active.len + frames.len() as u64;
+        writer.queue.clear();
+        writer.rotate = false;
+        {
+            let mut index = self.index();
+            match index.last_mut() {
+                Some(info) if info.first == active.first => info.len = len,
+                _ => index.push(FileInfo {
+                    first: active.first,
+                    path: self.dir.join(file_name(active.first)),
+                    len,
+                }),
+            }
+        }
+        writer.active = Some(Active { len, ..active });
+        Ok(true)
+    }
+
+    /// Create the file whose first entry is `first`, with its header, and make its name durable.
+    fn create(&self, first: u64) -> Result<Active, StoreError> {
+        let path = self.dir.join(file_name(first));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        file.write_all(MAGIC).map_err(io_err("create", &path))?;
+        sync_dir(&self.dir)?;
+        Ok(Active {
+            file,
+            first,
+            len: MAGIC.len() as u64,
+        })
+    }
+
+    /// Ask for the next write to start a new file, so the one being written can be pruned.
+    pub fn rotate_soon(&self) {
+        self.writer().rotate = true;
+    }
+
+    /// Every file as readers may read it, oldest first.
+    pub fn list(&self) -> Vec<FileInfo> {
+        self.index().clone()
+    }
+
+    /// Read the segments from the one holding `from` (every segment if `None`) on, handing
+    /// `each` every whole one until it returns `false`, and `None` for damage inside the
+    /// durable part of a file, after which nothing more is read. Pruning waits meanwhile.
+    pub fn read_from(
+        &self,
+        from: Option<u64>,
+        mut each: impl FnMut(Option<&Segment>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let _reading = self.removal.read().unwrap_or_else(|p| p.into_inner());
+        let files = self.list();
+        let start = match from {
+            Some(seq) => files.iter().rposition(|f| f.first <= seq).unwrap_or(0),
+            None => 0,
+        };
+        for (i, info) in files.get(start..).unwrap_or_default().iter().enumerate() {
+            let bytes = read_file(info)?;
+            let (frames, whole) = frames(&bytes);
+            // In the first file, skip the segments before the one holding `from`.
+            let skip = match from {
+                Some(seq) if i == 0 => frames.iter().rposition(|s| s.first <= seq).unwrap_or(0),
+                _ => 0,
+            };
+            for segment in frames.get(skip..).unwrap_or_default() {
+                if !each(Some(segment))? {
+                    return Ok(());
+                }
+            }
+            if whole < bytes.len() {
+                each(None)?;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The segments of one file.
+    pub fn segments_of(&self, info: &FileInfo) -> Result<Vec<Segment>, StoreError> {
+        let _reading = self.removal.read().unwrap_or_else(|p| p.into_inner());
+        let bytes = read_file(info)?;
+        Ok(frames(&bytes).0)
+    }
+
+    /// Delete the files before the one whose first entry is `keep_from` (never the one being
+    /// written). The caller has made the anchor that stands for them durable.
+    pub fn remove_before(&self, keep_from: u64) -> Result<(), StoreError> {
+        let gone: Vec<FileInfo> = {
+            let mut index = self.index();
+            let keep = index
+                .iter()
+                .position(|f| f.first >= keep_from)
+                .unwrap_or(index.len());
+            let keep = keep.min(index.len().saturating_sub(1));
+            index.drain(..keep).collect()
+        };
+        let _removing = self.removal.write().unwrap_or_else(|p| p.into_inner());
+        for info in &gone {
+            match std::fs::remove_file(&info.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &info.path)(e)),
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Replace the file `info` by `segments`, written whole: for tests that play an intruder.
+    pub fn rewrite_for_test(
+        &self,
+        info: &FileInfo,
+        segments: &[Segment],
+    ) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let mut bytes = MAGIC.to_vec();
+        for segment in segments {
+            put_frame(&mut bytes, segment);
+        }
+        std::fs::write(&info.path, &bytes).map_err(io_err("rewrite", &info.path))?;
+        let len = bytes.len() as u64;
+        if let Some(active) = writer.active.as_mut().filter(|a| a.first == info.first) {
+            active.len = len;
+        }
+        if let Some(f) = self.index().iter_mut().find(|f| f.first == info.first) {
+            f.len = len;
+        }
+        Ok(())
+    }
+}
+
+/// Read a file up to its readable length, without its header.
+fn read_file(info: &FileInfo) -> Result<Vec<u8>, StoreError> {
+    let mut file = File::open(&info.path).map_err(io_err("open", &info.path))?;
+    let mut bytes = Vec::new();
+    std::io::Read::take(&mut file, info.len)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("read", &info.path))?;
+    if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+        return Err(StoreError::Corrupt {
+            what: "audit file",
+            reason: format!("{} does not start with {:?}", info.path.display(), MAGIC),
+        });
+    }
+    bytes.drain(..MAGIC.len());
+    Ok(bytes)
+}
+
+/// The newest file after a crash: cut after its last whole frame (the rest saved beside it).
+/// Returns the file opened for writing and its length and last segment, or `None` for a file
+/// that holds no header (created just before the crash).
+#[allow(clippy::type_complexity)]
+fn recover_tail(path: &Path) -> Result<(Option<File>, Option<(u64, LastSegment)>), StoreError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+    if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+        if MAGIC.starts_with(&bytes) {
+            return Ok((None, None));
+        }
+        return Err(StoreError::Corrupt {
+            what: "audit file",
+            reason: format!("{} does not start with {:?}", path.display(), MAGIC),
+        });
+    }
+    let body = &bytes[MAGIC.len()..];
+    let (frames, whole) = frames(body);
+    let last = frames.last().cloned();
+    let len = (MAGIC.len() + whole) as u64;
+    if whole < body.len() {
+        let torn = path.with_extension(format!("log.{}.torn", crate::unix_now_ms()));
+        std::fs::write(&torn, &body[whole..]).map_err(io_err("save the torn tail of", path))?;
+        file.set_len(len)
+            .map_err(io_err("cut the torn tail of", path))?;
+        file.sync_all()
+            .map_err(io_err("cut the torn tail of", path))?;
+        tracing::warn!(
+            file = %path.display(),
+            bytes = body.len() - whole,
+            saved = %torn.display(),
+            "the audit file ended in a write that never completed (a crash): cut off"
+        );
+    }
+    Ok((Some(file), Some((len, last))))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(first: u64, bytes: &[u8]) -> Segment {
+        Segment {
+            first,
+            bytes: bytes.to_vec(),
+            last_hash: [first as u8; 32],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_stop_at_a_torn_or_damaged_one() {
+        let mut bytes = Vec::new();
+        put_frame(&mut bytes, &seg(1, b"one"));
+        put_frame(&mut bytes, &seg(2, b"two two"));
+        let whole = bytes.len();
+        put_frame(&mut bytes, &seg(4, b"three"));
+        let (got, end) = frames(&bytes);
+        assert_eq!(
+            got,
+            vec![seg(1, b"one"), seg(2, b"two two"), seg(4, b"three")]
+        );
+        assert_eq!(end, bytes.len());
+        for cut in whole..bytes.len() {
+            let (got, end) = frames(&bytes[..cut]);
+            assert_eq!((got.len(), end), (2, whole), "cut at {cut}");
+        }
+        for at in [whole + 13, bytes.len() - 20] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1;
+            assert_eq!(frames(&damaged).1, whole);
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (files, last) = AuditFiles::open_with(dir.path(), ROTATE_BYTES).unwrap();
+            assert!(last.is_none());
+            assert!(files.append(|| Some(seg(1, b"a"))).unwrap());
+            assert!(files.append(|| Some(seg(2, b"bb"))).unwrap());
+            assert!(!files.append(|| None).unwrap());
+        }
+        let path = dir.path().join(file_name(1));
+        let mut half = Vec::new();
+        put_frame(&mut half, &seg(3, b"never acknowledged"));
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&half[..30]).unwrap();
+        drop(file);
+        let (files, last) = AuditFiles::open_with(dir.path(), ROTATE_BYTES).unwrap();
+        assert_eq!(last, Some(seg(2, b"bb")));
+        assert!(std::fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".torn")));
+        files.append(|| Some(seg(3, b"ccc"))).unwrap();
+        let mut seen = Vec::new();
+        files
+            .read_from(None, |s| {
+                seen.push(s.unwrap().first);
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(seen, vec![1, 2, 3]);
+        // From the segment holding 2 on.
+        seen.clear();
+        files
+            .read_from(Some(2), |s| {
+                seen.push(s.unwrap().first);
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(seen, vec![2, 3]);
+    }
+
+    #[test]
+    fn files_rotate_and_pruned_files_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, _) = AuditFiles::open_with(dir.path(), 100).unwrap();
+        for first in 1..=6u64 {
+            files.append(|| Some(seg(first, &[b'x'; 20]))).unwrap();
+        }
+        let firsts: Vec<u64> = files.list().iter().map(|f| f.first).collect();
+        assert_eq!(firsts, vec![1, 3, 5]);
+        files.rotate_soon();
+        files.append(|| Some(seg(7, b"yy"))).unwrap();
+        assert_eq!(files.list().len(), 4);
+        files.remove_before(5).unwrap();
+        let firsts: Vec<u64> = files.list().iter().map(|f| f.first).collect();
+        assert_eq!(firsts, vec![5, 7]);
+        assert!(!dir.path().join(file_name(1)).exists());
+        // The file being written is never removed.
+        files.remove_before(u64::MAX).unwrap();
+        assert_eq!(
+            files.list().iter().map(|f| f.first).collect::<Vec<_>>(),
+            vec![7]
+        );
+        drop(files);
+        let (_, last) = AuditFiles::open_with(dir.path(), ROTATE_BYTES).unwrap();
+        assert_eq!(last, Some(seg(7, b"yy")));
+    }
+}
