@@ -151,6 +151,34 @@ pub(super) struct AuditFiles {
     index: Mutex<Vec<FileInfo>>,
     /// Readers hold it shared while they read files; pruning holds it to delete them.
     removal: RwLock<()>,
+    /// Where each segment of the file being written starts, so that a reader near the end of
+    /// the log (the exporter) reads only what it wants.
+    tail: Mutex<Tail>,
+}
+
+/// The file being written: its first entry, and `(first entry, offset)` of each segment in it.
+#[derive(Default)]
+struct Tail {
+    file: Option<u64>,
+    segments: Vec<(u64, u64)>,
+}
+
+/// `(first entry, offset)` of each frame in `body`, which starts at `offset` and holds only whole
+/// frames.
+fn offsets(body: &[u8], mut offset: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some(header) = body.get(at..at + 12) {
+        let (len, first) = header.split_at(4);
+        let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
+        out.push((
+            u64::from_be_bytes(first.try_into().unwrap_or_default()),
+            offset,
+        ));
+        at += FRAME_OVERHEAD + len;
+        offset += (FRAME_OVERHEAD + len) as u64;
+    }
+    out
 }
 
 /// What opening found: the last whole entry's segment, if any file holds one.
@@ -180,6 +208,7 @@ impl AuditFiles {
         }
         let mut active = None;
         let mut last = None;
+        let mut tail = Tail::default();
         // The newest file: cut off a torn tail; an empty one (created, then the crash) goes.
         if let Some(info) = index.last_mut() {
             let (file, whole) = recover_tail(&info.path)?;
@@ -190,6 +219,11 @@ impl AuditFiles {
             } else if let (Some(file), Some((len, segment))) = (file, whole) {
                 info.len = len;
                 last = segment;
+                let bytes = read_file(info)?;
+                tail = Tail {
+                    file: Some(info.first),
+                    segments: offsets(&bytes, MAGIC.len() as u64),
+                };
                 active = Some(Active {
                     file,
                     first: info.first,
@@ -218,6 +252,7 @@ impl AuditFiles {
                 }),
                 index: Mutex::new(index),
                 removal: RwLock::new(()),
+                tail: Mutex::new(tail),
             },
             last,
         ))
@@ -286,6 +321,16 @@ impl AuditFiles {
             });
         }
         let len = active.len + frames.len() as u64;
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            if tail.file != Some(active.first) {
+                *tail = Tail {
+                    file: Some(active.first),
+                    segments: Vec::new(),
+                };
+            }
+            tail.segments.extend(offsets(&frames, active.len));
+        }
         writer.queue.clear();
         writer.rotate = false;
         {
@@ -347,7 +392,15 @@ impl AuditFiles {
             None => 0,
         };
         for (i, info) in files.get(start..).unwrap_or_default().iter().enumerate() {
-            let bytes = read_file(info)?;
+            // In the file being written, start reading at the segment holding `from`.
+            let at = match from {
+                Some(seq) if i == 0 => self.offset_of(info, seq),
+                _ => None,
+            };
+            let bytes = match at {
+                Some(at) => read_range(info, at)?,
+                None => read_file(info)?,
+            };
             let (frames, whole) = frames(&bytes);
             // In the first file, skip the segments before the one holding `from`.
             let skip = match from {
@@ -365,6 +418,18 @@ impl AuditFiles {
             }
         }
         Ok(())
+    }
+
+    /// Where the segment holding `seq` starts in `info`, if that is the file being written and
+    /// the segment is durable.
+    fn offset_of(&self, info: &FileInfo, seq: u64) -> Option<u64> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.file != Some(info.first) {
+            return None;
+        }
+        let i = tail.segments.partition_point(|(first, _)| *first <= seq);
+        let (_, offset) = *tail.segments.get(i.checked_sub(1)?)?;
+        (offset < info.len).then_some(offset)
     }
 
     /// The segments of one file.
@@ -434,6 +499,15 @@ fn read_file(info: &FileInfo) -> Result<Vec<u8>, StoreError> {
         });
     }
     bytes.drain(..MAGIC.len());
+    Ok(bytes)
+}
+
+/// Read `info` from byte `at` (the start of a frame) up to its readable length.
+fn read_range(info: &FileInfo, at: u64) -> Result<Vec<u8>, StoreError> {
+    let file = File::open(&info.path).map_err(io_err("open", &info.path))?;
+    let mut bytes = vec![0u8; usize::try_from(info.len.saturating_sub(at)).unwrap_or(0)];
+    file.read_exact_at(&mut bytes, at)
+        .map_err(io_err("read", &info.path))?;
     Ok(bytes)
 }
 
