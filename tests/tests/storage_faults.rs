@@ -217,7 +217,10 @@ fn jti(token: &str) -> String {
 fn a_database_that_cannot_be_reopened_stops_the_server_for_its_supervisor() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let shim = FaultShim::build(&data_dir, EIO);
+    // Only sled's own file fails: the audit files take the entries, sled's flush fails and
+    // poisons the open database, so recovering means reopening it. (A failure of the audit
+    // files alone leaves sled sound, and the server resumes without reopening anything.)
+    let shim = FaultShim::build(&data_dir.join("db").join("db"), EIO);
     let env = shim.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut server = TestServer::start_at(
@@ -226,9 +229,21 @@ fn a_database_that_cannot_be_reopened_stops_the_server_for_its_supervisor() {
         &env,
     );
     let (id, secret) = server.register_secret_client("api", "client_secret_basic");
-    token(&server, &id, &secret).unwrap();
+    let tokens: Vec<String> = (0..50)
+        .map(|_| token(&server, &id, &secret).unwrap())
+        .collect();
     shim.fail();
-    while token(&server, &id, &secret).is_ok() {}
+    // An issuance writes only its audit entry; a revocation writes sled, whose flush fails.
+    let refused = tokens.iter().find_map(|t| {
+        let (status, body) =
+            server.post_form("/oauth2/revoke", Some((&id, &secret)), &[("token", t)]);
+        (status != 200).then_some((status, body))
+    });
+    assert!(
+        matches!(refused, Some((503, _))),
+        "{refused:?} {}",
+        server.log()
+    );
     // While it fails, the database's own configuration is damaged: reopening it will fail
     // for a reason no retry can fix.
     std::fs::write(data_dir.join("db/conf"), b"not a sled configuration\n").unwrap();

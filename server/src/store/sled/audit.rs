@@ -382,47 +382,57 @@ impl SledAudit {
         Ok(out)
     }
 
-    /// See [`AuditLog::prune`]: whole files, never the newest.
+    /// See [`AuditLog::prune`]: whole files, never the one being written.
     fn prune(
         &self,
         upto: u64,
         before_ms: u64,
         sign: &crate::store::SignAnchor,
     ) -> Result<Option<Anchor>, StoreError> {
-        let files = self.files.list();
-        let Some((newest, older)) = files.split_last() else {
-            return Ok(None);
-        };
+        // The newest file holds entries due for pruning: close it, so that it can go whole once
+        // every entry in it is due (on a server that went quiet, no later write would).
+        if let Some(newest) = self.files.list().last() {
+            if newest.first <= upto {
+                let first_time = self
+                    .files
+                    .segments_of(newest)?
+                    .first()
+                    .and_then(|segment| split_segment(segment.first, &segment.bytes).ok())
+                    .and_then(|entries| entries.first().and_then(|(_, s)| s.time_and_hash()));
+                if first_time.is_some_and(|(time_ms, _)| time_ms < before_ms) {
+                    self.files.close_active(newest.first);
+                }
+            }
+        }
+        let closed = self.files.closed();
         let mut last: Option<(u64, String)> = None;
         let mut keep_from = None;
-        for (i, info) in older.iter().enumerate() {
+        for (i, info) in closed.iter().enumerate() {
             let segments = self.files.segments_of(info)?;
-            if let Some(segment) = segments.last() {
-                let entries = split_segment(segment.first, &segment.bytes).map_err(corrupt)?;
-                let Some((seq, stored)) = entries.last() else {
-                    break;
-                };
-                let (time_ms, hash) = stored
-                    .time_and_hash()
-                    .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
-                if *seq > upto || time_ms >= before_ms {
-                    break;
+            let next = closed.get(i + 1).map(|f| f.first);
+            let Some(segment) = segments.last() else {
+                // A file with no entries goes with those before it, if a later one follows.
+                match next {
+                    Some(next) => {
+                        keep_from = Some(next);
+                        continue;
+                    }
+                    None => break,
                 }
-                last = Some((*seq, hash));
+            };
+            let entries = split_segment(segment.first, &segment.bytes).map_err(corrupt)?;
+            let Some((seq, stored)) = entries.last() else {
+                break;
+            };
+            let (time_ms, hash) = stored
+                .time_and_hash()
+                .ok_or_else(|| corrupt(format!("entry {seq} does not decode")))?;
+            if *seq > upto || time_ms >= before_ms {
+                break;
             }
-            keep_from = Some(files.get(i + 1).map_or(newest.first, |f| f.first));
-        }
-        // The newest file holds entries due for pruning: close it, so the next round can.
-        if newest.first <= upto {
-            let first_time = self
-                .files
-                .segments_of(newest)?
-                .first()
-                .and_then(|segment| split_segment(segment.first, &segment.bytes).ok())
-                .and_then(|entries| entries.first().and_then(|(_, s)| s.time_and_hash()));
-            if first_time.is_some_and(|(time_ms, _)| time_ms < before_ms) {
-                self.files.rotate_soon();
-            }
+            last = Some((*seq, hash));
+            // Entries are numbered in order: a file written later starts after `seq`.
+            keep_from = Some(next.unwrap_or(*seq + 1));
         }
         let (Some((seq, hash)), Some(keep_from)) = (last, keep_from) else {
             return Ok(None);
@@ -802,9 +812,9 @@ mod tests {
         append(1);
         append(2);
         store.flush().unwrap();
-        // The only file is the one being written: nothing goes, but it is closed at the next
-        // write, since it holds entries due for pruning.
-        assert_eq!(store.prune(10, 100, &sign).await.unwrap(), None);
+        // The only file is the one being written, and 2 is not exported: nothing goes, but the
+        // file is closed, since it holds entries due for pruning.
+        assert_eq!(store.prune(1, 100, &sign).await.unwrap(), None);
         for seq in 3..=6 {
             append(seq);
             store.flush().unwrap();
@@ -818,7 +828,8 @@ mod tests {
         // Not exported (upto), not old enough (time 2 is not before 2): kept.
         assert_eq!(store.prune(1, 100, &sign).await.unwrap(), None);
         assert_eq!(store.prune(10, 2, &sign).await.unwrap(), None);
-        let anchor = store.prune(10, 100, &sign).await.unwrap().unwrap();
+        // Exported up to 4: the first file goes whole; the second (closed now) holds 5 and 6.
+        let anchor = store.prune(4, 100, &sign).await.unwrap().unwrap();
         assert_eq!(anchor.seq, 2);
         assert_eq!(anchor.checkpoint, format!("signed 2 {}", anchor.hash));
         assert!(!files[0].path.exists());
@@ -840,6 +851,27 @@ mod tests {
                 .unwrap(),
             7
         );
+        store.flush().unwrap();
+        // A server gone quiet: every entry is exported and due, so every file goes, the one
+        // being written too; the anchor carries the chain on.
+        let anchor = store.prune(7, 100, &sign).await.unwrap().unwrap();
+        assert_eq!(anchor.seq, 7);
+        assert!(store.audit.files.list().is_empty());
+        assert_eq!(store.verify().await.unwrap(), Ok(0));
+        drop(store);
+        let store = SledDb::open(dir.path()).unwrap();
+        assert_eq!(store.verify().await.unwrap(), Ok(0));
+        assert_eq!(
+            store
+                .append(AuditEvent::new("token.issued", Outcome::Success), 8)
+                .unwrap(),
+            8
+        );
+        store.flush().unwrap();
+        let page = store.entries(None, 0, 10).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].body.prev_hash, anchor.hash);
+        assert_eq!(store.verify().await.unwrap(), Ok(1));
     }
 
     #[tokio::test]
@@ -852,7 +884,8 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
             if seq % 2 == 0 {
-                store.audit.files.rotate_soon();
+                let first = store.audit.files.list().last().unwrap().first;
+                store.audit.files.close_active(first);
             }
         }
         let files = store.audit.files.list();

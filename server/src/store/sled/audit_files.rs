@@ -137,8 +137,6 @@ struct Writer {
     active: Option<Active>,
     /// Segments taken from the chain but not yet durable, oldest first.
     queue: Vec<Segment>,
-    /// Start a new file at the next write (pruning asked for it).
-    rotate: bool,
 }
 
 /// The files of one audit log.
@@ -248,7 +246,6 @@ impl AuditFiles {
                 writer: Mutex::new(Writer {
                     active,
                     queue: Vec::new(),
-                    rotate: false,
                 }),
                 index: Mutex::new(index),
                 removal: RwLock::new(()),
@@ -291,11 +288,10 @@ impl AuditFiles {
         for segment in &writer.queue {
             put_frame(&mut frames, segment);
         }
-        let rotate = writer.rotate
-            || writer
-                .active
-                .as_ref()
-                .is_none_or(|a| a.len >= self.rotate_bytes);
+        let rotate = writer
+            .active
+            .as_ref()
+            .is_none_or(|a| a.len >= self.rotate_bytes);
         let current = if rotate { None } else { writer.active.take() };
         let (active, is_new) = match current {
             Some(active) => (active, false),
@@ -332,7 +328,6 @@ impl AuditFiles {
             tail.segments.extend(offsets(&frames, active.len));
         }
         writer.queue.clear();
-        writer.rotate = false;
         {
             let mut index = self.index();
             match index.last_mut() {
@@ -367,14 +362,27 @@ impl AuditFiles {
         })
     }
 
-    /// Ask for the next write to start a new file, so the one being written can be pruned.
-    pub fn rotate_soon(&self) {
-        self.writer().rotate = true;
+    /// Close the file being written if its first entry is `first`, so that it can be pruned
+    /// whole: the next write starts a new file.
+    pub fn close_active(&self, first: u64) {
+        let mut writer = self.writer();
+        if writer.active.as_ref().is_some_and(|a| a.first == first) {
+            writer.active = None;
+        }
     }
 
     /// Every file as readers may read it, oldest first.
     pub fn list(&self) -> Vec<FileInfo> {
         self.index().clone()
+    }
+
+    /// Every file no write will touch again, oldest first.
+    pub fn closed(&self) -> Vec<FileInfo> {
+        let writer = self.writer();
+        let active = writer.active.as_ref().map(|a| a.first);
+        let mut files = self.index().clone();
+        files.retain(|f| Some(f.first) != active);
+        files
     }
 
     /// Read the segments from the one holding `from` (every segment if `None`) on, handing
@@ -443,12 +451,13 @@ impl AuditFiles {
     /// written). The caller has made the anchor that stands for them durable.
     pub fn remove_before(&self, keep_from: u64) -> Result<(), StoreError> {
         let gone: Vec<FileInfo> = {
+            let writer = self.writer();
+            let active = writer.active.as_ref().map(|a| a.first);
             let mut index = self.index();
             let keep = index
                 .iter()
-                .position(|f| f.first >= keep_from)
+                .position(|f| f.first >= keep_from || Some(f.first) == active)
                 .unwrap_or(index.len());
-            let keep = keep.min(index.len().saturating_sub(1));
             index.drain(..keep).collect()
         };
         let _removing = self.removal.write().unwrap_or_else(|p| p.into_inner());
@@ -647,7 +656,11 @@ mod tests {
         }
         let firsts: Vec<u64> = files.list().iter().map(|f| f.first).collect();
         assert_eq!(firsts, vec![1, 3, 5]);
-        files.rotate_soon();
+        assert_eq!(files.closed().len(), 2, "all but the file being written");
+        files.close_active(3);
+        assert_eq!(files.closed().len(), 2, "3 is not the file being written");
+        files.close_active(5);
+        assert_eq!(files.closed().len(), 3);
         files.append(|| Some(seg(7, b"yy"))).unwrap();
         assert_eq!(files.list().len(), 4);
         files.remove_before(5).unwrap();
@@ -661,7 +674,16 @@ mod tests {
             vec![7]
         );
         drop(files);
-        let (_, last) = AuditFiles::open_with(dir.path(), ROTATE_BYTES).unwrap();
+        let (files, last) = AuditFiles::open_with(dir.path(), ROTATE_BYTES).unwrap();
         assert_eq!(last, Some(seg(7, b"yy")));
+        // Once closed, the last file too can go: every file is removed.
+        files.close_active(7);
+        assert_eq!(files.closed().len(), 1);
+        files.remove_before(8).unwrap();
+        assert!(files.list().is_empty());
+        assert!(!dir.path().join(file_name(7)).exists());
+        drop(files);
+        let (_, last) = AuditFiles::open_with(dir.path(), ROTATE_BYTES).unwrap();
+        assert_eq!(last, None);
     }
 }
