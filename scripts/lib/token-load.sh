@@ -1,7 +1,16 @@
 # Shared by scripts/bench-audit-bytes, scripts/bench-audit-soak and scripts/bench-dpop: a
 # release server on a fresh data directory over plain loopback HTTP, one registered client, and
-# wrk issuing client_credentials tokens to it. Source it; needs wrk and curl.
+# wrk issuing client_credentials tokens to it. Source it; needs curl, and installs wrk if missing.
 # SERVER_CPU / LOAD_CPU pin the server / wrk to one CPU each with taskset.
+
+# wrk is the load generator; Debian packages it.
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk, the load generator" >&2
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends wrk >/dev/null ||
+        { "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+fi
 
 # BIN=path/to/hallmark-server uses that binary as it is (no build).
 if [ -n "${BIN:-}" ]; then

@@ -22,6 +22,8 @@ pub const CHECKPOINT_KEY: &str = "checkpoint";
 const OPEN_EXT: &str = ".jsonl";
 const CLOSED_EXT: &str = ".jsonl.gz";
 const TMP_EXT: &str = ".tmp";
+/// Bytes read at a time from a segment being compressed.
+const COPY_BUFFER: usize = 256 * 1024;
 
 /// The file-name prefix of a chain's segments.
 pub fn prefix(chain: Option<&str>) -> String {
@@ -130,6 +132,8 @@ struct Open {
     file: File,
     bytes: u64,
     first_time_ms: u64,
+    /// Its last entry's seq.
+    last: u64,
     /// Lines appended since the last sync, not yet written to the file.
     buffer: Vec<u8>,
 }
@@ -189,6 +193,7 @@ impl Writer {
                     file,
                     bytes: kept,
                     first_time_ms,
+                    last: entry.body.seq,
                     buffer: Vec::new(),
                 });
             } else {
@@ -254,10 +259,12 @@ impl Writer {
                 file,
                 bytes: 0,
                 first_time_ms: entry.body.time_ms,
+                last: entry.body.seq,
                 buffer: Vec::new(),
             });
         }
         if let Some(open) = &mut self.open {
+            open.last = entry.body.seq;
             // An entry is strings and integers: it always serialises.
             serde_json::to_writer(&mut open.buffer, entry).unwrap_or_default();
             open.buffer.push(b'\n');
@@ -292,13 +299,7 @@ impl Writer {
         };
         let path = self.dir.join(open.name.file_name());
         drop(open.file);
-        let text = read_text(&path, false).map_err(io("read", &path))?;
-        let last = text
-            .split(|b| *b == b'\n')
-            .rev()
-            .find_map(|l| serde_json::from_slice::<AuditEntry>(l).ok())
-            .map(|e| e.body.seq)
-            .unwrap_or(open.name.first);
+        let last = open.last;
         let closed = SegmentName {
             last: Some(last),
             ..open.name.clone()
@@ -306,11 +307,14 @@ impl Writer {
         let final_path = self.dir.join(closed.file_name());
         let tmp = self.dir.join(format!("{}{TMP_EXT}", closed.file_name()));
         let line = serde_json::json!({ CHECKPOINT_KEY: checkpoint }).to_string();
+        // Streamed through in pieces: a segment is up to `max_bytes` (64 MiB by default), and
+        // reading it whole cost the exporter more (fresh pages, zeroed) than compressing it.
+        let source = File::open(&path).map_err(io("read", &path))?;
         let written = File::create(&tmp).and_then(|file| {
             // The fastest level: the export runs beside the token endpoint on the same cores, and
             // a shipper may compress again anyway.
             let mut gz = GzEncoder::new(file, flate2::Compression::fast());
-            gz.write_all(&text)?;
+            std::io::copy(&mut BufReader::with_capacity(COPY_BUFFER, source), &mut gz)?;
             gz.write_all(line.as_bytes())?;
             gz.write_all(b"\n")?;
             gz.finish()?.sync_all()
