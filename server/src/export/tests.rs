@@ -229,7 +229,7 @@ async fn pruning_never_removes_what_no_closed_segment_holds() {
     // Exported, but not old enough.
     assert_eq!(ex.prune(5_000).await.unwrap(), None);
     // Old enough, but the database's file also holds entries no closed segment holds yet (and
-    // it is the one being written): kept, and closed at the next write.
+    // it is the one being written): kept, and closed, so the next write starts a new file.
     assert_eq!(ex.prune(1_000_000).await.unwrap(), None);
     f.issue(2, 1_000_000);
     f.store.flush().unwrap();
