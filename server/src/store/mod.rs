@@ -408,9 +408,11 @@ pub trait AuditLog: Send + Sync {
     async fn anchor(&self, chain: Option<&str>) -> Result<Option<Anchor>, StoreError>;
     /// Remove this process's chain's oldest entries: only entries with seq at most `upto` (the
     /// caller's guarantee that files hold them) and time before `before_ms`, from the oldest
-    /// on, in whole stored segments. The last removed entry becomes the chain's [`Anchor`],
-    /// signed by `sign(seq, hash)`, written in the same atomic write as the removal and made
-    /// durable before this returns. Returns the new anchor, if anything was removed.
+    /// on, in whole stored segments (whole files on the embedded store). The last removed
+    /// entry becomes the chain's [`Anchor`], signed by `sign(seq, hash)`: written in the same
+    /// transaction as the removal on PostgreSQL; on the embedded store made durable before any
+    /// file is deleted (a crash in between leaves entries the anchor already covers, which
+    /// readers skip). Durable before this returns. Returns the new anchor, if anything was removed.
     async fn prune(
         &self,
         upto: u64,
